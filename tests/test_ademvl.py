@@ -1,0 +1,422 @@
+"ADEM-VL: spec §9 invariants, the STYLE §4 patch contract, data formats, parsing, conversion and bad-input errors."
+import json, math
+import pytest, torch
+from torch import nn
+import torch.nn.functional as F
+from vlrepro import ademvl, core
+
+torch.set_num_threads(1)
+IMG_PRE, TXT_PRE = [3, 4], [3, 4, 11, 12, 13]  # "Image: " / "Image: N/A" stand-ins
+
+
+def tiny_llama(seed=0, vocab=64):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                                        rms_norm_eps=1e-6, tie_word_embeddings=False)).eval()
+
+
+def tiny_clip(seed=0):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+    torch.manual_seed(seed)
+    return CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                            image_size=32, patch_size=4, hidden_act='quick_gelu')).eval()
+
+
+def patched(alpha=0.1, drop=0.1, dsn=(64, 16), with_cls=True, seed=0):
+    llm, vt = tiny_llama(seed), tiny_clip(seed)
+    ademvl.patch(llm, vt, down_sample_num=dsn, alpha=alpha, drop_ratio=drop, with_cls=with_cls,
+                 image_prefix_ids=IMG_PRE, text_prefix_ids=TXT_PRE)
+    return llm.eval(), vt
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(1)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 2], [1, 9, 10, 2, 0, 0]])
+    labels = torch.tensor([[0, 0, 0, 7, 8, 2], [0, 0, 10, 2, 0, 0]])
+    return ids, labels, torch.randn(2, 3, 32, 32), torch.tensor([True, False])
+
+
+# ---------------------------------------------------------------- §9.1 / §9.3 identity settings
+def test_alpha_zero_is_frozen_llm(batch):
+    ids, labels, px, ind = batch
+    llm, _ = patched(alpha=0.0)
+    with torch.no_grad():
+        out = ademvl.forward(llm, ids, px, ind)
+        _, _, c = ademvl.encode_images(llm, px, ind)
+        inp = ademvl.insert_visual(llm.get_input_embeddings(), ids, ind, c, IMG_PRE, TXT_PRE)
+        ref = llm(inputs_embeds=inp['inputs_embeds']).logits  # outside the visual context = frozen LLM
+    assert torch.equal(out['logits'], ref)
+
+
+def test_text_only_at_init_is_frozen_llm(batch):
+    ids, labels, px, _ = batch
+    llm, _ = patched(alpha=0.1)
+    ind = torch.tensor([False, False])
+    with torch.no_grad():
+        k, v, _ = ademvl.encode_images(llm, px, ind)
+        assert torch.count_nonzero(v) == 0
+        out = ademvl.forward(llm, ids, px, ind)['logits']
+        inp = ademvl.insert_visual(llm.get_input_embeddings(), ids, ind, torch.zeros(2, 1, 32), IMG_PRE, TXT_PRE)
+        assert torch.equal(out, llm(inputs_embeds=inp['inputs_embeds']).logits)
+        # and [BOS] "Image: N/A" prompt is what the frozen LLM saw
+        want = torch.cat([ids[:1, :1], torch.tensor([TXT_PRE]), ids[:1, 1:]], 1)
+        assert torch.equal(out[:1], llm(want).logits)
+
+
+def test_image_sample_changes_output_at_init(batch):
+    ids, _, px, ind = batch
+    llm, _ = patched(alpha=0.1)
+    with torch.no_grad():
+        a = ademvl.forward(llm, ids, px, ind)['logits']
+        ademvl.get_state(llm).alpha = 0.0
+        b = ademvl.forward(llm, ids, px, ind)['logits']
+    assert not torch.equal(a[0], b[0])  # E2 = 0 but V != 0: fusion active for image samples (§6.10)
+    assert torch.equal(a[1], b[1])      # text-only row untouched
+
+
+def test_clip_adapters_at_init_keep_features():
+    vt = tiny_clip()
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(): ref = ademvl.clip_features(vt, px)
+    ademvl.patch(tiny_llama(), vt, down_sample_num=(64,))
+    with torch.no_grad(): torch.testing.assert_close(ademvl.clip_features(vt, px), ref, rtol=0, atol=0)
+
+
+def test_clip_features_are_postln_penultimate():
+    vt = tiny_clip()
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        hs = vt(pixel_values=px, output_hidden_states=True).hidden_states
+        torch.testing.assert_close(ademvl.clip_features(vt, px), vt.post_layernorm(hs[-2]))
+
+
+# ---------------------------------------------------------------- §9.2 parameters
+def test_fusion_has_no_parameters():
+    llm = tiny_llama()
+    n0 = sum(p.numel() for p in llm.model.layers.parameters())
+    st = ademvl.ADEMState()
+    w = ademvl.ADEMLlamaMLP(llm.model.layers[0].mlp, st, 0)
+    assert sum(p.numel() for p in w.parameters()) == sum(p.numel() for p in llm.model.layers[0].mlp.parameters())
+    llm2, _ = patched()
+    assert sum(p.numel() for p in llm2.model.layers.parameters()) == n0
+
+
+@pytest.mark.parametrize('D,want', [(4096, 4_530_432), (5120, 5_449_984)])
+def test_trainable_count_real_sizes(D, want):
+    assert ademvl.expected_trainable(D) == want
+    assert ademvl._meta_count(D) == want
+
+
+def test_trainable_split_tiny():
+    llm, vt = patched()
+    tp = ademvl.trainable_parameters(llm)
+    assert tp['total'] == ademvl.expected_trainable(llm_dim=32, clip_dim=16, M=80, hidden_proj=128, clip_blocks=2, r=12)
+    assert tp['other'] == 0
+    names = {n for n, p in llm.named_parameters() if p.requires_grad}
+    assert names == {n for n, _ in llm.named_parameters() if 'adapter' in n}
+    assert all(k.startswith('ademvl.') for k in ademvl.adapter_state_dict(llm))
+    assert all(not p.requires_grad for n, p in llm.named_parameters() if 'adapter' not in n)
+
+
+def test_last_clip_adapter_gets_no_gradient(batch):
+    ids, labels, px, ind = batch
+    llm, vt = patched()
+    llm.train()
+    for layer in vt.encoder.layers: nn.init.normal_(layer.mlp.ademvl_adapter.fc2.weight)  # non-zero so fc1 gets grads
+    ademvl.forward(llm, ids, px, ind, labels=labels)['loss'].backward()
+    assert vt.encoder.layers[-1].mlp.ademvl_adapter.fc1.weight.grad is None
+    assert vt.encoder.layers[0].mlp.ademvl_adapter.fc1.weight.grad is not None
+    assert llm.ademvl.adapter_emb1.grad is not None
+
+
+# ---------------------------------------------------------------- contract
+def test_patch_contract_roundtrip(batch):
+    ids, _, px, ind = batch
+    llm, vt = tiny_llama(), tiny_clip()
+    keys_l, keys_v = set(llm.state_dict()), set(vt.state_dict())
+    flags = {n: p.requires_grad for n, p in llm.named_parameters()}
+    with torch.no_grad(): ref = llm(ids).logits
+    out = ademvl.patch(llm, vt, down_sample_num=(64, 16))
+    assert out is llm and ademvl.is_patched(llm)
+    with pytest.raises(ValueError, match='already patched'): ademvl.patch(llm, vt, down_sample_num=(64, 16))
+    with torch.no_grad(): assert torch.equal(llm(ids).logits, ref)  # outside ademvl.forward: the frozen LLM
+    assert 'ADEMLlamaMLP' in repr(llm) and 'ADEMClipMLP' in repr(vt)
+    ademvl.unpatch(llm)
+    assert not ademvl.is_patched(llm) and not core.is_patched(vt, 'ademvl')
+    assert set(llm.state_dict()) == keys_l and set(vt.state_dict()) == keys_v
+    assert {n: p.requires_grad for n, p in llm.named_parameters()} == flags
+    with torch.no_grad(): assert torch.equal(llm(ids).logits, ref)
+    ademvl.patch(llm, vt, down_sample_num=(64,))  # patchable again after unpatch
+
+
+def test_unsupported_models_raise_typeerror():
+    with pytest.raises(TypeError, match='LlamaForCausalLM'): ademvl.patch(nn.Linear(2, 2), tiny_clip())
+    with pytest.raises(TypeError, match='CLIPVisionModel'): ademvl.patch(tiny_llama(), nn.Linear(2, 2))
+
+
+def test_bad_knobs_raise_before_patching():
+    llm, vt = tiny_llama(), tiny_clip()
+    with pytest.raises(ValueError, match='does not divide'): ademvl.patch(llm, vt, down_sample_num=(64, 9))
+    with pytest.raises(ValueError, match='does not divide'): ademvl.patch(llm, vt, down_sample_num=(256, 64))  # grid is 8
+    with pytest.raises(ValueError, match='perfect square'): ademvl.patch(llm, vt, down_sample_num=(60,))
+    for d in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r'\[0, 1\)'): ademvl.patch(llm, vt, down_sample_num=(64,), drop_ratio=d)
+    assert not ademvl.is_patched(llm) and 'ADEM' not in repr(llm)
+
+
+def test_gradient_checkpointing_refused(batch):
+    ids, _, px, ind = batch
+    llm, _ = patched()
+    (getattr(llm, 'activation_checkpointing_enable', None) or llm.gradient_checkpointing_enable)()
+    with pytest.raises(ValueError, match='gradient checkpointing'): ademvl.forward(llm, ids, px, ind)
+
+
+# ---------------------------------------------------------------- §9.4 drop, §9.6 locality
+def _rand(*s): return torch.randn(*s, dtype=torch.float64)
+
+
+def test_drop_count_and_kept_scores():
+    A = _rand(3, 7, 320)
+    Ad = ademvl.adaptive_drop(A, 0.1)
+    assert ((Ad == 0) & (A != 0)).sum(-1).eq(32).all()
+    assert torch.equal(Ad[Ad != 0], A[Ad != 0])
+    assert ademvl.drop_count(0.29, 100) == 28 and ademvl.drop_count(0.0, 320) == 0
+    assert torch.equal(ademvl.adaptive_drop(A[..., :9], 0.1), A[..., :9])  # d*M < 1
+    Ah = ademvl.adaptive_drop(A.half(), 0.1)  # halves: ties with tau kept, never more than k dropped
+    assert (((Ah == 0) & (A.half() != 0)).sum(-1) <= 32).all()
+
+
+def test_fuse_equals_sum_over_kept():
+    u, V, E1, E2 = _rand(2, 5, 16), _rand(2, 40, 16), _rand(1, 40, 16), _rand(1, 40, 16)
+    K, Vals = ademvl.fusion_kv(V, E1, E2)
+    A = F.silu(u) @ K.transpose(1, 2)
+    tau = A.kthvalue(int(0.3 * 40) + 1, -1, keepdim=True).values
+    want = torch.einsum('blm,bmd->bld', A * (A >= tau), Vals)
+    torch.testing.assert_close(ademvl.fuse(u, K, Vals, 0.3), want)
+    torch.testing.assert_close(ademvl.fuse(u, K, Vals, 0.0), A @ Vals)
+
+
+def test_fuse_locality_permutation_scaling():
+    u, V, E1, E2 = _rand(2, 6, 16), _rand(2, 40, 16), _rand(1, 40, 16), _rand(1, 40, 16)
+    out = ademvl.fuse(u, *ademvl.fusion_kv(V, E1, E2), 0.1)
+    perm = torch.randperm(40)
+    torch.testing.assert_close(ademvl.fuse(u, *ademvl.fusion_kv(V[:, perm], E1[:, perm], E2[:, perm]), 0.1), out)
+    K, Vals = ademvl.fusion_kv(V, E1, E2)
+    torch.testing.assert_close(ademvl.fuse(u, K, 2.5 * Vals, 0.1), 2.5 * out)
+    for t in range(6): torch.testing.assert_close(ademvl.fuse(u[:, t:t+1], K, Vals, 0.1), out[:, t:t+1])
+
+
+def test_fusion_preserves_causality(batch):
+    ids, _, px, ind = batch
+    llm, _ = patched()
+    with torch.no_grad():
+        a = ademvl.forward(llm, ids[:1], px[:1], ind[:1])['logits']
+        ids2 = ids[:1].clone(); ids2[0, 4] = 30  # change a later token
+        b = ademvl.forward(llm, ids2, px[:1], ind[:1])['logits']
+    # positions before the change (BOS, 2 prefix, CLS, 3 tokens) are unchanged
+    torch.testing.assert_close(a[:, :4 + 3], b[:, :4 + 3])
+    assert not torch.allclose(a[:, -1], b[:, -1])
+
+
+# ---------------------------------------------------------------- §9.5 multiscale and sequence length
+def test_multiscale_layout():
+    p = torch.randn(2, 256, 8)
+    ms = ademvl.multiscale_prompt(p, (256, 64))
+    assert ms.shape == (2, 320, 8)
+    assert torch.equal(ms[:, :256], p)
+    g = p.view(2, 16, 16, 8)
+    for r in range(8):
+        for c in range(8):
+            torch.testing.assert_close(ms[:, 256 + 8 * r + c], g[:, 2*r:2*r+2, 2*c:2*c+2].mean((1, 2)))
+    assert ademvl.multiscale_prompt(p, (64,)).shape == (2, 64, 8)   # single scale works (upstream CLI crashes)
+    assert ademvl.multiscale_prompt(p, 64).shape == (2, 64, 8)
+    with pytest.raises(ValueError, match='does not divide'): ademvl.multiscale_prompt(p, (256, 36))
+    with pytest.raises(ValueError, match='square grid'): ademvl.multiscale_prompt(torch.randn(1, 257, 8), (256,))
+
+
+@pytest.mark.parametrize('dsn', [(64,), (64, 16), (64, 16, 4)])
+def test_sequence_growth_independent_of_M(batch, dsn):
+    ids, labels, px, ind = batch
+    llm, _ = patched(dsn=dsn)
+    with torch.no_grad(): out = ademvl.forward(llm, ids, px, ind)
+    n = (ids != 0).sum(1)
+    assert out['lengths'].tolist() == [int(n[0]) + len(IMG_PRE) + 1, int(n[1]) + len(TXT_PRE)]
+    llm2, _ = patched(dsn=dsn, with_cls=False)
+    with torch.no_grad(): assert ademvl.forward(llm2, ids, px, ind)['lengths'].tolist() == n.tolist()
+
+
+# ---------------------------------------------------------------- §9.7 labels
+def test_labels_supervise_exactly_answer_and_eos():
+    enc = lambda s: [10 + (ord(ch) % 40) for ch in s]
+    prompt, answer = ademvl.sqa_prompt('Q?', ['x', 'y'], 1)
+    ids, lab = ademvl.tokenize_example(enc, prompt, answer, max_len=200)
+    n_prompt = 1 + len(enc(prompt))
+    assert (lab[:n_prompt] == 0).all()
+    sup = lab[lab > 0].tolist()
+    assert sup == enc(prompt + answer)[n_prompt - 1:] + [2]
+    llm, _ = patched()
+    emb = llm.get_input_embeddings()
+    for has in (True, False):
+        out = ademvl.insert_visual(emb, ids[None], torch.tensor([has]), torch.zeros(1, 1, 32), IMG_PRE, TXT_PRE, lab[None])
+        shift = len(IMG_PRE) + 1 if has else len(TXT_PRE)
+        L = out['labels'][0]
+        assert L[L > 0].tolist() == sup
+        assert torch.equal(L[n_prompt + shift: n_prompt + shift + len(sup)], torch.tensor(sup))
+        assert (L[1:1 + shift] == 0).all()
+
+
+def test_loss_ignores_label_zero():
+    logits = torch.randn(1, 4, 10)
+    labels = torch.tensor([[0, 0, 5, 2]])
+    want = F.cross_entropy(logits[0, 1:3], torch.tensor([5, 2]))
+    torch.testing.assert_close(ademvl.lm_loss(logits, labels), want)
+
+
+def test_batch_cut_at_last_supervised_position(batch):
+    ids, labels, px, ind = batch
+    llm, _ = patched()
+    emb = llm.get_input_embeddings()
+    padded_ids = F.pad(ids, (0, 10)); padded_lab = F.pad(labels, (0, 10))
+    out = ademvl.insert_visual(emb, padded_ids, ind, torch.zeros(2, 1, 32), IMG_PRE, TXT_PRE, padded_lab, max_seq_len=512)
+    assert out['labels'].shape[1] == 6 + len(IMG_PRE) + 1  # cut at the last label > 0 over the batch
+    short = ademvl.insert_visual(emb, padded_ids, ind, torch.zeros(2, 1, 32), IMG_PRE, TXT_PRE, padded_lab, max_seq_len=5)
+    assert short['inputs_embeds'].shape[1] <= 5
+
+
+# ---------------------------------------------------------------- §9.8 learning rate
+def test_lr_schedule():
+    lr = ademvl.effective_lr(9e-3, 32)
+    assert math.isclose(lr, 1.125e-3)
+    assert ademvl.lr_at(0, lr, 2, 20) == 0
+    assert math.isclose(ademvl.lr_at(2, lr, 2, 20), 1.125e-3)
+    assert math.isclose(ademvl.lr_at(11, lr, 2, 20), 5.625e-4)
+    assert abs(ademvl.lr_at(20, lr, 2, 20)) < 1e-12
+    assert math.isclose(ademvl.lr_at(1, lr, 2, 20), lr / 2)
+
+
+# ---------------------------------------------------------------- §9.9 generation pad invariance
+def test_generation_pad_invariance():
+    llm, _ = patched()
+    torch.manual_seed(3)
+    px = torch.randn(3, 3, 32, 32)
+    prompts = [[1, 5, 6, 7, 8, 9], [1, 10, 11], [1, 12, 13, 14]]
+    ind = torch.tensor([True, False, True])
+    P = torch.zeros(3, 6, dtype=torch.long)
+    for i, p in enumerate(prompts): P[i, :len(p)] = torch.tensor(p)
+    gen, first = ademvl.generate(llm, P, px, ind, max_gen_len=4, eos_id=2)
+    for i, p in enumerate(prompts):
+        g1, f1 = ademvl.generate(llm, torch.tensor([p]), px[i:i+1], ind[i:i+1], max_gen_len=4, eos_id=2)
+        torch.testing.assert_close(first[i:i+1], f1, rtol=1e-4, atol=1e-5)
+        assert gen[i] == g1[0]
+        assert len(g1[0]) <= 4
+
+
+# ---------------------------------------------------------------- §9.10 scores, §4.2 parsing
+def test_parse_answer_malformed_never_crashes():
+    assert ademvl.parse_answer('B', 3) == 1
+    assert ademvl.parse_answer('The answer is C.', 3) == 2
+    assert ademvl.parse_answer(' A.', 5) == 0
+    for bad in ['', 'The', 'D', 'A or B', 'AB', 'B B C', None, 42, '\n', '(E)']:
+        assert ademvl.parse_answer(bad, 3) == -1
+    assert ademvl.parse_answer('The', 3, mode='official') == -1   # 'T' is not an option (§6.12)
+    assert ademvl.parse_answer('AB', 3, mode='official') == 0     # upstream: first capital letter
+    with pytest.raises(ValueError, match='strict'): ademvl.parse_answer('A', 3, mode='lenient')
+
+
+def test_category_scores_recomputed():
+    metrics = pytest.importorskip('vlrepro.metrics')
+    probs = [dict(subject='natural science', grade='grade2', hint='', image='x.png', answer=0),
+             dict(subject='social science', grade='grade8', hint='h', image=None, answer=1),
+             dict(subject='language science', grade='grade9', hint='', image=None, answer=2),
+             dict(subject='natural science', grade='grade1', hint='h', image='y.png', answer=1)]
+    preds = [0, 1, -1, 0]
+    got = ademvl.sqa_scores(preds, probs)
+    ok = [p == q['answer'] for p, q in zip(preds, probs)]
+    def acc(m): sel = [o for o, q in zip(ok, probs) if m(q)]; return 100 * sum(sel) / len(sel)
+    want = dict(NAT=acc(lambda q: q['subject'] == 'natural science'), SOC=acc(lambda q: q['subject'] == 'social science'),
+                LAN=acc(lambda q: q['subject'] == 'language science'), TXT=acc(lambda q: bool(q['hint'])),
+                IMG=acc(lambda q: bool(q['image'])), NO=acc(lambda q: not q['hint'] and not q['image']),
+                **{'G1-6': acc(lambda q: int(q['grade'][5:]) <= 6), 'G7-12': acc(lambda q: int(q['grade'][5:]) >= 7)},
+                Avg=100 * sum(ok) / len(ok))
+    for k, v in want.items(): assert math.isclose(got[k], v), k
+
+
+# ---------------------------------------------------------------- §3 formats
+def test_sqa_prompt_handwritten():
+    p, a = ademvl.sqa_prompt('Which word is a color?', ['red', 'circle', 'dog'], 0)
+    assert p + a == 'Context: N/A\nQuestion: Which word is a color?\nOptions: (A) red (B) circle (C) dog\nResponse:The answer is A.'
+    p, a = ademvl.sqa_prompt('What color is the ball?', ['blue', 'green'], 1, hint='The ball is green.')
+    assert p == 'Context: The ball is green.\nQuestion: What color is the ball?\nOptions: (A) blue (B) green\nResponse:'
+    assert a == 'The answer is B.'
+    p, _ = ademvl.sqa_prompt('Q?', ['a', 'b'], 0, hint='H.', caption='A cat.', fmt='QCM-A', use_caption=True)
+    assert p == 'Question: Q?\nContext: H. A cat.\nOptions: (A) a (B) b\nResponse:'
+    p, _ = ademvl.sqa_prompt('Q?', ['a', 'b'], 0, hint='', caption='A cat.', use_caption=True)
+    assert p.startswith('Context: A cat.\n')
+    p, _ = ademvl.sqa_prompt('Q?  x', ['a'], 0)
+    assert 'Q? x' in p  # double spaces collapsed
+    with pytest.raises(ValueError, match='CQM-A'): ademvl.sqa_prompt('Q?', ['a'], 0, fmt='XYZ')
+
+
+def test_caption_and_instruction_formats(tmp_path):
+    assert ademvl.pre_caption('A Dog (running)!  On the   beach.') == 'a dog running on the beach'
+    assert len(ademvl.pre_caption(' '.join(['w'] * 50)).split()) == 30
+    assert ademvl.caption_example('Two cats.') == ('a picture of', 'a picture of two cats')
+    assert ademvl.extract_caption('a picture of a dog') == 'a dog'
+    assert ademvl.extract_caption('garbage') == 'garbage'
+    assert ademvl.mme_prompt('Is there a cat?') == 'Instruction: Is there a cat?\nResponse:'
+    assert ademvl.instruction_example({'instruction': 'Do x.', 'answer': 'ok'}) == ('Do x.', 'ok')
+    with pytest.raises(ValueError, match='conversation'): ademvl.instruction_example({'id': 1, 'conversations': []})
+    ademvl.write_mme_predictions(tmp_path, 'existence', [('a.jpg', 'q1', 'Yes', 'Yes'), ('a.jpg', 'q2', 'No', 'yes\nit is'),
+                                                        ('b.jpg', 'q1', 'Yes', 'Yes, there is'), ('b.jpg', 'q2', 'No', 'No')])
+    s = ademvl.mme_scores(tmp_path)
+    assert math.isclose(s['existence'], 75 + 50) and math.isclose(s['MME-P'], 125) and s['MME-C'] == 0
+
+
+# ---------------------------------------------------------------- §8 loading / conversion
+def test_meta_conversion_roundtrip(tmp_path):
+    src = tiny_llama(seed=2)
+    meta = ademvl.hf_to_meta(src.state_dict(), 4)
+    halves = [{}, {}]
+    for k, v in meta.items():
+        dim = ademvl._CAT_DIM.get(k.split('.')[-2])
+        for j in range(2): halves[j][k] = v if dim is None or v.ndim == 1 else v.chunk(2, dim)[j].clone()
+    merged = ademvl.merge_meta_shards(halves)
+    assert all(torch.equal(merged[k], meta[k]) for k in meta)
+    d = tmp_path / '13B'; d.mkdir()
+    for j in range(2): torch.save(halves[j], d / f'consolidated.0{j}.pth')
+    (d / 'params.json').write_text(json.dumps({'dim': 32, 'n_heads': 4, 'n_layers': 2, 'norm_eps': 1e-6, 'multiple_of': 64, 'vocab_size': -1}))
+    back = ademvl.load_llama(tmp_path, 'meta', '13B', dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 20]])
+    with torch.no_grad(): torch.testing.assert_close(back(ids).logits, src(ids).logits)
+    assert not any(p.requires_grad for p in back.parameters())
+    W = torch.randn(32, 32)
+    assert torch.equal(ademvl.permute_qk(ademvl.permute_qk(W, 4, True), 4, False), W)
+
+
+def test_hf_folder_loading(tmp_path):
+    src = tiny_llama(seed=4)
+    src.save_pretrained(tmp_path / 'hf')
+    back = ademvl.load_llama(tmp_path / 'hf', 'hf', dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9]])
+    with torch.no_grad(): torch.testing.assert_close(back(ids).logits, src(ids).logits)
+
+
+def test_ffn_and_config():
+    assert ademvl.ffn_dim(4096) == 11008 and ademvl.ffn_dim(5120) == 13824
+    cfg = ademvl.llama_config_from_params({'dim': 4096, 'n_heads': 32, 'n_layers': 32, 'norm_eps': 1e-6, 'multiple_of': 256, 'vocab_size': -1})
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size) == (4096, 11008, 32, 32000)
+
+
+def test_missing_weights_and_vocab_mismatch(tmp_path):
+    with pytest.raises(FileNotFoundError, match='does not exist'): ademvl.load_llama(tmp_path / 'nope')
+    with pytest.raises(FileNotFoundError, match='config.json'): ademvl.load_llama(tmp_path, 'hf')
+    with pytest.raises(FileNotFoundError, match='consolidated'): ademvl.load_llama(tmp_path, 'meta', '7B')
+    with pytest.raises(ValueError, match='llama_format'): ademvl.load_llama(tmp_path, 'gguf')
+
+    class Tok:
+        def __len__(self): return 100
+    with pytest.raises(ValueError, match='does not belong'): ademvl.check_vocab(Tok(), tiny_llama(vocab=64))
+    ademvl.check_vocab(type('T', (), {'__len__': lambda s: 64})(), tiny_llama(vocab=64))
