@@ -6,8 +6,9 @@ import torch
 
 from vlrepro import models
 from vlrepro.models import (MODEL_PRESETS, TOKENIZER_PRESETS, build_hf, build_tokenizer, create_open_clip,
-                            example_inputs, hf_config, load_hf, load_tokenizer, open_clip_tokenizer,
-                            register_open_clip_configs, save_open_clip, tiny_hf, train_tokenizer)
+                            example_inputs, hf_config, load_hf, load_tokenizer, open_clip_state_dict_to_hf,
+                            open_clip_to_hf, open_clip_tokenizer, register_open_clip_configs, save_open_clip, tiny_hf,
+                            train_tokenizer)
 
 torch.set_num_threads(1)
 
@@ -67,6 +68,54 @@ def test_open_clip_real_vit_b16_random_init():
     assert round(sum(p.numel() for p in m.parameters()) / 1e6, 1) == 149.6
     assert m.visual.conv1.kernel_size == (16, 16) and len(m.visual.transformer.resblocks) == 12
     assert open_clip_tokenizer('ViT-B-16')(['a photo of a cat']).shape == (1, 77)
+
+
+def _penultimate_open_clip(model, images):
+    feats = {}
+    hook = model.visual.transformer.resblocks[-2].register_forward_hook(lambda m, i, o: feats.update(x=o))
+    with torch.no_grad(): emb = model.encode_image(images)
+    hook.remove()
+    return emb, feats['x']
+
+
+def test_open_clip_to_hf_tiny_equivalence(tmp_path):
+    oc = create_open_clip('vlrepro-tiny-clip')
+    x, t = torch.randn(3, 3, 32, 32), torch.randint(1, 25, (3, 24))
+    t[:, 10] = 26; t[:, 11:] = 0  # <eot> then padding
+    img, feats = _penultimate_open_clip(oc, x)
+    hf = open_clip_to_hf(oc)
+    assert type(hf).__name__ == 'CLIPModel' and hf.config.vision_config.num_attention_heads == 2
+    assert hf.config.vision_config.hidden_act == 'quick_gelu' and hf.config.text_config.eos_token_id == 26
+    with torch.no_grad():
+        torch.testing.assert_close(hf.get_image_features(pixel_values=x).pooler_output, img, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(hf.get_text_features(input_ids=t, attention_mask=(t > 0).long()).pooler_output,
+                                   oc.encode_text(t), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(hf.logit_scale, oc.logit_scale)
+    # from a checkpoint file, vision tower only (what LLaVA / CLIP-FlanT5 / ADEM-VL read)
+    path = save_open_clip(oc, tmp_path/'oc.pt')
+    tower = open_clip_to_hf('vlrepro-tiny-clip', pretrained=str(path), vision_only=True)
+    assert type(tower).__name__ == 'CLIPVisionModel'
+    with torch.no_grad():
+        torch.testing.assert_close(tower(pixel_values=x, output_hidden_states=True).hidden_states[-2], feats,
+                                   rtol=1e-4, atol=1e-5)
+    tower.save_pretrained(tmp_path/'tower')  # and it is an ordinary HF checkpoint from then on
+    assert type(load_hf('clip_vision', tmp_path/'tower')).__name__ == 'CLIPVisionModel'
+
+
+def test_open_clip_to_hf_real_vit_b16_vision():
+    oc = create_open_clip('ViT-B-16', force_quick_gelu=True)
+    x = torch.randn(1, 3, 224, 224)
+    img, feats = _penultimate_open_clip(oc, x)
+    tower = open_clip_to_hf(oc, vision_only=True)
+    c = tower.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.patch_size, c.image_size) == (768, 12, 12, 16, 224)
+    with torch.no_grad(): out = tower(pixel_values=x, output_hidden_states=True)
+    torch.testing.assert_close(out.hidden_states[-2], feats, rtol=1e-4, atol=1e-4)
+
+
+def test_open_clip_to_hf_rejects_other_layouts():
+    with pytest.raises(TypeError, match='OpenAI-style'): open_clip_to_hf(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match='cannot convert'): open_clip_state_dict_to_hf({'visual.trunk.weight': torch.zeros(1)})
 
 
 # ---------------------------------------------------------------- Hugging Face
