@@ -76,6 +76,17 @@ def test_make_synthetic_rerun_is_noop_and_overwrite_regenerates(tmp_path):
     data.make_synthetic(tmp_path, 'tiles', splits={'train': 3}, overwrite=True)
     assert len(list((d/'images').glob('train_*.png'))) == 3                     # stale images removed
     assert data.read_manifest(d)['counts'] == {'train': 3}
+    data.make_synthetic(tmp_path, 'tiles', splits={'test': 2}, seed=1)               # other arguments: old splits go
+    assert not (d/'train.jsonl').exists() and not list((d/'images').glob('train_*.png'))
+    assert data.read_manifest(d)['counts'] == {'test': 2} and data.read_manifest(d)['images'] == 2
+
+
+def test_make_synthetic_parallel_calls_agree(tmp_path):
+    import concurrent.futures as cf
+    with cf.ThreadPoolExecutor(3) as ex:
+        outs = list(ex.map(lambda _: data.make_synthetic(tmp_path, 'shapes', splits={'train': 40}), range(3)))
+    assert len(set(outs)) == 1 and len(data.RetrievalDataset(outs[0])) == 40
+    assert len(list((outs[0]/'images').glob('*.png'))) == 40
 
 
 def test_generation_is_fast():
