@@ -213,6 +213,10 @@ def test_t5_head_is_untied_like_flant5():
     assert m.config.scale_decoder_outputs is False  # T5 v1.1: no d_model^-1/2 rescaling before the head
     tied = tiny_hf('vqascore-t5', tie_word_embeddings=True)
     assert tied.lm_head.weight is tied.shared.weight
+    head = m.lm_head.weight.detach().clone()
+    m.resize_token_embeddings(210, mean_resizing=False)  # VQAScore resizes to len(tokenizer): the head stays its own
+    assert m.lm_head.weight.shape == (210, 64) and m.lm_head.weight is not m.shared.weight
+    assert torch.equal(m.lm_head.weight[:200], head)
 
 
 @pytest.mark.parametrize('name', ['tiny-vit', 'laps-swin', 'laps-bert', 'tiny-roberta', 'das-vilt', 'das-vilt-vqa',
@@ -339,6 +343,13 @@ def test_train_tokenizer_options_and_errors():
     with pytest.raises(ValueError, match="'wordlevel' or 'bpe'"): train_tokenizer(['a'], model='unigram')
     with pytest.raises(ValueError, match='presets'): build_tokenizer('clip', ['a'])
     with pytest.raises(FileNotFoundError, match='save_pretrained'): load_tokenizer('/nonexistent/tok')
+
+
+def test_load_tokenizer_of_a_real_checkpoint_layout(tmp_path):
+    (tmp_path/'vocab.txt').write_text('\n'.join(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'a', 'red', 'region']))
+    (tmp_path/'tokenizer_config.json').write_text('{"tokenizer_class": "BertTokenizer", "do_lower_case": true}')
+    tok = load_tokenizer(tmp_path)
+    assert tok('A red zebra').input_ids == [2, 5, 6, 1, 3] and tok.pad_token_id == 0
     bpe = train_tokenizer(['aaa bbb aaa'], model='bpe', specials=('<pad>', '<unk>'), specials_end=('<eot>',),
                           pre_tokenizer='metaspace', vocab_size=30)
     assert bpe.convert_tokens_to_ids('<eot>') == len(bpe) - 1 and bpe.eos_token_id == len(bpe) - 1
