@@ -189,9 +189,11 @@ def test_peak_memory_cpu():
 def test_efficiency_report():
     lin = nn.Linear(8, 4)
     x = torch.randn(2, 8)
-    eff = bench.efficiency_report(lin, lambda: lin(x), items=2, flops_per=2, repeats=3)
+    eff = bench.efficiency_report(lin, lambda: lin(x), items=2, flops_per=2, paper='das', repeats=3)
     assert eff['gflops'] == pytest.approx(8 * 4 * 2 / 1e9) and eff['params'] == 36 and eff['batch'] == 2
     assert eff['latency_ms_min'] <= eff['latency_ms'] <= eff['latency_ms_max']
+    assert eff['gflops_paper'] == pytest.approx(8 * 4 / 1e9) and eff['throughput'] > 0
+    assert set(bench.FLOP_CONVENTIONS) == {'crossget', 'das', 'laps', 'ademvl', 'vqascore'}
 
 
 @pytest.mark.gpu
