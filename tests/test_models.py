@@ -204,6 +204,9 @@ def test_nested_overrides_and_errors():
     with pytest.raises(ValueError, match='sizes'): hf_config('t5', 'small')
     with pytest.raises(ValueError, match="kind 'vit'"): build_hf('laps-vit', 'base')
     with pytest.raises(ValueError, match='kinds'): load_hf('gpt2', '/tmp')
+    with pytest.raises(ValueError, match="'num_hidden_layers'"): tiny_hf('laps-vit', num_hiden_layers=1)
+    with pytest.raises(ValueError, match='CLIPVisionConfig'): hf_config('crossget-llava', vision_config=dict(hiden_size=8))
+    assert hf_config('t5', hidden_size=32).d_model == 32  # attribute_map aliases are accepted
 
 
 def test_t5_head_is_untied_like_flant5():
@@ -211,6 +214,9 @@ def test_t5_head_is_untied_like_flant5():
     assert m.lm_head.weight is not m.shared.weight
     assert not torch.equal(m.lm_head.weight, m.shared.weight)
     assert m.config.scale_decoder_outputs is False  # T5 v1.1: no d_model^-1/2 rescaling before the head
+    labels = torch.tensor([[5, 6, 1], [7, 1, -100]])  # answer ids incl. </s>, -100 = ignored (HF shifts right from 0)
+    x = example_inputs(m)
+    assert torch.isfinite(m(input_ids=x['input_ids'], attention_mask=x['attention_mask'], labels=labels).loss)
     tied = tiny_hf('vqascore-t5', tie_word_embeddings=True)
     assert tied.lm_head.weight is tied.shared.weight
     head = m.lm_head.weight.detach().clone()
