@@ -121,6 +121,7 @@ def test_get_scienceqa(tmp_path):
                    grade='grade7', subject='social science', split='test')}
     (src/'problems.json').write_text(json.dumps(problems))
     (src/'pid_splits.json').write_text(json.dumps({'train': ['10'], 'val': ['20'], 'test': ['30'], 'minival': ['20']}))
+    (src/'captions.json').write_text(json.dumps({'captions': {'10': 'Three balls.', '30': 'A map.'}}))
     assert run('get_scienceqa', '--root', tmp_path/'data', '--src', src, '--splits', 'train,val,test,minival') == 0
     assert run('get_scienceqa', '--root', tmp_path/'data', '--src', src, '--splits', 'train,val,test,minival') == 0
     d = tmp_path/'data'/'scienceqa'
@@ -130,6 +131,8 @@ def test_get_scienceqa(tmp_path):
     assert not va[0]['has_image'] and va[0]['image'].shape == (3, 32, 32) and va[0]['context'] == 'Read the words.'
     assert data.sqa_tags(va.rows[0]) == ['LAN', 'TXT', 'G7-12'] and data.sqa_tags(tr.rows[0]) == ['NAT', 'IMG', 'G1-6']
     assert data.sqa_prompt(tr.rows[0])[0].endswith('Options: (A) red (B) blue (C) green\nResponse:')
+    assert tr.rows[0]['caption'] == 'Three balls.' and va.rows[0]['caption'] == ''         # captions.json found in --src
+    assert data.sqa_prompt(tr.rows[0], use_caption=True)[0].startswith('Context: Three balls.\n')
     assert run('get_scienceqa', '--root', tmp_path/'data', '--src', src, '--splits', 'nosuch') == 2
 
 

@@ -972,15 +972,21 @@ def convert_karpathy(json_path:str|Path,        # dataset_flickr30k.json or data
     return _finish(out_dir, splits, image_src, copy_images, check_images, dry_run, source=source, license=license,
                    dataset=data.get('dataset', ''))
 
-# %% ../nbs/01_data.ipynb #af7f21e9
+# %% ../nbs/01_data.ipynb #d01d8f34
 def convert_scienceqa(src:str|Path,              # folder with problems.json, pid_splits.json and images/
                       out_dir:str|Path,          # our dataset folder, e.g. data/scienceqa
                       splits:Sequence[str]=('train', 'val', 'test'), # keys of pid_splits.json to write (also minival, ...)
+                      caption_file:str|Path|None=None, # LaVIN's captions.json ({"captions": {pid: text}}) -> each row's `caption`
                       copy_images:bool=False, check_images:bool=True, dry_run:bool=False,
                      )->dict:
     "Convert ScienceQA's problems.json + pid_splits.json into our multiple-choice format."
     src = Path(src)
     problems, pids = _load_json(src/'problems.json', 'ScienceQA problems'), _load_json(src/'pid_splits.json', 'ScienceQA pid_splits')
+    caps = None
+    if caption_file is not None:
+        caps = _load_json(caption_file, 'ScienceQA captions')
+        caps = caps.get('captions', caps) if isinstance(caps, dict) else None
+        if not isinstance(caps, dict): raise ValueError(f"{caption_file}: expected {{'captions': {{pid: text}}}}")
     out = {}
     for sp in splits:
         if sp not in pids: raise ValueError(f"{src/'pid_splits.json'} has no split {sp!r}; it has {sorted(pids)}")
@@ -993,7 +999,8 @@ def convert_scienceqa(src:str|Path,              # folder with problems.json, pi
             img = f"{p.get('split', sp)}/{pid}/{p['image']}" if p.get('image') else None
             rows.append(dict(id=str(pid), image=img, has_image=img is not None, question=p['question'], hint=p.get('hint') or '',
                              context=p.get('hint') or '', choices=p['choices'], answer=int(p['answer']),
-                             **{k: p.get(k, '') for k in ('subject', 'grade', 'topic', 'category', 'skill', 'task', 'lecture', 'solution')}))
+                             **{k: p.get(k, '') for k in ('subject', 'grade', 'topic', 'category', 'skill', 'task', 'lecture', 'solution')},
+                             **({'caption': caps.get(str(pid), '')} if caps is not None else {})))
         out[sp] = rows
     has_img = any(r['image'] for rows in out.values() for r in rows)
     return _finish(out_dir, out, src/'images' if has_img else None, copy_images, check_images, dry_run,
