@@ -208,3 +208,24 @@ def test_cuda_attention_and_memory():
     assert mem['method'] == 'cuda.max_memory_allocated' and mem['delta_bytes'] >= 2 ** 26
     df = bench.benchmark({'a': lambda: q @ q.transpose(-1, -2)}, warmup=1, repeats=3)
     assert df.attrs['sync'] is True
+
+
+def test_hf_llama_gqa_and_token_counts():
+    transformers = pytest.importorskip('transformers')
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    lm = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (1, 10))
+    per_layer = 10 * 32 * 32 * 2 + 2 * 10 * 32 * 16 + 3 * 10 * 32 * 64 + 2 * 4 * 10 * 10 * 8  # q,o; k,v (2 kv heads); MLP; QKᵀ+AV
+    assert bench.count_flops(lm, ids).macs == 2 * per_layer + 10 * 32 * 64  # + lm_head
+    assert bench.token_counts(lm, lambda: lm(ids), r'layers\.\d+$') == [10, 10]
+
+
+def test_token_counts_hidden_states_kwarg():
+    class Block(nn.Module):
+        def forward(self, mask=None, hidden_states=None): return hidden_states
+    class Net(nn.Module):
+        def __init__(self): super().__init__(); self.b = Block()
+        def forward(self, x): return self.b(mask=torch.ones(1), hidden_states=x)
+    net = Net()
+    assert bench.token_counts(net, lambda: net(torch.randn(2, 7, 3)), Block) == [7]
