@@ -462,7 +462,7 @@ def evaluate(self:Trainer)->dict:
     self.last_eval = res
     self._record(dict(kind='eval', step=self.step, epoch=self.epoch, **res)); return res
 
-# %% ../nbs/04_train.ipynb #4231276f
+# %% ../nbs/04_train.ipynb #4a426e8b
 @patch
 def _gather_local(self:Trainer)->list[dict]:
     "Every process's RNG states and unlogged step stats, gathered (for the checkpoint)."
@@ -509,6 +509,8 @@ def _checkpoint_exists(self:Trainer)->bool:
     p = self.checkpoint_path
     return p.exists() or (self.backend == 'deepspeed' and p.with_suffix('.old').exists())
 
+_RESUME_FREE = {'out_dir', 'stop_step', 'resume', 'progress', 'log_every', 'eval_every', 'save_every', 'num_workers'}
+
 @patch
 def load_checkpoint(self:Trainer, path:Path|str|None=None)->dict:
     "Restore model, optimizer, scheduler, scaler, RNG and data position from a checkpoint; return its trainer state."
@@ -522,6 +524,11 @@ def load_checkpoint(self:Trainer, path:Path|str|None=None)->dict:
         self.optimizer.load_state_dict(ck['optimizer']); self.scheduler.load_state_dict(ck['scheduler'])
         self.scaler.load_state_dict(ck['scaler'])
         st, rng = ck['trainer'], ck['rng']
+    old, new = st['config'], self.config.to_dict()
+    diff = {k: (old.get(k), v) for k, v in new.items() if k not in _RESUME_FREE and old.get(k) != v}
+    if diff:
+        raise ValueError(f"checkpoint {path} was written with a different config {diff} (old, new); resume with the same "
+                         "config, or set resume=False, or use a new out_dir")
     if st['world_size'] != self.world_size:
         raise ValueError(f"checkpoint {path} was written by {st['world_size']} processes, this run has {self.world_size}: "
                          "exact resume needs the same number (or start a new out_dir)")
@@ -530,6 +537,7 @@ def load_checkpoint(self:Trainer, path:Path|str|None=None)->dict:
                          "resume with the same data, batch_size, grad_accum, epochs and max_steps")
     self.step, self.epoch, self.epoch_step, self.last_eval = st['step'], st['epoch'], st['epoch_step'], st['last_eval']
     _set_rng_state(rng[self.rank]['rng'], self.device)
+    if self.is_main: print(f"vlrepro.train: resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
     self._window = {k: list(v) for k, v in rng[self.rank]['window'].items()}
     self._truncate_log()
     return st
