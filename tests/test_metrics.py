@@ -245,3 +245,14 @@ def test_ranks_on_cuda_match_cpu():
     gpu = M.retrieval_ranks(sim.cuda().half(), 5)
     ref = M.retrieval_ranks(sim.half().float(), 5)
     assert all((a == b).all() for a, b in zip(gpu, ref)) and cpu[0].shape == gpu[0].shape
+
+
+def test_pope():
+    pope = M.pope_scores(['Yes, there is.', 'No.', 'There is not a dog.', 'yes', 'Yes'], ['yes', 'yes', 'no', 'no', 'yes'])
+    assert pope == pytest.approx({'accuracy': 60.0, 'precision': 200 / 3, 'recall': 200 / 3, 'f1': 200 / 3, 'yes_ratio': 60.0})
+    assert M.pope_scores(['no', 'no'], ['no', 'no'])['f1'] == 0.0  # no positives predicted or present
+    assert M.parse_yes_no('No') == 'no' and M.parse_yes_no('nothing') == 'yes' and M.parse_yes_no('It is not, no') == 'no'
+    with pytest.raises(ValueError, match='labels'):
+        M.pope_scores(['yes'], ['maybe'])
+    with pytest.raises(ValueError, match='answers'):
+        M.pope_scores(['yes'], [])
