@@ -359,3 +359,21 @@ def test_load_tokenizer_of_a_real_checkpoint_layout(tmp_path):
     bpe = train_tokenizer(['aaa bbb aaa'], model='bpe', specials=('<pad>', '<unk>'), specials_end=('<eot>',),
                           pre_tokenizer='metaspace', vocab_size=30)
     assert bpe.convert_tokens_to_ids('<eot>') == len(bpe) - 1 and bpe.eos_token_id == len(bpe) - 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_presets_on_cuda_in_bf16():
+    for name in ['laps-vit', 'das-vilt', 'ademvl-llama', 'vqascore-t5', 'vqascore-clip', 'crossget-llava']:
+        m = tiny_hf(name, seed=0, device='cuda').to(torch.bfloat16)
+        inputs = {k: (v.to('cuda', torch.bfloat16) if v.is_floating_point() else v.to('cuda'))
+                  for k, v in example_inputs(m).items()}
+        with torch.no_grad(): out = m(**inputs)
+        assert _first_tensor(out).device.type == 'cuda' and torch.isfinite(_first_tensor(out).float()).all(), name
+    oc = create_open_clip('vlrepro-tiny-clip', device='cuda', precision='bf16')
+    hf = open_clip_to_hf(oc)
+    assert next(hf.parameters()).device.type == 'cuda' and next(hf.parameters()).dtype == torch.bfloat16
+    x = torch.randn(2, 3, 32, 32, device='cuda', dtype=torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(hf.get_image_features(pixel_values=x).pooler_output.float(),
+                                   oc.encode_image(x).float(), rtol=0.05, atol=0.05)
