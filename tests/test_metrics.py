@@ -173,6 +173,8 @@ def test_caption_errors(monkeypatch):
         M.caption_scores(['x'], [[]], tokenizer='simple')
     with pytest.raises(ValueError, match='unknown caption metric'):
         M.caption_scores(['x'], [['x']], metrics=('spice',))
+    with pytest.raises(TypeError, match='list of reference captions'):
+        M.caption_scores(['x'], ['x'], tokenizer='simple')
     with pytest.raises(TypeError, match='strings'):
         M.caption_scores([3], [['x']], tokenizer='simple')
     monkeypatch.setattr(M, 'java_available', lambda: False)
