@@ -172,6 +172,17 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='no task'): main([])
 
 
+@pytest.mark.parametrize('backend', ['ddp', 'deepspeed'])
+def test_one_process_group_in_process(tmp_path, backend, monkeypatch):
+    "backend='ddp'/'deepspeed' without a launcher: a one-process group (as in a notebook); resume still exact."
+    if backend == 'deepspeed': pytest.importorskip('deepspeed'); monkeypatch.setenv('DS_ACCELERATOR', 'cpu')
+    kw = dict(max_steps=6, batch_size=4, backend=backend, save_every=2, task_args=dict(n=16))
+    r = _fit(tmp_path / 'a', **kw)
+    assert r['finished'] and (tmp_path / 'a' / 'model.pt').exists()
+    _fit(tmp_path / 'b', stop_step=3, **kw); _fit(tmp_path / 'b', seed=5, **kw)
+    assert_same_weights(tmp_path / 'a' / 'model.pt', tmp_path / 'b' / 'model.pt')
+
+
 def test_deepspeed_configs(tmp_path):
     for z, stage in [(ZERO2, 2), (ZERO3, 3)]:
         assert z['zero_optimization']['stage'] == stage and z['bf16']['enabled'] == 'auto'

@@ -172,11 +172,14 @@ class SeededDataset(Dataset):
         try: return self.dataset[i]
         finally: torch.set_rng_state(t); random.setstate(p)
 
-# %% ../nbs/04_train.ipynb #5cc7d8a8
+# %% ../nbs/04_train.ipynb #8cffa275
 def dist_env()->tuple[int, int, int]:
     "(rank, local_rank, world_size) from the launcher's environment (0, 0, 1 when not launched)."
     e = os.environ
     return int(e.get('RANK', 0)), int(e.get('LOCAL_RANK', 0)), int(e.get('WORLD_SIZE', 1))
+
+def _free_port()->int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def unwrap(model:nn.Module)->nn.Module:
     "The plain module inside a DDP wrapper or DeepSpeed engine."
@@ -258,7 +261,7 @@ class Trainer:
         self._setup_model(model, param_groups)
         if self.config.resume and self.checkpoint_path and self._checkpoint_exists(): self.load_checkpoint()
 
-# %% ../nbs/04_train.ipynb #2f0be6d8
+# %% ../nbs/04_train.ipynb #0d146666
 @patch
 def _setup_processes(self:Trainer):
     c = self.config
@@ -273,6 +276,8 @@ def _setup_processes(self:Trainer):
     if self.backend in ('ddp', 'deepspeed'):
         import torch.distributed as dist
         if not dist.is_initialized():
+            if 'MASTER_ADDR' not in os.environ:   # not launched: a one-process group (e.g. DeepSpeed in a notebook)
+                os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(_free_port()), RANK='0', LOCAL_RANK='0', WORLD_SIZE='1')
             pg = 'nccl' if device.type == 'cuda' else 'gloo'
             if self.backend == 'deepspeed':
                 import deepspeed
@@ -722,10 +727,7 @@ def main(argv:Sequence[str]|None=None)->dict:
         dist.destroy_process_group()
     return res
 
-# %% ../nbs/04_train.ipynb #fc038ba3
-def _free_port()->int:
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
+# %% ../nbs/04_train.ipynb #ffef7fd6
 def launch_command(task:str,                        # module:function of the task
                    config_path:Path|str,            # JSON file of TrainConfig fields
                    nproc:int=1,                     # processes (GPUs, or CPU slots)
