@@ -229,3 +229,13 @@ def test_token_counts_hidden_states_kwarg():
         def forward(self, x): return self.b(mask=torch.ones(1), hidden_states=x)
     net = Net()
     assert bench.token_counts(net, lambda: net(torch.randn(2, 7, 3)), Block) == [7]
+
+
+def test_block_macs_matches_counter():
+    open_clip = pytest.importorskip('open_clip')
+    from open_clip.transformer import ResidualAttentionBlock
+    blk = ResidualAttentionBlock(32, 2, mlp_ratio=4.0).eval()
+    for n in (5, 17):
+        assert bench.count_flops(blk, torch.randn(2, n, 32)).macs == 2 * bench.block_macs(n, 32)
+    assert bench.block_macs(10, 8, kv_tokens=4) == 2 * 10 * 64 + 2 * 4 * 64 + 2 * 10 * 4 * 8 + 2 * 10 * 8 * 32
+    assert bench.block_macs(197, 768) * 12 == 12 * (12 * 197 * 768 ** 2 + 2 * 197 ** 2 * 768)
