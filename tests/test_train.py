@@ -279,6 +279,19 @@ def test_deepspeed_zero3_two_processes(tmp_path):
     assert w['0.weight'].shape == (32, 8) and w['4.weight'].shape == (1, 32)    # gathered, not partitioned
 
 
+def test_import_is_light():
+    code = "import sys, vlrepro.train; assert 'deepspeed' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, '-c', code], env=ENV, check=True, timeout=120)
+
+
+def test_callbacks_see_every_record(tmp_path):
+    got = []
+    torch.manual_seed(0); t = demo_task(n=16)
+    Trainer(t['model'], t['loss_fn'], t['train_data'], TrainConfig(epochs=2, batch_size=4, log_every=2, progress=False),
+            eval_fn=t['eval_fn'], callbacks=[lambda tr, rec: got.append((rec['kind'], rec['step'], tr.step))]).fit()
+    assert got == [('train', 2, 2), ('train', 4, 4), ('train', 6, 6), ('train', 8, 8), ('eval', 8, 8)]
+
+
 def test_launch_command_shapes():
     c = launch_command(TASK, 'c.json', 2, 'deepspeed', task_args={'n': 8}, port=1234)
     assert c[1:4] == ['-m', 'deepspeed.launcher.runner', '--num_gpus'] and '--module' in c and c[-1] == 'backend=deepspeed'
