@@ -363,8 +363,8 @@ def test_paper_numbers_registered():
     assert rows[('Flickr30K ViT', 'i2t_r1')] == 75.8 and rows[('MSCOCO-5K Swin', 'i2t_r5')] == 90.2 and len(rows) == 24
 
 
-def test_train_step_runs_and_loss_falls():
-    """One tiny Trainer run on a few synthetic tiles pairs (dense then LAPS)."""
+def test_train_laps_recipe():
+    """A tiny Trainer run on synthetic tiles pairs: loss ramp, step decay, kept fraction in the log."""
     from vlrepro import data, models
     tr = data.generate('tiles', 16, seed=0, split='train')
     ds = data.RetrievalDataset(tr, transform=data.image_transform(mean=(.5,) * 3, std=(.5,) * 3))
@@ -372,10 +372,11 @@ def test_train_step_runs_and_loss_falls():
     v, t = laps.build_encoders('laps-vit', 'laps-bert', vocab_size=len(tok), seed=0)
     m = laps.patch(LAPSModel(v, t, 64))
     res = laps.train_laps(m, ds.caption_view('all'), tok, '', epochs=2, batch_size=16, learning_rate=5e-4,
-                          backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, progress=False, log_every=1)
+                          backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, progress=False, log_every=1, lr_schedules=(1,))
     hist = [r for r in res['history'] if r['kind'] == 'train']
     assert res['finished'] and len(hist) == 10 and hist[0]['alpha'] == 0.0 and hist[-1]['alpha'] == 1.0
     assert hist[0]['kept_fraction'] == 0.5
+    assert math.isclose(hist[0]['lr'], 5e-4) and math.isclose(hist[-1]['lr'], 1.5e-4)   # x0.3 from epoch 1
 
 
 @pytest.mark.slow
