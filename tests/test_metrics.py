@@ -92,7 +92,7 @@ def test_coco_sized_chunks_fast_enough():
     ('Two dogs.', '2 dogs'), ('The cat', 'cat'), ('dont know', "don't know"), ('10,000', '10000'), ('3.5', '3.5'),
     ('ice-cream', 'ice cream'), ('Yes!', 'yes'), ('at 2:50 pm', 'at 2:50 pm'), ("girl's", "girl's"),
     (' A  red\tone ', 'red 1'), ('an apple', 'apple'), ('its', 'its'), ('Isnt it?', "isn't it"), ('none', '0'),
-    ('end.', 'end'), ('$5', '5')])
+    ('end.', 'end'), ('$5', '5'), ('.5 m', '.5 m'), ('a.m.', 'am')])
 def test_normalize_answer(raw, want):
     assert M.normalize_answer(raw) == want
 
