@@ -52,6 +52,28 @@ def test_open_clip_save_load_round_trip(tmp_path):
         torch.testing.assert_close(m2.encode_text(t), m.encode_text(t), rtol=0, atol=0)
 
 
+def test_open_clip_torchscript_archive(tmp_path):
+    # OpenAI's released CLIP files (ViT-B-16.pt, ViT-L-14.pt) are TorchScript archives; a traced model is one too
+    m = create_open_clip('vlrepro-tiny-clip')
+    x, t = torch.randn(2, 3, 32, 32), torch.randint(1, 26, (2, 24))
+    t[:, -1] = 26
+    torch.jit.save(torch.jit.trace(m, (x, t), check_trace=False), tmp_path/'jit.pt')
+    m2 = create_open_clip('vlrepro-tiny-clip', pretrained=str(tmp_path/'jit.pt'))
+    with torch.no_grad(): torch.testing.assert_close(m2.encode_text(t), m.encode_text(t), rtol=0, atol=0)
+    tower = open_clip_to_hf('vlrepro-tiny-clip', pretrained=str(tmp_path/'jit.pt'), vision_only=True)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(pixel_values=x).pooler_output, m.visual.ln_post(
+            _penultimate_and_last(m, x)), rtol=1e-4, atol=1e-5)
+
+
+def _penultimate_and_last(model, x):
+    feats = {}
+    hook = model.visual.transformer.resblocks[-1].register_forward_hook(lambda mod, i, o: feats.update(x=o))
+    with torch.no_grad(): model.encode_image(x)
+    hook.remove()
+    return feats['x'][:, 0]
+
+
 def test_open_clip_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='not found'):
         create_open_clip('vlrepro-tiny-clip', pretrained=str(tmp_path/'missing.pt'))
