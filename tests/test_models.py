@@ -167,7 +167,7 @@ def test_spec_presets_match_specs():
     c = hf_config('vqascore-t5')
     assert (c.vocab_size, c.d_model, c.d_kv, c.d_ff, c.num_layers, c.num_decoder_layers, c.num_heads,
             c.is_gated_act, c.decoder_start_token_id, c.pad_token_id, c.eos_token_id) == (200, 64, 16, 128, 4, 2, 4,
-                                                                                          True, 0, 1 - 1, 1)
+                                                                                          True, 0, 0, 1)
     c = hf_config('vqascore-clip')
     assert (c.vision_config.patch_size, c.vision_config.num_hidden_layers, c.text_config.num_hidden_layers,
             c.text_config.max_position_embeddings, c.projection_dim, c.text_config.eos_token_id) == (8, 4, 2, 24, 64, 1)
