@@ -195,15 +195,17 @@ def test_deepspeed_configs(tmp_path):
     with pytest.raises(FileNotFoundError, match='not found'): deepspeed_config(TrainConfig(deepspeed_config='missing.json'))
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-@pytest.mark.parametrize('precision', ['bf16', 'fp16'])
-def test_mixed_precision_on_gpu(tmp_path, precision):
-    kw = dict(max_steps=8, batch_size=4, precision=precision, device='cuda', save_every=3, task_args=dict(n=32))
+_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')]
+
+@pytest.mark.parametrize('precision,device', [('bf16', 'cpu'), ('fp16', 'cpu'),
+                                              pytest.param('bf16', 'cuda', marks=_GPU), pytest.param('fp16', 'cuda', marks=_GPU)])
+def test_mixed_precision_trains_and_resumes(tmp_path, precision, device):
+    kw = dict(max_steps=8, batch_size=4, precision=precision, device=device, save_every=3, task_args=dict(n=32))
     r = _fit(tmp_path / 'a', **kw)
     assert r['finished'] and r['loss'] == r['loss']
     _fit(tmp_path / 'b', stop_step=4, **kw); _fit(tmp_path / 'b', **kw)
     assert_same_weights(tmp_path / 'a' / 'model.pt', tmp_path / 'b' / 'model.pt')
+    if precision == 'fp16': assert torch.load(tmp_path / 'a' / 'checkpoint.pt', weights_only=False)['scaler']['scale'] > 0
 
 
 # ---------------------------------------------------------------- real processes
