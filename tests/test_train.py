@@ -170,6 +170,7 @@ def test_bad_inputs():
         Trainer(t['model'], lambda m, b: m(b['x']), t['train_data'], TrainConfig(batch_size=4, progress=False)).fit()
     with pytest.raises(ValueError, match='package.module:function'): load_task('nope')
     with pytest.raises(ValueError, match='no task'): main([])
+    with pytest.raises(FileNotFoundError, match='not found'): main(['--task', TASK, '--config', 'missing.json'])
 
 
 @pytest.mark.parametrize('backend', ['ddp', 'deepspeed'])

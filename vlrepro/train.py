@@ -21,7 +21,7 @@ from .core import atomic_torch_save, atomic_write_json, atomic_write_text, get_d
 # %% auto #0
 __all__ = ['ZERO2', 'ZERO3', 'TrainConfig', 'make_param_groups', 'lr_multiplier', 'warmup_steps', 'epoch_batches',
            'SeededDataset', 'dist_env', 'unwrap', 'to_device', 'preserve_rng', 'StepInfo', 'Trainer', 'demo_task',
-           'deepspeed_config', 'write_deepspeed_config', 'load_task', 'main', 'launch_command', 'launch']
+           'deepspeed_config', 'write_deepspeed_config', 'load_task', 'run_cli', 'main', 'launch_command', 'launch']
 
 # %% ../nbs/04_train.ipynb #8c71306a
 @dataclass
@@ -679,7 +679,7 @@ def write_deepspeed_config(path:Path|str,              # where to write the JSON
     d = deepspeed_config(dataclasses.replace(config, zero_stage=stage, deepspeed_config='')) if config else (ZERO2 if stage == 2 else ZERO3)
     return atomic_write_json(path, d)
 
-# %% ../nbs/04_train.ipynb #1fc3cdbf
+# %% ../nbs/04_train.ipynb #784ef216
 def load_task(spec:str, **task_args)->dict:
     "Import `module:function`, call it with `task_args` and return its parts as a dict of Trainer arguments."
     if ':' not in spec: raise ValueError(f"task must look like 'package.module:function', got {spec!r}")
@@ -701,15 +701,17 @@ def _parse_value(s:str)->Any:
     try: return json.loads(s)
     except json.JSONDecodeError: return s
 
-def main(argv:Sequence[str]|None=None)->dict:
-    "Command-line entry point: `python -m vlrepro.train --task module:function --config cfg.json`."
+def run_cli(argv:Sequence[str]|None=None)->dict:
+    "Parse `python -m vlrepro.train` arguments, build the task, train it; return the summary (`fit`'s, minus history)."
     ap = argparse.ArgumentParser(prog='python -m vlrepro.train', description=main.__doc__)
     ap.add_argument('--task', default='', help="module:function returning the model, loss_fn and train_data")
     ap.add_argument('--task-args', default='', help="JSON object of keyword arguments for the task function")
     ap.add_argument('--config', default='', help="JSON file of TrainConfig fields (may include task and task_args)")
     ap.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help="override TrainConfig fields (JSON values)")
     ap.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)  # passed by launchers
-    a = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = ap.parse_args(argv[1:] if argv[:1] == ['--'] else argv)   # `vlrepro train -- ...` passes the separator on
+    if a.config and not Path(a.config).exists(): raise FileNotFoundError(f"--config {a.config} not found; give a JSON file of TrainConfig fields")
     d = json.loads(Path(a.config).read_text()) if a.config else {}
     task, task_args = a.task or d.pop('task', ''), d.pop('task_args', {})
     d.pop('task', None)
@@ -728,6 +730,10 @@ def main(argv:Sequence[str]|None=None)->dict:
         import torch.distributed as dist
         dist.destroy_process_group()
     return res
+
+def main(argv:Sequence[str]|None=None)->int:
+    "Command-line entry point: `python -m vlrepro.train --task module:function --config cfg.json` (exit status 0)."
+    run_cli(argv); return 0
 
 # %% ../nbs/04_train.ipynb #ffef7fd6
 def launch_command(task:str,                        # module:function of the task
@@ -783,9 +789,9 @@ def launch(task:str,                         # module:function of the task
         raise RuntimeError(f"training job failed (exit {p.returncode}): {' '.join(cmd)}\n{''.join(tail)}")
     return json.loads((out / 'summary.json').read_text())
 
-# %% ../nbs/04_train.ipynb #8ed89f4d
+# %% ../nbs/04_train.ipynb #5ff4581a
 def _in_ipython()->bool:
     try: get_ipython; return True   # noqa: F821 — defined under Jupyter, papermill and nbdev_test
     except NameError: return False
 
-if __name__ == '__main__' and not _in_ipython(): main()
+if __name__ == '__main__' and not _in_ipython(): sys.exit(main())
