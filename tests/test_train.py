@@ -287,6 +287,15 @@ def test_import_is_light():
     subprocess.run([sys.executable, '-c', code], env=ENV, check=True, timeout=120)
 
 
+def test_eval_values_are_logged_as_json(tmp_path):
+    torch.manual_seed(0); t = demo_task(n=16)
+    ev = lambda m: {'a': torch.tensor(0.5), 'per_class': torch.tensor([1.0, 2.0]), 'n': 3, 'name': 'x'}
+    r = Trainer(t['model'], t['loss_fn'], t['train_data'], TrainConfig(out_dir=str(tmp_path), epochs=1, batch_size=8,
+                progress=False), eval_fn=ev).fit()
+    assert r['eval'] == {'a': 0.5, 'per_class': [1.0, 2.0], 'n': 3, 'name': 'x'}
+    assert json.loads((tmp_path / 'log.jsonl').read_text().splitlines()[-1])['per_class'] == [1.0, 2.0]
+
+
 def test_callbacks_see_every_record(tmp_path):
     got = []
     torch.manual_seed(0); t = demo_task(n=16)

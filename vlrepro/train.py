@@ -434,7 +434,7 @@ def fit(self:Trainer)->dict:
                 eval=self.last_eval, history=self.history, finished=finished, seconds=time.time() - t0,
                 checkpoint=str(self.checkpoint_path or ''), model_path=str(self.out_dir / 'model.pt') if self.out_dir and finished else '')
 
-# %% ../nbs/04_train.ipynb #2634c09b
+# %% ../nbs/04_train.ipynb #718298e3
 @patch
 def _all_mean(self:Trainer, values:list[float])->list[float]:
     if self.world_size == 1: return values
@@ -460,6 +460,12 @@ def _record(self:Trainer, rec:dict):
         with open(self.out_dir / 'log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
     for cb in self.callbacks: cb(self, rec)
 
+def _jsonable(v:Any)->Any:
+    "Tensors and NumPy values as Python numbers or lists, the rest unchanged (for the JSONL log)."
+    if isinstance(v, Tensor): return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (np.ndarray, np.generic)): return v.item() if v.size == 1 else v.tolist()
+    return v
+
 @patch
 def evaluate(self:Trainer)->dict:
     "Run `eval_fn` on the (unwrapped) model in eval mode without disturbing training RNG; log and return its dict."
@@ -467,7 +473,7 @@ def evaluate(self:Trainer)->dict:
     self.model.eval()
     with preserve_rng(self.device), torch.no_grad(), self._autocast(): res = self.eval_fn(self.module)
     self.model.train()
-    res = {k: (float(v) if isinstance(v, (int, float, Tensor, np.number)) else v) for k, v in dict(res).items()}
+    res = {k: _jsonable(v) for k, v in dict(res or {}).items()}
     self.last_eval = res
     self._record(dict(kind='eval', step=self.step, epoch=self.epoch, **res)); return res
 
