@@ -63,6 +63,18 @@ def test_step_schedule_by_epoch(tmp_path):
     assert lrs == pytest.approx([0.1, 0.05, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025])
 
 
+def test_sgd_with_constant_warmup_resumes(tmp_path):
+    kw = dict(epochs=3, batch_size=8, optimizer='sgd', lr=0.05, momentum=0.9, weight_decay=5e-4, warmup_epochs=1,
+              warmup_lr=1e-5, log_every=1, save_every=2, task_args=dict(n=16))
+    r = _fit(tmp_path / 'a', **kw)
+    lrs = [h['lr'] for h in r['history'] if h['kind'] == 'train']    # lr after each step (= the next step's)
+    assert lrs[0] == pytest.approx(1e-5) and lrs[1] == pytest.approx(0.05) and lrs[-1] == pytest.approx(0, abs=1e-12)
+    _fit(tmp_path / 'b', stop_step=3, **kw); _fit(tmp_path / 'b', **kw)
+    assert_same_weights(tmp_path / 'a' / 'model.pt', tmp_path / 'b' / 'model.pt')
+    ck = torch.load(tmp_path / 'a' / 'checkpoint.pt', weights_only=False)
+    assert 'momentum_buffer' in next(iter(ck['optimizer']['state'].values()))
+
+
 def test_loss_fn_gets_step_info_across_resume(tmp_path):
     seen = []
     def loss3(model, batch, info):

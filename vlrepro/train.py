@@ -23,7 +23,7 @@ __all__ = ['ZERO2', 'ZERO3', 'TrainConfig', 'make_param_groups', 'lr_multiplier'
            'SeededDataset', 'dist_env', 'unwrap', 'to_device', 'preserve_rng', 'StepInfo', 'Trainer', 'demo_task',
            'deepspeed_config', 'write_deepspeed_config', 'load_task', 'run_cli', 'main', 'launch_command', 'launch']
 
-# %% ../nbs/04_train.ipynb #8c71306a
+# %% ../nbs/04_train.ipynb #c0bc9e41
 @dataclass
 class TrainConfig:
     "Every knob of a training run (JSON-serialisable; steps are optimizer steps)."
@@ -37,17 +37,22 @@ class TrainConfig:
     shuffle: bool = True         # reshuffle every epoch (from `seed` and the epoch number)
     num_workers: int = 0         # DataLoader worker processes
     seed_items: bool = True      # seed each item's RNG from (seed, epoch, index) (exact resume of random augmentation)
+    optimizer: str = 'adamw'     # 'adamw' or 'sgd'
     lr: float = 1e-3             # peak learning rate (times a group's `lr_mult`)
-    weight_decay: float = 0.0    # AdamW decoupled weight decay
+    weight_decay: float = 0.0    # AdamW decoupled weight decay (SGD: L2 penalty)
     betas: tuple = (0.9, 0.999)  # AdamW betas
     eps: float = 1e-8            # AdamW epsilon
+    momentum: float = 0.9        # SGD momentum
+    nesterov: bool = False       # SGD Nesterov momentum
     no_decay_1d: bool = True     # no weight decay for biases and other 1-d parameters (norm weights)
     lr_mults: dict = field(default_factory=dict)  # {regex on parameter name: lr multiplier}; first match wins
     schedule: str = 'cosine'     # 'cosine', 'linear', 'constant' or 'step', after warmup
     milestones: list = field(default_factory=list)  # 'step' schedule: epochs at whose start lr *= decay_rate
     decay_rate: float = 0.1      # 'step' schedule: factor per milestone
-    warmup_steps: int = 0        # linear warmup steps (takes precedence over `warmup_ratio`)
+    warmup_steps: int = 0        # warmup steps (takes precedence over `warmup_epochs` and `warmup_ratio`)
+    warmup_epochs: float = 0.0   # warmup in epochs (takes precedence over `warmup_ratio`)
     warmup_ratio: float = 0.0    # warmup as a fraction of the total steps
+    warmup_lr: float = 0.0       # > 0: hold this lr (× lr_mult) during warmup instead of ramping from 0 (CoOp: 1e-5)
     min_lr_ratio: float = 0.0    # final lr as a fraction of the peak (cosine and linear)
     clip_grad: float = 0.0       # max global gradient norm; 0 = no clipping
     precision: str = 'fp32'      # 'fp32', 'bf16', 'fp16' or 'auto' (bf16 on a GPU that has it, else fp32)
@@ -74,6 +79,7 @@ class TrainConfig:
                   (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
                   (self.epochs >= 1 or self.max_steps >= 1, "set epochs >= 1 or max_steps >= 1"),
                   (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+                  (self.optimizer in ('adamw', 'sgd'), f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}"),
                   (self.zero_stage in (0, 1, 2, 3), f"zero_stage must be 0-3, got {self.zero_stage}")]
         for ok, msg in checks:
             if not ok: raise ValueError(msg)
@@ -111,7 +117,7 @@ def make_param_groups(model:nn.Module,          # the model whose trainable para
     if not groups: raise ValueError("the model has no trainable parameters; set requires_grad=True on the ones to train")
     return list(groups.values())
 
-# %% ../nbs/04_train.ipynb #6c8815c0
+# %% ../nbs/04_train.ipynb #9b58cfec
 def lr_multiplier(step:int,              # optimizer steps taken so far
                   total:int,             # total optimizer steps of the run
                   warmup:int=0,          # warmup steps
@@ -120,18 +126,21 @@ def lr_multiplier(step:int,              # optimizer steps taken so far
                   milestones:Sequence[int]=(), # 'step': epochs at whose start the rate is multiplied by `decay_rate`
                   decay_rate:float=0.1,  # 'step': factor per milestone passed
                   steps_per_epoch:int=1, # 'step': optimizer steps per epoch
+                  warmup_value:float=0.0, # > 0: constant multiplier during warmup instead of the linear ramp
                  )->float:               # multiplier of the peak learning rate
     "Warmup-then-decay multiplier of the peak learning rate at `step`."
-    if step < warmup: return step / max(1, warmup)
+    if step < warmup: return warmup_value if warmup_value > 0 else step / max(1, warmup)
     if kind == 'constant': return 1.0
     if kind == 'step': return decay_rate ** sum(step >= m * steps_per_epoch for m in milestones)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if kind == 'cosine' else 1 - progress
     return min_ratio + (1 - min_ratio) * decay
 
-def warmup_steps(config:TrainConfig, total:int)->int:
-    "Warmup length in steps: `warmup_steps`, else `warmup_ratio × total` rounded up."
-    return config.warmup_steps if config.warmup_steps > 0 else math.ceil(config.warmup_ratio * total)
+def warmup_steps(config:TrainConfig, total:int, steps_per_epoch:int=1)->int:
+    "Warmup length in steps: `warmup_steps`, else `warmup_epochs` or `warmup_ratio × total`, rounded up."
+    if config.warmup_steps > 0: return config.warmup_steps
+    if config.warmup_epochs > 0: return math.ceil(config.warmup_epochs * steps_per_epoch)
+    return math.ceil(config.warmup_ratio * total)
 
 # %% ../nbs/04_train.ipynb #fbdeabd7
 def _mix(*ints:int)->int:
@@ -306,7 +315,7 @@ def checkpoint_path(self:Trainer)->Path|None:
     if not self.out_dir: return None
     return self.out_dir / ('checkpoint.ds' if self.backend == 'deepspeed' else 'checkpoint.pt')
 
-# %% ../nbs/04_train.ipynb #75927140
+# %% ../nbs/04_train.ipynb #a010c848
 @patch
 def _setup_model(self:Trainer, model:nn.Module, param_groups):
     c = self.config
@@ -320,10 +329,13 @@ def _setup_model(self:Trainer, model:nn.Module, param_groups):
         groups = [g for g in groups if g['params']]
     self.trainable = [p for g in groups for p in g['params']]
     fused = {'fused': True} if self.device.type == 'cuda' else {}
-    opt = torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, **fused)
-    warm = warmup_steps(c, self.total_steps)
+    if c.optimizer == 'sgd':
+        opt = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
+    else: opt = torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, **fused)
+    warm = warmup_steps(c, self.total_steps, self.steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, self.total_steps, warm, c.schedule, c.min_lr_ratio,
-                                                                           c.milestones, c.decay_rate, self.steps_per_epoch))
+                                                                           c.milestones, c.decay_rate, self.steps_per_epoch,
+                                                                           c.warmup_lr / c.lr if c.warmup_lr > 0 else 0.0))
     self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == 'fp16' and self.backend != 'deepspeed')
     if self.backend == 'deepspeed':
         import deepspeed
@@ -633,7 +645,7 @@ def demo_task(n:int=64,           # training samples
         return {'val_mse': nn.functional.mse_loss(m(xv.to(p.device, p.dtype)).squeeze(-1).float(), yv.to(p.device)).item()}
     return dict(model=model, loss_fn=_demo_loss, train_data=_DemoData(x[:n], y[:n], delay), eval_fn=eval_fn)
 
-# %% ../nbs/04_train.ipynb #9b0101f8
+# %% ../nbs/04_train.ipynb #4a7c5ff4
 _FP16 = {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16,
          "hysteresis": 2, "min_loss_scale": 1}
 ZERO2 = {"fp16": dict(_FP16), "bf16": {"enabled": "auto"},
@@ -672,6 +684,7 @@ def deepspeed_config(config:TrainConfig,       # the run's knobs
     z = d.setdefault('zero_optimization', {'stage': config.zero_stage})
     for k in [k for k, v in z.items() if v == 'auto']: del z[k]   # DeepSpeed's defaults
     d.setdefault('steps_per_print', 10**9); d.setdefault('wall_clock_breakdown', False)
+    if config.optimizer != 'adamw': d.setdefault('zero_allow_untested_optimizer', True)   # ZeRO vets AdamW only
     left = [k for k, v in d.items() if v == 'auto']
     if left: raise ValueError(f"DeepSpeed config keys {left} are 'auto' but vlrepro does not know how to fill them; set them")
     return d
