@@ -144,7 +144,7 @@ def show_selection(image:Tensor,        # (3, H, W) image in [-1, 1] or [0, 1]
                    title:str='',
                   ):
     "Draw the kept patches of each caption over the image, with the caption beneath."
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt, textwrap
     img = image.permute(1, 2, 0).float()
     img = (img - img.min()) / (img.max() - img.min() + 1e-8)
     fig, axs = plt.subplots(1, len(masks), figsize=(3.2 * len(masks), 3.6), squeeze=False)
@@ -155,7 +155,7 @@ def show_selection(image:Tensor,        # (3, H, W) image in [-1, 1] or [0, 1]
         if truth is not None:
             for p in truth[k]:
                 r, c = divmod(p, side); ax.add_patch(plt.Rectangle((c * H / side - .5, r * H / side - .5), H / side, H / side, fill=False, ec='w', lw=.6))
-        ax.set_title('\n'.join([cap[i:i + 34] for i in range(0, len(cap), 34)]), fontsize=8); ax.axis('off')
+        ax.set_title('\n'.join(textwrap.wrap(cap, 34)), fontsize=8); ax.axis('off')
     fig.suptitle(title); plt.tight_layout(); plt.show()
 
 # %% ../nbs/30_laps.ipynb #8e17edf1
