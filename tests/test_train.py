@@ -196,6 +196,17 @@ def test_one_process_group_in_process(tmp_path, backend, monkeypatch):
     assert_same_weights(tmp_path / 'a' / 'model.pt', tmp_path / 'b' / 'model.pt')
 
 
+def test_deepspeed_frozen_params_trainable_only_checkpoint(tmp_path, monkeypatch):
+    pytest.importorskip('deepspeed'); monkeypatch.setenv('DS_ACCELERATOR', 'cpu')
+    def run(d, **kw):
+        torch.manual_seed(0); t = demo_task(n=16); t['model'][0].requires_grad_(False)
+        return Trainer(t['model'], t['loss_fn'], t['train_data'], TrainConfig(out_dir=str(d), max_steps=6, batch_size=4,
+                       backend='deepspeed', save_trainable_only=True, save_every=2, progress=False, **kw)).fit()
+    run(tmp_path / 'a'); run(tmp_path / 'b', stop_step=3); run(tmp_path / 'b')
+    assert_same_weights(tmp_path / 'a' / 'model.pt', tmp_path / 'b' / 'model.pt')
+    assert torch.equal(_weights(tmp_path / 'a' / 'model.pt')['0.weight'], (torch.manual_seed(0), demo_task(n=16))[1]['model'][0].weight)
+
+
 def test_deepspeed_configs(tmp_path):
     for z, stage in [(ZERO2, 2), (ZERO3, 3)]:
         assert z['zero_optimization']['stage'] == stage and z['bf16']['enabled'] == 'auto'

@@ -590,7 +590,7 @@ def save_model(self:Trainer)->Path|None:
     self._barrier()
     return self.out_dir / 'model.pt'
 
-# %% ../nbs/04_train.ipynb #2e6884b2
+# %% ../nbs/04_train.ipynb #5faf77a8
 @patch
 def _save_deepspeed(self:Trainer, rng:list[dict])->Path:
     final = self.checkpoint_path
@@ -598,7 +598,7 @@ def _save_deepspeed(self:Trainer, rng:list[dict])->Path:
     if self.is_main and tmp.exists(): shutil.rmtree(tmp)
     self._barrier()
     self.model.save_checkpoint(str(tmp), tag='state', client_state=dict(trainer=self._trainer_state(), rng=rng),
-                               save_latest=False)
+                               save_latest=False, exclude_frozen_parameters=self.config.save_trainable_only)
     self._barrier()
     if self.is_main:
         if final.exists(): final.rename(old)
@@ -611,7 +611,7 @@ def _save_deepspeed(self:Trainer, rng:list[dict])->Path:
 def _load_deepspeed(self:Trainer, path:Path)->tuple[dict, list]:
     if not path.exists() and path.with_suffix('.old').exists(): path = path.with_suffix('.old')
     if not path.exists(): raise FileNotFoundError(f"no DeepSpeed checkpoint at {path}; train first or set resume=False")
-    _, client = self.model.load_checkpoint(str(path), tag='state')
+    _, client = self.model.load_checkpoint(str(path), tag='state', load_module_strict=not self.config.save_trainable_only)
     if client is None: raise ValueError(f"DeepSpeed could not read the checkpoint in {path}")
     return client['trainer'], client['rng']
 
