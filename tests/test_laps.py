@@ -389,3 +389,26 @@ def test_papermill_smoke(tmp_path):
     rec = json.loads((tmp_path / 'run' / 'results.json').read_text())
     assert rec['paper'] == 'laps' and rec['scale'] == 'tiny-synthetic' and 'laps/rsum' in rec['metrics']
     assert rec['metrics']['laps/visual_tokens_per_pair'] == 14 and rec['metrics']['dense/visual_tokens_per_pair'] == 65
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_global_batch(tmp_path):
+    """2 CPU processes under torchrun: each scores the gathered global batch (2 x 8 pairs); weights come back."""
+    import json
+    from vlrepro.train import launch
+    cfg = laps.train_config(str(tmp_path / 'run'), epochs=1, batch_size=8, learning_rate=5e-4, lr_schedules=(),
+                            progress=False, log_every=1)
+    res = launch('vlrepro.laps:train_task', cfg, nproc=2, launcher='torchrun', quiet=True, timeout=600,
+                 task_args=dict(train_images=8, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, learning_rate=5e-4))
+    assert res['finished']
+    recs = [json.loads(l) for l in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
+    train = [r for r in recs if r['kind'] == 'train']
+    assert train and all(r['pairs'] == 16.0 for r in train) and all(math.isfinite(r['loss']) for r in train)
+    sd = torch.load(tmp_path / 'run' / 'model.pt', map_location='cpu')
+    assert any(k.startswith('laps_head.') for k in sd)
+
+
+def test_gather_is_identity_without_process_group():
+    img, cap, lens = feats()
+    out = laps.gather_batch(img, cap, lens)
+    assert out[0] is img and out[1] is cap and out[2] is lens

@@ -23,7 +23,8 @@ __all__ = ['PAPER_NUMBERS', 'check_ratio', 'num_kept', 'num_aggregated', 'num_fi
            'laps_loss', 'lr_factor', 'loss_alpha', 'use_hardest', 'LAPSModel', 'patch', 'unpatch', 'is_patched',
            'laps_parameters', 'trainable_parameters', 'param_groups', 'sharded_similarity', 'check_caption_ids',
            'truncate_captions', 'retrieval_metrics', 'augment_caption', 'tokenize', 'PairCollate', 'encode_split',
-           'evaluate', 'selection_coverage', 'random_features', 'build_encoders', 'build_tokenizer', 'train_laps']
+           'evaluate', 'selection_coverage', 'random_features', 'build_encoders', 'build_tokenizer', 'gather_batch',
+           'make_loss_fn', 'train_config', 'train_laps', 'train_task']
 
 # %% ../nbs/30_laps.ipynb #52bd65f7
 def check_ratio(name:str,    # parameter name, for the message
@@ -397,6 +398,7 @@ class LAPSModel(nn.Module):
         self.img_proj = nn.Linear(hv, embed_size) if hv != embed_size else nn.Identity()   # spec §2.1: identity if equal
         self.txt_proj = nn.Linear(ht, embed_size) if ht != embed_size else nn.Identity()
         self.laps_head:LAPSHead|None = None
+        self.gather_batch = False   # DDP: score the global batch (features all-gathered with gradient), as released
 
     def encode_images(self, pixel_values:Tensor)->Tensor: # (B, 3, H, W) -> (B, L_v, d)
         "Projected image tokens (`[CLS]` first for ViT)."
@@ -416,7 +418,9 @@ class LAPSModel(nn.Module):
     def forward(self, pixel_values:Tensor, input_ids:Tensor): # (B,3,H,W), (B,L) -> S (B, B) [, D]
         "Encode a batch of pairs and score every image against every caption."
         cap, lens = self.encode_texts(input_ids)
-        return self.similarity(self.encode_images(pixel_values), cap, lens)
+        img = self.encode_images(pixel_values)
+        if self.gather_batch and self.training: img, cap, lens = gather_batch(img, cap, lens)
+        return self.similarity(img, cap, lens)
 
     def visual_tokens_per_pair(self)->int:
         "Visual tokens entering the alignment for one pair."
@@ -679,6 +683,57 @@ def build_tokenizer(text_model:str, captions:list[str])->object:
     return models.build_tokenizer('laps', captions)
 
 # %% ../nbs/30_laps.ipynb #79914010
+def _gather(x:Tensor, grad:bool=False)->Tensor:
+    "Concatenate `x` from every process along dim 0 (with gradient if `grad`); identity without a process group."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return x
+    if grad:
+        from torch.distributed.nn.functional import all_gather
+        return torch.cat(all_gather(x.contiguous()), 0)
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous()); return torch.cat(out, 0)
+
+def gather_batch(img_embs:Tensor, cap_embs:Tensor, cap_lens:Tensor)->tuple[Tensor, Tensor, Tensor]:
+    "All-gather a batch's features (with gradient) and lengths so the loss runs over the global batch (released DDP)."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return img_embs, cap_embs, cap_lens
+    L = torch.tensor([cap_embs.shape[1]], device=cap_embs.device); dist.all_reduce(L, op=dist.ReduceOp.MAX)
+    cap_embs = F.pad(cap_embs, (0, 0, 0, int(L) - cap_embs.shape[1]))
+    return _gather(img_embs, True), _gather(cap_embs, True), _gather(cap_lens)
+
+def make_loss_fn(margin:float=0.2, ratio_weight:float=2.0, vse_mean_warmup_epochs:int=1, embedding_warmup_epochs:int=0,
+                 max_violation:bool=False)->Callable:
+    "The released objective as a `vlrepro.train` loss_fn(model, batch, info): ramp α, all→hardest negatives, ratio term."
+    def loss_fn(m, batch, info):   # info: vlrepro.train.StepInfo of the step being taken
+        from vlrepro.train import unwrap
+        alpha = loss_alpha(info.epoch, info.step_in_epoch, info.steps_per_epoch, embedding_warmup_epochs)
+        hard = use_hardest(info.epoch, vse_mean_warmup_epochs, max_violation)
+        S, D = m(batch['pixel_values'], batch['input_ids'])
+        head = unwrap(m).laps_head
+        ids = _gather(batch['img_ids']) if unwrap(m).gather_batch else batch['img_ids']
+        loss = laps_loss(S, D, ids, head.sparse_ratio if head is not None else 1.0, margin, hard, alpha, ratio_weight)
+        logs = dict(alpha=alpha, hardest=float(hard), truncated=float(batch['truncated']), pairs=float(S.shape[0]))
+        if D is not None: logs['kept_fraction'] = D.detach().mean()
+        return loss, logs
+    return loss_fn
+
+def train_config(out_dir:str='', epochs:int=30, batch_size:int=64, learning_rate:float=2e-4, weight_decay:float=1e-4,
+                 grad_clip:float=2.0, lr_schedules:Iterable[int]=(9, 15, 20, 25), decay_rate:float=0.3, device:str='cpu',
+                 seed:int=0, precision:str='fp32', progress:bool=True, log_every:int=20, num_workers:int=0):
+    "`vlrepro.train.TrainConfig` of the released recipe: AdamW with decay on all parameters, epoch step decay, clip."
+    from vlrepro.train import TrainConfig
+    ms = [int(e) for e in lr_schedules]
+    return TrainConfig(out_dir=out_dir, epochs=epochs, batch_size=batch_size, drop_last=True, lr=learning_rate,
+                       weight_decay=weight_decay, no_decay_1d=False, clip_grad=grad_clip,
+                       schedule='step' if ms else 'constant', milestones=ms, decay_rate=decay_rate,
+                       precision=precision, device=device, seed=seed, log_every=log_every, resume=bool(out_dir),
+                       progress=progress, num_workers=num_workers, eval_every=0)
+
+def _groups_fn(learning_rate:float, backbone_lr_mult:float)->Callable:
+    return lambda m: [dict(params=g['params'], lr_mult=g['lr'] / learning_rate, name=g['name'])
+                      for g in param_groups(m, learning_rate, backbone_lr_mult)]
+
+# %% ../nbs/30_laps.ipynb #d3f89943
 def train_laps(model:LAPSModel,       # dense or patched model (trained in place)
                train_data,            # caption-level dataset: items {'image', 'caption', 'index'}
                tokenizer,             # caption tokenizer (pad id 0)
@@ -699,30 +754,17 @@ def train_laps(model:LAPSModel,       # dense or patched model (trained in place
               )->dict:                        # the Trainer's summary (+ 'best_rsum')
     "Train a `LAPSModel` with the released LAPS/VSE++ recipe on `vlrepro.train.Trainer`."
     import copy
-    from vlrepro.train import Trainer, TrainConfig, unwrap
+    from vlrepro.train import Trainer, unwrap
     max_len = getattr(model.text.config, 'max_position_embeddings', 512)
-    cfg = TrainConfig(out_dir=out_dir, epochs=epochs, batch_size=batch_size, drop_last=True, lr=learning_rate,
-                      weight_decay=weight_decay, no_decay_1d=False, clip_grad=grad_clip,
-                      schedule='step' if list(lr_schedules) else 'constant', milestones=list(lr_schedules), decay_rate=decay_rate,
-                      precision=precision, device=device, seed=seed, log_every=log_every, resume=bool(out_dir),
-                      progress=progress, num_workers=num_workers, eval_every=0)
+    cfg = train_config(out_dir, epochs, batch_size, learning_rate, weight_decay, grad_clip, lr_schedules, decay_rate,
+                       device, seed, precision, progress, log_every, num_workers)
     best = {'rsum': float('-inf'), 'state': None}
-    def loss_fn(m, batch, info):   # info: vlrepro.train.StepInfo of the step being taken
-        ep = info.epoch
-        alpha = loss_alpha(ep, info.step_in_epoch, info.steps_per_epoch, embedding_warmup_epochs)
-        hard = use_hardest(ep, vse_mean_warmup_epochs, max_violation)
-        S, D = m(batch['pixel_values'], batch['input_ids'])
-        head = unwrap(m).laps_head
-        loss = laps_loss(S, D, batch['img_ids'], head.sparse_ratio if head is not None else 1.0, margin, hard, alpha, ratio_weight)
-        logs = dict(alpha=alpha, hardest=float(hard), truncated=float(batch['truncated']))
-        if D is not None: logs['kept_fraction'] = D.detach().mean()
-        return loss, logs
+    loss_fn = make_loss_fn(margin, ratio_weight, vse_mean_warmup_epochs, embedding_warmup_epochs, max_violation)
     def on_record(trainer, rec):
         if rec['kind'] == 'eval' and rec.get('rsum', float('-inf')) > best['rsum']:
             best['rsum'], best['state'] = rec['rsum'], copy.deepcopy(unwrap(trainer.model).state_dict())
-    groups = lambda m: [dict(params=g['params'], lr_mult=g['lr'] / learning_rate, name=g['name']) for g in param_groups(m, learning_rate, backbone_lr_mult)]
     tr = Trainer(model, loss_fn, train_data, cfg, collate_fn=PairCollate(tokenizer, max_len, size_augment, seed),
-                 eval_fn=eval_fn, param_groups=groups, callbacks=[on_record])
+                 eval_fn=eval_fn, param_groups=_groups_fn(learning_rate, backbone_lr_mult), callbacks=[on_record])
     import dataclasses
     tr.config = dataclasses.replace(tr.config, eval_every=tr.steps_per_epoch if eval_fn is not None else 0,
                                     stop_step=stop_epoch * tr.steps_per_epoch if stop_epoch else 0)
@@ -738,7 +780,36 @@ def train_laps(model:LAPSModel,       # dense or patched model (trained in place
     if trunc: _log.warning("captions were truncated to the text encoder's %d positions in training (mean %.2f per logged batch)", max_len, trunc)
     return res
 
-# %% ../nbs/30_laps.ipynb #36fdbe75
+# %% ../nbs/30_laps.ipynb #70112685
+def train_task(data_root:str='', dataset:str='tiles', vision_model:str='laps-vit', text_model:str='laps-bert',
+               embed_size:int=64, sparse_ratio:float=0.5, aggr_ratio:float=0.4, aggr_hidden_ratio:float=0.2,
+               selection:str='topk', img_res:int=32, train_images:int=1000, max_train_captions:int=0, init:str='',
+               margin:float=0.2, ratio_weight:float=2.0, vse_mean_warmup_epochs:int=1, embedding_warmup_epochs:int=0,
+               learning_rate:float=2e-4, backbone_lr_mult:float=0.1, size_augment:bool=False, seed:int=0)->dict:
+    "The LAPS training task for `vlrepro.train.launch` (called in every process); `init`: a state dict to start from."
+    from pathlib import Path
+    from vlrepro import data
+    if data_root:
+        from torchvision import transforms as T
+        tf = T.Compose([T.RandomResizedCrop(img_res, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                        T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
+        ds = data.RetrievalDataset(Path(data_root) / dataset, 'train', transform=tf)
+    else:
+        ds = data.RetrievalDataset(data.generate('tiles', train_images, seed=seed, split='train'),
+                                   transform=data.image_transform(mean=(0.5,) * 3, std=(0.5,) * 3))
+    pairs = ds.caption_view('all')
+    if max_train_captions: pairs = torch.utils.data.Subset(pairs, range(min(max_train_captions, len(pairs))))
+    tok = build_tokenizer(text_model, ds.captions)
+    torch.manual_seed(seed)
+    model = patch(LAPSModel(*build_encoders(vision_model, text_model, vocab_size=len(tok), seed=seed), embed_size),
+                  sparse_ratio, aggr_ratio, selection=selection, hidden_ratio=aggr_hidden_ratio)
+    if init: model.load_state_dict(torch.load(init, map_location='cpu'))
+    model.gather_batch = True
+    return dict(model=model, train_data=pairs, param_groups=_groups_fn(learning_rate, backbone_lr_mult),
+                loss_fn=make_loss_fn(margin, ratio_weight, vse_mean_warmup_epochs, embedding_warmup_epochs),
+                collate_fn=PairCollate(tok, getattr(model.text.config, 'max_position_embeddings', 512), size_augment, seed))
+
+# %% ../nbs/30_laps.ipynb #90236fd1
 _T = 'seed README "Performances" (spec §5)'
 _COCO_T2I = 'unreliable: printed COCO T2I cells are inconsistent (spec §5 caveats)'
 PAPER_NUMBERS = [PaperNumber('laps', _T, s, m, v, '%', _COCO_T2I if s.startswith('MSCOCO') and m.startswith('t2i') else 'reproduced checkpoint')
