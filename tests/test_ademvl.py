@@ -420,3 +420,141 @@ def test_missing_weights_and_vocab_mismatch(tmp_path):
         def __len__(self): return 100
     with pytest.raises(ValueError, match='does not belong'): ademvl.check_vocab(Tok(), tiny_llama(vocab=64))
     ademvl.check_vocab(type('T', (), {'__len__': lambda s: 64})(), tiny_llama(vocab=64))
+
+
+# ---------------------------------------------------------------- methods of the §7 comparison, data through the workbench
+def test_methods_agree_on_text_only(batch):
+    ids, _, px, ind = batch
+    txt = ademvl.TextOnlyVL(tiny_llama(), IMG_PRE, TXT_PRE)
+    isv = ademvl.InputSpaceVL(tiny_llama(), tiny_clip(), IMG_PRE, TXT_PRE)
+    llm, _ = patched()
+    adem = ademvl.ADEMVLModel(llm)
+    no = torch.tensor([False, False])
+    with torch.no_grad():
+        ref = txt(ids, px, no)['logits']
+        assert torch.equal(adem(ids, px, no)['logits'], ref) and torch.equal(isv(ids, px, no)['logits'], ref)
+        assert isv(ids, px, ind)['lengths'].tolist() == [6 + len(IMG_PRE) + 64, 4 + len(TXT_PRE)]
+    assert sum(p.numel() for p in isv.parameters() if p.requires_grad) == 16 * 32 + 32 + 32 * 32 + 32
+
+
+def test_sqa_examples_match_workbench_prompt():
+    data = pytest.importorskip('vlrepro.data'); pytest.importorskip('vlrepro.models')
+    s = data.generate('sciqa', 24, seed=0, split='train')
+    for r in s.rows: assert ademvl.sqa_row_prompt(r) == data.sqa_prompt(r)
+    mc = data.MCQADataset(s)
+    tok = ademvl.demo_tokenizer(s.rows)
+    ex = ademvl.SQAExamples(mc, tok, max_len=96)
+    b = ademvl.collate_sqa([ex[i] for i in range(8)])
+    enc = ademvl.encoder_of(tok)
+    for i in range(8):
+        p, a = ademvl.sqa_row_prompt(s.rows[i])
+        sup = b['labels'][i][b['labels'][i] > 0].tolist()
+        assert sup == enc(p + a)[len(enc(p)):] + [2]          # the answer part and EOS only
+        assert tok.decode(b['prompt_ids'][i][b['prompt_ids'][i] > 0][1:]).endswith('The answer is')
+    assert b['has_image'].tolist() == [bool(r['has_image']) for r in s.rows[:8]]
+
+
+def test_demo_pipeline_smoke(tmp_path):
+    data = pytest.importorskip('vlrepro.data'); models = pytest.importorskip('vlrepro.models')
+    pytest.importorskip('vlrepro.train'); pytest.importorskip('vlrepro.metrics')
+    tr, te = data.generate('sciqa', 64, seed=0, split='train'), data.generate('sciqa', 16, seed=0, split='test')
+    tok = ademvl.demo_tokenizer(tr.rows + te.rows)
+    trm, tem = data.MCQADataset(tr), data.MCQADataset(te)
+    train, test = ademvl.SQAExamples(trm, tok), ademvl.SQAExamples(tem, tok)
+    llm, vit = models.tiny_hf('ademvl-llama', seed=0), models.tiny_hf('ademvl-clip-vision', seed=0)
+    ademvl.check_vocab(tok, llm)
+    ademvl.train_text_llm(llm, train, tok, steps=2, batch_size=8)
+    ademvl.train_vision(vit, trm, steps=2, batch_size=8)
+    assert not any(p.requires_grad for p in llm.parameters()) and not any(p.requires_grad for p in vit.parameters())
+    enc = ademvl.encoder_of(tok)
+    ademvl.patch(llm, vit, down_sample_num=(64, 16), hidden_proj=32, image_prefix_ids=enc(ademvl.IMAGE_PREFIX),
+                 text_prefix_ids=enc(ademvl.TEXT_PREFIX))
+    m = ademvl.ADEMVLModel(llm)
+    assert ademvl.trainable_parameters(llm)['total'] == ademvl.expected_trainable(96, 64, 80, 32, 3, 12)
+    before = llm.ademvl.adapter_emb2.detach().clone()
+    ademvl._fit(m, train, steps=2, batch_size=8, lr=1e-3, weight_decay=0.02)
+    assert not torch.equal(before, llm.ademvl.adapter_emb2)
+    ev = ademvl.evaluate_sqa(m, test, tok, batch_size=8)
+    assert set(ev['scores']) >= {'NAT', 'SOC', 'LAN', 'TXT', 'IMG', 'NO', 'G1-6', 'G7-12', 'Avg'}
+    assert len(ev['preds']) == 16 and all(-1 <= p < 3 for p in ev['preds'])
+    c = ademvl.method_cost(m, ademvl.collate_sqa([test[i] for i in range(4)]))
+    assert c['llm_gflops_per_example'] > 0 and c['total_gflops_per_example'] >= c['llm_gflops_per_example']
+    fm = ademvl.fusion_maps(llm, *(ademvl.collate_sqa([test[i] for i in range(2)])[k] for k in ('input_ids', 'pixel_values', 'has_image')))
+    assert fm['A'].shape[-1] == 80
+
+
+def test_layer_cost_flops_at_7b_sizes():
+    pytest.importorskip('vlrepro.bench')
+    df = ademvl.layer_cost(text_len=128, n_visual=256, M=320, measure=False)
+    assert list(df.variant) == ['text only', 'ADEM (embedded)', 'input-space (prepend)']
+    assert df.gflops[1] < 0.55 * df.gflops[2]
+    fusion = df.gflops[1] - ademvl.layer_cost(text_len=132, n_visual=0, measure=False).gflops[0]
+    assert abs(fusion - 4 * 132 * 320 * 4096 / 1e9) / fusion < 0.05   # ~4·L·M·D (spec §2.5)
+
+
+def test_openai_clip_conversion():
+    models = pytest.importorskip('vlrepro.models')
+    oc = models.create_open_clip('vlrepro-tiny-clip')
+    sd = {f'visual.{k}': v for k, v in oc.visual.state_dict().items()}
+    hf, cfg = ademvl.openai_clip_to_hf(sd, n_heads=oc.visual.transformer.resblocks[0].attn.num_heads)
+    from transformers import CLIPVisionModel
+    m = CLIPVisionModel(cfg).eval()
+    m.load_state_dict(hf, strict=True)
+    x = torch.randn(2, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        want = oc.visual.eval()(x)
+        got = m(pixel_values=x).pooler_output @ oc.visual.proj
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_full_scale_path_on_local_tiny_checkpoints(tmp_path):
+    data = pytest.importorskip('vlrepro.data'); models = pytest.importorskip('vlrepro.models')
+    pytest.importorskip('vlrepro.train'); pytest.importorskip('vlrepro.metrics')
+    root = tmp_path / 'data'
+    data.make_synthetic(root, 'sciqa', splits={'train': 32, 'test': 8}, name='scienceqa')
+    rows = [r for sp in ('train', 'test') for r in data.read_jsonl(root / 'scienceqa' / f'{sp}.jsonl', image_fields=())]
+    tok = ademvl.demo_tokenizer(rows)
+    llm = models.tiny_hf('ademvl-llama', seed=0); llm.save_pretrained(tmp_path / 'llama'); tok.save_pretrained(tmp_path / 'llama')
+    models.tiny_hf('ademvl-clip-vision', seed=0).save_pretrained(tmp_path / 'clip')
+    out = ademvl.run_full_scale('sqa', str(root), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'),
+                                out_dir=str(tmp_path / 'run'), epochs=1, warmup_epochs=0.1, batch_size=4, accum_iter=2,
+                                max_seq_len=128, hidden_proj=16, down_sample_num=(64, 16), max_steps=2, device='cpu',
+                                eval_prompt_format='QCM-A', eval_use_caption=True)
+    assert set(out['metrics']) >= {'LLaMA-7B ScienceQA/Avg', 'LLaMA-7B ScienceQA/IMG'}
+    assert out['efficiency']['trainable_params'] == ademvl.expected_trainable(96, 64, 80, 16, 3, 12)
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        ademvl.run_full_scale('sqa', str(tmp_path / 'nope'), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'))
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        ademvl.run_full_scale('sqa', str(root), llama_dir=str(tmp_path / 'missing'), clip_path=str(tmp_path / 'clip'))
+
+
+def test_convert_llama_script(tmp_path):
+    import runpy, pathlib
+    src = tiny_llama(seed=5)
+    meta = ademvl.hf_to_meta(src.state_dict(), 4)
+    (tmp_path / 'w' / '7B').mkdir(parents=True)
+    torch.save(meta, tmp_path / 'w' / '7B' / 'consolidated.00.pth')
+    (tmp_path / 'w' / '7B' / 'params.json').write_text(json.dumps({'dim': 32, 'n_heads': 4, 'n_layers': 2, 'norm_eps': 1e-6, 'multiple_of': 64, 'vocab_size': -1}))
+    script = pathlib.Path(__file__).parents[1] / 'data_scripts' / 'convert_llama.py'
+    main = runpy.run_path(str(script))['main']
+    assert main(['--src', str(tmp_path / 'w'), '--out', str(tmp_path / 'hf'), '--dry-run']) == 0
+    assert not (tmp_path / 'hf').exists()
+    assert main(['--src', str(tmp_path / 'w'), '--out', str(tmp_path / 'hf'), '--dtype', 'float32']) == 0
+    back = ademvl.load_llama(tmp_path / 'hf', 'hf', dtype=torch.float32)
+    ids = torch.tensor([[1, 7, 3]])
+    with torch.no_grad(): torch.testing.assert_close(back(ids).logits, src(ids).logits)
+
+
+@pytest.mark.slow
+def test_notebook_smoke_run(tmp_path):
+    "papermill run of nbs/40_ademvl.ipynb with preset='smoke' writes a results.json with the category table."
+    pm = pytest.importorskip('papermill')
+    import pathlib
+    nbs = pathlib.Path(__file__).parents[1] / 'nbs'
+    pm.execute_notebook(str(nbs / '40_ademvl.ipynb'), str(tmp_path / 'out.ipynb'), cwd=str(nbs),
+                        parameters=dict(preset='smoke', out_dir=str(tmp_path / 'run')), progress_bar=False)
+    rec = core.read_results(tmp_path / 'run')
+    assert rec['paper'] == 'ademvl' and rec['scale'] == 'tiny-synthetic'
+    for c in ('NAT', 'SOC', 'LAN', 'TXT', 'IMG', 'NO', 'G1-6', 'G7-12', 'Avg'): assert f'ADEM/{c}' in rec['metrics']
+    assert rec['efficiency']['llm_flops_ratio_adem_vs_input_space'] < 0.55
+    assert any(r['setting'] == 'LLaMA-7B ScienceQA' and r['this_run'] is not None for r in rec['comparison'])
