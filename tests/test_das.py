@@ -382,3 +382,13 @@ def test_search_runs_on_meter_and_llama():
     lm = lambda mod, b: mod(b, labels=b, use_cache=False).loss
     r = das.search(l, lm, [ids] * 3, ids, das.SearchConfig(k=2, das_epoch=2, das_turn=1, warmup_epoch=1, eta=0.05))
     assert r.num_blocks == 4 and len(r.trajectory) == 3
+
+
+def test_vilt_from_local_folder_patches(tmp_path):
+    from vlrepro import models
+    m = tiny_vilt(); m.save_pretrained(tmp_path / 'vilt')
+    m2 = models.load_hf('vilt', tmp_path / 'vilt')           # the full-scale path: dandelin/vilt-b32-mlm in a local folder
+    inp = vilt_inputs(); ref = run_vilt(m2, inp).last_hidden_state
+    das.patch(m2, skip=[], zero_init_up=True)
+    torch.testing.assert_close(run_vilt(m2, inp).last_hidden_state, ref, rtol=0, atol=0)
+    torch.testing.assert_close(ref, run_vilt(m, inp).last_hidden_state, rtol=0, atol=0)
