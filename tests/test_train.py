@@ -158,6 +158,18 @@ def test_resume_with_a_different_run_is_refused(tmp_path):
         _fit(tmp_path, max_steps=6, batch_size=4, task_args=dict(n=16))
 
 
+def test_resume_accepts_checkpoints_older_than_new_config_fields(tmp_path):
+    _fit(tmp_path, max_steps=4, batch_size=4, stop_step=2, log_every=1, task_args=dict(n=16))
+    ck = torch.load(tmp_path / 'checkpoint.pt', weights_only=False)
+    for k in ('optimizer', 'momentum', 'warmup_lr'): del ck['trainer']['config'][k]   # as if written before they existed
+    torch.save(ck, tmp_path / 'checkpoint.pt')
+    r = _fit(tmp_path, max_steps=4, batch_size=4, log_every=2, task_args=dict(n=16))   # log_every may change
+    assert r['finished'] and r['step'] == 4
+    ck['trainer']['config']['momentum'] = 0.5; torch.save(ck, tmp_path / 'checkpoint.pt')
+    with pytest.raises(ValueError, match="momentum"):
+        _fit(tmp_path, max_steps=4, batch_size=4, task_args=dict(n=16))
+
+
 def test_save_trainable_only(tmp_path):
     torch.manual_seed(0)
     t = demo_task(n=16)

@@ -489,7 +489,7 @@ def evaluate(self:Trainer)->dict:
     self.last_eval = res
     self._record(dict(kind='eval', step=self.step, epoch=self.epoch, **res)); return res
 
-# %% ../nbs/04_train.ipynb #4a426e8b
+# %% ../nbs/04_train.ipynb #95ca2503
 @patch
 def _gather_local(self:Trainer)->list[dict]:
     "Every process's RNG states and unlogged step stats, gathered (for the checkpoint)."
@@ -551,8 +551,9 @@ def load_checkpoint(self:Trainer, path:Path|str|None=None)->dict:
         self.optimizer.load_state_dict(ck['optimizer']); self.scheduler.load_state_dict(ck['scheduler'])
         self.scaler.load_state_dict(ck['scaler'])
         st, rng = ck['trainer'], ck['rng']
-    old, new = st['config'], self.config.to_dict()
-    diff = {k: (old.get(k), v) for k, v in new.items() if k not in _RESUME_FREE and old.get(k) != v}
+    old, new, dflt = st['config'], self.config.to_dict(), TrainConfig().to_dict()
+    diff = {k: (old.get(k), v) for k, v in new.items()   # a field newer than the checkpoint counts as its default
+            if k not in _RESUME_FREE and old.get(k, dflt[k]) != v}
     if diff:
         raise ValueError(f"checkpoint {path} was written with a different config {diff} (old, new); resume with the same "
                          "config, or set resume=False, or use a new out_dir")
@@ -562,10 +563,11 @@ def load_checkpoint(self:Trainer, path:Path|str|None=None)->dict:
     if st['total_steps'] != self.total_steps:
         raise ValueError(f"checkpoint {path} is from a run of {st['total_steps']} steps, this config gives {self.total_steps}; "
                          "resume with the same data, batch_size, grad_accum, epochs and max_steps")
-    self.step, self.epoch, self.epoch_step, self.last_eval = st['step'], st['epoch'], st['epoch_step'], st['last_eval']
-    _set_rng_state(rng[self.rank]['rng'], self.device)
+    self.step, self.epoch, self.epoch_step, self.last_eval = st['step'], st['epoch'], st['epoch_step'], st.get('last_eval', {})
+    mine = rng[self.rank] if 'rng' in rng[self.rank] else {'rng': rng[self.rank]}   # early checkpoints: RNG only
+    _set_rng_state(mine['rng'], self.device)
+    self._window = {k: list(v) for k, v in mine.get('window', {}).items()}
     if self.is_main: print(f"vlrepro.train: resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
-    self._window = {k: list(v) for k, v in rng[self.rank]['window'].items()}
     self._truncate_log()
     return st
 
