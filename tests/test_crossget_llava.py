@@ -213,3 +213,16 @@ def test_throughput_tiny():
     r = cg.llava_throughput('tiny', batch_size=2, prompt_len=8, new_tokens=2, warmup=0, repeats=1)
     assert r['prefill'] == {'LLaVA': 1 + 64 + 8, 'CrossGET': 1 + 26 + 8}
     assert list(r['table'].model) == ['LLaVA', 'CrossGET'] and r['speedup'] > 0
+
+
+def test_llm_cross_token_only_at_prefill_and_checkpointing(tiny):
+    "The LLM cross token is added once per layer at prefill, never in decode steps; activation checkpointing works."
+    m = cg.patch_llava(copy.deepcopy(tiny), r=13)
+    inp = _ids(m, batch=1)
+    with cg.collect_llava_cross() as rec:
+        m.generate(**inp, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert len(rec['text']) == m.config.text_config.num_hidden_layers and len(rec['vision']) == 4
+    m.train(); cg.enable_checkpointing(m)
+    loss = cg.llava_loss_fn(0.001)(m, dict(inp, labels=inp['input_ids']), None)[0]
+    loss.backward()
+    assert m.model.language_model.layers[1].crossget_cross_text.grad is not None
