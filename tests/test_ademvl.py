@@ -522,6 +522,12 @@ def test_full_scale_path_on_local_tiny_checkpoints(tmp_path):
                                 eval_prompt_format='QCM-A', eval_use_caption=True)
     assert set(out['metrics']) >= {'LLaMA-7B ScienceQA/Avg', 'LLaMA-7B ScienceQA/IMG'}
     assert out['efficiency']['trainable_params'] == ademvl.expected_trainable(96, 64, 80, 16, 3, 12)
+    # the same through the workbench launcher (one plain-python process; torchrun/DeepSpeed on GPUs)
+    out2 = ademvl.run_full_scale('sqa', str(root), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'),
+                                 out_dir=str(tmp_path / 'run2'), epochs=1, warmup_epochs=0.1, batch_size=4, accum_iter=1,
+                                 max_seq_len=128, hidden_proj=16, down_sample_num=(64, 16), max_steps=2, device='cpu',
+                                 nproc=1, launcher='python')
+    assert set(out2['metrics']) == set(out['metrics'])
     with pytest.raises(FileNotFoundError, match='does not exist'):
         ademvl.run_full_scale('sqa', str(tmp_path / 'nope'), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'))
     with pytest.raises(FileNotFoundError, match='does not exist'):
