@@ -72,3 +72,10 @@ def test_report_table_and_plots(tmp_path):
     assert '| demo | runA | base | R@5 | 95 |  |  |  |' in md  # a paper number this run did not measure
     names = sorted(p.name for p in (tmp_path/'rep').iterdir())
     assert names == ['demo_R_1_vs_gflops.png', 'demo_R_1_vs_throughput.png', 'report.html', 'report.md']
+
+def test_train_and_bench_pass_options_through(tmp_path, capsys):
+    cfg = tmp_path/'cfg.json'
+    cfg.write_text(json.dumps({'out_dir': str(tmp_path/'t'), 'epochs': 1, 'batch_size': 8, 'progress': False}))
+    assert R.main(['train', '--task', 'vlrepro.train:demo_task', '--config', str(cfg)]) == 0
+    assert (tmp_path/'t'/'model.pt').exists()
+    assert R.main(['bench', 'nope', '--texts', '2']) == 2 and "unknown paper 'nope'" in capsys.readouterr().err
