@@ -226,3 +226,14 @@ def test_llm_cross_token_only_at_prefill_and_checkpointing(tiny):
     loss = cg.llava_loss_fn(0.001)(m, dict(inp, labels=inp['input_ids']), None)[0]
     loss.backward()
     assert m.model.language_model.layers[1].crossget_cross_text.grad is not None
+
+
+def test_generic_patch_dispatches_to_llava():
+    "crossget.patch(llava, rv=r) is the LLaVA path (issue 8): same visual tokens as patch_llava; generic unpatch restores."
+    from vlrepro import models
+    a, b = models.tiny_hf('crossget-llava', seed=0), models.tiny_hf('crossget-llava', seed=0)
+    cg.patch(a, rv=4); cg.patch_llava(b, r=4)
+    assert cg.llava_visual_tokens(a) == cg.llava_visual_tokens(b) and cg.is_patched(a)
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    with pytest.raises(ValueError, match='rl must be 0'): cg.patch(models.tiny_hf('crossget-llava'), rv=4, rl=2)
+    cg.unpatch(a); assert not cg.is_patched(a)

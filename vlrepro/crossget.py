@@ -19,7 +19,7 @@ from .merge import (parse_r, token_schedule, clip_r, protected_mask, complete_gr
                            cross_importance, proportional_attention)
 
 # %% auto #0
-__all__ = ['METHODS', 'FAMILIES', 'GFLOPS_SETTINGS', 'PAPER_NUMBERS', 'CrossGETState', 'RClippedWarning', 'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text', 'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode', 'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'meta_clip', 'gflops', 'gflops_table', 'throughput', 'bench_main', 'make_tokenize', 'encode_retrieval', 'evaluate_retrieval', 'retrieval_loss_fn', 'train_retrieval', 'train_task', 'CoOp', 'coop_loss', 'coop_accuracy', 'trace_merges', 'plot_trace', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'LLAVA_BENCHMARKS', 'LLAVA_BENCH_PRESETS', 'LLAVA_TABLE', 'LLAVA_METRICS', 'LLAVA_PAPER_NUMBERS', 'LlavaCrossGETState', 'collect_llava_cross', 'clip_layer_crossget_forward', 'llava_vision_hidden_states', 'llava_classes', 'patch_llava', 'unpatch_llava', 'llava_visual_tokens', 'llava_cross_loss', 'llava_prompt', 'parse_short_answer', 'parse_gqa', 'parse_choice', 'parse_mme', 'mme_scores', 'mmbench_circular', 'LlavaBenchmark', 'parse_answer', 'tokenize_llava', 'llava_collate', 'LlavaSFTDataset', 'llava_synthetic', 'llava_tokenizer', 'freeze_for_llava_tuning', 'llava_loss_fn', 'llava_generate', 'llava_score', 'llava_throughput', 'register_llava_numbers', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task', 'mix67k', 'llava_benchmark_records', 'score_benchmark']
+__all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'GFLOPS_SETTINGS', 'PAPER_NUMBERS', 'CrossGETState', 'RClippedWarning', 'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text', 'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode', 'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'meta_clip', 'gflops', 'gflops_table', 'throughput', 'bench_main', 'make_tokenize', 'encode_retrieval', 'evaluate_retrieval', 'retrieval_loss_fn', 'train_retrieval', 'train_task', 'CoOp', 'coop_loss', 'coop_accuracy', 'trace_merges', 'plot_trace', 'unpatch_llava', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'LLAVA_BENCHMARKS', 'LLAVA_BENCH_PRESETS', 'LLAVA_TABLE', 'LLAVA_METRICS', 'LLAVA_PAPER_NUMBERS', 'LlavaCrossGETState', 'collect_llava_cross', 'clip_layer_crossget_forward', 'llava_vision_hidden_states', 'llava_classes', 'patch_llava', 'llava_visual_tokens', 'llava_cross_loss', 'llava_prompt', 'parse_short_answer', 'parse_gqa', 'parse_choice', 'parse_mme', 'mme_scores', 'mmbench_circular', 'LlavaBenchmark', 'parse_answer', 'tokenize_llava', 'llava_collate', 'LlavaSFTDataset', 'llava_synthetic', 'llava_tokenizer', 'freeze_for_llava_tuning', 'llava_loss_fn', 'llava_generate', 'llava_score', 'llava_throughput', 'register_llava_numbers', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task', 'mix67k', 'llava_benchmark_records', 'score_benchmark']
 
 # %% ../nbs/11_crossget.ipynb #2abeb22a
 METHODS = ('crossget', 'complete', 'tome')
@@ -270,12 +270,13 @@ def _locate_open_clip(model:nn.Module)->dict|None:
     return dict(family='open_clip', vision=vit, text=text)
 
 FAMILIES:dict[str, Callable] = {'open_clip': _locate_open_clip}  # family -> locator(model) -> dict | None
+PATCHERS:dict[str, tuple[Callable, Callable]] = {}  # family -> (locator, patch function): families with their own patch (LLaVA, 12_crossget_llava)
 
 def _locate(model:nn.Module)->dict:
     for loc in FAMILIES.values():
         found = loc(model)
         if found is not None: return found
-    raise TypeError(f"crossget.patch supports {', '.join(FAMILIES)} models (open_clip CLIP / VisionTransformer, "
+    raise TypeError(f"crossget.patch supports {', '.join([*FAMILIES, *PATCHERS])} models (open_clip CLIP / VisionTransformer, "
                     f"e.g. open_clip.create_model('ViT-B-16')), not {type(model).__name__}")
 
 # %% ../nbs/11_crossget.ipynb #da11ce95
@@ -287,6 +288,8 @@ def patch(model:nn.Module,          # an open_clip CLIP (or VisionTransformer)
           prop_attn:bool=True,      # proportional attention in reduced encoders
          )->nn.Module:              # the same model, patched in place
     "Attach CrossGET (or ToMe / complete-graph merging) to `model` in place; knobs live on `model.crossget`."
+    for locate, patch_family in PATCHERS.values():     # e.g. LLaVA: the vision tower merges rv tokens per layer
+        if locate(model) is not None: return patch_family(model, rv=rv, rl=rl, method=method, cross=cross, prop_attn=prop_attn)
     check_unpatched(model, 'crossget')
     towers = _locate(model)
     vit, text = towers['vision'], towers['text']
@@ -949,15 +952,17 @@ def patch_llava(model:nn.Module,        # a transformers LlavaForConditionalGene
     set_patched(model, 'crossget', state)
     return model
 
-def unpatch_llava(model:nn.Module)->nn.Module:
-    "Remove CrossGET from a LLaVA: original classes back, cross-token parameters and state removed."
-    if not _core_is_patched(model, 'crossget'): raise ValueError("model is not patched with crossget; nothing to unpatch")
-    for m in model.modules():
-        for name in [n for n in m._parameters if n.startswith('crossget_')]: del m._parameters[name]
-        m.__dict__.pop('crossget', None)
-        restore_class(m)
-    clear_patched(model, 'crossget')
-    return model
+unpatch_llava = unpatch  # the generic `crossget.unpatch` restores every family (classes, cross tokens, state)
+
+def _patch_llava_via_patch(model:nn.Module, rv:int|list=13, rl:int|list=0, method:str='crossget', cross:bool|None=None,
+                           prop_attn:bool=True)->nn.Module:
+    "`crossget.patch(llava, rv=13)`: the LLaVA path of the generic entry point (rv = tokens merged per vision layer)."
+    if rl: raise ValueError("crossget on LLaVA reduces the vision tower only: rl must be 0 (the LLM keeps its text tokens)")
+    if method != 'crossget': raise ValueError(f"crossget on LLaVA supports method='crossget' only, got {method!r}")
+    if not isinstance(rv, int): raise ValueError("crossget on LLaVA takes one r for every vision layer (an int), e.g. rv=13")
+    return patch_llava(model, r=rv, cross=cross, prop_attn=prop_attn)
+
+PATCHERS['llava'] = (_locate_llava, _patch_llava_via_patch)
 
 # %% ../nbs/12_crossget_llava.ipynb #dfc20663
 def llava_visual_tokens(model:nn.Module, # a LLaVA, patched or not
