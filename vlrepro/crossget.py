@@ -229,6 +229,15 @@ def _clip_forward(self, image:Tensor|None=None, text:Tensor|None=None, return_cr
     return encode(self, image, text)                       # features + cross tokens, through DDP wrappers too
 
 # %% ../nbs/11_crossget.ipynb #868ed8dc
+def _subclasses(spec:dict, origin:str)->dict[str, type]:
+    "Make the named CrossGET subclasses of `spec` (key -> (name, base, methods)), importable by name from this module."
+    out = {}
+    for key, (name, base, body) in spec.items():
+        cls = type(name, (base,), dict(body, __module__=__name__, __qualname__=name,
+                                       __doc__=f"{origin} {base.__name__} running through CrossGET."))
+        globals()[name] = out[key] = cls                                         # picklable by name
+    return out
+
 @functools.cache
 def open_clip_classes()->dict[str, type]:
     "The CrossGET subclasses of open_clip's CLIP, VisionTransformer and ResidualAttentionBlock."
@@ -239,12 +248,7 @@ def open_clip_classes()->dict[str, type]:
                         dict(forward=_vision_forward, crossget_encode=vision_crossget_encode)),
                 clip=('CrossGETCLIP', CLIP, dict(encode_text=_clip_encode_text, crossget_encode_text=clip_crossget_encode_text,
                                               forward=_clip_forward)))
-    out = {}
-    for key, (name, base, body) in spec.items():
-        cls = type(name, (base,), dict(body, __module__=__name__, __qualname__=name,
-                                       __doc__=f"open_clip's {base.__name__} running through CrossGET."))
-        globals()[name] = out[key] = cls                                         # picklable by name
-    return out
+    return _subclasses(spec, "open_clip's")
 
 # %% ../nbs/11_crossget.ipynb #dbbabcef
 def _locate_open_clip(model:nn.Module)->dict|None:
@@ -895,12 +899,7 @@ def llava_classes()->dict[str, type]:
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
     spec = dict(llava=('CrossGETLlavaModel', LlavaModel, dict(get_image_features=_llava_get_image_features)),
                 llama_layer=('CrossGETLlamaDecoderLayer', LlamaDecoderLayer, dict(forward=_llama_layer_forward)))
-    out = {}
-    for key, (name, base, body) in spec.items():
-        cls = type(name, (base,), dict(body, __module__=__name__, __qualname__=name,
-                                       __doc__=f"transformers' {base.__name__} running through CrossGET."))
-        globals()[name] = out[key] = cls                  # picklable by name
-    return out
+    return _subclasses(spec, "transformers'")
 
 def _locate_llava(model:nn.Module)->dict|None:
     "Find the parts of a transformers LlavaForConditionalGeneration / LlavaModel; None if `model` is not one."
