@@ -33,3 +33,12 @@ def test_own_smoke_tests_exist():
     for stem, where in OWN_SMOKE_TEST.items():
         f, fn = where.split('::')
         assert f'def {fn}(' in (Path(__file__).parent/f).read_text(), f"{stem}: {where} is gone; run it here instead"
+
+@pytest.mark.parametrize('stem', ALL_PAPER_NBS)
+def test_every_parameter_line_is_seen_by_papermill(stem):
+    "A parameters-cell line papermill cannot parse (e.g. an '=' in its comment) silently vanishes from `vlrepro run -p`."
+    nb = json.loads((NBS/f'{stem}.ipynb').read_text())
+    cell = next(c for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', []))
+    names = [l.split(':')[0].split('=')[0].strip() for l in ''.join(cell['source']).splitlines() if l[:1].isalpha()]
+    seen = R.notebook_parameters(NBS/f'{stem}.ipynb')
+    assert [n for n in names if n not in seen] == []
