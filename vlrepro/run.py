@@ -168,15 +168,14 @@ def find_results(paths:list[str|Path])->list[Path]:
     if not out: raise FileNotFoundError(f"no results.json under {', '.join(map(str, paths))}; run a notebook first")
     return out
 
-def _register(paper:str):
-    try: importlib.import_module(f'vlrepro.{paper}'); return True
-    except ImportError: return False
+def _records(paths:list[str|Path])->list[tuple[str, dict]]:
+    "(run folder name, record) of every results.json under `paths`, each read once."
+    return [(f.parent.name, read_results(f)) for f in find_results(paths)]
 
-def report_rows(paths:list[str|Path])->list[dict]:
+def report_rows(paths:list[str|Path], records:list|None=None)->list[dict]:
     "One row per (run, setting, metric): the paper's number, this run's, the difference and the scale."
     rows = []
-    for f in find_results(paths):
-        r = read_results(f); run = f.parent.name
+    for run, r in (records if records is not None else _records(paths)):
         comp = r.get('comparison') or [dict(setting='', metric=k, paper=None, this_run=v, delta=None,
                                              scale=r.get('scale', '')) for k, v in r['metrics'].items()
                                         if isinstance(v, (int, float))]
@@ -186,12 +185,8 @@ def report_rows(paths:list[str|Path])->list[dict]:
                              delta=c.get('delta'), scale=c.get('scale', r.get('scale', ''))))
     return rows
 
-def _tradeoff(paths):
-    pts = []
-    for f in find_results(paths):
-        r = read_results(f)
-        for t in (r.get('extra') or {}).get('tradeoff', []): pts.append(dict(paper=r['paper'], run=f.parent.name, **t))
-    return pts
+def _tradeoff(records):
+    return [dict(paper=r['paper'], run=run, **t) for run, r in records for t in (r.get('extra') or {}).get('tradeoff', [])]
 
 def _fmt(v):
     if v is None or (isinstance(v, float) and v != v): return ''
@@ -210,7 +205,8 @@ def report(paths:list[str|Path],     # run folders or results.json files
            plots:bool=True,          # draw accuracy-vs-cost plots from `extra['tradeoff']`
           )->str:                    # the Markdown table
     "Gather runs into one table beside the papers' numbers (Markdown and HTML) and plot accuracy vs cost."
-    rows = report_rows(paths)
+    recs = _records(paths)
+    rows = report_rows(paths, recs)
     md = markdown_table(rows, REPORT_COLS)
     if out is None: return md
     import pandas as pd
@@ -218,7 +214,7 @@ def report(paths:list[str|Path],     # run folders or results.json files
     atomic_write_text(out/'report.md', '# vlrepro report\n\nRows with scale `tiny-synthetic` come from tiny CPU runs '
                       'on synthetic data: they check the mechanics, not the paper\'s claims.\n\n' + md)
     atomic_write_text(out/'report.html', pd.DataFrame(rows, columns=REPORT_COLS).to_html(index=False, na_rep=''))
-    pts = _tradeoff(paths)
+    pts = _tradeoff(recs)
     if plots and pts: _plot_tradeoff(pd.DataFrame(pts), out)
     return md
 
