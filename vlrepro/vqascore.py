@@ -292,27 +292,35 @@ class Scorer:
         self.vision_calls += len(px)
         with self._autocast(): return self.model.encode_images(px)
 
-    @torch.no_grad()
-    def _score(self, feats:Tensor, texts:Sequence[str])->Tensor:   # feats (B, P, D) aligned with texts
+    def _text_batch(self, texts:Sequence[str])->tuple[Tensor, Tensor]:
+        "Prompt ids (B, T) and answer labels (B, M) of `texts`, on the device."
         prompts, answers = zip(*(vqa_prompt_and_answer(t, self.question_template, self.answer_template, self.style)
                                  for t in texts))
         ids = pad_ids([tokenizer_image_token(p, self.tokenizer, self.max_length) for p in prompts],
                       self.tokenizer.pad_token_id).to(self.device)
-        labels = answer_labels(answers, self.tokenizer).to(self.device)
+        return ids, answer_labels(answers, self.tokenizer).to(self.device)
+
+    @torch.no_grad()
+    def _score(self, feats:Tensor, texts:Sequence[str], batch:tuple|None=None)->Tensor:  # feats (B, P, D) aligned with texts
+        ids, labels = batch if batch is not None else self._text_batch(texts)
         with self._autocast():
             logits = self.model(ids, labels=labels, image_features=feats).logits
         return sequence_scores(logits, labels, self.num_classes).cpu()
 
-    def score_features(self, feats:Tensor, texts:Sequence[str])->Tensor:
+    def _text_chunks(self, texts:Sequence[str])->list[tuple[Sequence[str], tuple]]:
+        return [(c, self._text_batch(c)) for c in _chunks(texts, self.batch_size)]
+
+    def score_features(self, feats:Tensor, texts:Sequence[str], chunks:list|None=None)->Tensor:
         "Scores (N,) of one image's features (P, D) against `texts`, in batches of `batch_size`."
-        return torch.cat([self._score(feats.unsqueeze(0).expand(len(c), *feats.shape), c)
-                          for c in _chunks(texts, self.batch_size)]) if len(texts) else torch.zeros(0)
+        if not len(texts): return torch.zeros(0)
+        return torch.cat([self._score(feats.unsqueeze(0).expand(len(c), *feats.shape), c, b)
+                          for c, b in (chunks if chunks is not None else self._text_chunks(texts))])
 
     def __call__(self, images:Sequence[ImageLike], texts:Sequence[str])->Tensor:
-        "The (M images, N texts) VQAScore matrix."
+        "The (M images, N texts) VQAScore matrix (texts tokenised once, each image encoded once)."
         _check_texts(texts)
-        feats = self.image_features(images)
-        return torch.stack([self.score_features(f, texts) for f in feats])
+        feats, chunks = self.image_features(images), self._text_chunks(texts)
+        return torch.stack([self.score_features(f, texts, chunks) for f in feats])
 
     def score_pairs(self, images:Sequence[ImageLike], texts:Sequence[str])->Tensor:
         "Scores (n,) of aligned (image_i, text_i) pairs."
