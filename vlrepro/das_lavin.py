@@ -20,9 +20,9 @@ __all__ = ['IMAGE_PREFIX', 'TEXT_PREFIX', 'LANG_TASKS', 'MAX_NEW_TOKENS', 'PAPER
            'load_llama', 'save_meta_llama', 'load_llama_tokenizer', 'check_vocab', 'ClipLNRouter', 'patch_clip',
            'cls_layers', 'clip_cls_features', 'LaVIN', 'llama_7b_config', 'clip_l14_config', 'trainable_count',
            'meta_count', 'image_tokens', 'build_inputs', 'lm_loss', 'generate', 'sqa_qcm_ale', 'tokenize_pair',
-           'normalize_language_row', 'language_prompt', 'read_language_split', 'LaVINExamples', 'collate_lavin',
-           'parse_choice', 'parse_number', 'evaluate', 'lavin_latency', 'parse_skip_list', 'setting_name', 'build',
-           'train_task', 'run_search', 'run_full_scale', 'tiny_checkpoints']
+           'normalize_language_row', 'language_prompt', 'read_language_split', 'convert_language_task', 'LaVINExamples',
+           'collate_lavin', 'parse_choice', 'parse_number', 'evaluate', 'lavin_latency', 'parse_skip_list',
+           'setting_name', 'build', 'train_task', 'run_search', 'run_full_scale', 'tiny_checkpoints']
 
 # %% ../nbs/22_das_lavin.ipynb #066868d5
 def lavin_attention_mask(mask:Tensor,        # (B, L) 1 = real token, 0 = padding (left or right)
@@ -488,7 +488,37 @@ def read_language_split(task:str, root:str|Path, split:str)->tuple[list[dict], s
     raise FileNotFoundError(f"no {split!r} split of {task} under {root} (looked for {split}.jsonl / {split}.parquet / "
                             f"data/{split}-*.parquet); export the HF dataset there or run data_scripts/convert_lavin_language.py")
 
-# %% ../nbs/22_das_lavin.ipynb #04571f46
+# %% ../nbs/22_das_lavin.ipynb #416ce4ba
+_LANG_SOURCES = {'boolq': ('https://huggingface.co/datasets/google/boolq', 'CC BY-SA 3.0'),
+                 'csqa': ('https://huggingface.co/datasets/tau/commonsense_qa', 'MIT'),
+                 'gsm8k': ('https://huggingface.co/datasets/openai/gsm8k (config main)', 'MIT')}
+
+def convert_language_task(task:str,                # 'boolq', 'csqa' or 'gsm8k'
+                          src:str|Path,            # folder of the HF export (jsonl / parquet per split)
+                          out_dir:str|Path,        # our dataset folder, e.g. data/boolq
+                          splits:Sequence[str]=('train', 'validation', 'test'), # splits to convert when present
+                          dry_run:bool=False,      # count only
+                         )->dict:                  # rows per split written
+    "Convert a local HF export of BoolQ / CommonsenseQA / GSM8K into normalised `<split>.jsonl` rows + MANIFEST.json."
+    from vlrepro import data
+    task = _TASK_ALIASES.get(task, task)
+    if task not in LANG_TASKS: raise ValueError(f"unknown language task {task!r}; use one of {sorted(LANG_TASKS)}")
+    src = Path(src)
+    if not src.is_dir(): raise FileNotFoundError(f"--src {src} is not a folder; pass the folder of the exported HF dataset")
+    got = {}
+    for s in splits:
+        if _split_file(src, s) is None: continue
+        rows, _ = read_language_split(task, src, s)
+        got[s] = rows
+    if 'train' not in got: raise FileNotFoundError(f"no train split in {src}; export the HF dataset's splits as <split>.jsonl or parquet")
+    counts = {k: len(v) for k, v in got.items()}
+    if dry_run: return counts
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    for k, v in got.items(): data.write_jsonl(out/f'{k}.jsonl', v)
+    data.write_manifest(out, source=_LANG_SOURCES[task][0], license=_LANG_SOURCES[task][1], counts=counts, task=task)
+    return counts
+
+# %% ../nbs/22_das_lavin.ipynb #f14dab6b
 class LaVINExamples(torch.utils.data.Dataset):
     "Tokenised examples: ScienceQA rows (QCM-ALE, with images) or language rows (LaVIN prompts)."
     def __init__(self, rows:Sequence[dict],        # ScienceQA rows (MCQADataset) or normalised language rows
@@ -529,7 +559,7 @@ def collate_lavin(batch:list[dict])->dict:
         out['has_image'] = torch.tensor([b['has_image'] for b in batch])
     return out
 
-# %% ../nbs/22_das_lavin.ipynb #f14dab6b
+# %% ../nbs/22_das_lavin.ipynb #6cdc4011
 def parse_choice(text:str,                # the generation
                  n_choices:int,           # options of the question
                  task:str='scienceqa',    # 'scienceqa' or 'boolq' / 'csqa' (patterns of spec §4)
@@ -555,7 +585,7 @@ def parse_number(text:str)->str:
     m = re.findall(r'answer is\s*\$?\s*(-?[\d,]*\.?\d+)', text if isinstance(text, str) else '')
     return m[-1].replace(',', '').rstrip('.') if m else ''
 
-# %% ../nbs/22_das_lavin.ipynb #03a18194
+# %% ../nbs/22_das_lavin.ipynb #db1dfb2b
 MAX_NEW_TOKENS = {'scienceqa': 64, 'boolq': 10, 'csqa': 10, 'gsm8k': 256}
 
 def evaluate(model:LaVIN, examples:LaVINExamples, batch_size:int=8, max_new_tokens:int=0, temperature:float=0.0,
@@ -582,7 +612,7 @@ def evaluate(model:LaVIN, examples:LaVINExamples, batch_size:int=8, max_new_toke
         else: scores = {'accuracy': 100.0 * sum(p == int(r['answer']) for p, r in zip(preds, rows)) / max(len(rows), 1)}
     return dict(scores=scores, preds=preds, texts=texts, seconds=secs, seconds_per_example=secs / max(len(rows), 1))
 
-# %% ../nbs/22_das_lavin.ipynb #db1dfb2b
+# %% ../nbs/22_das_lavin.ipynb #5ff57a89
 PAPER_INFERENCE_S = {0: 3.70, 2: 3.44, 4: 3.23, 6: 3.06}
 
 def _skip_set_k(k:int, L:int=32)->list[int]:
@@ -630,7 +660,7 @@ def lavin_latency(ks:Sequence[int]=(0, 2, 4, 6), # skipped blocks per variant
                               paper_relative=PAPER_INFERENCE_S[k] / PAPER_INFERENCE_S[0] if k in PAPER_INFERENCE_S else None,
                               mode=mode, device=str(dev), seq=seq) for k in ks])
 
-# %% ../nbs/22_das_lavin.ipynb #556ac864
+# %% ../nbs/22_das_lavin.ipynb #ddf6df30
 def parse_skip_list(s:str|Sequence[int])->list[int]:
     "'[24, 27, 25, 22]' (or a list) -> [24, 27, 25, 22]; '' -> []."
     if isinstance(s, (list, tuple)): return [int(i) for i in s]
@@ -672,7 +702,7 @@ def _check_run(model:str, task:str, data_root:str, ckpt:str, vision_ckpt:str, te
     elif skip_num: das._check_k(int(skip_num), L)
     return t, S, L, d
 
-# %% ../nbs/22_das_lavin.ipynb #ddf6df30
+# %% ../nbs/22_das_lavin.ipynb #d7203764
 def _resolve_data(task:str, data_root:str)->Path:
     root = Path(data_root)
     name = 'scienceqa' if task == 'scienceqa' else task
@@ -724,7 +754,7 @@ def train_task(**kw)->dict:
     b = build(**kw)
     return dict(model=b['model'], loss_fn=_lavin_loss, train_data=b['train'], collate_fn=collate_lavin)
 
-# %% ../nbs/22_das_lavin.ipynb #d7203764
+# %% ../nbs/22_das_lavin.ipynb #410d1042
 class _EpochBatches:
     "Re-iterable training micro-batches for `das.search`: len() and epoch -> batches, moved to the device."
     def __init__(self, ds, batch_size:int, seed:int, device, limit:int=0):
@@ -763,7 +793,7 @@ def run_search(b:dict, k:int, das_epoch:int, das_step:int, das_turn:int, warmup_
     res.save(done)
     return res
 
-# %% ../nbs/22_das_lavin.ipynb #7a9694ef
+# %% ../nbs/22_das_lavin.ipynb #04bfd9ad
 def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, ScienceQA) or 'llama' (language-only)
                    task:str,                   # 'scienceqa' (lavin); 'boolq', 'csqa', 'gsm8k' (llama)
                    data_root:str,              # converted dataset folder (or its parent)
@@ -865,7 +895,7 @@ def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, Scie
     full = (L, d) == (32, 4096) and not (max_steps or limit_train or limit_eval) and bool(summary.get('finished'))
     return dict(metrics=metrics, efficiency=eff, extra=extra, scale='full' if full else 'partial', model=m)
 
-# %% ../nbs/22_das_lavin.ipynb #04bfd9ad
+# %% ../nbs/22_das_lavin.ipynb #7ae1d126
 def tiny_checkpoints(root:str|Path, layers:int=4, seed:int=0, texts:Sequence[str]=())->dict:
     "Save a tiny random LLaMA (Meta layout + HF tokenizer), a tiny CLIP vision tower; for demos and tests."
     from transformers import CLIPVisionConfig, CLIPVisionModel
