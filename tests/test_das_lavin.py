@@ -284,3 +284,14 @@ def test_convert_language_script(tiny_setup, tmp_path):
     assert split == 'validation' and len(rows) == 6 and rows[0]['choices'] == ['yes', 'no'] and rows[0]['answer'] == 0
     assert json.loads((tmp_path/'boolq'/'MANIFEST.json').read_text())['counts'] == {'train': 12, 'validation': 6}
     with pytest.raises(FileNotFoundError, match='no train split'): dl.convert_language_task('csqa', tmp_path, tmp_path/'x')
+
+
+def test_yamls_match_signature():
+    import inspect, yaml
+    sig = set(inspect.signature(dl.run_full_scale).parameters)
+    nbs = Path(__file__).parents[1]/'nbs'/'params'
+    for name, model in (('lavin_sqa', 'lavin'), ('llama_boolq', 'llama'), ('llama_csqa', 'llama'), ('llama_gsm8k', 'llama')):
+        d = yaml.safe_load((nbs/f'20_das.{name}.yaml').read_text())
+        assert set(d) <= sig, (name, set(d) - sig)
+        assert d['model'] == model and d['eta'] == 0.05 and d['batch_size'] == 32
+    assert yaml.safe_load((nbs/'20_das.llama_gsm8k.yaml').read_text())['skip_num'] == 4
