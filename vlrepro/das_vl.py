@@ -351,7 +351,8 @@ def pad_images(images:Sequence[Tensor])->tuple[Tensor, Tensor]: # ((B, 3, H, W) 
 # %% ../nbs/21_das_vl.ipynb #0403ea72
 def vilt_vqa_score(count:int)->float:
     "ViLT's soft VQA target for an answer `count` annotators gave: 0, 0.3, 0.6, 0.9, 1.0 for 0, 1, 2, 3, >=4."
-    return min(1.0, 0.3 * count) if count < 4 else 1.0
+    if count < 0: raise ValueError(f"count must be >= 0, got {count}")
+    return (0.0, 0.3, 0.6, 0.9)[count] if count < 4 else 1.0
 
 class VQATargets(torch.utils.data.Dataset):
     "VQA items with ViLT's soft targets over `answer_vocab` (from `answer_scores` when the row has them)."
