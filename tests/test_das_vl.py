@@ -332,3 +332,23 @@ def test_run_full_scale_errors(tmp_path):
     with pytest.raises(ValueError, match="like '\\[1, 4\\]'"): D.run_full_scale('vilt', 'vqav2', **{**ok, 'skip_list': 'first'})
     with pytest.raises(ValueError, match='text positions'): D.run_full_scale('vilt', 'vqav2', **{**ok, 'max_text_len': 40})
     assert not (tmp_path/'run'/'train').exists()            # nothing trained
+
+
+# ---------------------------------------------------------------------------------------------------------------- scripts
+def test_data_scripts(tmp_path, capsys):
+    import importlib.util
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1]/'data_scripts'/f'{name}.py')
+        mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); return mod
+    vqa_arrows(tmp_path/'arrows', n_images=2, splits=('train', 'test'))
+    arrow = load('convert_vilt_arrow').main
+    assert data.script_main(arrow, ['--src', str(tmp_path/'arrows'), '--task', 'vqav2', '--root', str(tmp_path), '--dry-run']) == 0
+    assert 'dry run' in capsys.readouterr().out and not (tmp_path/'vqav2_vilt').exists()
+    assert data.script_main(arrow, ['--src', str(tmp_path/'arrows'), '--task', 'vqav2', '--root', str(tmp_path)]) == 0
+    assert data.read_manifest(tmp_path/'vqav2_vilt')['counts'] == {'train': 4, 'test': 4}
+    assert data.script_main(arrow, ['--src', str(tmp_path/'arrows'), '--task', 'f30k', '--root', str(tmp_path)]) == 2
+    raw = nlvr2_raw(tmp_path/'raw', n=2)
+    nl = load('convert_nlvr2').main
+    assert data.script_main(nl, ['--src', str(raw/'json'), '--images', str(raw/'images'), '--root', str(tmp_path)]) == 0
+    assert len(D.NLVR2Dataset(tmp_path/'nlvr2', 'train')) == 4
+    assert data.script_main(nl, ['--root', str(tmp_path)]) == 2 and '--src' in capsys.readouterr().err
