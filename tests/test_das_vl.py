@@ -300,6 +300,7 @@ def test_run_full_scale_meter_nlvr2(tmp_path):
     assert len(r['extra']['skip']) == 2 and r['extra']['num_blocks'] == 4 and all(0 <= i < 4 for i in r['extra']['skip'])
     for sp in ('dev', 'test1'): assert 0 <= r['metrics'][f'METER DAS-2 NLVR2 {sp}/accuracy'] <= 100
     assert r['extra']['max_text_len'] == 12 and 0 < r['efficiency']['flops_reduction'] < 1
+    assert D.IMAGE_SIZE[('meter', 'nlvr2')] == 288 and D.MAX_TEXT_LEN[('meter', 'f30k')] == 40
 
 
 def test_run_full_scale_vilt_f30k_fixed_skip(tmp_path):
@@ -352,3 +353,17 @@ def test_data_scripts(tmp_path, capsys):
     assert data.script_main(nl, ['--src', str(raw/'json'), '--images', str(raw/'images'), '--root', str(tmp_path)]) == 0
     assert len(D.NLVR2Dataset(tmp_path/'nlvr2', 'train')) == 4
     assert data.script_main(nl, ['--root', str(tmp_path)]) == 2 and '--src' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_full_scale_launched_training(tmp_path):
+    "nproc=1: the skip-and-retrain step runs in a fresh process (vlrepro.train.launch) and its weights are read back."
+    vqa_arrows(tmp_path/'arrows', n_images=4)
+    D.convert_vilt_arrow(tmp_path/'arrows', tmp_path/'vqa', 'vqav2')
+    qs = [r['question'] for r in data.read_jsonl(tmp_path/'vqa'/'train.jsonl', check_images=False)]
+    tiny_vilt().save_pretrained(tmp_path/'vilt'); word_tokenizer(qs + QUESTION_WORDS).save_pretrained(tmp_path/'vilt')
+    r = D.run_full_scale('vilt', 'vqav2', str(tmp_path/'vqa'), str(tmp_path/'vilt'), skip_list='[2]', out_dir=str(tmp_path/'run'),
+                         eval_split='rest_val', nproc=1, launcher='python', **KW)
+    assert r['extra']['skip'] == [2] and 0 <= r['metrics']['ViLT DAS-1 VQAv2 rest_val/vqa_score'] <= 100
+    summary = json.loads((tmp_path/'run'/'train'/'summary.json').read_text())
+    assert summary['step'] == 2 and summary['finished']

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import core, data, das
 
 # %% auto #0
-__all__ = ['TASKS', 'TASK_NAMES', 'ARROW_PREFIX', 'ARROW_SPLITS', 'SPLITS', 'EVAL_SPLITS', 'MAX_TEXT_LEN',
+__all__ = ['TASKS', 'TASK_NAMES', 'ARROW_PREFIX', 'ARROW_SPLITS', 'SPLITS', 'EVAL_SPLITS', 'IMAGE_SIZE', 'MAX_TEXT_LEN',
            'convert_vilt_checkpoint', 'vilt_to_official', 'vilt_config_from_state_dict', 'load_vilt', 'METERT4C',
            'load_meter', 'task_head', 'grow_token_types', 'init_rank_output', 'DASVLTask', 'model_inputs', 'task_loss',
            'pixelbert_size', 'VLTransform', 'pad_images', 'vilt_vqa_score', 'VQATargets', 'NLVR2Dataset',
@@ -609,6 +609,8 @@ SPLITS = {('vilt', 'vqav2'): (('train', 'trainable_val'), 'rest_val'), ('meter',
           ('vilt', 'nlvr2'): (('train',), 'train'), ('meter', 'nlvr2'): (('train',), 'train'),
           ('vilt', 'f30k'): (('train', 'val'), 'val'), ('meter', 'f30k'): (('train', 'val'), 'val')}
 EVAL_SPLITS = {'vqav2': ('test',), 'nlvr2': ('dev', 'test1'), 'f30k': ('test',)}
+IMAGE_SIZE = {('vilt', 'vqav2'): 384, ('vilt', 'nlvr2'): 384, ('vilt', 'f30k'): 384,
+              ('meter', 'vqav2'): 384, ('meter', 'nlvr2'): 288, ('meter', 'f30k'): 384}
 MAX_TEXT_LEN = {('vilt', 'vqav2'): 40, ('vilt', 'nlvr2'): 40, ('vilt', 'f30k'): 40,
                 ('meter', 'vqav2'): 50, ('meter', 'nlvr2'): 50, ('meter', 'f30k'): 40}
 
@@ -762,7 +764,7 @@ def run_full_scale(model:str='vilt',           # 'vilt' or 'meter'
                    max_steps:int=0,            # cap: optimizer steps of training and batches per search epoch (0 = none)
                    limit_train:int=0,          # cap: training / reward items (0 = all)
                    limit_eval:int=0,           # cap: evaluation items (F30K: images) (0 = all)
-                   image_size:int=384,         # 384 (ViLT; METER VQA/F30K), 288 (METER NLVR2)
+                   image_size:int=384,         # 384 (ViLT; METER VQA/F30K), 288 (METER NLVR2); 0 = that default
                    max_text_len:int=0,         # 0 = 40 (ViLT), 50 (METER VQA/NLVR2), 40 (METER F30K)
                    nproc:int=0,                # >= 1: train under `vlrepro.train.launch` with that many processes
                    launcher:str='torchrun',    # with nproc: 'torchrun', 'deepspeed' or 'python'
@@ -775,6 +777,7 @@ def run_full_scale(model:str='vilt',           # 'vilt' or 'meter'
                   reward_mode, launcher, nproc)
     fixed = parse_skip_list(skip_list)
     T = max_text_len or MAX_TEXT_LEN[(model, task)]
+    image_size = image_size or IMAGE_SIZE[(model, task)]
     tr_splits, rw_split, ev_splits = task_splits(model, task, eval_split)
     need = sorted({*tr_splits, *ev_splits, *([] if fixed is not None else [rw_split])})
     have = sorted(p.stem for p in Path(data_root).glob('*.jsonl'))
