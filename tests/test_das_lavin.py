@@ -295,3 +295,26 @@ def test_yamls_match_signature():
         assert set(d) <= sig, (name, set(d) - sig)
         assert d['model'] == model and d['eta'] == 0.05 and d['batch_size'] == 32
     assert yaml.safe_load((nbs/'20_das.llama_gsm8k.yaml').read_text())['skip_num'] == 4
+
+
+def test_run_full_scale_launched(tiny_setup, tmp_path):
+    s = tiny_setup      # one process under vlrepro.train.launch ('python'); adapters read back from model.pt
+    r = dl.run_full_scale('llama', 'boolq', s['boolq'], s['ckpt'], skip_list='[2]', out_dir=str(tmp_path/'l'), nproc=1,
+                          launcher='python', **SMALL)
+    assert r['extra']['train_steps'] == 2 and r['extra']['skip'] == [2]
+    sd = torch.load(tmp_path/'l'/'train'/'model.pt', weights_only=True)
+    for n, p in r['model'].named_parameters():
+        if p.requires_grad: torch.testing.assert_close(p.detach(), sd[n].float())
+
+
+@pytest.mark.parametrize('task', ['csqa', 'gsm8k'])
+def test_evaluate_language(tiny_setup, task):
+    tok = dl.load_llama_tokenizer(tiny_setup['ckpt'])
+    torch.manual_seed(0)
+    m = dl.LaVIN(models.tiny_hf('llama', vocab_size=max(128, len(tok))), skip=[1]).eval()
+    raw = (dict(question='Where?', choices=dict(label=list('ABCDE'), text=list('vwxyz')), answerKey='B') if task == 'csqa'
+           else dict(question='1+1?', answer='#### 2'))
+    ex = dl.LaVINExamples([dl.normalize_language_row(task, raw)] * 3, tok, task, train=False, max_len=64)
+    ev = dl.evaluate(m, ex, batch_size=2, max_new_tokens=4)
+    assert 0 <= ev['scores']['accuracy'] <= 100 and len(ev['preds']) == 3 and ev['seconds_per_example'] > 0
+    assert all(isinstance(p, str) for p in ev['preds']) if task == 'gsm8k' else all(-1 <= p < 5 for p in ev['preds'])
