@@ -564,3 +564,68 @@ def test_notebook_smoke_run(tmp_path):
     for c in ('NAT', 'SOC', 'LAN', 'TXT', 'IMG', 'NO', 'G1-6', 'G7-12', 'Avg'): assert f'ADEM/{c}' in rec['metrics']
     assert rec['efficiency']['llm_flops_ratio_adem_vs_input_space'] < 0.55
     assert any(r['setting'] == 'LLaMA-7B ScienceQA' and r['this_run'] is not None for r in rec['comparison'])
+
+
+def _tiny_checkpoints(tmp_path, texts):
+    "A tiny random Llama (+ word-level tokenizer over `texts`) and CLIP saved in HF layout, as the full-scale path loads them."
+    models = pytest.importorskip('vlrepro.models')
+    tok = models.build_tokenizer('ademvl', [ademvl.IMAGE_PREFIX, ademvl.TEXT_PREFIX, *texts], vocab_size=128)
+    models.tiny_hf('ademvl-llama', seed=0).save_pretrained(tmp_path / 'llama'); tok.save_pretrained(tmp_path / 'llama')
+    models.tiny_hf('ademvl-clip-vision', seed=0).save_pretrained(tmp_path / 'clip')
+    return dict(llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'))
+
+
+def _png(path, rgb):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new('RGB', (32, 32), rgb).save(path)
+
+
+def test_full_scale_coco_caption_end_to_end(tmp_path):
+    "Karpathy json -> convert_karpathy -> run_full_scale('coco_caption'): trains 2 steps, generates, scores BLEU-4/CIDEr."
+    data = pytest.importorskip('vlrepro.data'); pytest.importorskip('vlrepro.train'); pytest.importorskip('vlrepro.metrics')
+    cols = {'red': (220, 30, 30), 'blue': (30, 30, 220), 'green': (30, 200, 30)}
+    imgs = []
+    for i, (c, rgb) in enumerate(cols.items()):
+        for sp in ('train', 'val'):
+            _png(tmp_path / 'src' / f'{sp}2014' / f'{c}{i}.jpg', rgb)
+            imgs.append(dict(filepath=f'{sp}2014', filename=f'{c}{i}.jpg', split=sp, cocoid=len(imgs),
+                             sentences=[{'raw': f'A {c} square.'}, {'raw': f'The {c} picture!'}]))
+    (tmp_path / 'karpathy.json').write_text(json.dumps({'dataset': 'coco', 'images': imgs}))
+    root = tmp_path / 'data'
+    data.convert_karpathy(tmp_path / 'karpathy.json', tmp_path / 'src', root / 'coco')
+    texts = [f'{ademvl.CAPTION_PROMPT} {ademvl.pre_caption(s["raw"])}' for im in imgs for s in im['sentences']]
+    out = ademvl.run_full_scale('coco_caption', str(root), **_tiny_checkpoints(tmp_path, texts), out_dir=str(tmp_path / 'run'),
+                                epochs=1, warmup_epochs=0.1, batch_size=2, accum_iter=1, hidden_proj=16,
+                                down_sample_num=(64, 16), max_steps=2, device='cpu', eval_batch_size=3)
+    assert set(out['metrics']) == {'LLaMA-7B COCO caption/BLEU-4', 'LLaMA-7B COCO caption/CIDEr'}
+    assert all(math.isfinite(v) and v >= 0 for v in out['metrics'].values())
+    assert out['train']['step'] == 2 and math.isfinite(out['train']['loss'])
+    assert out['efficiency']['trainable_params'] == ademvl.expected_trainable(96, 64, 80, 16, 3, 12)
+
+
+def test_full_scale_instruction_end_to_end(tmp_path):
+    "LLaVA conversations -> convert_llava -> run_full_scale('instruction') with a tiny MME folder: MME-P/MME-C and prediction files."
+    data = pytest.importorskip('vlrepro.data'); pytest.importorskip('vlrepro.train')
+    items = []
+    for i, (c, rgb) in enumerate({'red': (220, 30, 30), 'blue': (30, 30, 220)}.items()):
+        _png(tmp_path / 'src' / f'{c}.jpg', rgb)
+        items.append(dict(id=f'i{i}', image=f'{c}.jpg', conversations=[{'from': 'human', 'value': '<image>\nWhat color is it?'},
+                                                                       {'from': 'gpt', 'value': f'It is {c}.'}]))
+    items.append(dict(id='t0', conversations=[{'from': 'human', 'value': 'Say yes.'}, {'from': 'gpt', 'value': 'Yes.'}]))
+    (tmp_path / 'llava.json').write_text(json.dumps(items))
+    root = tmp_path / 'data'
+    data.convert_llava(tmp_path / 'llava.json', tmp_path / 'src', root / 'llava')
+    mme = tmp_path / 'mme' / 'color'
+    _png(mme / 'a.jpg', (220, 30, 30))
+    (mme / 'a.txt').write_text('Is it red? Please answer yes or no.\tYes\nIs it blue? Please answer yes or no.\tNo\n')
+    texts = [ademvl.mme_prompt('What color is it?') + ' It is red. blue. Yes. No. Say yes. Is it red? Please answer yes or no.']
+    out = ademvl.run_full_scale('instruction', str(root), **_tiny_checkpoints(tmp_path, texts), out_dir=str(tmp_path / 'run'),
+                                epochs=1, warmup_epochs=0.2, batch_size=3, accum_iter=1, max_seq_len=64, hidden_proj=16,
+                                down_sample_num=(64, 16), max_steps=2, device='cpu', mme_root=str(tmp_path / 'mme'))
+    assert set(out['metrics']) == {'LLaMA-7B instruction/MME-P', 'LLaMA-7B instruction/MME-C'}
+    assert out['train']['step'] == 2 and math.isfinite(out['train']['loss'])
+    rows = (tmp_path / 'run' / 'mme' / 'color.txt').read_text().splitlines()
+    assert [r.split('\t')[:3] for r in rows] == [['a.jpg', 'Is it red? Please answer yes or no.', 'Yes'],
+                                                 ['a.jpg', 'Is it blue? Please answer yes or no.', 'No']]
+    assert 0 <= out['metrics']['LLaMA-7B instruction/MME-P'] <= 200 and out['metrics']['LLaMA-7B instruction/MME-C'] == 0
