@@ -757,18 +757,24 @@ IMAGE_PREFIX, TEXT_PREFIX = 'Image: ', 'Image: N/A'
 class SQAExamples(torch.utils.data.Dataset):
     "Tokenised ScienceQA items over a workbench `MCQADataset`: input_ids, labels, eval prompt_ids, image, has_image."
     def __init__(self, mcqa, tokenizer, fmt:str='CQM-A', use_caption:bool=False, max_len:int=160,
-                 oracle_p:float=0.0, seed:int=0):
+                 oracle_p:float=0.0, seed:int=0,
+                 lm_all:bool=False,   # supervise every text token (stage-A pretraining), not only the answer
+                 images:bool=True):   # load the images (False: zeros, for the text-only stage A)
         enc, g = encoder_of(tokenizer), torch.Generator().manual_seed(seed)
-        self.mcqa, self.rows, self.items = mcqa, mcqa.rows, []
+        self.mcqa, self.rows, self.items, self.images = mcqa, mcqa.rows, [], images
         for r in self.rows:
             oracle = bool(r.get('has_image')) and oracle_p > 0 and float(torch.rand((), generator=g)) < oracle_p
             p, a = sqa_row_prompt(r, fmt, use_caption, oracle)
             ids, lab = tokenize_example(enc, p, a, max_len)
+            if lm_all: lab = torch.where(ids > 0, ids, lab)  # deviation: stage A learns the whole text (see Deviations)
             pid = torch.tensor(([1] + enc(p + 'The answer is'))[:max_len])  # eval input (§4.2)
             self.items.append((ids, lab, F.pad(pid, (0, max_len - len(pid)))))
     def __len__(self): return len(self.items)
     def __getitem__(self, i:int)->dict:
         ids, lab, pid = self.items[i]
+        if not self.images:
+            return dict(input_ids=ids, labels=lab, prompt_ids=pid, pixel_values=torch.zeros(3, 1, 1),
+                        has_image=bool(self.rows[i].get('has_image')), index=i)
         m = self.mcqa[i]
         return dict(input_ids=ids, labels=lab, prompt_ids=pid, pixel_values=m['image'], has_image=bool(m['has_image']), index=i)
 
@@ -830,12 +836,12 @@ def _fit(model:nn.Module, data, steps:int, batch_size:int, lr:float, seed:int=0,
     return res
 
 def train_text_llm(llm:nn.Module, data:SQAExamples, tokenizer, steps:int=300, batch_size:int=32, lr:float=3e-3,
-                   seed:int=0, device:str='cpu')->dict:
+                   seed:int=0, device:str='cpu', warmup_ratio:float=0.05)->dict:
     "Stage A: train the LLM on the text of the items (oracle descriptions included), then freeze it."
     ip, tp = encoder_of(tokenizer)(IMAGE_PREFIX), encoder_of(tokenizer)(TEXT_PREFIX)
     m = TextOnlyVL(llm, ip, tp).train()
     for p in llm.parameters(): p.requires_grad_(True)
-    res = _fit(m, data, steps, batch_size, lr, seed, device=device)
+    res = _fit(m, data, steps, batch_size, lr, seed, device=device, warmup_ratio=warmup_ratio)
     for p in llm.parameters(): p.requires_grad_(False)
     llm.eval()
     return res
