@@ -365,9 +365,36 @@ def test_notebook_papermill_smoke(tmp_path):
     import json, pathlib, papermill as pm
     nbs = pathlib.Path(__file__).parent.parent / 'nbs'
     pm.execute_notebook(str(nbs / '20_das.ipynb'), str(tmp_path / 'out.ipynb'), cwd=str(nbs),
-                        parameters=dict(out_dir=str(tmp_path / 'run'), bench_real=False, latency_reps=3), kernel_name='python3')
+                        parameters=dict(demo_scale='smoke', out_dir=str(tmp_path / 'run'), bench_real=False, latency_reps=3),
+                        kernel_name='python3')
     rec = core.read_results(tmp_path / 'run')
     assert rec['paper'] == 'das' and len(rec['extra']['skip']) == 2
+    assert rec['params']['demo_scale'] == 'smoke' and set(rec['extra']['checks']) == {
+        'block 0 not selected', 'DAS >= skip-first-k + 5 points', 'DAS within 3 points of k=0', 'Spearman(gates, loss oracle) > 0'}
+    assert (tmp_path / 'run' / 'pretrain.pt').exists()          # the stand-in pre-training is cached for reruns
+
+
+def test_full_scale_dispatch_errors():
+    with pytest.raises(ValueError, match="unknown full-scale model 'vit'"): das.run_full_scale('vit')
+
+
+def test_fit_schedules():
+    m = nn.Linear(2, 1); data = [dict(x=torch.ones(4, 2), y=torch.zeros(4, 1))] * 10
+    loss = lambda m, b: ((m(b['x']) - b['y']) ** 2).mean()
+    for sch in ('linear', 'constant'):
+        torch.manual_seed(0); m = nn.Linear(2, 1); seen = []
+        das.fit(m, loss, lambda e: data, 1, lr=1e-2, schedule=sch, on_epoch=lambda e, l: seen.append(l))
+        assert len(seen) == 1 and seen[0] > 0
+    with pytest.raises(ValueError, match="schedule must be"): das.fit(m, loss, lambda e: data, 1, schedule='cosine')
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    s = das._linear_schedule(opt, 10, decay=False)
+    got = []
+    for _ in range(10): got.append(opt.param_groups[0]['lr']); opt.step(); s.step()
+    assert got == [1.0] * 10                                   # warm-up of max(int(0.1*10),1)=1 step, then flat
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0); s = das._linear_schedule(opt, 10)
+    got = []
+    for _ in range(10): got.append(round(opt.param_groups[0]['lr'], 6)); opt.step(); s.step()
+    assert got == [1.0] + [round((10 - k) / 9, 6) for k in range(1, 10)]   # then linear decay to 0
 
 
 def test_search_runs_on_meter_and_llama():
@@ -392,3 +419,27 @@ def test_vilt_from_local_folder_patches(tmp_path):
     das.patch(m2, skip=[], zero_init_up=True)
     torch.testing.assert_close(run_vilt(m2, inp).last_hidden_state, ref, rtol=0, atol=0)
     torch.testing.assert_close(ref, run_vilt(m, inp).last_hidden_state, rtol=0, atol=0)
+
+
+def test_full_scale_dispatch_passes_parameters(monkeypatch):
+    import types, sys
+    got = {}
+    def fake(model, task, data_root, warmup_epoch=1, lr=1e-4, image_size=384, skip_list=''):
+        got.update(model=model, task=task, data_root=data_root, warmup_epoch=warmup_epoch, lr=lr, image_size=image_size,
+                   skip_list=skip_list)
+        return {}
+    monkeypatch.setitem(sys.modules, 'vlrepro.das_vl', types.SimpleNamespace(run_full_scale=fake))
+    das.run_full_scale('meter', task='nlvr2', data_root='/d', warmup_epoch=0, lr=0.0, image_size=0, skip_list='', demo_scale='x')
+    # warmup_epoch=0 is a real value; lr/image_size/skip_list at 0/'' mean "unset"; demo_scale is not the pipeline's
+    assert got == dict(model='meter', task='nlvr2', data_root='/d', warmup_epoch=0, lr=1e-4, image_size=384, skip_list='')
+
+
+def test_vqa_mean_loss_weights_batches_by_size():
+    class FromIds(nn.Module):
+        def forward(self, input_ids, attention_mask, pixel_values): return input_ids[:, :1].float().expand(-1, 3)
+    mk = lambda x, lab: dict(input_ids=torch.full((len(lab), 2), x), attention_mask=None, pixel_values=None,
+                             label=torch.tensor(lab), target=nn.functional.one_hot(torch.tensor(lab), 3).float())
+    sp = lambda z: math.log1p(math.exp(z))
+    l0, l2 = 3 * math.log(2), sp(-2) + 2 * sp(2)     # logits 0: 3·ln2 per question; logits 2, target answer 0
+    got = das.vqa_mean_loss(FromIds(), [mk(0, [0, 1, 2]), mk(2, [0])])
+    assert got == pytest.approx((3 * l0 + l2) / 4)    # per question, not per batch ((l0 + l2) / 2)

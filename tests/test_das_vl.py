@@ -367,3 +367,22 @@ def test_run_full_scale_launched_training(tmp_path):
     assert r['extra']['skip'] == [2] and 0 <= r['metrics']['ViLT DAS-1 VQAv2 rest_val/vqa_score'] <= 100
     summary = json.loads((tmp_path/'run'/'train'/'summary.json').read_text())
     assert summary['step'] == 2 and summary['finished']
+
+
+@pytest.mark.slow
+def test_notebook_20_das_runs_full_scale(tmp_path):
+    "`vlrepro run 20_das -f <yaml>` path: the paper notebook dispatches model='vilt' to das_vl and writes results.json."
+    import papermill as pm
+    from vlrepro import core
+    vqa_arrows(tmp_path/'arrows', n_images=4)
+    D.convert_vilt_arrow(tmp_path/'arrows', tmp_path/'vqa', 'vqav2')
+    qs = [r['question'] for r in data.read_jsonl(tmp_path/'vqa'/'train.jsonl', check_images=False)]
+    tiny_vilt().save_pretrained(tmp_path/'vilt'); word_tokenizer(qs + QUESTION_WORDS).save_pretrained(tmp_path/'vilt')
+    nbs = Path(__file__).parent.parent/'nbs'
+    pm.execute_notebook(str(nbs/'20_das.ipynb'), str(tmp_path/'out.ipynb'), cwd=str(nbs), kernel_name='python3',
+                        parameters=dict(model='vilt', task='vqav2', data_root=str(tmp_path/'vqa'), ckpt=str(tmp_path/'vilt'),
+                                        skip_num=2, out_dir=str(tmp_path/'run'), eval_split='rest_val', **KW))
+    rec = core.read_results(tmp_path/'run')
+    assert rec['paper'] == 'das' and rec['scale'] == 'partial' and rec['params']['model'] == 'vilt'
+    assert len(rec['extra']['skip']) == 2 and 0 <= rec['metrics']['ViLT DAS-2 VQAv2 rest_val/vqa_score'] <= 100
+    assert rec['efficiency']['flops_reduction'] > 0

@@ -16,15 +16,16 @@ import torch.nn.functional as F
 from . import core
 
 # %% auto #0
-__all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'DASAdapter', 'RouterAdapter', 'PlainAdapter', 'AdapterMLP', 'gate_probs',
-           'sample_skip', 'sample_candidates', 'gate_update', 'select_topk', 'update_schedule', 'num_updates',
-           'DASState', 'DASViltLayer', 'fusion_config', 'METER', 'tiny_meter', 'DASMETERLayer', 'DASLlamaLayer',
-           'patch', 'is_patched', 'unpatch', 'das_state', 'set_skip', 'das_blocks', 'trainable_parameters',
-           'tiny_vilt_config', 'SearchConfig', 'SearchResult', 'GateSearch', 'make_optimizer', 'search',
-           'vilt_block_macs', 'skip_adapter_macs', 'meter_layer_macs', 'vilt_macs', 'meter_macs',
-           'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'shapesvqa_tensors', 'batch_iter', 'fit',
-           'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits', 'variant_rows',
-           'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency', 'llama_latency']
+__all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 'DASAdapter', 'RouterAdapter', 'PlainAdapter',
+           'AdapterMLP', 'gate_probs', 'sample_skip', 'sample_candidates', 'gate_update', 'select_topk',
+           'update_schedule', 'num_updates', 'DASState', 'DASViltLayer', 'fusion_config', 'METER', 'tiny_meter',
+           'DASMETERLayer', 'DASLlamaLayer', 'patch', 'is_patched', 'unpatch', 'das_state', 'set_skip', 'das_blocks',
+           'trainable_parameters', 'tiny_vilt_config', 'SearchConfig', 'SearchResult', 'GateSearch', 'make_optimizer',
+           'search', 'vilt_block_macs', 'skip_adapter_macs', 'meter_layer_macs', 'vilt_macs', 'meter_macs',
+           'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss', 'shapesvqa_tensors',
+           'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits', 'variant_rows',
+           'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency', 'llama_latency',
+           'run_full_scale']
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
@@ -604,10 +605,11 @@ class GateSearch:
 def _batches(train_data, epoch:int)->Iterable:
     return train_data(epoch) if callable(train_data) else train_data
 
-def _linear_schedule(opt, total:int, warmup_ratio:float=0.1):
-    "ViLT's schedule: linear warm-up over `warmup_ratio` of the steps, then linear decay to 0."
+def _linear_schedule(opt, total:int, warmup_ratio:float=0.1, decay:bool=True):
+    "ViLT's schedule: linear warm-up over `warmup_ratio` of the steps, then linear decay to 0 (or constant, `decay=False`)."
     w = max(int(total * warmup_ratio), 1)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / w if s < w else max(0.0, (total - s) / max(total - w, 1)))
+    def f(s): return (s + 1) / w if s < w else (max(0.0, (total - s) / max(total - w, 1)) if decay else 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 def make_optimizer(params:dict[str, nn.Parameter], lr:float=1e-3, weight_decay:float=0.01, betas=(0.9, 0.98)):
     "AdamW as ViLT/METER: no weight decay on biases and LayerNorm / 1-d parameters."
@@ -745,6 +747,15 @@ def vqa_accuracy(model:nn.Module, batches:Iterable[dict])->float:
     model.train(was)
     return hit / max(n, 1)
 
+@torch.no_grad()
+def vqa_mean_loss(model:nn.Module, batches:Iterable[dict])->float:
+    "Mean `vqa_loss` per question over `batches`, in eval mode (the quantity the search's reward exp(-loss) sees)."
+    was = model.training; model.eval(); tot = n = 0
+    for b in batches:
+        k = len(b['label']); tot += float(vqa_loss(model, b)) * k; n += k
+    model.train(was)
+    return tot / max(n, 1)
+
 # %% ../nbs/20_das.ipynb #09a407f1
 def shapesvqa_tensors(split, vocab:dict[str, int], answers:Sequence[str], text_len:int=12)->dict[str, Tensor]:
     "Tensors of a ShapesVQA split: pixel_values, input_ids ([cls] words [sep] [pad]...), attention_mask, label, target."
@@ -770,12 +781,16 @@ def batch_iter(tensors:dict[str, Tensor], batch_size:int, seed:int|None=None, ep
     return [{k: v[idx[i:i + batch_size]] for k, v in tensors.items()} for i in range(0, n, batch_size)]
 
 def fit(model:nn.Module, loss_fn:Callable, batches:Callable[[int], Iterable], epochs:int, lr:float=1e-3,
-        weight_decay:float=0.01, params:dict|None=None)->list[float]:
-    "Train `params` (default: everything with requires_grad) with AdamW + linear warm-up/decay; returns per-epoch mean losses."
+        weight_decay:float=0.01, params:dict|None=None,
+        schedule:str='linear',               # 'linear': 10 % warm-up then linear decay to 0 (ViLT); 'constant': warm-up then flat
+        on_epoch:Callable|None=None,         # called as on_epoch(epoch, mean_loss) after every epoch
+       )->list[float]:
+    "Train `params` (default: everything with requires_grad) with AdamW + warm-up and `schedule`; returns per-epoch mean losses."
     # local helper (clearly marked): vlrepro.train.Trainer wants a map-style Dataset; this loop keeps the demo's batches exact
+    if schedule not in ('linear', 'constant'): raise ValueError(f"schedule must be 'linear' or 'constant', got {schedule!r}")
     params = params if params is not None else {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt = make_optimizer(params, lr, weight_decay)
-    n = sum(1 for _ in batches(0)); sched = _linear_schedule(opt, n * epochs)
+    n = sum(1 for _ in batches(0)); sched = _linear_schedule(opt, n * epochs, decay=schedule == 'linear')
     model.train(); hist = []
     for e in range(epochs):
         tot = 0.0
@@ -783,6 +798,7 @@ def fit(model:nn.Module, loss_fn:Callable, batches:Callable[[int], Iterable], ep
             loss = loss_fn(model, b); opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             tot += loss.item()
         hist.append(tot / n)
+        if on_epoch: on_epoch(e, hist[-1])
     return hist
 
 # %% ../nbs/20_das.ipynb #9b223e35
@@ -806,10 +822,13 @@ def spearman(a:Sequence[float], b:Sequence[float])->float:
     return float(pd.Series(list(a)).rank().corr(pd.Series(list(b)).rank()))
 
 # %% ../nbs/20_das.ipynb #22246f95
-DEMO_SCALES = {  # spec §7; 'tiny' keeps nbdev_test within a few minutes on 2 shared cores
-    'tiny':    dict(n_train=2000, n_val=500, n_test=1000, pretrain_epochs=4, train_epochs=2, batch_size=32, lr=2e-3),
-    'default': dict(n_train=6000, n_val=1000, n_test=2000, pretrain_epochs=8, train_epochs=3, batch_size=64, lr=1e-3),
-    'long':    dict(n_train=8000, n_val=1000, n_test=2000, pretrain_epochs=12, train_epochs=4, batch_size=64, lr=1e-3),
+DEMO_SCALES = {  # spec §7 ('default', 'long'); 'smoke' only checks that the pipeline runs (tests): its numbers mean nothing
+    'smoke':   dict(n_train=512, n_val=256, n_test=256, pretrain_epochs=1, train_epochs=1, batch_size=64, lr=1e-3,
+                    pretrain_schedule='constant'),
+    'default': dict(n_train=6000, n_val=1000, n_test=2000, pretrain_epochs=14, train_epochs=3, batch_size=64, lr=1e-3,
+                    pretrain_schedule='constant'),
+    'long':    dict(n_train=8000, n_val=1000, n_test=2000, pretrain_epochs=16, train_epochs=4, batch_size=64, lr=1e-3,
+                    pretrain_schedule='constant'),
 }
 
 def shapesvqa_vocab(rows:Iterable[dict])->dict[str, int]:
@@ -1000,3 +1019,23 @@ PAPER_NUMBERS = core.register_paper_numbers('das', [
       for s, (_, t, _) in _SQA.items() if s != 'LaVIN-7B'],
     core.PaperNumber('das', 'Abstract', 'METER DAS VQA2.0', 'flops_reduction', 11.97, '%'),
 ])
+
+# %% ../nbs/20_das.ipynb #cf57ce4f
+FULL_SCALE = {'vilt': 'vlrepro.das_vl', 'meter': 'vlrepro.das_vl', 'lavin': 'vlrepro.das_lavin', 'llama': 'vlrepro.das_lavin'}
+# notebook parameters whose 0 / '' means "not set": the pipeline's own default applies (others, e.g. warmup_epoch=0, pass as given)
+UNSET_MEANS_DEFAULT = {'vision_ckpt', 'text_ckpt', 'skip_list', 'train_epochs', 'lr', 'batch_size', 'per_gpu_batchsize',
+                       'max_steps', 'limit_train', 'limit_eval', 'image_size', 'max_text_len', 'nproc', 'weight_decay',
+                       'eval_batch_size'}
+
+def run_full_scale(model:str,     # 'vilt', 'meter' (VQAv2, NLVR2, Flickr30K), 'lavin' (ScienceQA) or 'llama' (BoolQ, CSQA, GSM8K)
+                   **params,      # the notebook's parameters; those the pipeline does not take are ignored
+                  )->dict:        # metrics, efficiency, extra, scale
+    "Run a full-scale DAS reproduction (search, skip-and-retrain, evaluation) with the pipeline of `model`'s family."
+    import importlib, inspect
+    if model not in FULL_SCALE:
+        raise ValueError(f"unknown full-scale model {model!r}; use one of {sorted(FULL_SCALE)} ('tiny-vilt' is the CPU demonstration)")
+    fn = importlib.import_module(FULL_SCALE[model]).run_full_scale
+    sig = inspect.signature(fn).parameters
+    kw = {k: v for k, v in params.items()
+          if k in sig and not (k in UNSET_MEANS_DEFAULT and v in (0, '') and sig[k].default is not inspect.Parameter.empty)}
+    return fn(model=model, **kw)
