@@ -176,7 +176,7 @@ def test_meta_layout_round_trip(tmp_path):
     rt = dl.meta_to_hf(dl.hf_to_meta(m.state_dict(), 4, 2), 4, 2)
     assert all(torch.equal(rt[k], v) for k, v in m.state_dict().items())
     assert dl.llama_depth(tmp_path/'w') == (2, 64)
-    shards = [{k: v.chunk(2, dl._SHARD_DIM.get(k.split('.')[-2], 0))[i] if v.ndim == 2 and dl._SHARD_DIM.get(k.split('.')[-2]) is not None
+    shards = [{k: v.chunk(2, models._SHARD_DIM.get(k.split('.')[-2], 0))[i] if v.ndim == 2 and models._SHARD_DIM.get(k.split('.')[-2]) is not None
                else v for k, v in sd.items()} for i in range(2)]
     merged = dl.merge_shards(shards)
     assert all(torch.equal(merged[k], v) for k, v in sd.items())

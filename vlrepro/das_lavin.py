@@ -16,13 +16,13 @@ from . import core, das
 
 # %% auto #0
 __all__ = ['IMAGE_PREFIX', 'TEXT_PREFIX', 'LANG_TASKS', 'MAX_NEW_TOKENS', 'PAPER_INFERENCE_S', 'lavin_attention_mask',
-           'permute_qk', 'merge_shards', 'llama_config_from_params', 'meta_to_hf', 'hf_to_meta', 'llama_depth',
-           'load_llama', 'save_meta_llama', 'load_llama_tokenizer', 'check_vocab', 'ClipLNRouter', 'patch_clip',
-           'cls_layers', 'clip_cls_features', 'LaVIN', 'llama_7b_config', 'clip_l14_config', 'trainable_count',
-           'meta_count', 'image_tokens', 'build_inputs', 'lm_loss', 'generate', 'sqa_qcm_ale', 'tokenize_pair',
-           'normalize_language_row', 'language_prompt', 'read_language_split', 'convert_language_task', 'LaVINExamples',
-           'collate_lavin', 'parse_choice', 'parse_number', 'evaluate', 'lavin_latency', 'parse_skip_list',
-           'setting_name', 'build', 'train_task', 'run_search', 'run_full_scale', 'tiny_checkpoints']
+           'llama_config_from_params', 'llama_depth', 'load_llama', 'save_meta_llama', 'load_llama_tokenizer',
+           'check_vocab', 'ClipLNRouter', 'patch_clip', 'cls_layers', 'clip_cls_features', 'LaVIN', 'llama_7b_config',
+           'clip_l14_config', 'trainable_count', 'meta_count', 'image_tokens', 'build_inputs', 'lm_loss', 'generate',
+           'sqa_qcm_ale', 'tokenize_pair', 'normalize_language_row', 'language_prompt', 'read_language_split',
+           'convert_language_task', 'LaVINExamples', 'collate_lavin', 'parse_choice', 'parse_number', 'evaluate',
+           'lavin_latency', 'parse_skip_list', 'setting_name', 'build', 'train_task', 'run_search', 'run_full_scale',
+           'tiny_checkpoints']
 
 # %% ../nbs/22_das_lavin.ipynb #066868d5
 def lavin_attention_mask(mask:Tensor,        # (B, L) 1 = real token, 0 = padding (left or right)
@@ -43,68 +43,16 @@ def lavin_attention_mask(mask:Tensor,        # (B, L) 1 = real token, 0 = paddin
     return out.masked_fill(~ok[:, None], torch.finfo(dtype).min)
 
 # %% ../nbs/22_das_lavin.ipynb #ffdb56ed
-_META2HF = {'attention.wq': 'self_attn.q_proj', 'attention.wk': 'self_attn.k_proj', 'attention.wv': 'self_attn.v_proj',
-            'attention.wo': 'self_attn.o_proj', 'feed_forward.w1': 'mlp.gate_proj', 'feed_forward.w2': 'mlp.down_proj',
-            'feed_forward.w3': 'mlp.up_proj', 'attention_norm': 'input_layernorm', 'ffn_norm': 'post_attention_layernorm'}
-_SHARD_DIM = {'tok_embeddings': 1, 'output': 0, 'wq': 0, 'wk': 0, 'wv': 0, 'w1': 0, 'w3': 0, 'wo': 1, 'w2': 1}
-
-def permute_qk(W:Tensor,           # (heads·head_dim, d) q or k projection
-               n_heads:int,        # heads of this projection
-               to_hf:bool=True,    # Meta -> HF (True) or HF -> Meta (False)
-              )->Tensor:           # the same weight with its rows reordered
-    "Reorder q/k rows between Meta's interleaved-pair RoPE and HF's rotate-half RoPE."
-    out, d = W.shape; h = out // n_heads
-    if to_hf: return W.view(n_heads, h // 2, 2, d).transpose(1, 2).reshape(out, d)
-    return W.view(n_heads, 2, h // 2, d).transpose(1, 2).reshape(out, d)
-
-def merge_shards(shards:Sequence[dict])->dict:
-    "Merge model-parallel `consolidated.*.pth` state dicts (13B has two) into one."
-    if len(shards) == 1: return dict(shards[0])
-    out = {}
-    for k, v in shards[0].items():
-        if k.endswith('rope.freqs'): continue
-        dim = _SHARD_DIM.get(k.split('.')[-2] if k.endswith('.weight') else k)
-        out[k] = v if dim is None or v.ndim == 1 else torch.cat([s[k] for s in shards], dim)
-    return out
+from . import models as _models
+from .models import permute_qk, meta_to_hf, hf_to_meta, merge_meta_shards as merge_shards  # shared with ADEM-VL
 
 def llama_config_from_params(params:dict,      # Meta's params.json
                              vocab_size:int,   # rows of tok_embeddings (params.json says -1)
                              ffn:int,          # rows of feed_forward.w1 (the weights are the authority)
                             ):
-    "A `LlamaConfig` from Meta's `params.json`."
-    from transformers import LlamaConfig
-    H = params['n_heads']
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=params['dim'], intermediate_size=ffn,
-                       num_hidden_layers=params['n_layers'], num_attention_heads=H, num_key_value_heads=params.get('n_kv_heads') or H,
-                       rms_norm_eps=params.get('norm_eps', 1e-6), max_position_embeddings=2048, tie_word_embeddings=False,
-                       rope_theta=params.get('rope_theta', 10000.0), bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    "A `LlamaConfig` from Meta's `params.json`, sized by the weights, pad id 0 as LaVIN."
+    return _models.llama_config_from_params(params, vocab_size, ffn, pad_token_id=0)
 
-def meta_to_hf(sd:dict, n_heads:int, n_kv_heads:int|None=None)->dict:
-    "Rename and permute a merged Meta LLaMA state dict into `LlamaForCausalLM` keys."
-    out, kv = {}, n_kv_heads or n_heads
-    top = {'tok_embeddings.weight': 'model.embed_tokens.weight', 'norm.weight': 'model.norm.weight', 'output.weight': 'lm_head.weight'}
-    for k, v in sd.items():
-        if k.endswith('rope.freqs'): continue
-        if k in top: out[top[k]] = v; continue
-        parts = k.split('.')
-        new = _META2HF.get('.'.join(parts[2:-1])) if parts[0] == 'layers' else None
-        if new is None: raise KeyError(f"unexpected key {k!r} in a Meta LLaMA checkpoint; is this a LLaMA-1/2 consolidated.*.pth?")
-        if new.endswith(('q_proj', 'k_proj')): v = permute_qk(v, n_heads if new.endswith('q_proj') else kv, True)
-        out[f'model.layers.{parts[1]}.{new}.weight'] = v
-    return out
-
-def hf_to_meta(sd:dict, n_heads:int, n_kv_heads:int|None=None)->dict:
-    "Inverse of `meta_to_hf`: HF `LlamaForCausalLM` keys -> Meta's original names and RoPE layout."
-    inv, kv = {v: k for k, v in _META2HF.items()}, n_kv_heads or n_heads
-    top = {'model.embed_tokens.weight': 'tok_embeddings.weight', 'model.norm.weight': 'norm.weight', 'lm_head.weight': 'output.weight'}
-    out = {}
-    for k, v in sd.items():
-        if k in top: out[top[k]] = v; continue
-        parts = k.split('.')
-        name = inv['.'.join(parts[3:-1])]
-        if name in ('attention.wq', 'attention.wk'): v = permute_qk(v, n_heads if name.endswith('wq') else kv, False)
-        out[f'layers.{parts[2]}.{name}.weight'] = v
-    return out
 
 # %% ../nbs/22_das_lavin.ipynb #48972861
 def _meta_dir(path:Path)->Path|None:

@@ -17,9 +17,10 @@ if TYPE_CHECKING:  # annotations only; nothing heavy is imported at run time
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 # %% auto #0
-__all__ = ['OPEN_CLIP_CONFIGS', 'HF_KINDS', 'HF_SIZES', 'HF_HUB_IDS', 'MODEL_PRESETS', 'TOKENIZER_PRESETS',
+__all__ = ['OPEN_CLIP_CONFIGS', 'HF_KINDS', 'HF_SIZES', 'HF_HUB_IDS', 'MODEL_PRESETS', 'META_TO_HF_NAMES', 'TOKENIZER_PRESETS',
            'register_open_clip_configs', 'create_open_clip', 'save_open_clip', 'open_clip_tokenizer', 'hf_config',
            'build_hf', 'tiny_hf', 'example_inputs', 'load_hf', 'open_clip_state_dict_to_hf', 'open_clip_to_hf',
+           'permute_qk', 'merge_meta_shards', 'llama_ffn_dim', 'llama_config_from_params', 'meta_to_hf', 'hf_to_meta',
            'train_tokenizer', 'build_tokenizer', 'load_tokenizer']
 
 # %% ../nbs/02_models.ipynb #36a04e3d
@@ -511,6 +512,83 @@ def open_clip_to_hf(model:nn.Module|str='vlrepro-tiny-clip', # an open_clip CLIP
     if missing or unexpected: raise ValueError(f"conversion mismatch: missing {missing}, unexpected {unexpected}")
     p = next(model.parameters())
     return hf.to(device=p.device, dtype=p.dtype).eval()
+
+# %% ../nbs/02_models.ipynb #e61f28be
+META_TO_HF_NAMES = {'attention.wq': 'self_attn.q_proj', 'attention.wk': 'self_attn.k_proj', 'attention.wv': 'self_attn.v_proj',
+                    'attention.wo': 'self_attn.o_proj', 'feed_forward.w1': 'mlp.gate_proj', 'feed_forward.w2': 'mlp.down_proj',
+                    'feed_forward.w3': 'mlp.up_proj', 'attention_norm': 'input_layernorm', 'ffn_norm': 'post_attention_layernorm'}
+_META_TOP = {'tok_embeddings.weight': 'model.embed_tokens.weight', 'norm.weight': 'model.norm.weight', 'output.weight': 'lm_head.weight'}
+_SHARD_DIM = {'tok_embeddings': 1, 'output': 0, 'wq': 0, 'wk': 0, 'wv': 0, 'w1': 0, 'w3': 0, 'wo': 1, 'w2': 1}
+
+def permute_qk(W:torch.Tensor,       # (heads·head_dim, d) q or k projection
+               n_heads:int,          # heads of this projection (the kv heads for k)
+               to_hf:bool=True,      # Meta -> HF (True) or HF -> Meta (False)
+              )->torch.Tensor:       # the same weight with its rows reordered
+    "Reorder q/k rows between Meta's interleaved-pair RoPE and HF's rotate-half RoPE."
+    out, d = W.shape; h = out // n_heads
+    if to_hf: return W.view(n_heads, h // 2, 2, d).transpose(1, 2).reshape(out, d)
+    return W.view(n_heads, 2, h // 2, d).transpose(1, 2).reshape(out, d)
+
+def merge_meta_shards(shards:Sequence[dict])->dict:
+    "Merge model-parallel `consolidated.*.pth` state dicts (13B has two) into one."
+    if len(shards) == 1: return dict(shards[0])
+    out = {}
+    for k, v in shards[0].items():
+        if k.endswith('rope.freqs'): continue
+        dim = _SHARD_DIM.get(k.split('.')[-2] if k.endswith('.weight') else k)
+        out[k] = v if dim is None or v.ndim == 1 else torch.cat([s[k] for s in shards], dim)
+    return out
+
+def llama_ffn_dim(dim:int, multiple_of:int=256, ffn_dim_multiplier:float|None=None)->int:
+    "LLaMA's FFN width: `multiple_of * ceil(int(8*dim/3) [* multiplier] / multiple_of)` (11008 for 7B, 13824 for 13B)."
+    hidden = int(2 * 4 * dim / 3)
+    if ffn_dim_multiplier: hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+def llama_config_from_params(params:dict,                   # Meta's params.json
+                             vocab_size:int=32000,          # rows of tok_embeddings (params.json says -1)
+                             ffn:int|None=None,             # rows of feed_forward.w1; None: from dim / multiple_of
+                             max_position_embeddings:int=2048,
+                             **overrides,                   # any other LlamaConfig field (e.g. pad_token_id)
+                            )->PreTrainedConfig:
+    "A Hugging Face `LlamaConfig` from Meta's `params.json`."
+    from transformers import LlamaConfig
+    D, H = params['dim'], params['n_heads']
+    vocab = vocab_size if params.get('vocab_size', -1) in (-1, None) else params['vocab_size']
+    kw = dict(vocab_size=vocab, hidden_size=D,
+              intermediate_size=ffn or llama_ffn_dim(D, params.get('multiple_of', 256), params.get('ffn_dim_multiplier')),
+              num_hidden_layers=params['n_layers'], num_attention_heads=H, num_key_value_heads=params.get('n_kv_heads') or H,
+              rms_norm_eps=params.get('norm_eps', 1e-6), max_position_embeddings=max_position_embeddings,
+              rope_theta=params.get('rope_theta', 10000.0), tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    return LlamaConfig(**{**kw, **overrides})
+
+def meta_to_hf(sd:dict,                  # a merged Meta LLaMA state dict
+               n_heads:int,              # attention heads
+               n_kv_heads:int|None=None, # key/value heads (None: n_heads)
+              )->dict:                   # `LlamaForCausalLM` state dict
+    "Rename and permute a merged Meta LLaMA state dict into `LlamaForCausalLM` keys."
+    out, kv = {}, n_kv_heads or n_heads
+    for k, v in sd.items():
+        if k.endswith('rope.freqs'): continue
+        if k in _META_TOP: out[_META_TOP[k]] = v; continue
+        parts = k.split('.')
+        new = META_TO_HF_NAMES.get('.'.join(parts[2:-1])) if parts[0] == 'layers' else None
+        if new is None: raise KeyError(f"unexpected key {k!r} in a Meta LLaMA checkpoint; is this a LLaMA-1/2 consolidated.*.pth?")
+        if new.endswith(('q_proj', 'k_proj')): v = permute_qk(v, n_heads if new.endswith('q_proj') else kv, True)
+        out[f'model.layers.{parts[1]}.{new}.weight'] = v
+    return out
+
+def hf_to_meta(sd:dict, n_heads:int, n_kv_heads:int|None=None)->dict:
+    "Inverse of `meta_to_hf`: `LlamaForCausalLM` keys -> Meta's original names and RoPE layout."
+    inv, kv, top = {v: k for k, v in META_TO_HF_NAMES.items()}, n_kv_heads or n_heads, {v: k for k, v in _META_TOP.items()}
+    out = {}
+    for k, v in sd.items():
+        if k in top: out[top[k]] = v; continue
+        parts = k.split('.')
+        name = inv['.'.join(parts[3:-1])]
+        if name in ('attention.wq', 'attention.wk'): v = permute_qk(v, n_heads if name.endswith('wq') else kv, False)
+        out[f'layers.{parts[2]}.{name}.weight'] = v
+    return out
 
 # %% ../nbs/02_models.ipynb #3c1168f7
 _ROLE_NAMES = {'pad_token': ('<pad>', '[PAD]', '[pad]'), 'unk_token': ('<unk>', '[UNK]', '[unk]'),
