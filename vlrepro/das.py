@@ -611,11 +611,18 @@ def _linear_schedule(opt, total:int, warmup_ratio:float=0.1, decay:bool=True):
     def f(s): return (s + 1) / w if s < w else (max(0.0, (total - s) / max(total - w, 1)) if decay else 1.0)
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
-def make_optimizer(params:dict[str, nn.Parameter], lr:float=1e-3, weight_decay:float=0.01, betas=(0.9, 0.98)):
-    "AdamW as ViLT/METER: no weight decay on biases and LayerNorm / 1-d parameters."
-    dec = [p for n, p in params.items() if p.ndim > 1 and 'norm' not in n.lower() and not n.endswith('.ln.weight')]
-    nodec = [p for n, p in params.items() if not (p.ndim > 1 and 'norm' not in n.lower() and not n.endswith('.ln.weight'))]
-    return torch.optim.AdamW([dict(params=dec, weight_decay=weight_decay), dict(params=nodec, weight_decay=0.0)], lr=lr, betas=betas)
+def make_optimizer(params:dict[str, nn.Parameter], lr:float=1e-3, weight_decay:float=0.01, betas=(0.9, 0.98),
+                   lr_mults:dict|None=None, # {regex on parameter name: lr multiplier}, first match wins (ViLT/METER heads)
+                  ):
+    "AdamW as ViLT/METER: no weight decay on biases and LayerNorm / 1-d parameters; optional lr multipliers by name."
+    import re
+    pats = [(re.compile(k), float(v)) for k, v in (lr_mults or {}).items()]
+    groups = {}
+    for n, p in params.items():
+        mult = next((v for r, v in pats if r.search(n)), 1.0)
+        wd = weight_decay if p.ndim > 1 and 'norm' not in n.lower() and not n.endswith('.ln.weight') else 0.0
+        groups.setdefault((mult, wd), dict(params=[], lr=lr * mult, weight_decay=wd))['params'].append(p)
+    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=betas)
 
 def search(model:nn.Module,                 # patched with `das.patch(model, search=True)` (patched here if not patched)
            loss_fn:Callable,                # loss_fn(model, batch) -> scalar task loss (e.g. ViLT's BCE·num_answers)
@@ -626,6 +633,8 @@ def search(model:nn.Module,                 # patched with `das.patch(model, sea
            lr:float=1e-3,                   # AdamW learning rate of the super-network's adapters/head
            weight_decay:float=0.01,         # AdamW weight decay
            params:dict|None=None,           # parameters to train (default `trainable_parameters(model)`)
+           grad_accum:int=1,                # micro-batches per optimizer step (the gate counter still counts micro-batches)
+           lr_mults:dict|None=None,         # {regex on parameter name: lr multiplier} (official head / cross-modal groups)
            reward_mode:str='official',      # 'official': train mode (dropout on); 'eval': eval mode for reward passes
            state_path:str|Path='',          # save the search state here after every update; resume from it if present
            resume:bool=True,                # continue a saved search (ValueError if its settings differ)
@@ -637,21 +646,25 @@ def search(model:nn.Module,                 # patched with `das.patch(model, sea
     if not is_patched(model): patch(model, search=True)
     st = das_state(model)
     if not st.search: raise ValueError("search needs every adapter: patch the model with das.patch(model, search=True)")
+    if not isinstance(grad_accum, int) or grad_accum < 1: raise ValueError(f"grad_accum must be a positive int, got {grad_accum!r}")
     gs = GateSearch(st.num_blocks, config)
     params = params if params is not None else trainable_parameters(model)
-    opt = make_optimizer(params, lr, weight_decay)
+    opt = make_optimizer(params, lr, weight_decay, lr_mults=lr_mults)
+    opt.zero_grad(set_to_none=True)
     n_batches = len(train_data) if hasattr(train_data, '__len__') else sum(1 for _ in _batches(train_data, 0))
-    sched = _linear_schedule(opt, n_batches * config.das_epoch)
+    sched = _linear_schedule(opt, math.ceil(n_batches / grad_accum) * config.das_epoch)
     start_epoch, start_batch, state_path = 0, 0, Path(state_path) if state_path else None
     if state_path and resume and state_path.exists():
         sd = torch.load(state_path, weights_only=False)
         gs.load_state_dict(sd['search'])          # refuses other settings
         model.load_state_dict(sd['params'], strict=False); opt.load_state_dict(sd['opt']); sched.load_state_dict(sd['sched'])
         torch.set_rng_state(sd['rng']); start_epoch, start_batch = sd['epoch'], sd['batch'] + 1
+        for n, g_ in sd.get('grads', {}).items(): params[n].grad = g_.clone()   # a half-accumulated step
     def save(epoch, batch):
         if state_path:
             core.atomic_torch_save(dict(search=gs.state_dict(), params={n: p.detach().clone() for n, p in params.items()},
                                         opt=opt.state_dict(), sched=sched.state_dict(), rng=torch.get_rng_state(),
+                                        grads={n: p.grad.detach().clone() for n, p in params.items() if p.grad is not None},
                                         epoch=epoch, batch=batch), state_path)
     def reward_loss(S):
         set_skip(model, S)
@@ -669,7 +682,9 @@ def search(model:nn.Module,                 # patched with `das.patch(model, sea
             set_skip(model, gs.sample())
             loss = loss_fn(model, batch)
             fired = gs.step(epoch, b, reward_loss)     # official order: the update runs inside the forward, before backward
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+            (loss / grad_accum).backward()
+            if (b + 1) % grad_accum == 0 or b + 1 == n_batches:
+                opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
             if fired:
                 n_up += 1; save(epoch, b)
                 if on_update: on_update(gs)

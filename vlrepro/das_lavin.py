@@ -718,7 +718,7 @@ class _EpochBatches:
 
 def run_search(b:dict, k:int, das_epoch:int, das_step:int, das_turn:int, warmup_epoch:int, eta:float, lr:float,
                per_gpu_batchsize:int, seed:int, reward_mode:str, out_dir:Path, max_steps:int=0,
-               weight_decay:float=0.02)->das.SearchResult:
+               weight_decay:float=0.02, grad_accum:int=1)->das.SearchResult:
     "LaVIN's DAS search (spec §2.6) on a model built with `search=True`; reuses a finished `out_dir/search.json`."
     from vlrepro.train import to_device
     batches = _EpochBatches(b['train'], per_gpu_batchsize, seed, b['device'], max_steps)
@@ -735,7 +735,7 @@ def run_search(b:dict, k:int, das_epoch:int, das_step:int, das_turn:int, warmup_
         idx = torch.randperm(len(rw), generator=g)[:n_rw].tolist()
         return to_device(collate_lavin([rw[i] for i in idx]), b['device'])
     model = b['model']
-    res = das.search(model, _lavin_loss, batches, reward_batch, cfg, lr=lr, weight_decay=weight_decay,
+    res = das.search(model, _lavin_loss, batches, reward_batch, cfg, lr=lr, weight_decay=weight_decay, grad_accum=grad_accum,
                      params={n: q for n, q in model.named_parameters() if q.requires_grad}, reward_mode=reward_mode,
                      state_path=out_dir/'search_state.pt')
     res.save(done)
@@ -797,7 +797,8 @@ def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, Scie
         core.seed_everything(seed)
         b = build(**bk, search=True)
         res = run_search(b, int(skip_num), min(das_epoch, search_epochs), das_step, das_turn, warmup_epoch, eta, lr,
-                         per_gpu_batchsize, seed, reward_mode, out, max_steps, weight_decay)
+                         per_gpu_batchsize, seed, reward_mode, out, max_steps, weight_decay,
+                         grad_accum=max(1, batch_size // per_gpu_batchsize))
         S = list(res.skip)
         extra.update(search=dict(skip=S, gates=res.gates, updates=len(res.trajectory), trajectory=res.trajectory,
                                  das_turn=res.config['das_turn']))

@@ -831,6 +831,7 @@ def run_full_scale(model:str='vilt',           # 'vilt' or 'meter'
                                warmup_epoch=warmup_epoch, eta=eta, seed=seed)
         res = das.search(m, loss, _EpochBatches(train_ds, collate, per_gpu_batchsize, seed, max_steps),
                          _reward_batches(rw, collate, per_gpu_batchsize, seed, reward_mode), cfg, lr=lr, weight_decay=0.01,
+                         grad_accum=max(1, batch_size // per_gpu_batchsize), lr_mults=_lr_mults(model, lr_mult_head, lr_mult_cross_modal),
                          reward_mode=reward_mode, state_path=out/'search_state.pt')
         res.save(out/'search.json')
         S, extra['search'] = res.skip, 'ran'
