@@ -629,3 +629,37 @@ def test_full_scale_instruction_end_to_end(tmp_path):
     assert [r.split('\t')[:3] for r in rows] == [['a.jpg', 'Is it red? Please answer yes or no.', 'Yes'],
                                                  ['a.jpg', 'Is it blue? Please answer yes or no.', 'No']]
     assert 0 <= out['metrics']['LLaMA-7B instruction/MME-P'] <= 200 and out['metrics']['LLaMA-7B instruction/MME-C'] == 0
+
+
+class _FakeScenes:
+    "MCQADataset stand-in: each image is the one-hot of its per-cell colour/shape targets (or all zeros)."
+    options = {'colors': ['red', 'blue'], 'shapes': ['circle', 'square']}
+    def __init__(self, n, informative, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        cells = ['top left', 'top right', 'bottom left', 'bottom right']
+        self.rows, self.informative = [], informative
+        for _ in range(n):
+            objs = [dict(cell=c, color=['red', 'blue'][int(torch.randint(2, (), generator=g))],
+                         shape=['circle', 'square'][int(torch.randint(2, (), generator=g))])
+                    for c in cells if float(torch.rand((), generator=g)) < 0.4]
+            self.rows.append(dict(has_image=True, objects=objs))
+        self.rows.append(dict(has_image=False))  # text items are skipped
+    def __getitem__(self, i):
+        c, s = ademvl.cell_targets(self.rows[i], sorted(self.options['colors']), sorted(self.options['shapes']))
+        x = torch.cat([F.one_hot(torch.tensor(c), 3).flatten(), F.one_hot(torch.tensor(s), 3).flatten()]).float()
+        return {'image': x if self.informative else torch.zeros_like(x)}
+
+
+class _FlatTower(nn.Module):
+    def forward(self, pixel_values):
+        from types import SimpleNamespace
+        return SimpleNamespace(pooler_output=pixel_values.flatten(1))
+
+
+def test_probe_accuracy_perfect_and_chance_features():
+    good = ademvl.probe_accuracy(_FlatTower(), _FakeScenes(200, True), _FakeScenes(100, True, seed=1), steps=200)
+    assert good['color_acc'] == 1.0 and good['shape_acc'] == 1.0
+    bad = ademvl.probe_accuracy(_FlatTower(), _FakeScenes(200, False), _FakeScenes(100, False, seed=1), steps=200)
+    # constant features: the head can only predict the majority class (empty), so accuracy is the empty-cell share
+    assert bad['color_acc'] == pytest.approx(bad['empty_share']) and bad['shape_acc'] == pytest.approx(bad['empty_share'])
+    assert 0.5 < bad['empty_share'] < 0.7

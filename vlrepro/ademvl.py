@@ -26,7 +26,7 @@ __all__ = ['SQA_OPTIONS', 'CAPTION_PROMPT', 'MME_PERCEPTION', 'MME_COGNITION', '
            'permute_qk', 'merge_meta_shards', 'ffn_dim', 'llama_config_from_params', 'meta_to_hf', 'hf_to_meta',
            'load_llama', 'check_vocab', 'clip_hidden', 'TextOnlyVL', 'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt',
            'encoder_of', 'SQAExamples', 'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm',
-           'VisionProbe', 'cell_targets', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost',
+           'VisionProbe', 'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost',
            'openai_clip_to_hf', 'load_clip_vision', 'load_llama_tokenizer', 'PairExamples', 'caption_pairs',
            'instruction_pairs', 'generate_texts', 'read_mme_task', 'train_task', 'run_full_scale']
 
@@ -873,6 +873,34 @@ class _ProbeData(torch.utils.data.Dataset):
     def __getitem__(self, i):
         c, s = self.t[i]
         return dict(pixel_values=self.mcqa[self.idx[i]]['image'], color=torch.tensor(c), shape=torch.tensor(s))
+
+@torch.no_grad()
+def _cls_feats(vision_tower:nn.Module, mcqa, colors, shapes, n:int):
+    d = _ProbeData(mcqa, colors, shapes); idx = range(min(n, len(d)))
+    b = [d[i] for i in idx]
+    z = vision_tower(pixel_values=torch.stack([x['pixel_values'] for x in b])).pooler_output
+    return z, torch.stack([x['color'] for x in b]), torch.stack([x['shape'] for x in b])
+
+def probe_accuracy(vision_tower:nn.Module, train_mcqa, test_mcqa,
+                   n_train:int=1000,  # image items to fit the linear head on
+                   n_test:int=300,    # image items to score
+                   steps:int=300, seed:int=0)->dict:
+    "Per-cell colour/shape accuracy of a linear head fitted on the frozen pooled [CLS] (stage-B quality), with the empty-cell share."
+    colors, shapes = sorted(train_mcqa.options['colors']), sorted(train_mcqa.options['shapes'])
+    ztr, ctr, s_tr = _cls_feats(vision_tower, train_mcqa, colors, shapes, n_train)
+    zte, cte, s_te = _cls_feats(vision_tower, test_mcqa, colors, shapes, n_test)
+    nc, ns = len(colors) + 1, len(shapes) + 1
+    g = torch.Generator().manual_seed(seed)
+    head = nn.Linear(ztr.shape[1], ctr.shape[1] * (nc + ns))
+    with torch.no_grad(): head.weight.normal_(0, 0.01, generator=g); head.bias.zero_()
+    opt = torch.optim.Adam(head.parameters(), 1e-2)
+    for _ in range(steps):
+        o = head(ztr).view(len(ztr), -1, nc + ns)
+        loss = F.cross_entropy(o[..., :nc].flatten(0, 1), ctr.flatten()) + F.cross_entropy(o[..., nc:].flatten(0, 1), s_tr.flatten())
+        opt.zero_grad(); loss.backward(); opt.step()
+    with torch.no_grad(): o = head(zte).view(len(zte), -1, nc + ns)
+    return dict(color_acc=float((o[..., :nc].argmax(-1) == cte).float().mean()),
+                shape_acc=float((o[..., nc:].argmax(-1) == s_te).float().mean()), empty_share=float((cte == 0).float().mean()))
 
 def train_vision(vision_tower:nn.Module, mcqa, steps:int=300, batch_size:int=64, lr:float=3e-3, seed:int=0,
                  device:str='cpu')->dict:
