@@ -2,7 +2,7 @@
 """Convert Meta's LLaMA-1 `consolidated.*.pth` shards (ADEM-VL's `<data_root>/weights/` layout) into a Hugging Face folder.
 
 --src holds tokenizer.model and <size>/{params.json, consolidated.00.pth[, consolidated.01.pth]}; the 13B shards are merged,
-q/k rows are permuted to HF's rotate-half RoPE layout (logic and tests: vlrepro.ademvl, nbs/40_ademvl.ipynb). The HF folder
+q/k rows are permuted to HF's rotate-half RoPE layout (logic and tests: vlrepro.models, nbs/02_models.ipynb). The HF folder
 then loads with `ademvl.load_llama(out, 'hf')` or `LlamaForCausalLM.from_pretrained(out)`.
 Example: python data_scripts/convert_llama.py --src data/weights --size 7B --out data/llama-7b-hf [--dry-run]
 """
@@ -19,13 +19,13 @@ def main(argv=None):
     p.add_argument('--dry-run', action='store_true', help='check the files and print the config, write nothing')
     a = p.parse_args(argv)
     import torch
-    from vlrepro import ademvl
+    from vlrepro import ademvl, models
     d = a.src/a.size
     shards = sorted(d.glob('consolidated.*.pth'))
     if not shards or not (d/'params.json').exists():
         raise SystemExit(f"no params.json + consolidated.*.pth in {d}; expected {a.src}/{a.size}/consolidated.00.pth")
     params = json.loads((d/'params.json').read_text())
-    print(f"{len(shards)} shard(s); {ademvl.llama_config_from_params(params).to_json_string()[:200]}...")
+    print(f"{len(shards)} shard(s); {models.llama_config_from_params(params).to_json_string()[:200]}...")
     if a.dry_run: return 0
     m = ademvl.load_llama(a.src, 'meta', a.size, dtype=getattr(torch, a.dtype))
     m.save_pretrained(a.out)

@@ -3,7 +3,7 @@ import json, math
 import pytest, torch
 from torch import nn
 import torch.nn.functional as F
-from vlrepro import ademvl, core
+from vlrepro import ademvl, core, models
 
 torch.set_num_threads(1)
 IMG_PRE, TXT_PRE = [3, 4], [3, 4, 11, 12, 13]  # "Image: " / "Image: N/A" stand-ins
@@ -381,7 +381,7 @@ def test_meta_conversion_roundtrip(tmp_path):
     meta = ademvl.hf_to_meta(src.state_dict(), 4)
     halves = [{}, {}]
     for k, v in meta.items():
-        dim = ademvl._CAT_DIM.get(k.split('.')[-2])
+        dim = models._SHARD_DIM.get(k.split('.')[-2])
         for j in range(2): halves[j][k] = v if dim is None or v.ndim == 1 else v.chunk(2, dim)[j].clone()
     merged = ademvl.merge_meta_shards(halves)
     assert all(torch.equal(merged[k], meta[k]) for k in meta)

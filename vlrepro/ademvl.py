@@ -23,7 +23,6 @@ __all__ = ['SQA_OPTIONS', 'CAPTION_PROMPT', 'MME_PERCEPTION', 'MME_COGNITION', '
            'adapter_state_dict', 'insert_visual', 'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate',
            'sqa_prompt', 'tokenize_example', 'parse_answer', 'pre_caption', 'caption_example', 'extract_caption',
            'mme_prompt', 'instruction_example', 'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at',
-           'permute_qk', 'merge_meta_shards', 'ffn_dim', 'llama_config_from_params', 'meta_to_hf', 'hf_to_meta',
            'load_llama', 'check_vocab', 'clip_hidden', 'TextOnlyVL', 'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt',
            'encoder_of', 'SQAExamples', 'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm',
            'VisionProbe', 'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost',
@@ -561,72 +560,8 @@ def lr_at(e:float,            # fractional epoch: iteration / iterations_per_epo
     return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (e - warmup) / (epochs - warmup)))
 
 # %% ../nbs/40_ademvl.ipynb #fc8e3d55
-_META2HF = {'attention.wq': 'self_attn.q_proj', 'attention.wk': 'self_attn.k_proj', 'attention.wv': 'self_attn.v_proj',
-            'attention.wo': 'self_attn.o_proj', 'feed_forward.w1': 'mlp.gate_proj', 'feed_forward.w2': 'mlp.down_proj',
-            'feed_forward.w3': 'mlp.up_proj', 'attention_norm': 'input_layernorm', 'ffn_norm': 'post_attention_layernorm'}
-_CAT_DIM = {'tok_embeddings': 1, 'output': 0, 'wq': 0, 'wk': 0, 'wv': 0, 'w1': 0, 'w3': 0, 'wo': 1, 'w2': 1}
-
-def permute_qk(W:Tensor, n_heads:int, to_hf:bool=True)->Tensor:
-    "Reorder q/k projection rows between Meta's interleaved-pair RoPE layout and HF's rotate-half layout."
-    out_dim, D = W.shape
-    h = out_dim // n_heads
-    if to_hf: return W.view(n_heads, h // 2, 2, D).transpose(1, 2).reshape(out_dim, D)
-    return W.view(n_heads, 2, h // 2, D).transpose(1, 2).reshape(out_dim, D)
-
-def merge_meta_shards(shards:Sequence[dict])->dict:
-    "Merge model-parallel `consolidated.*.pth` state dicts into one (13B: two shards)."
-    if len(shards) == 1: return dict(shards[0])
-    out = {}
-    for k, v in shards[0].items():
-        if k.endswith('rope.freqs'): continue
-        leaf = k.split('.')[-2] if k.endswith('.weight') else k
-        dim = _CAT_DIM.get(leaf)
-        out[k] = v if dim is None or v.ndim == 1 else torch.cat([s[k] for s in shards], dim)
-    return out
-
-def ffn_dim(dim:int, multiple_of:int=256, ffn_dim_multiplier:float|None=None)->int:
-    "LLaMA's FFN width: `multiple_of * ceil(int(8*dim/3) [* multiplier] / multiple_of)` (11008 for 7B, 13824 for 13B)."
-    hidden = int(2 * 4 * dim / 3)
-    if ffn_dim_multiplier: hidden = int(ffn_dim_multiplier * hidden)
-    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
-
-def llama_config_from_params(params:dict, vocab_size:int=32000, max_position_embeddings:int=2048):
-    "A HF `LlamaConfig` from Meta's `params.json`."
-    from transformers import LlamaConfig
-    D, H = params['dim'], params['n_heads']
-    return LlamaConfig(vocab_size=vocab_size if params.get('vocab_size', -1) in (-1, None) else params['vocab_size'],
-                       hidden_size=D, intermediate_size=ffn_dim(D, params.get('multiple_of', 256), params.get('ffn_dim_multiplier')),
-                       num_hidden_layers=params['n_layers'], num_attention_heads=H, num_key_value_heads=params.get('n_kv_heads') or H,
-                       rms_norm_eps=params.get('norm_eps', 1e-6), max_position_embeddings=max_position_embeddings,
-                       rope_theta=params.get('rope_theta', 10000.0), tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-
-def meta_to_hf(sd:dict, n_heads:int, n_kv_heads:int|None=None)->dict:
-    "Rename and permute a merged Meta LLaMA state dict into `LlamaForCausalLM` keys."
-    out, kv = {}, n_kv_heads or n_heads
-    for k, v in sd.items():
-        if k.endswith('rope.freqs'): continue
-        if k == 'tok_embeddings.weight': out['model.embed_tokens.weight'] = v; continue
-        if k == 'norm.weight': out['model.norm.weight'] = v; continue
-        if k == 'output.weight': out['lm_head.weight'] = v; continue
-        _, i, *rest = k.split('.')
-        name = '.'.join(rest[:-1]); new = _META2HF.get(name)
-        if new is None: raise KeyError(f"unexpected Meta LLaMA key {k!r}; is this a LLaMA-1/2 consolidated checkpoint?")
-        if name in ('attention.wq', 'attention.wk'): v = permute_qk(v, n_heads if name.endswith('wq') else kv, True)
-        out[f'model.layers.{i}.{new}.weight'] = v
-    return out
-
-def hf_to_meta(sd:dict, n_heads:int, n_kv_heads:int|None=None)->dict:
-    "Inverse of `meta_to_hf` (used to test the conversion and to export)."
-    inv, out, kv = {v: k for k, v in _META2HF.items()}, {}, n_kv_heads or n_heads
-    for k, v in sd.items():
-        if k == 'model.embed_tokens.weight': out['tok_embeddings.weight'] = v; continue
-        if k == 'model.norm.weight': out['norm.weight'] = v; continue
-        if k == 'lm_head.weight': out['output.weight'] = v; continue
-        _, _, i, *rest = k.split('.')
-        name = inv['.'.join(rest[:-1])]
-        if name in ('attention.wq', 'attention.wk'): v = permute_qk(v, n_heads if name.endswith('wq') else kv, False)
-        out[f'layers.{i}.{name}.weight'] = v
-    return out
+from .models import (permute_qk, merge_meta_shards, meta_to_hf, hf_to_meta, llama_config_from_params,  # shared with
+                            llama_ffn_dim as ffn_dim)                                                      # LaVIN-DAS
 
 def load_llama(llama_dir:Path|str,          # HF folder, or Meta `weights/` folder holding <size>/ and tokenizer.model
                llama_format:str='hf',       # 'hf' or 'meta'
