@@ -260,11 +260,16 @@ KW = dict(das_epoch=2, search_epochs=2, das_turn=1, warmup_epoch=0, train_epochs
           lr=1e-3, image_size=32, max_text_len=12, device='cpu', max_steps=2)
 
 
-def test_run_full_scale_vilt_vqa_and_resume(tmp_path):
+def vqa_setup(tmp_path):
+    "Tiny VQAv2 data converted from ViLT arrow files, and a tiny ViLT folder with its tokenizer."
     vqa_arrows(tmp_path/'arrows', n_images=4)
     D.convert_vilt_arrow(tmp_path/'arrows', tmp_path/'vqa', 'vqav2')
     qs = [r['question'] for r in data.read_jsonl(tmp_path/'vqa'/'train.jsonl', check_images=False)]
     tiny_vilt().save_pretrained(tmp_path/'vilt'); word_tokenizer(qs + QUESTION_WORDS).save_pretrained(tmp_path/'vilt')
+
+
+def test_run_full_scale_vilt_vqa_and_resume(tmp_path):
+    vqa_setup(tmp_path)
     args = dict(model='vilt', task='vqav2', data_root=str(tmp_path/'vqa'), ckpt=str(tmp_path/'vilt'), skip_num=2,
                 out_dir=str(tmp_path/'run'), eval_split='rest_val,test', **KW)
     r = D.run_full_scale(**args)
@@ -358,10 +363,7 @@ def test_data_scripts(tmp_path, capsys):
 @pytest.mark.slow
 def test_run_full_scale_launched_training(tmp_path):
     "nproc=1: the skip-and-retrain step runs in a fresh process (vlrepro.train.launch) and its weights are read back."
-    vqa_arrows(tmp_path/'arrows', n_images=4)
-    D.convert_vilt_arrow(tmp_path/'arrows', tmp_path/'vqa', 'vqav2')
-    qs = [r['question'] for r in data.read_jsonl(tmp_path/'vqa'/'train.jsonl', check_images=False)]
-    tiny_vilt().save_pretrained(tmp_path/'vilt'); word_tokenizer(qs + QUESTION_WORDS).save_pretrained(tmp_path/'vilt')
+    vqa_setup(tmp_path)
     r = D.run_full_scale('vilt', 'vqav2', str(tmp_path/'vqa'), str(tmp_path/'vilt'), skip_list='[2]', out_dir=str(tmp_path/'run'),
                          eval_split='rest_val', nproc=1, launcher='python', **KW)
     assert r['extra']['skip'] == [2] and 0 <= r['metrics']['ViLT DAS-1 VQAv2 rest_val/vqa_score'] <= 100
@@ -374,10 +376,7 @@ def test_notebook_20_das_runs_full_scale(tmp_path):
     "`vlrepro run 20_das -f <yaml>` path: the paper notebook dispatches model='vilt' to das_vl and writes results.json."
     import papermill as pm
     from vlrepro import core
-    vqa_arrows(tmp_path/'arrows', n_images=4)
-    D.convert_vilt_arrow(tmp_path/'arrows', tmp_path/'vqa', 'vqav2')
-    qs = [r['question'] for r in data.read_jsonl(tmp_path/'vqa'/'train.jsonl', check_images=False)]
-    tiny_vilt().save_pretrained(tmp_path/'vilt'); word_tokenizer(qs + QUESTION_WORDS).save_pretrained(tmp_path/'vilt')
+    vqa_setup(tmp_path)
     nbs = Path(__file__).parent.parent/'nbs'
     pm.execute_notebook(str(nbs/'20_das.ipynb'), str(tmp_path/'out.ipynb'), cwd=str(nbs), kernel_name='python3',
                         parameters=dict(model='vilt', task='vqav2', data_root=str(tmp_path/'vqa'), ckpt=str(tmp_path/'vilt'),
