@@ -23,8 +23,8 @@ __all__ = ['SQA_OPTIONS', 'CAPTION_PROMPT', 'MME_PERCEPTION', 'MME_COGNITION', '
            'adapter_state_dict', 'insert_visual', 'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate',
            'sqa_prompt', 'tokenize_example', 'parse_answer', 'pre_caption', 'caption_example', 'extract_caption',
            'mme_prompt', 'instruction_example', 'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at',
-           'load_llama', 'check_vocab', 'clip_hidden', 'TextOnlyVL', 'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt',
-           'encoder_of', 'SQAExamples', 'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm',
+           'load_llama', 'clip_hidden', 'TextOnlyVL', 'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt', 'encoder_of',
+           'SQAExamples', 'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm',
            'VisionProbe', 'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost',
            'openai_clip_to_hf', 'load_clip_vision', 'load_llama_tokenizer', 'PairExamples', 'caption_pairs',
            'instruction_pairs', 'generate_texts', 'read_mme_task', 'train_task', 'run_full_scale']
@@ -596,12 +596,7 @@ def load_llama(llama_dir:Path|str,          # HF folder, or Meta `weights/` fold
     for p in m.parameters(): p.requires_grad_(False)
     return m.eval()
 
-def check_vocab(tokenizer, llm:nn.Module):
-    "Raise if the tokenizer's ids do not fit the LLM's embedding table."
-    n_tok, n_emb = len(tokenizer), llm.get_input_embeddings().weight.shape[0]
-    if n_tok > n_emb:
-        raise ValueError(f"tokenizer has {n_tok} ids but the LLM's embedding has {n_emb} rows: the tokenizer does not belong "
-                         f"to this model; use the tokenizer saved with it (LLaMA: tokenizer.model, 32000 ids)")
+from .models import check_vocab  # shared with LaVIN-DAS
 
 # %% ../nbs/40_ademvl.ipynb #76d4fd13
 def clip_hidden(vision_tower:nn.Module, pixel_values:Tensor, post_ln:bool=True)->Tensor:

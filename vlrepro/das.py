@@ -25,7 +25,7 @@ __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 
            'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss', 'shapesvqa_tensors',
            'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits', 'variant_rows',
            'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency', 'llama_latency',
-           'run_full_scale']
+           'parse_skip_list', 'run_full_scale']
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
@@ -1041,6 +1041,20 @@ FULL_SCALE = {'vilt': 'vlrepro.das_vl', 'meter': 'vlrepro.das_vl', 'lavin': 'vlr
 UNSET_MEANS_DEFAULT = {'vision_ckpt', 'text_ckpt', 'skip_list', 'train_epochs', 'lr', 'batch_size', 'per_gpu_batchsize',
                        'max_steps', 'limit_train', 'limit_eval', 'image_size', 'max_text_len', 'nproc', 'weight_decay',
                        'eval_batch_size'}
+
+def parse_skip_list(skip_list:str|Sequence[int], # '[24, 27, 25, 22]', '1, 4', '3', a sequence, or '' (none given)
+                   )->list[int]|None:                # the block indices in the given order; None when none are given
+    "Read a skip set typed as text (the official scripts print it for you to copy) or given as a sequence."
+    import ast
+    err = f"skip_list must be a list of block indices like '[1, 4]', got {skip_list!r}"
+    if isinstance(skip_list, str):
+        if not skip_list.strip(): return None
+        try: v = ast.literal_eval(skip_list.strip())
+        except (ValueError, SyntaxError): raise ValueError(err) from None
+    else: v = skip_list
+    if isinstance(v, int) and not isinstance(v, bool): v = [v]
+    if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v): raise ValueError(err)
+    return list(v)
 
 def run_full_scale(model:str,     # 'vilt', 'meter' (VQAv2, NLVR2, Flickr30K), 'lavin' (ScienceQA) or 'llama' (BoolQ, CSQA, GSM8K)
                    **params,      # the notebook's parameters; those the pipeline does not take are ignored

@@ -114,11 +114,8 @@ def load_llama_tokenizer(path:str|Path)->Any:
     return models.load_tokenizer(p)
 
 def check_vocab(tokenizer, llm:nn.Module):
-    "Raise if the tokenizer's ids do not fit the LLM's embedding table."
-    n_tok, n_emb = len(tokenizer), llm.get_input_embeddings().weight.shape[0]
-    if n_tok > n_emb:
-        raise ValueError(f"vocabulary mismatch: the tokenizer has {n_tok} ids but the LLaMA embedding has {n_emb} rows; use the "
-                         "tokenizer that belongs to this checkpoint (LLaMA: tokenizer.model, 32000 ids) or pass text_ckpt=<its folder>")
+    "Raise if the tokenizer's ids do not fit the LLaMA's embedding table (`vlrepro.models.check_vocab`)."
+    _models.check_vocab(tokenizer, llm, hint=" or pass text_ckpt=<its folder>")
 
 # %% ../nbs/22_das_lavin.ipynb #b48ea9f0
 class ClipLNRouter(nn.Module):
@@ -610,14 +607,8 @@ def lavin_latency(ks:Sequence[int]=(0, 2, 4, 6), # skipped blocks per variant
 
 # %% ../nbs/22_das_lavin.ipynb #ddf6df30
 def parse_skip_list(s:str|Sequence[int])->list[int]:
-    "'[24, 27, 25, 22]' (or a list) -> [24, 27, 25, 22]; '' -> []."
-    if isinstance(s, (list, tuple)): return [int(i) for i in s]
-    s = (s or '').strip()
-    if not s: return []
-    try: v = json.loads(s if s.startswith('[') else f'[{s}]')
-    except json.JSONDecodeError: raise ValueError(f"skip_list {s!r} is not a list of block indices; write it like '[24, 27, 25, 22]'") from None
-    if not all(isinstance(i, int) for i in v): raise ValueError(f"skip_list {s!r} must hold integers, e.g. '[24, 27, 25, 22]'")
-    return v
+    "'[24, 27, 25, 22]' (or a list) -> [24, 27, 25, 22], in the given order; '' -> []."
+    return das.parse_skip_list(s) or []
 
 def setting_name(model:str, k:int, layers:int, d:int)->str:
     "Row name of `das.PAPER_NUMBERS`: 'LaVIN-7B' / 'DAS2-7B' at LLaMA-7B's shape; otherwise the size is spelled out."

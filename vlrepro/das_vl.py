@@ -621,16 +621,9 @@ def task_splits(model:str, task:str, eval_split:str='test')->tuple[tuple, str, t
     return tr, rw, ev
 
 def parse_skip_list(skip_list:str|Sequence[int])->list[int]|None:
-    "Read a skip list given as text ('[1, 4]') or a sequence; '' means 'search for it'."
-    if isinstance(skip_list, str):
-        if not skip_list.strip(): return None
-        try: v = ast.literal_eval(skip_list.strip())
-        except (ValueError, SyntaxError): raise ValueError(f"skip_list must look like '[1, 4]', got {skip_list!r}") from None
-    else: v = skip_list
-    if isinstance(v, int): v = [v]
-    if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
-        raise ValueError(f"skip_list must be a list of block indices like '[1, 4]', got {skip_list!r}")
-    return sorted(v)
+    "Read a skip list given as text ('[1, 4]') or a sequence, sorted; '' means 'search for it'."
+    S = das.parse_skip_list(skip_list)
+    return None if S is None else sorted(S)
 
 def build_task_model(model:str, task:str, ckpt:str, vision_ckpt:str='', text_ckpt:str='', image_size:int=384,
                      num_answers:int=3129)->DASVLTask:

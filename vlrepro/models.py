@@ -21,7 +21,7 @@ __all__ = ['OPEN_CLIP_CONFIGS', 'HF_KINDS', 'HF_SIZES', 'HF_HUB_IDS', 'MODEL_PRE
            'register_open_clip_configs', 'create_open_clip', 'save_open_clip', 'open_clip_tokenizer', 'hf_config',
            'build_hf', 'tiny_hf', 'example_inputs', 'load_hf', 'open_clip_state_dict_to_hf', 'open_clip_to_hf',
            'permute_qk', 'merge_meta_shards', 'llama_ffn_dim', 'llama_config_from_params', 'meta_to_hf', 'hf_to_meta',
-           'train_tokenizer', 'build_tokenizer', 'load_tokenizer']
+           'check_vocab', 'train_tokenizer', 'build_tokenizer', 'load_tokenizer']
 
 # %% ../nbs/02_models.ipynb #36a04e3d
 OPEN_CLIP_CONFIGS: dict[str, dict] = {
@@ -589,6 +589,17 @@ def hf_to_meta(sd:dict, n_heads:int, n_kv_heads:int|None=None)->dict:
         if name in ('attention.wq', 'attention.wk'): v = permute_qk(v, n_heads if name.endswith('wq') else kv, False)
         out[f'layers.{parts[2]}.{name}.weight'] = v
     return out
+
+def check_vocab(tokenizer,               # a tokenizer (anything with len())
+                llm:nn.Module,           # a model with input embeddings
+                hint:str='',             # appended to the error's advice (e.g. which parameter to set)
+               ):
+    "Raise if the tokenizer's ids do not fit the LLM's embedding table."
+    n_tok, n_emb = len(tokenizer), llm.get_input_embeddings().weight.shape[0]
+    if n_tok > n_emb:
+        raise ValueError(f"vocabulary mismatch: the tokenizer has {n_tok} ids but the LLM's embedding has {n_emb} rows: the "
+                         f"tokenizer does not belong to this model; use the tokenizer saved with it (LLaMA: tokenizer.model, "
+                         f"32000 ids){hint}")
 
 # %% ../nbs/02_models.ipynb #3c1168f7
 _ROLE_NAMES = {'pad_token': ('<pad>', '[PAD]', '[pad]'), 'unk_token': ('<unk>', '[UNK]', '[unk]'),
