@@ -49,6 +49,16 @@ def test_param_groups_frozen_lr_mults_and_no_decay():
     assert all(p.requires_grad for g in gs for p in g['params']) and sum(len(g['params']) for g in gs) == 4
 
 
+def test_param_groups_from_a_dict_with_a_recipe_rule():
+    "A {name: parameter} dict is grouped as given; `no_decay(name, p)` adds a recipe's own no-decay rule (ViLT: 'norm' names)."
+    m = nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3))
+    named = dict(m.named_parameters())
+    wd = lambda gs: {id(p): g['weight_decay'] for g in gs for p in g['params']}
+    plain = wd(make_param_groups(named, lr=0.1, weight_decay=0.5))
+    ruled = wd(make_param_groups(named, lr=0.1, weight_decay=0.5, no_decay=lambda n, p: n == '0.weight'))
+    assert plain[id(m[0].weight)] == 0.5 and ruled[id(m[0].weight)] == 0.0
+    assert all(d[id(p)] == 0.0 for d in (plain, ruled) for p in (m[0].bias, m[1].weight, m[1].bias)) and len(ruled) == 4
+
 def test_schedule_shapes():
     assert lr_multiplier(0, 100, 10) == 0 and lr_multiplier(10, 100, 10) == 1
     assert lr_multiplier(100, 100, 10) == pytest.approx(0)

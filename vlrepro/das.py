@@ -611,18 +611,14 @@ def _linear_schedule(opt, total:int, warmup_ratio:float=0.1, decay:bool=True):
     def f(s): return (s + 1) / w if s < w else (max(0.0, (total - s) / max(total - w, 1)) if decay else 1.0)
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
+def _vilt_no_decay(name:str, p:nn.Parameter)->bool: return 'norm' in name.lower() or name.endswith('.ln.weight')
+
 def make_optimizer(params:dict[str, nn.Parameter], lr:float=1e-3, weight_decay:float=0.01, betas=(0.9, 0.98),
                    lr_mults:dict|None=None, # {regex on parameter name: lr multiplier}, first match wins (ViLT/METER heads)
                   ):
     "AdamW as ViLT/METER: no weight decay on biases and LayerNorm / 1-d parameters; optional lr multipliers by name."
-    import re
-    pats = [(re.compile(k), float(v)) for k, v in (lr_mults or {}).items()]
-    groups = {}
-    for n, p in params.items():
-        mult = next((v for r, v in pats if r.search(n)), 1.0)
-        wd = weight_decay if p.ndim > 1 and 'norm' not in n.lower() and not n.endswith('.ln.weight') else 0.0
-        groups.setdefault((mult, wd), dict(params=[], lr=lr * mult, weight_decay=wd))['params'].append(p)
-    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=betas)
+    from vlrepro.train import make_param_groups  # the workbench's grouping, with ViLT's name rule for LayerNorms
+    return torch.optim.AdamW(make_param_groups(params, lr, weight_decay, lr_mults, no_decay=_vilt_no_decay), lr=lr, betas=betas)
 
 def search(model:nn.Module,                 # patched with `das.patch(model, search=True)` (patched here if not patched)
            loss_fn:Callable,                # loss_fn(model, batch) -> scalar task loss (e.g. ViLT's BCE·num_answers)

@@ -97,20 +97,21 @@ class TrainConfig:
         d = asdict(self); d['betas'] = list(self.betas); return d
 
 # %% ../nbs/04_train.ipynb #0f9f59d6
-def make_param_groups(model:nn.Module,          # the model whose trainable parameters are grouped
+def make_param_groups(model:nn.Module|dict,     # a model (its trainable parameters), or {name: parameter} grouped as given
                       lr:float,                 # peak learning rate
                       weight_decay:float=0.0,   # decay for matrices (and 1-d tensors when `no_decay_1d` is False)
                       lr_mults:dict|None=None,  # {regex on parameter name: lr multiplier}; first match wins
                       no_decay_1d:bool=True,    # no weight decay on biases and norm weights (ndim <= 1)
+                      no_decay:Callable|None=None, # no_decay(name, param) -> True: no weight decay either (a recipe's own rule)
                      )->list[dict]:             # AdamW param groups with `lr`, `weight_decay`, `lr_mult`, `group`
     "Group the trainable parameters of `model` by lr multiplier and weight decay."
     import re
     pats = [(re.compile(k), float(v)) for k, v in (lr_mults or {}).items()]
+    named = model.items() if isinstance(model, dict) else ((n, p) for n, p in model.named_parameters() if p.requires_grad)
     groups: dict[tuple, dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad: continue
+    for name, p in named:
         mult = next((m for pat, m in pats if pat.search(name)), 1.0)
-        wd = 0.0 if (no_decay_1d and p.ndim <= 1) else weight_decay
+        wd = 0.0 if (no_decay_1d and p.ndim <= 1) or (no_decay is not None and no_decay(name, p)) else weight_decay
         g = groups.setdefault((mult, wd), dict(params=[], lr=lr * mult, weight_decay=wd, lr_mult=mult,
                                                 group=f"lr×{mult:g}, wd={wd:g}"))
         g['params'].append(p)
