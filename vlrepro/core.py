@@ -16,9 +16,9 @@ from torch import nn
 # %% auto #0
 __all__ = ['RESULTS_SCHEMA', 'seed_everything', 'seed_worker', 'make_generator', 'get_device', 'atomic_write_text',
            'atomic_write_json', 'atomic_torch_save', 'git_commit', 'library_versions', 'write_results', 'read_results',
-           'PaperNumber', 'register_paper_numbers', 'paper_numbers', 'compare', 'comparison_table', 'swap_class',
-           'restore_class', 'replace_module', 'find_modules', 'is_patched', 'check_unpatched', 'set_patched',
-           'get_patch_state', 'clear_patched', 'Timer']
+           'require_inputs', 'rehearsal_active', 'scale_label', 'kill_point', 'PaperNumber', 'register_paper_numbers',
+           'paper_numbers', 'compare', 'comparison_table', 'swap_class', 'restore_class', 'replace_module',
+           'find_modules', 'is_patched', 'check_unpatched', 'set_patched', 'get_patch_state', 'clear_patched', 'Timer']
 
 # %% ../nbs/00_core.ipynb #642b09e0
 def seed_everything(seed:int,               # the one seed of the run
@@ -65,12 +65,16 @@ def get_device(name:str='auto' # 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'
     raise ValueError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 # %% ../nbs/00_core.ipynb #f05471e7
+def _umask()->int:
+    m = os.umask(0); os.umask(m); return m
+
 def _atomic_write(path:Path|str, write:Callable[[Any], None], mode:str='w'):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             write(f); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a results file is as readable as any other file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
@@ -147,11 +151,13 @@ def write_results(out_dir:Path|str,           # the run folder; results.json is 
                   scale:str='tiny-synthetic', # 'tiny-synthetic', 'full', ...: may this number be set beside the paper's?
                   comparison:list|None=None,  # rows from `compare`: paper vs this run
                   extra:dict|None=None,       # anything else worth keeping (tables, per-layer counts)
+                  status:str='complete',      # 'complete', or 'partial' for a run stopped early (stop_epoch, a budget)
                  )->Path:                     # path of the written results.json
     "Write the run's `results.json` atomically, with provenance (commit, versions, device, wall time)."
     if not paper: raise ValueError("write_results needs the paper key, e.g. paper='crossget'")
     if not isinstance(metrics, dict): raise TypeError(f"metrics must be a dict name -> value, got {type(metrics).__name__}")
-    rec = dict(schema=RESULTS_SCHEMA, paper=paper, param_set=param_set, scale=scale, params=dict(params),
+    if status not in ('complete', 'partial'): raise ValueError(f"status must be 'complete' or 'partial', got {status!r}")
+    rec = dict(schema=RESULTS_SCHEMA, paper=paper, param_set=param_set, scale=scale, status=status, params=dict(params),
                metrics=dict(metrics), efficiency=dict(efficiency or {}), comparison=list(comparison or []),
                extra=dict(extra or {}), git_commit=git_commit(), versions=library_versions(),
                device=_device_description(device), wall_time_s=(time.time() - started) if started else None,
@@ -167,6 +173,39 @@ def read_results(path:Path|str)->dict:
     missing = {'paper', 'params', 'metrics'} - set(rec)
     if missing: raise ValueError(f"{p} is not a vlrepro results record: missing {sorted(missing)}")
     return rec
+
+# %% ../nbs/00_core.ipynb #a2b4bb9a
+def require_inputs(inputs:dict[str, tuple],  # parameter name -> (path, how to make it); empty paths are skipped
+                   where:str='',              # e.g. ' in nbs/params/30_laps.f30k_vit.yaml', for the message
+                  ):
+    "Raise one `FileNotFoundError` naming every missing input, its parameter and the command that makes it."
+    missing = [f"  {k} = {str(p)!r} does not exist" + (f"; make it with: {how}" if how else '')
+               for k, (p, how) in inputs.items() if str(p) and not Path(p).exists()]
+    if missing: raise FileNotFoundError(f"missing inputs{where}:\n" + '\n'.join(missing))
+
+def rehearsal_active()->bool:
+    "True inside `vlrepro rehearse` (environment variable `VLREPRO_REHEARSAL`)."
+    return bool(os.environ.get('VLREPRO_REHEARSAL'))
+
+def scale_label(real:bool,          # real data and the paper's model (else: the synthetic stand-in)
+                full:bool=True,     # the paper's full schedule and sizes (False: a shortened real-data run)
+               )->str:              # 'rehearsal', 'full', 'real-data' or 'tiny-synthetic'
+    "The `scale` of a results record: only a real run at the paper's sizes may be set beside the paper's number."
+    if rehearsal_active(): return 'rehearsal'
+    if not real: return 'tiny-synthetic'
+    return 'full' if full else 'real-data'
+
+def kill_point(what:str=''):
+    "In a rehearsal, SIGKILL this process the first time any process reaches a kill point (once per marker file)."
+    marker = os.environ.get('VLREPRO_REHEARSE_KILL')
+    if not marker or Path(marker).exists(): return
+    try: fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)   # one process wins, even under torchrun
+    except FileExistsError: return
+    os.write(fd, f"{what} pid={os.getpid()}\n".encode()); os.close(fd)
+    print(f"vlrepro rehearsal: killing process {os.getpid()} at {what}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
 
 # %% ../nbs/00_core.ipynb #40aa1255
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from .core import read_results, atomic_write_text, paper_numbers
 
 # %% auto #0
 __all__ = ['PAPERS', 'REPORT_COLS', 'find_nbs', 'list_notebooks', 'resolve_notebook', 'Param', 'notebook_parameters',
-           'check_parameters', 'load_param_set', 'RunFailed', 'default_run_dir', 'run_notebook', 'find_results',
-           'report_rows', 'markdown_table', 'report', 'make_readme', 'parser', 'main']
+           'check_parameters', 'load_param_set', 'RunFailed', 'default_run_dir', 'path_kind', 'resolve_paths',
+           'run_notebook', 'find_results', 'report_rows', 'markdown_table', 'report', 'make_readme', 'parser', 'main']
 
 # %% ../nbs/06_run.ipynb #cdb52257
 PAPERS = ('crossget', 'das', 'laps', 'ademvl', 'vqascore')
@@ -109,12 +109,19 @@ def check_parameters(given:dict,                  # name -> value (strings from 
         out[k] = v
     return out
 
-def load_param_set(path:Path|str)->dict:
+def load_param_set(path:Path|str,     # a YAML file in nbs/params/ (or anywhere)
+                   notebook:str='',    # the notebook it is for: a set named <other stem>.<name>.yaml is refused
+                  )->dict:             # parameter name -> value
     "Read a parameter-set YAML (a flat mapping of parameter name -> value)."
     import yaml
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"parameter set {p} not found; `vlrepro list` shows the sets in nbs/params/")
-    d = yaml.safe_load(p.read_text()) or {}
+    if p.is_dir(): raise IsADirectoryError(f"parameter set {p} is a folder; give a YAML file, e.g. nbs/params/30_laps.f30k_vit.yaml")
+    owner = p.name.split('.', 1)[0]
+    if notebook and '.' in p.stem and re.fullmatch(r'\d\d_\w+', owner) and owner != notebook:
+        raise ValueError(f"{p.name} is a parameter set of {owner}, not of {notebook}: run `vlrepro run {owner} --params {p}`")
+    try: d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e: raise ValueError(f"{p} is not valid YAML: {e}") from None
     if not isinstance(d, dict): raise ValueError(f"{p} must be a YAML mapping of parameter name -> value")
     return d
 
@@ -128,33 +135,77 @@ def default_run_dir(stem:str, param_set:str='')->Path:
     ts = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
     return find_nbs()/'_runs'/f"{stem}{'.' + param_set if param_set else ''}-{ts}"
 
+def path_kind(p:Param)->str:
+    "'path' or 'data' for a parameter whose help starts with `[path]` / `[data]`, else ''."
+    m = re.match(r'\s*\[(path|data)\]', p.help or '')
+    return m.group(1) if m else ''
+
+def resolve_paths(given:dict,                # checked parameter values (from the set and -p)
+                  params:dict[str, Param],   # the notebook's parameters
+                  root:Path|str|None=None,   # `[path]` values resolve against this folder (default: cwd)
+                 )->dict:                    # `given` with relative paths made absolute
+    "Make the relative `[path]` values absolute against `root` and the `[data]` ones against `data_root`."
+    root, out = Path(root or Path.cwd()).resolve(), dict(given)
+    def absolute(v, base):
+        return v if not isinstance(v, str) or not v or os.path.isabs(v) else str((Path(base)/v).resolve())
+    for k, v in given.items():
+        if k in params and path_kind(params[k]) == 'path': out[k] = absolute(v, root)
+    data_root = out.get('data_root', params['data_root'].default if 'data_root' in params else '')
+    if data_root:
+        for k, v in given.items():
+            if k in params and path_kind(params[k]) == 'data': out[k] = absolute(v, data_root)
+    return out
+
+def _input_checks(values:dict, params:dict[str, Param])->dict:
+    "{name: (path, how to make it)} for every given `[path]` / `[data]` value (the help text says how)."
+    return {k: (v, re.sub(r'^\s*\[(path|data)\]\s*', '', params[k].help)) for k, v in values.items()
+            if k in params and path_kind(params[k]) and isinstance(v, str) and v}
+
+# %% ../nbs/06_run.ipynb #a7c3e9d1
 def run_notebook(name:str,                     # notebook stem, module name or path
                  params:dict|None=None,        # parameter overrides (strings are parsed by type)
                  param_file:str|Path|None=None,# a YAML parameter set
-                 out:str|Path|None=None,       # run folder (default: nbs/_runs/<stem>[.<set>]-<time>)
+                 out:str|Path|None=None,       # run folder (default: nbs/_runs/<stem>[.<set>]-<time>); reruns resume
                  progress:bool=True,           # papermill's per-cell progress bar
                  kernel:str|None=None,         # kernel name (default: the notebook's)
+                 root:str|Path|None=None,      # folder relative `[path]` parameters resolve against (default: cwd)
+                 env:dict|None=None,           # extra environment variables for the kernel (and what it launches)
                 )->Path:                       # the run folder
     "Execute a paper notebook with checked parameters; return the run folder holding it and its results.json."
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
     nb = resolve_notebook(name)
     valid = notebook_parameters(nb)
     if not valid: raise ValueError(f"{nb.name} has no parameters cell, so it is not runnable with vlrepro run")
     given, set_name = {}, ''
     if param_file:
-        given.update(check_parameters(load_param_set(param_file), valid, f" in {param_file}"))
+        given.update(check_parameters(load_param_set(param_file, nb.stem), valid, f" in {param_file}"))
         set_name = Path(param_file).stem.split('.', 1)[-1] if '.' in Path(param_file).stem else Path(param_file).stem
     given.update(check_parameters(dict(params or {}), valid, " given with -p"))
+    given = resolve_paths(given, valid, root)
+    from .core import require_inputs
+    require_inputs(_input_checks(given, valid), f" of {nb.stem}" + (f" (parameter set {param_file})" if param_file else ''))
     run_dir = Path(out) if out else default_run_dir(nb.stem, set_name)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file; give a folder for the run (it is created if missing)")
     run_dir = run_dir.resolve(); run_dir.mkdir(parents=True, exist_ok=True)
     if 'out_dir' in valid: given['out_dir'] = str(run_dir)
     executed = run_dir/nb.name
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=given, cwd=str(nb.parent), progress_bar=progress,
                             kernel_name=kernel, log_output=False)
     except pm.PapermillExecutionError as e:
         raise RunFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
                         f"the executed notebook with the error is {executed}", executed) from None
+    except DeadKernelError:
+        raise RunFailed(f"{nb.name}: the kernel died (killed, or out of memory); rerun the same command with "
+                        f"--out {run_dir} to resume from the last checkpoint", executed) from None
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
     return run_dir
 
 # %% ../nbs/06_run.ipynb #b7d3d569
@@ -245,7 +296,7 @@ def _kv(pairs):
     return {k: v for k, v in (pairs or [])}
 
 def _run(args):
-    try: rd = run_notebook(args.notebook, _kv(args.p), args.params, args.out, progress=not args.quiet)
+    try: rd = run_notebook(args.notebook, _kv(args.p), args.params, args.out, progress=not args.quiet, root=args.root)
     except RunFailed as e: print(f"vlrepro run: {e}", file=sys.stderr); return 1
     print(f"run folder: {rd}")
     if (rd/'results.json').exists(): print(report([rd]))
@@ -274,6 +325,10 @@ def _bench(args):
     mod = importlib.import_module(f'vlrepro.{args.paper}')
     if not hasattr(mod, 'bench_main'): raise ValueError(f"vlrepro.{args.paper} has no benchmark entry point (bench_main)")
     return mod.bench_main(args.args) or 0
+
+def _rehearse(args):
+    from vlrepro import rehearse   # the top layer: it knows every paper's stand-ins
+    return rehearse.cli(args)
 
 def _train(args):
     from vlrepro.train import main as train_main
@@ -314,10 +369,22 @@ def parser()->argparse.ArgumentParser:
     r.add_argument('-p', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override one parameter')
     r.add_argument('--out', help='run folder (default nbs/_runs/<stem>-<time>)')
     r.add_argument('-q', '--quiet', action='store_true', help='no per-cell progress bar')
+    r.add_argument('--root', help="folder that relative [path] parameters resolve against (default: the current folder)")
     rp = sub.add_parser('reproduce', help='run every paper notebook with its tiny defaults, then report'); rp.set_defaults(fn=_reproduce)
     rp.add_argument('--out', help='folder for the runs and the report'); rp.add_argument('--only', nargs='*', default=[])
     rr = sub.add_parser('report', help='table and plots of runs beside the papers'); rr.set_defaults(fn=_report)
     rr.add_argument('runs', nargs='+'); rr.add_argument('--out', help='write report.md/.html and plots here')
+    h = sub.add_parser('rehearse', help='run parameter sets end to end on tiny stand-ins: launched, killed, resumed, reported')
+    h.set_defaults(fn=_rehearse)
+    h.add_argument('sets', nargs='*', help='notebooks (30_laps, laps) or parameter-set files; none: give --all')
+    h.add_argument('--all', action='store_true', help='every parameter set in nbs/params/')
+    h.add_argument('--out', help='rehearsal folder (default nbs/_runs/rehearse-<time>); a rerun into it resumes')
+    h.add_argument('--compare', choices=['branch', 'all', 'none'], default='branch',
+                   help='also run uninterrupted and compare final metrics: first set of each branch (default), all, none')
+    h.add_argument('--no-kill', action='store_true', help='do not kill the run mid-training (one run per set)')
+    h.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda': the GPU rehearsal (bf16, a subset)")
+    h.add_argument('--one-per-branch', action='store_true', help='only the first set of each pipeline branch')
+    h.add_argument('--jobs', type=int, default=1, help='sets rehearsed at once, each in its own process (2 on 2 cores)')
     b = sub.add_parser('bench', help="a paper's efficiency benchmark"); b.set_defaults(fn=_bench)
     b.add_argument('paper'); b.add_argument('args', nargs=argparse.REMAINDER)
     t = sub.add_parser('train', help='the trainer entry point (python -m vlrepro.train)'); t.set_defaults(fn=_train)

@@ -16,7 +16,7 @@ from torch import nn, Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from fastcore.basics import patch
-from .core import atomic_torch_save, atomic_write_json, atomic_write_text, get_device, seed_everything, seed_worker
+from .core import atomic_torch_save, atomic_write_json, atomic_write_text, get_device, kill_point, seed_everything, seed_worker
 
 # %% auto #0
 __all__ = ['ZERO2', 'ZERO3', 'TrainConfig', 'make_param_groups', 'lr_multiplier', 'warmup_steps', 'epoch_batches',
@@ -415,12 +415,20 @@ def _loader(self:Trainer, epoch:int, start:int)->DataLoader:
                       num_workers=c.num_workers, worker_init_fn=seed_worker, generator=g,
                       pin_memory=self.device.type == 'cuda')
 
+@patch(as_prop=True)
+def global_batch(self:Trainer)->int:
+    "Samples per optimizer step over all processes: batch_size x processes x grad_accum."
+    return self.config.batch_size * self.world_size * self.config.grad_accum
+
 @patch
 def fit(self:Trainer)->dict:
     "Train to `total_steps` (or `stop_step`), logging, evaluating and checkpointing; return a summary."
     from tqdm.auto import tqdm
     c, t0 = self.config, time.time()
     stop = min(self.total_steps, c.stop_step) if c.stop_step > 0 else self.total_steps
+    if self.is_main and self.step == 0:
+        print(f"vlrepro.train: global batch {self.global_batch} = {c.batch_size} per process x {self.world_size} "
+              f"process(es) x {c.grad_accum} accumulation; {self.total_steps} steps", file=sys.stderr)
     bar = tqdm(total=self.total_steps, initial=self.step, disable=not (c.progress and self.is_main), desc='train')
     self.model.train()
     if self.backend != 'deepspeed': self.optimizer.zero_grad(set_to_none=True)   # no stale gradients from before
@@ -437,13 +445,15 @@ def fit(self:Trainer)->dict:
                 if self.eval_fn is not None and ((c.eval_every > 0 and self.step % c.eval_every == 0) or end):
                     self.evaluate()
                 if (c.save_every > 0 and self.step % c.save_every == 0) or self.step == stop: self.save_checkpoint()
+                if self.step < stop and self.out_dir and os.environ.get('VLREPRO_REHEARSE_KILL'):
+                    self.save_checkpoint(); kill_point(f'{self.out_dir} step {self.step}/{self.total_steps}')  # rehearsal
             del it
         if self.epoch_step >= self.steps_per_epoch: self.epoch, self.epoch_step = self.epoch + 1, 0
     bar.close()
     finished = self.step >= self.total_steps
     if finished: self.save_model()
     train = [r for r in self.history if r['kind'] == 'train']
-    return dict(step=self.step, epoch=self.epoch, loss=train[-1]['loss'] if train else float('nan'),
+    return dict(step=self.step, epoch=self.epoch, loss=train[-1]['loss'] if train else float('nan'), global_batch=self.global_batch,
                 eval=self.last_eval, history=self.history, finished=finished, seconds=time.time() - t0,
                 checkpoint=str(self.checkpoint_path or ''), model_path=str(self.out_dir / 'model.pt') if self.out_dir and finished else '')
 
