@@ -64,18 +64,94 @@ def test_cli_list_and_exit_codes(nbs, capsys):
     assert "unknown parameter 'nope'" in capsys.readouterr().err
 
 def test_report_table_and_plots(tmp_path):
-    register_paper_numbers('demo', [PaperNumber('demo', 'T1', 'base', 'R@1', 80.0), PaperNumber('demo', 'T1', 'base', 'R@5', 95.0)])
+    register_paper_numbers('demo', [PaperNumber('demo', 'T1', 'base', 'R@1', 80.0), PaperNumber('demo', 'T1', 'base', 'R@5', 95.0),
+                                    PaperNumber('demo', 'T1', 'base', 'gflops', 4.0, 'GFLOPs')])
     write_results(tmp_path/'runA', 'demo', {}, {'R@1': 30.0}, comparison=compare('demo', {('base', 'R@1'): 30.0}),
                   extra={'tradeoff': [dict(method='m', setting='s', metric='R@1', value=30.0, gflops=1.0, throughput=5.0)]})
-    md = R.report([tmp_path], out=tmp_path/'rep')
-    assert '| demo | runA | base | R@1 | 80 | 30 | -50 | tiny-synthetic |' in md
-    assert '| demo | runA | base | R@5 | 95 |  |  |  |' in md  # a paper number this run did not measure
+    summary = R.report([tmp_path], out=tmp_path/'rep')
+    md = (tmp_path/'rep'/'report.md').read_text()
+    assert '| base | R@1 | % | 80 | 30 (tiny-synthetic, runA) |  |' in md     # no difference at toy scale
+    assert '| base | R@5 | % | 95 |  |  |' in md                             # a paper number this run did not measure
+    assert md.count('| base | R@1 |') == 1
     names = sorted(p.name for p in (tmp_path/'rep').iterdir())
-    assert names == ['demo_R_1_vs_gflops.png', 'demo_R_1_vs_throughput.png', 'report.html', 'report.md']
+    assert names == ['demo_r-1_vs_gflops.png', 'report.html', 'report.md']
+    assert summary.splitlines()[0].startswith('demo: claims holding 0 of 0; 1 result(s)')
 
+def test_report_marks_partial_runs(tmp_path):
+    write_results(tmp_path/'stopped', 'demo', {}, {'acc': 1.0}, status='partial')
+    assert 'stopped (partial)' in R.report([tmp_path])
 def test_train_and_bench_pass_options_through(tmp_path, capsys):
     cfg = tmp_path/'cfg.json'
     cfg.write_text(json.dumps({'out_dir': str(tmp_path/'t'), 'epochs': 1, 'batch_size': 8, 'progress': False}))
     assert R.main(['train', '--task', 'vlrepro.train:demo_task', '--config', str(cfg)]) == 0
     assert (tmp_path/'t'/'model.pt').exists()
     assert R.main(['bench', 'nope', '--texts', '2']) == 2 and "unknown paper 'nope'" in capsys.readouterr().err
+
+def _cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, '-m', 'vlrepro.run', *args], capture_output=True, text=True,
+                          env={**__import__('os').environ, **(env or {})}, **kw)
+
+def test_cli_rough_edges(nbs, tmp_path, capsys):
+    assert R.main(['list', 'toy']) == 0 and capsys.readouterr().out.startswith('99_toy')
+    assert R.main(['run', 'tyo']) == 2 and "did you mean 'toy'?" in capsys.readouterr().err
+    assert R.main(['run', 'toy', '-p', 'epoch', '2']) == 2 and "(did you mean 'epochs'?)" in capsys.readouterr().err
+    (nbs/'params'/'98_bad.other.yaml').write_text("epochs: 2\n")
+    assert R.main(['run', 'toy', '--params', str(nbs/'params'/'98_bad.other.yaml')]) == 2
+    assert 'is a parameter set of 98_bad, not of 99_toy: run `vlrepro run 98_bad --params' in capsys.readouterr().err
+    (nbs/'params'/'99_toy.cpu-demo.yaml').write_text("epochs: 2\n")
+    assert R.main(['run', 'toy', '-p', 'preset', 'cpu-demo']) == 2
+    assert "'cpu-demo' is one of its parameter sets: use --params nbs/params/99_toy.cpu-demo.yaml" in capsys.readouterr().err
+    (tmp_path/'afile').write_text('x')
+    assert R.main(['run', 'toy', '--out', str(tmp_path/'afile')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'is a file; give a folder' in err
+    assert R.main(['report', str(tmp_path/'runs'), '--out', str(tmp_path/'afile')]) == 2
+    assert R.main(['bench', 'lapz']) == 2 and "did you mean 'laps'?" in capsys.readouterr().err
+    assert R.main(['run', 'toy', '--dry-run', '-p', 'epochs', '3']) == 0 and 'epochs = 3' in capsys.readouterr().out
+
+def test_cli_is_light_and_every_argument_has_help():
+    p = _cli('--help')
+    assert p.returncode == 0
+    code = "import sys, vlrepro.run as r; r.parser(); print('torch' in sys.modules, 'papermill' in sys.modules)"
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout.split() == ['False', 'False']
+    for name, sp in R.parser()._subparsers._group_actions[0].choices.items():
+        for a in sp._actions:
+            if a.dest != 'help': assert a.help, f"vlrepro {name}: argument {a.dest} has no help text"
+
+def test_closed_pipe_gives_one_line(nbs):
+    import os
+    p = subprocess.Popen([sys.executable, '-m', 'vlrepro.run', 'list'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, 'VLREPRO_NBS': str(nbs)}, text=True)
+    p.stdout.readline(); p.stdout.close()   # `vlrepro list | head -1`
+    err = p.stderr.read(); p.wait()
+    assert 'Traceback' not in err and err.count('\n') <= 1, err
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    import os, signal, time
+    d = tmp_path/'nbs'; d.mkdir(); toy_nb(d/'99_toy.ipynb', body="import time\nprint('kernel' + '-up', flush=True)\ntime.sleep(60)")
+    p = subprocess.Popen([sys.executable, '-m', 'vlrepro.run', 'run', 'toy', '--out', str(tmp_path/'r'), '-q'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'VLREPRO_NBS': str(d)})
+    for _ in range(120):   # wait until the kernel runs the sleeping cell
+        time.sleep(0.5)
+        nb = tmp_path/'r'/'99_toy.ipynb'
+        if nb.exists() and 'kernel-up' in nb.read_text(): break   # the cell's output, not its source
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (out, err)
+    assert 'interrupted; partial notebook at' in err and 'rerun the same command' in err and 'Traceback' not in err, err
+
+def test_readme_examples_are_valid(capsys):
+    "Every `vlrepro ...` command in the README parses, and every `vlrepro run` example passes its checks (--dry-run)."
+    import re, shlex
+    readme = (Path(__file__).resolve().parents[1]/'README.md').read_text()
+    cmds = {c.strip() for c in re.findall(r'`(vlrepro [^`]+)`', readme) if '<' not in c and '...' not in c}
+    cmds |= {l.split('#')[0].strip() for l in readme.splitlines() if l.strip().startswith('vlrepro ')}
+    assert cmds
+    for c in sorted(cmds):
+        argv = shlex.split(c)[1:]
+        if argv[0] == 'run':
+            rc = R.main(argv + ['--dry-run'])
+            err = capsys.readouterr().err
+            assert rc == 0 or 'missing inputs' in err, (c, err)   # a full-scale example may name data this machine lacks
+        elif argv[0] in ('train', 'bench'): continue            # their options belong to the entry point
+        else: R.parser().parse_args(argv)

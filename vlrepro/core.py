@@ -152,6 +152,7 @@ def write_results(out_dir:Path|str,           # the run folder; results.json is 
                   comparison:list|None=None,  # rows from `compare`: paper vs this run
                   extra:dict|None=None,       # anything else worth keeping (tables, per-layer counts)
                   status:str='complete',      # 'complete', or 'partial' for a run stopped early (stop_epoch, a budget)
+                  claims:list|None=None,      # the paper's claims this run checked: dict(claim=, measured=, holds=)
                  )->Path:                     # path of the written results.json
     "Write the run's `results.json` atomically, with provenance (commit, versions, device, wall time)."
     if not paper: raise ValueError("write_results needs the paper key, e.g. paper='crossget'")
@@ -159,6 +160,7 @@ def write_results(out_dir:Path|str,           # the run folder; results.json is 
     if status not in ('complete', 'partial'): raise ValueError(f"status must be 'complete' or 'partial', got {status!r}")
     rec = dict(schema=RESULTS_SCHEMA, paper=paper, param_set=param_set, scale=scale, status=status, params=dict(params),
                metrics=dict(metrics), efficiency=dict(efficiency or {}), comparison=list(comparison or []),
+               claims=[dict(c, holds=bool(c['holds'])) for c in claims or []],
                extra=dict(extra or {}), git_commit=git_commit(), versions=library_versions(),
                device=_device_description(device), wall_time_s=(time.time() - started) if started else None,
                finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'))

@@ -4,17 +4,19 @@
 
 # %% ../nbs/06_run.ipynb #dd4442d7
 from __future__ import annotations
-import argparse, datetime, importlib, json, os, re, sys, time
+import argparse, datetime, difflib, importlib, json, os, re, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .core import read_results, atomic_write_text, paper_numbers
+# vlrepro.core (and torch) are imported by the commands that need them, so `vlrepro --help` answers at once
 
 # %% auto #0
-__all__ = ['PAPERS', 'REPORT_COLS', 'find_nbs', 'list_notebooks', 'resolve_notebook', 'Param', 'notebook_parameters',
-           'check_parameters', 'load_param_set', 'RunFailed', 'default_run_dir', 'path_kind', 'resolve_paths',
-           'run_notebook', 'find_results', 'report_rows', 'markdown_table', 'report', 'make_readme', 'parser', 'main']
+__all__ = ['PAPERS', 'PAPER_TITLES', 'SCALES', 'find_nbs', 'list_notebooks', 'resolve_notebook', 'Param', 'notebook_parameters',
+           'check_parameters', 'load_param_set', 'RunFailed', 'RunInterrupted', 'default_run_dir', 'path_kind',
+           'resolve_paths', 'run_notebook', 'find_results', 'registry', 'comparable', 'report_rows', 'paper_tables',
+           'claims_rows', 'efficiency_rows', 'markdown_table', 'tradeoff_points', 'report', 'make_readme', 'parser',
+           'main', 'console']
 
 # %% ../nbs/06_run.ipynb #cdb52257
 PAPERS = ('crossget', 'das', 'laps', 'ademvl', 'vqascore')
@@ -48,8 +50,13 @@ def resolve_notebook(name:str, nbs:Path|None=None)->Path:
     nbs = Path(nbs or find_nbs())
     cands = [q for q in sorted(nbs.glob('[0-9]*.ipynb')) if name in (q.stem, q.stem.split('_', 1)[-1])]
     if len(cands) == 1: return cands[0]
-    avail = ', '.join(q.stem for q in list_notebooks(nbs)) or '(none)'
-    if not cands: raise FileNotFoundError(f"no notebook named {name!r}; runnable notebooks: {avail}")
+    runnable = list_notebooks(nbs)
+    avail = ', '.join(q.stem for q in runnable) or '(none)'
+    if not cands:
+        names = [n for q in runnable for n in (q.stem, q.stem.split('_', 1)[-1])]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ''
+        raise FileNotFoundError(f"no notebook named {name!r}; {hint}runnable notebooks: {avail}")
     raise ValueError(f"{name!r} matches several notebooks ({', '.join(c.stem for c in cands)}); give the full stem")
 
 # %% ../nbs/06_run.ipynb #8ee1c25f
@@ -100,7 +107,9 @@ def check_parameters(given:dict,                  # name -> value (strings from 
     out = {}
     for k, raw in given.items():
         if k not in params:
-            raise ValueError(f"unknown parameter {k!r}{where}. Valid parameters:\n{_param_listing(params)}")
+            close = difflib.get_close_matches(k, list(params), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ''
+            raise ValueError(f"unknown parameter {k!r}{where}{hint}. Valid parameters:\n{_param_listing(params)}")
         p = params[k]
         v = _parse_value(raw, p.type)
         if p.type.startswith('float') and isinstance(v, int) and not isinstance(v, bool): v = float(v)
@@ -129,6 +138,9 @@ def load_param_set(path:Path|str,     # a YAML file in nbs/params/ (or anywhere)
 class RunFailed(RuntimeError):
     "A notebook run stopped on an error; `.executed` is the executed notebook showing it."
     def __init__(self, msg, executed): super().__init__(msg); self.executed = executed
+
+class RunInterrupted(RuntimeError):
+    "Ctrl-C during a run: the message says where the partial notebook is and how to resume."
 
 def default_run_dir(stem:str, param_set:str='')->Path:
     "`nbs/_runs/<stem>[.<set>]-<timestamp>`."
@@ -170,7 +182,9 @@ def run_notebook(name:str,                     # notebook stem, module name or p
                  kernel:str|None=None,         # kernel name (default: the notebook's)
                  root:str|Path|None=None,      # folder relative `[path]` parameters resolve against (default: cwd)
                  env:dict|None=None,           # extra environment variables for the kernel (and what it launches)
-                )->Path:                       # the run folder
+                 stream:bool=False,            # print the notebook's output as it runs
+                 dry_run:bool=False,           # check parameters and inputs, print them, run nothing
+                )->Path|None:                       # the run folder
     "Execute a paper notebook with checked parameters; return the run folder holding it and its results.json."
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
@@ -181,10 +195,20 @@ def run_notebook(name:str,                     # notebook stem, module name or p
     if param_file:
         given.update(check_parameters(load_param_set(param_file, nb.stem), valid, f" in {param_file}"))
         set_name = Path(param_file).stem.split('.', 1)[-1] if '.' in Path(param_file).stem else Path(param_file).stem
-    given.update(check_parameters(dict(params or {}), valid, " given with -p"))
+    extra = dict(params or {})
+    if 'preset' in extra and 'preset' not in valid:
+        cand = nb.parent/'params'/f"{nb.stem}.{extra['preset']}.yaml"
+        if cand.exists():
+            raise ValueError(f"{nb.stem} has no 'preset' parameter; {extra['preset']!r} is one of its parameter sets: "
+                             f"use --params {cand.relative_to(nb.parent.parent)}")
+    given.update(check_parameters(extra, valid, " given with -p"))
     given = resolve_paths(given, valid, root)
     from .core import require_inputs
     require_inputs(_input_checks(given, valid), f" of {nb.stem}" + (f" (parameter set {param_file})" if param_file else ''))
+    if dry_run:
+        print(f"{nb.stem}: parameters checked, inputs present; would run with:")
+        for k, v in given.items(): print(f"    {k} = {v!r}")
+        return None
     run_dir = Path(out) if out else default_run_dir(nb.stem, set_name)
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"--out {run_dir} is a file; give a folder for the run (it is created if missing)")
@@ -195,10 +219,14 @@ def run_notebook(name:str,                     # notebook stem, module name or p
     os.environ.update({k: str(v) for k, v in (env or {}).items()})
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=given, cwd=str(nb.parent), progress_bar=progress,
-                            kernel_name=kernel, log_output=False)
+                            kernel_name=kernel, log_output=stream, stdout_file=sys.stdout if stream else None,
+                            stderr_file=sys.stdout if stream else None)
     except pm.PapermillExecutionError as e:
         raise RunFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
                         f"the executed notebook with the error is {executed}", executed) from None
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted; partial notebook at {executed}; rerun the same command"
+                             f"{'' if out else f' with --out {run_dir}'} to resume") from None
     except DeadKernelError:
         raise RunFailed(f"{nb.name}: the kernel died (killed, or out of memory); rerun the same command with "
                         f"--out {run_dir} to resume from the last checkpoint", executed) from None
@@ -208,84 +236,220 @@ def run_notebook(name:str,                     # notebook stem, module name or p
             else: os.environ[k] = v
     return run_dir
 
-# %% ../nbs/06_run.ipynb #b7d3d569
+# %% ../nbs/06_run.ipynb #b56f25dd
+PAPER_TITLES = {'crossget': 'CrossGET: cross-guided ensemble of tokens (ICML 2024)',
+                'das': 'DAS: dynamic architecture skipping (NeurIPS 2023)',
+                'laps': 'LAPS: linguistic-aware patch slimming (CVPR 2024)',
+                'ademvl': 'ADEM-VL: adaptive and embedded fusion (2024)',
+                'vqascore': 'CLIP-FlanT5 / VQAScore (ECCV 2024)'}
+SCALES = ('full', 'real-data', 'rehearsal', 'tiny-synthetic')   # from the paper's scale down; others sort last
+
 def find_results(paths:list[str|Path])->list[Path]:
     "Every results.json under the given files or folders."
     out = []
     for p in map(Path, paths):
         if p.is_file(): out.append(p)
         elif p.is_dir(): out += sorted(p.rglob('results.json'))
-        else: raise FileNotFoundError(f"{p} does not exist; give run folders (as written by vlrepro run) or results.json files")
-    if not out: raise FileNotFoundError(f"no results.json under {', '.join(map(str, paths))}; run a notebook first")
+        else: raise FileNotFoundError(f"{p} does not exist; give run folders (as written by vlrepro run, under "
+                                      "nbs/_runs/ by default) or results.json files")
+    if not out: raise FileNotFoundError(f"no results.json under {', '.join(map(str, paths))}; run a notebook first "
+                                        "(vlrepro run / vlrepro reproduce write them under nbs/_runs/)")
     return out
 
 def _records(paths:list[str|Path])->list[tuple[str, dict]]:
-    "(run folder name, record) of every results.json under `paths`, each read once."
-    return [(f.parent.name, read_results(f)) for f in find_results(paths)]
+    "(run name, record) of every results.json under `paths`, each read once; a partial run's name says so."
+    from vlrepro.core import read_results
+    out = []
+    for f in find_results(paths):
+        r = read_results(f)
+        out.append((f.parent.name + (' (partial)' if r.get('status') == 'partial' else ''), r))
+    return out
 
+def registry(paper:str)->list:
+    "The paper's own numbers (`PaperNumber`s), registered by importing its module; [] for an unknown paper."
+    from vlrepro import core
+    if paper in PAPERS: importlib.import_module(f'vlrepro.{paper}')
+    try: return list(core.paper_numbers(paper))
+    except KeyError: return []
+
+def comparable(scale:str, unit:str)->bool:
+    "May a number of this scale be subtracted from the paper's? Full runs always; cost figures on the paper's architecture."
+    return scale == 'full' or ('architecture' in (scale or '') and unit not in ('%', 'score'))
+
+def _num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+def _cell(v, unit=''):
+    if v is None or (isinstance(v, float) and v != v): return ''
+    if isinstance(v, float): v = f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+    return f"{v}"
+
+# %% ../nbs/06_run.ipynb #f6989e57
 def report_rows(paths:list[str|Path], records:list|None=None)->list[dict]:
-    "One row per (run, setting, metric): the paper's number, this run's, the difference and the scale."
+    "One row per (run, setting, metric) a run measured: paper number, this run's, the difference where comparable, scale."
     rows = []
     for run, r in (records if records is not None else _records(paths)):
-        comp = r.get('comparison') or [dict(setting='', metric=k, paper=None, this_run=v, delta=None,
-                                             scale=r.get('scale', '')) for k, v in r['metrics'].items()
-                                        if isinstance(v, (int, float))]
+        comp = r.get('comparison') or [dict(setting='', metric=k, paper=None, this_run=v, unit='', scale=r.get('scale', ''))
+                                       for k, v in r['metrics'].items() if _num(v)]
         for c in comp:
-            rows.append(dict(run=run, paper=r['paper'], param_set=r.get('param_set', ''), setting=c.get('setting'),
-                             metric=c.get('metric'), paper_value=c.get('paper'), this_run=c.get('this_run'),
-                             delta=c.get('delta'), scale=c.get('scale', r.get('scale', ''))))
+            if c.get('this_run') is None: continue
+            scale, unit = c.get('scale') or r.get('scale', ''), c.get('unit', '')
+            d = c['this_run'] - c['paper'] if c.get('paper') is not None and comparable(scale, unit) else None
+            rows.append(dict(run=run, paper=r['paper'], param_set=r.get('param_set', ''), table=c.get('table', ''),
+                             setting=c.get('setting'), metric=c.get('metric'), unit=unit, paper_value=c.get('paper'),
+                             this_run=c['this_run'], delta=d, scale=scale, status=r.get('status', 'complete')))
     return rows
 
-def _tradeoff(records):
-    return [dict(paper=r['paper'], run=run, **t) for run, r in records for t in (r.get('extra') or {}).get('tradeoff', [])]
+def paper_tables(paper:str, rows:list[dict])->list[tuple[str, list[dict]]]:
+    "(table title, rows) per paper table: each paper number once, with every run's value beside it."
+    got: dict[tuple, list] = {}
+    for r in rows:
+        if r['paper'] == paper: got.setdefault((r['setting'], r['metric']), []).append(r)
+    order = {s: i for i, s in enumerate(SCALES)}
+    tables: dict[str, list] = {}
+    for n in registry(paper):
+        runs = sorted(got.get((n.setting, n.metric), []), key=lambda r: order.get(r['scale'], len(SCALES)))
+        full = [r for r in runs if r['delta'] is not None]
+        tables.setdefault(n.table, []).append(dict(
+            setting=n.setting, metric=n.metric, unit=n.unit, paper=n.value,
+            measured='; '.join(f"{_cell(r['this_run'])} ({r['scale']}, {r['run']})" for r in runs),
+            delta=full[0]['delta'] if full else None))
+    known = {(n.setting, n.metric) for n in registry(paper)}
+    extra = [dict(setting=r['setting'], metric=r['metric'], unit=r['unit'], measured=r['this_run'], scale=r['scale'],
+                  run=r['run']) for r in rows if r['paper'] == paper and (r['setting'], r['metric']) not in known]
+    out = list(tables.items())
+    if extra: out.append(('Measured here, no paper number', extra))
+    return out
 
-def _fmt(v):
-    if v is None or (isinstance(v, float) and v != v): return ''
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def claims_rows(records:list, paper:str)->list[dict]:
+    "The claims runs of `paper` checked: claim, measured figures, holds, run, scale."
+    return [dict(claim=c.get('claim', ''), measured=c.get('measured', ''), holds='holds' if c.get('holds') else 'does not hold',
+                 run=run, scale=r.get('scale', '')) for run, r in records if r['paper'] == paper
+            for c in (r.get('claims') or (r.get('extra') or {}).get('claims') or [])]
 
-def markdown_table(rows:list[dict], cols:list[str])->str:
+_EFF = re.compile(r'(gflops_ratio|speedup|ideal|tokens|trainable|params_M|measured/ideal|overhead|latency_ratio|flops_ratio)', re.I)
+
+def efficiency_rows(records:list, paper:str)->list[dict]:
+    "Cost figures of each run of `paper` (GFLOPs ratios, speedups, tokens, trainable parameters)."
+    return [dict(run=run, figure=k, value=v, scale=r.get('scale', '')) for run, r in records if r['paper'] == paper
+            for k, v in (r.get('efficiency') or {}).items() if _num(v) and _EFF.search(k)]
+
+# %% ../nbs/06_run.ipynb #eb36bb2f
+def markdown_table(rows:list[dict], cols:list[str]|None=None)->str:
     "A GitHub-flavoured Markdown table of `rows`."
+    cols = cols or (list(rows[0]) if rows else [])
+    esc = lambda v: _cell(v).replace('|', '\\|')
     head = '| ' + ' | '.join(cols) + ' |\n|' + '---|' * len(cols) + '\n'
-    return head + ''.join('| ' + ' | '.join(_fmt(r.get(c)) for c in cols) + ' |\n' for r in rows)
+    return head + ''.join('| ' + ' | '.join(esc(r.get(c)) for c in cols) + ' |\n' for r in rows)
 
-# %% ../nbs/06_run.ipynb #9822a979
-REPORT_COLS = ['paper', 'run', 'setting', 'metric', 'paper_value', 'this_run', 'delta', 'scale']
+def _html_table(rows:list[dict])->str:
+    import html
+    if not rows: return ''
+    cols = list(rows[0])
+    head = ''.join(f'<th>{html.escape(c)}</th>' for c in cols)
+    body = ''.join('<tr>' + ''.join(f'<td class="{"num" if _num(r.get(c)) else ""}">{html.escape(_cell(r.get(c)))}</td>'
+                                    for c in cols) + '</tr>' for r in rows)
+    return f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
+def _slug(s:str)->str: return re.sub(r'[^A-Za-z0-9]+', '-', s).strip('-').lower()
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left}
+th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}nav ul{columns:2}
+.note{background:#fff8e1;border-left:4px solid #f0c36d;padding:.5em 1em}img{max-width:100%}"""
+
+# %% ../nbs/06_run.ipynb #ae8d921e
+def tradeoff_points(records:list, paper:str)->list[dict]:
+    "Accuracy-vs-GFLOPs points: the paper's (settings with both numbers) and each run's (`extra['tradeoff']`, scale kept)."
+    pts, by = [], {}
+    for n in registry(paper): by.setdefault(n.setting, {})[n.metric] = n
+    for s, ms in by.items():
+        g = ms.get('gflops')
+        for m, n in ms.items():
+            if g is not None and m != 'gflops' and n.unit == '%':
+                pts.append(dict(source='paper', setting=s, metric=m, value=n.value, gflops=g.value, scale='paper'))
+    for run, r in records:
+        if r['paper'] != paper: continue
+        for t in (r.get('extra') or {}).get('tradeoff', []):
+            if _num(t.get('gflops')) and _num(t.get('value')):
+                pts.append(dict(source=t.get('method', run), setting=t.get('setting', ''), metric=t['metric'],
+                                value=t['value'], gflops=t['gflops'], scale=r.get('scale', '')))
+    return pts
+
+def _plot_tradeoff(pts:list[dict], paper:str, out:Path)->list[Path]:
+    "One figure per metric with both paper and run points; returns the PNG paths."
+    import matplotlib; matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
+    df, files = pd.DataFrame(pts), []
+    if df.empty: return files
+    for metric, g in df.groupby('metric'):
+        if g.source.nunique() < 2 and len(g) < 2: continue
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        sns.scatterplot(data=g, x='gflops', y='value', hue='source', style='scale', s=70, ax=ax)
+        ax.set(xlabel='GFLOPs per sample', ylabel=f'{metric} (%)',
+               title=f'{paper}: {metric} vs cost (paper points and this project\'s runs)')
+        ax.legend(fontsize=7, loc='best'); fig.tight_layout()
+        f = out/f"{paper}_{_slug(metric)}_vs_gflops.png"; fig.savefig(f, dpi=90); plt.close(fig); files.append(f)
+    return files
+
+# %% ../nbs/06_run.ipynb #8d302e94
 def report(paths:list[str|Path],     # run folders or results.json files
-           out:str|Path|None=None,   # folder for report.md, report.html and the plots (None: print only)
-           plots:bool=True,          # draw accuracy-vs-cost plots from `extra['tradeoff']`
-          )->str:                    # the Markdown table
-    "Gather runs into one table beside the papers' numbers (Markdown and HTML) and plot accuracy vs cost."
+           out:str|Path|None=None,   # folder for report.md, report.html and the figures (None: write nothing)
+           plots:bool=True,          # draw the accuracy-vs-cost figures
+          )->str:                    # a short summary per paper, for the terminal
+    "Gather runs into a results section per paper (claims, paper tables, efficiency, figures): Markdown and HTML."
+    import base64
     recs = _records(paths)
     rows = report_rows(paths, recs)
-    md = markdown_table(rows, REPORT_COLS)
-    if out is None: return md
-    import pandas as pd
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out/'report.md', '# vlrepro report\n\nRows with scale `tiny-synthetic` come from tiny CPU runs '
-                      'on synthetic data: they check the mechanics, not the paper\'s claims.\n\n' + md)
-    atomic_write_text(out/'report.html', pd.DataFrame(rows, columns=REPORT_COLS).to_html(index=False, na_rep=''))
-    pts = _tradeoff(recs)
-    if plots and pts: _plot_tradeoff(pd.DataFrame(pts), out)
-    return md
-
-def _plot_tradeoff(df, out:Path):
-    import matplotlib; matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt, seaborn as sns
-    for x, unit in (('gflops', 'GFLOPs per sample'), ('throughput', 'samples / s')):
-        d = df.dropna(subset=[x]) if x in df else df.iloc[0:0]
-        if not len(d): continue
-        for (paper, metric), g in d.groupby(['paper', 'metric']):
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            sns.scatterplot(data=g, x=x, y='value', hue='method', style='method', s=70, ax=ax)
-            ax.set(xlabel=unit, ylabel=metric, title=f"{paper}: {metric} vs {x}")
-            fig.tight_layout(); fig.savefig(out/f"{paper}_{re.sub(r'[^A-Za-z0-9]+', '_', metric)}_vs_{x}.png", dpi=100)
-            plt.close(fig)
+    papers = [p for p in dict.fromkeys(r['paper'] for _, r in recs)]
+    md = ['# vlrepro report', '', f"{len(recs)} run(s): " + ', '.join(f"{run} ({r.get('scale', '')})" for run, r in recs), '',
+          '> Scales: `full` is the paper\'s setting; `rehearsal` and `tiny-synthetic` runs check the mechanics and the '
+          'papers\' *claims* at toy scale — their numbers are not the papers\' results, so no difference is computed '
+          'for them.', '']
+    html = []
+    summary = []
+    out = Path(out) if out is not None else None
+    if out is not None:
+        if out.exists() and not out.is_dir(): raise FileExistsError(f"--out {out} is a file; give a folder for the report")
+        out.mkdir(parents=True, exist_ok=True)
+    for paper in papers:
+        title = PAPER_TITLES.get(paper, paper)
+        md += [f'## {title}', '']; html.append(f'<h2 id="{_slug(paper)}">{title}</h2>')
+        cl = claims_rows(recs, paper)
+        if cl:
+            md += ['### Claims checked', '', markdown_table(cl)]; html += ['<h3>Claims checked</h3>', _html_table(cl)]
+        tabs = paper_tables(paper, rows)
+        measured = sum(1 for _, t in tabs for r in t if r.get('measured') not in ('', None))
+        for name, t in tabs:
+            md += [f'### {name}', '', markdown_table(t)]; html += [f'<h3>{name}</h3>', _html_table(t)]
+        eff = efficiency_rows(recs, paper)
+        if eff: md += ['### Efficiency (per run)', '', markdown_table(eff)]; html += ['<h3>Efficiency (per run)</h3>', _html_table(eff)]
+        figs = _plot_tradeoff(tradeoff_points(recs, paper), paper, out) if (plots and out is not None) else []
+        for f in figs:
+            md.append(f'![{f.stem}]({f.name})')
+            html.append(f'<img alt="{f.stem}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}">')
+        holds = sum(c['holds'] == 'holds' for c in cl)
+        full = sum(1 for r in rows if r['paper'] == paper and r['scale'] == 'full' and r['paper_value'] is not None)
+        summary.append(f"{paper}: claims holding {holds} of {len(cl)}; {measured} result(s) beside the paper's numbers "
+                       f"({full} at full scale); {len(figs)} figure(s)")
+    text = '\n'.join(md) + '\n'
+    if out is not None:
+        from vlrepro.core import atomic_write_text
+        nav = ''.join(f'<li><a href="#{_slug(p)}">{PAPER_TITLES.get(p, p)}</a></li>' for p in papers)
+        page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vlrepro report</title>'
+                f'<style>{_CSS}</style></head><body><h1>vlrepro report</h1><p class="note">{md[4][2:]}</p>'
+                f'<nav><h2>Contents</h2><ul>{nav}</ul></nav>' + '\n'.join(html) + '</body></html>\n')
+        atomic_write_text(out/'report.html', page)
+        atomic_write_text(out/'report.md', text.replace('# vlrepro report\n', '# vlrepro report\n\nThe same report with '
+                                                        'figures embedded: [report.html](report.html)\n', 1))
+        summary.append(f"report: {out/'report.md'} and {out/'report.html'}")
+    return '\n'.join(summary) if out is not None else text
 
 # %% ../nbs/06_run.ipynb #61ca16c7
 def _list(args):
     nbs = find_nbs()
-    for nb in list_notebooks(nbs):
+    todo = [resolve_notebook(args.notebook, nbs)] if getattr(args, 'notebook', None) else list_notebooks(nbs)
+    for nb in todo:
         print(f"{nb.stem}")
         for p in notebook_parameters(nb).values(): print(f"    {p.name}: {p.type} = {p.default!r}  # {p.help}")
         sets = sorted((nbs/'params').glob(f'{nb.stem}.*.yaml'))
@@ -296,24 +460,60 @@ def _kv(pairs):
     return {k: v for k, v in (pairs or [])}
 
 def _run(args):
-    try: rd = run_notebook(args.notebook, _kv(args.p), args.params, args.out, progress=not args.quiet, root=args.root)
+    try: rd = run_notebook(args.notebook, _kv(args.p), args.params, args.out, progress=not args.quiet, root=args.root,
+                           stream=getattr(args, 'stream', False), dry_run=getattr(args, 'dry_run', False))
     except RunFailed as e: print(f"vlrepro run: {e}", file=sys.stderr); return 1
+    if rd is None: return 0
     print(f"run folder: {rd}")
-    if (rd/'results.json').exists(): print(report([rd]))
+    if getattr(args, 'report', True) and (rd/'results.json').exists(): print(report([rd], out=rd/'report'))
     return 0
 
+def _cells_done(path:Path)->tuple[int, int]:
+    "(executed, total) code cells of a notebook papermill is writing (0, 0 while it is not there yet)."
+    try: nb = json.loads(path.read_text())
+    except (OSError, ValueError): return 0, 0
+    code = [c for c in nb.get('cells', []) if c.get('cell_type') == 'code']
+    return sum(c.get('metadata', {}).get('papermill', {}).get('status') == 'completed' for c in code), len(code)
+
 def _reproduce(args):
-    from tqdm.auto import tqdm
+    import subprocess, threading
     nbs = find_nbs(); root = Path(args.out or nbs/'_runs'/f"reproduce-{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
     todo = [nb for nb in list_notebooks(nbs) if not args.only or nb.stem.split('_', 1)[-1] in args.only or nb.stem in args.only]
-    if not todo: raise SystemExit(f"vlrepro reproduce: nothing to run (only={args.only}); see `vlrepro list`")
-    failed = []
-    for nb in (bar := tqdm(todo, desc='reproduce', unit='notebook')):
-        bar.set_postfix_str(nb.stem)
-        try: run_notebook(str(nb), out=root/nb.stem, progress=False)
-        except RunFailed as e: failed.append(nb.stem); print(f"\n{e}", file=sys.stderr)
+    if not todo: raise ValueError(f"nothing to run (only={args.only}); `vlrepro list` shows the notebooks")
+    print(f"reproducing {len(todo)} notebook(s), {args.jobs} at a time, into {root}", flush=True)
+    pending, running, failed, t0, lock = list(todo), {}, [], time.time(), threading.Lock()
+    last = {}
+    def pump(nb, proc):   # progress lines of the child (training steps, search updates, evaluation batches)
+        for line in proc.stdout:
+            if line.startswith(('progress:', 'vlrepro.train:', 'vlrepro run:')) or 'ETA' in line:
+                with lock: print(f"[{nb.stem}] {line.rstrip()}", flush=True); last[nb.stem] = time.time()
+    def start(nb):
+        env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), 'VLREPRO_PROGRESS': '1'}
+        cmd = [sys.executable, '-m', 'vlrepro.run', 'run', str(nb), '--out', str(root/nb.stem), '-q', '--stream', '--no-report']
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=pump, args=(nb, proc), daemon=True).start()
+        running[nb] = (proc, time.time()); last[nb.stem] = time.time()
+        print(f"[{nb.stem}] started", flush=True)
+    try:
+        while pending or running:
+            while pending and len(running) < args.jobs: start(pending.pop(0))
+            time.sleep(1)
+            for nb, (proc, t) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[nb]
+                    ok = proc.returncode == 0
+                    if not ok: failed.append(nb.stem)
+                    print(f"[{nb.stem}] {'done' if ok else 'FAILED (see ' + str(root/nb.stem/nb.name) + ')'} in "
+                          f"{time.time() - t:.0f} s", flush=True)
+                elif time.time() - last[nb.stem] > 25:   # never silent for long: which cell is running
+                    done, total = _cells_done(root/nb.stem/nb.name)
+                    with lock: print(f"[{nb.stem}] cell {done + 1}/{total}, {time.time() - t:.0f} s", flush=True)
+                    last[nb.stem] = time.time()
+    except KeyboardInterrupt:
+        for proc, _ in running.values(): proc.terminate()
+        raise RunInterrupted(f"interrupted; partial notebooks under {root}; rerun with --out {root} to resume") from None
+    print(f"all notebooks in {time.time() - t0:.0f} s")
     print(report([root], out=root/'report'))
-    print(f"report: {root/'report'/'report.md'}")
     if failed: print(f"failed: {', '.join(failed)}", file=sys.stderr); return 1
     return 0
 
@@ -321,7 +521,10 @@ def _report(args):
     print(report(args.runs, out=args.out)); return 0
 
 def _bench(args):
-    if args.paper not in PAPERS: raise ValueError(f"unknown paper {args.paper!r}; choose from {', '.join(PAPERS)}")
+    if args.paper not in PAPERS:
+        close = difflib.get_close_matches(args.paper, PAPERS, n=1)
+        raise ValueError(f"unknown paper {args.paper!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                         f"choose from {', '.join(PAPERS)}")
     mod = importlib.import_module(f'vlrepro.{args.paper}')
     if not hasattr(mod, 'bench_main'): raise ValueError(f"vlrepro.{args.paper} has no benchmark entry point (bench_main)")
     return mod.bench_main(args.args) or 0
@@ -354,6 +557,7 @@ def make_readme(nbs:Path|None=None,   # the project's nbs/ folder
         outs = [''.join(o.get('text', '')) or ''.join(o.get('data', {}).get('text/plain', '')) for o in c.get('outputs', [])]
         if ''.join(outs).strip(): parts.append('```\n' + ''.join(outs).rstrip('\n') + '\n```')
     text = '<!-- generated from nbs/index.ipynb by `python -m vlrepro.run readme`: edit the notebook -->\n\n' + '\n\n'.join(parts) + '\n'
+    from vlrepro.core import atomic_write_text
     if not dest.exists() or dest.read_text() != text: atomic_write_text(dest, text)
     return dest
 
@@ -361,19 +565,26 @@ def make_readme(nbs:Path|None=None,   # the project's nbs/ folder
 def parser()->argparse.ArgumentParser:
     "The `vlrepro` argument parser."
     ap = argparse.ArgumentParser(prog='vlrepro', description='Teach and reproduce efficient vision-language papers.')
-    sub = ap.add_subparsers(dest='cmd', required=True)
-    sub.add_parser('list', help='notebooks, their parameters and parameter sets').set_defaults(fn=_list)
+    sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
+    ls = sub.add_parser('list', help='notebooks, their parameters and parameter sets'); ls.set_defaults(fn=_list)
+    ls.add_argument('notebook', nargs='?', help='only this notebook (stem, e.g. 30_laps, or module name, e.g. laps)')
     r = sub.add_parser('run', help='run one notebook with papermill'); r.set_defaults(fn=_run)
     r.add_argument('notebook', help="stem (30_laps), module name (laps) or path")
     r.add_argument('--params', help='YAML parameter set, e.g. nbs/params/30_laps.f30k_vit.yaml')
     r.add_argument('-p', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override one parameter')
-    r.add_argument('--out', help='run folder (default nbs/_runs/<stem>-<time>)')
+    r.add_argument('--out', help='run folder (default nbs/_runs/<stem>-<time>); rerunning into it resumes')
     r.add_argument('-q', '--quiet', action='store_true', help='no per-cell progress bar')
     r.add_argument('--root', help="folder that relative [path] parameters resolve against (default: the current folder)")
+    r.add_argument('--stream', action='store_true', help="print the notebook's output as it runs")
+    r.add_argument('--dry-run', action='store_true', help='check parameters and inputs, print them, run nothing')
+    r.add_argument('--no-report', dest='report', action='store_false', help='do not write a report into the run folder')
     rp = sub.add_parser('reproduce', help='run every paper notebook with its tiny defaults, then report'); rp.set_defaults(fn=_reproduce)
-    rp.add_argument('--out', help='folder for the runs and the report'); rp.add_argument('--only', nargs='*', default=[])
-    rr = sub.add_parser('report', help='table and plots of runs beside the papers'); rr.set_defaults(fn=_report)
-    rr.add_argument('runs', nargs='+'); rr.add_argument('--out', help='write report.md/.html and plots here')
+    rp.add_argument('--out', help='folder for the runs and the report (default nbs/_runs/reproduce-<time>)')
+    rp.add_argument('--only', nargs='*', default=[], help='only these notebooks (stems or module names)')
+    rp.add_argument('--jobs', type=int, default=2, help='notebooks at once, one thread each (default 2, for 2 cores)')
+    rr = sub.add_parser('report', help='claims, paper tables and figures of runs beside the papers'); rr.set_defaults(fn=_report)
+    rr.add_argument('runs', nargs='+', help='run folders or results.json files (runs are under nbs/_runs/ by default)')
+    rr.add_argument('--out', help='write report.md, report.html and the figures here')
     h = sub.add_parser('rehearse', help='run parameter sets end to end on tiny stand-ins: launched, killed, resumed, reported')
     h.set_defaults(fn=_rehearse)
     h.add_argument('sets', nargs='*', help='notebooks (30_laps, laps) or parameter-set files; none: give --all')
@@ -386,14 +597,15 @@ def parser()->argparse.ArgumentParser:
     h.add_argument('--one-per-branch', action='store_true', help='only the first set of each pipeline branch')
     h.add_argument('--jobs', type=int, default=1, help='sets rehearsed at once, each in its own process (2 on 2 cores)')
     b = sub.add_parser('bench', help="a paper's efficiency benchmark"); b.set_defaults(fn=_bench)
-    b.add_argument('paper'); b.add_argument('args', nargs=argparse.REMAINDER)
+    b.add_argument('paper', help=f"one of {', '.join(PAPERS)}")
+    b.add_argument('args', nargs=argparse.REMAINDER, help="the paper's own options (vlrepro bench PAPER --help)")
     t = sub.add_parser('train', help='the trainer entry point (python -m vlrepro.train)'); t.set_defaults(fn=_train)
-    t.add_argument('args', nargs=argparse.REMAINDER)
+    t.add_argument('args', nargs=argparse.REMAINDER, help='--task module:function --config cfg.json ... (vlrepro train --help)')
     sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb').set_defaults(fn=lambda a: print(make_readme()) or 0)
     return ap
 
 def main(argv:list[str]|None=None)->int:
-    "Entry point of the `vlrepro` console script."
+    "Entry point of the `vlrepro` console script: one clear line and a non-zero status for every expected failure."
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (['train'], ['bench']) and len(argv) > 1 and argv[1] not in ('-h', '--help'):
         # everything after the subcommand belongs to the entry point (argparse's REMAINDER rejects a leading option)
@@ -401,8 +613,20 @@ def main(argv:list[str]|None=None)->int:
                                   **({'args': argv[1:]} if argv[0] == 'train' else {'paper': argv[1], 'args': argv[2:]}))
     else: args = parser().parse_args(argv)
     try: return args.fn(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"vlrepro {args.cmd}: {e}", file=sys.stderr); return 2
+    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+        if isinstance(e, BrokenPipeError): raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"vlrepro {args.cmd}: {msg}", file=sys.stderr); return 2
+    except RunInterrupted as e: print(f"vlrepro {args.cmd}: {e}", file=sys.stderr); return 130
+    except KeyboardInterrupt: print(f"vlrepro {args.cmd}: interrupted", file=sys.stderr); return 130
+
+def console()->int:
+    "The console script: `main`, and a quiet exit when the reader closes the pipe (`vlrepro list | head`)."
+    try:
+        rc = main(); sys.stdout.flush(); return rc
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at interpreter exit
+        print("vlrepro: output closed early (broken pipe)", file=sys.stderr); return 141
 
 # %% ../nbs/06_run.ipynb #c33c6acd
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # not when the notebook itself runs
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(console())  # not when the notebook itself runs

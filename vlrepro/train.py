@@ -420,6 +420,15 @@ def global_batch(self:Trainer)->int:
     "Samples per optimizer step over all processes: batch_size x processes x grad_accum."
     return self.config.batch_size * self.world_size * self.config.grad_accum
 
+def _progress_line(self:Trainer, t0:float, start:int)->float:
+    "Print 'progress: train 120/500 steps, 45 s, ETA 2m20s' (for runs whose cells are not watched live)."
+    el = time.time() - t0; done = self.step - start
+    eta = el / done * (self.total_steps - self.step) if done else float('nan')
+    where = f" ({self.out_dir.name})" if self.out_dir else ''
+    print(f"progress: train{where} {self.step}/{self.total_steps} steps, {el:.0f} s, ETA {eta / 60:.0f}m{eta % 60:02.0f}s",
+          flush=True)
+    return time.time()
+
 @patch
 def fit(self:Trainer)->dict:
     "Train to `total_steps` (or `stop_step`), logging, evaluating and checkpointing; return a summary."
@@ -430,6 +439,7 @@ def fit(self:Trainer)->dict:
         print(f"vlrepro.train: global batch {self.global_batch} = {c.batch_size} per process x {self.world_size} "
               f"process(es) x {c.grad_accum} accumulation; {self.total_steps} steps", file=sys.stderr)
     bar = tqdm(total=self.total_steps, initial=self.step, disable=not (c.progress and self.is_main), desc='train')
+    lines, shown, start = bool(os.environ.get('VLREPRO_PROGRESS')), time.time(), self.step   # `vlrepro reproduce`: ETA lines
     self.model.train()
     if self.backend != 'deepspeed': self.optimizer.zero_grad(set_to_none=True)   # no stale gradients from before
     while self.step < stop:
@@ -439,6 +449,7 @@ def fit(self:Trainer)->dict:
                 stats = self._train_step([next(it) for _ in range(c.grad_accum)])
                 self.step += 1; self.epoch_step += 1; bar.update(1)
                 for k, v in stats.items(): self._window.setdefault(k, []).append(v)
+                if lines and self.is_main and time.time() - shown > 10: shown = _progress_line(self, t0, start)
                 end = self.step == self.total_steps
                 if (c.log_every > 0 and self.step % c.log_every == 0) or end:
                     rec = self._log_train(time.time() - t0); bar.set_postfix(loss=f"{rec['loss']:.4g}")
