@@ -399,3 +399,29 @@ def test_presets_on_cuda_in_bf16():
     with torch.no_grad():
         torch.testing.assert_close(hf.get_image_features(pixel_values=x).pooler_output.float(),
                                    oc.encode_image(x).float(), rtol=0.05, atol=0.05)
+
+
+def test_openai_weights_build_quickgelu_and_mismatches_are_refused(tmp_path):
+    "OpenAI's CLIP weights were trained with QuickGELU: 'ViT-B-16' (GELU) + an OpenAI archive builds the QuickGELU model."
+    import open_clip
+    from open_clip.model import CLIP, CLIPVisionCfg, CLIPTextCfg
+    from vlrepro.models import _uses_quick_gelu
+    cfg = open_clip.get_model_config('vlrepro-tiny-clip')
+    def build(quick):
+        torch.manual_seed(0)
+        return CLIP(cfg['embed_dim'], CLIPVisionCfg(**cfg['vision_cfg']), CLIPTextCfg(**cfg['text_cfg']), quick_gelu=quick).eval()
+    # a GELU config of the same shapes, registered as a built-in-like name, with OpenAI-style (QuickGELU) weights
+    open_clip.factory._MODEL_CONFIGS['tiny-gelu-test'] = {**cfg, 'quick_gelu': False}
+    x, t = torch.randn(2, 3, 32, 32), torch.randint(1, 26, (2, 24)); t[:, -1] = 26
+    openai = build(True)
+    torch.jit.save(torch.jit.trace(openai, (x, t), check_trace=False), tmp_path/'openai.pt')
+    m = create_open_clip('tiny-gelu-test', pretrained=str(tmp_path/'openai.pt'))
+    assert _uses_quick_gelu(m)
+    with torch.no_grad(): torch.testing.assert_close(m.encode_image(x), openai.encode_image(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="trained with QuickGELU, but 'tiny-gelu-test' would be built with GELU"):
+        create_open_clip('tiny-gelu-test', pretrained=str(tmp_path/'openai.pt'), force_quick_gelu=False)
+    # our own files record their activation: a GELU checkpoint is refused by a QuickGELU model
+    save_open_clip(build(False), tmp_path/'gelu.pt')
+    with pytest.raises(ValueError, match="trained with GELU, but 'vlrepro-tiny-clip' would be built with QuickGELU"):
+        create_open_clip('vlrepro-tiny-clip', pretrained=str(tmp_path/'gelu.pt'))
+    assert not _uses_quick_gelu(create_open_clip('tiny-gelu-test', pretrained=str(tmp_path/'gelu.pt')))

@@ -4,14 +4,14 @@
 
 # %% ../nbs/02_models.ipynb #aaaca613
 from __future__ import annotations
-import copy, logging, math, os, re, tempfile
+import copy, json, logging, math, os, re, tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch import nn
 
-from .core import atomic_torch_save
+from .core import atomic_torch_save, atomic_write_json
 
 if TYPE_CHECKING:  # annotations only; nothing heavy is imported at run time
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
@@ -84,6 +84,7 @@ def create_open_clip(name:str='vlrepro-tiny-clip',     # open_clip model name (o
                 f"pretrained='{pretrained}') caches a file under ~/.cache), then pass that file's path, or pass "
                 f"allow_download=True.")
     jit = bool(pretrained) and _is_torchscript(pretrained)  # OpenAI's released .pt files are TorchScript archives
+    if pretrained: kwargs = _check_activation(name, pretrained, jit, kwargs)
     quiet = _DropRecords('No pretrained weights loaded')  # random init is what we asked for
     logging.getLogger().addFilter(quiet)
     try: model = open_clip.create_model(name, pretrained=None if jit else (pretrained or None), precision=precision,
@@ -112,12 +113,37 @@ def _load_torchscript_weights(model:nn.Module, path:str|Path)->nn.Module:
     return model
 
 # %% ../nbs/02_models.ipynb #65b7c9c9
+def _uses_quick_gelu(model:nn.Module)->bool:
+    "Whether an open_clip CLIP's MLPs use QuickGELU (x * sigmoid(1.702 x)), the activation OpenAI trained CLIP with."
+    return any(type(m).__name__ == 'QuickGELU' for m in model.modules())
+
+def _activation_file(path:str|Path)->Path: return Path(str(path) + '.activation.json')
+
+def _check_activation(name:str, pretrained:str, jit:bool, kwargs:dict)->dict:
+    "Build OpenAI weights with QuickGELU; refuse a checkpoint whose recorded activation differs from the model's."
+    import open_clip
+    config_quick = bool((open_clip.get_model_config(name) or {}).get('quick_gelu', False))
+    want = kwargs.get('force_quick_gelu')
+    built = config_quick or bool(want)
+    saved = None
+    if jit: saved = True   # OpenAI's TorchScript releases: every OpenAI CLIP was trained with QuickGELU
+    elif _activation_file(pretrained).exists(): saved = json.loads(_activation_file(pretrained).read_text())['quick_gelu']
+    if saved is None: return kwargs
+    if saved and not built and want is None: return {**kwargs, 'force_quick_gelu': True}   # e.g. 'ViT-B-16' + OpenAI weights
+    if saved != built:
+        act = lambda q: 'QuickGELU' if q else 'GELU'
+        raise ValueError(f"{pretrained} holds weights trained with {act(saved)}, but {name!r} would be built with "
+                         f"{act(built)}: every MLP would compute a different function. Build it with "
+                         f"force_quick_gelu={saved} (or the '{name.removesuffix('-quickgelu')}{'-quickgelu' if saved else ''}' config)")
+    return kwargs
+
 def save_open_clip(model:nn.Module,  # an open_clip model
                    path:str|Path,    # target file, e.g. 'ckpt/tiny_clip.pt'
                   )->Path:           # the written file
     "Save an open_clip model's `state_dict` atomically, loadable with `create_open_clip(name, pretrained=path)`."
     path = Path(path)
     atomic_torch_save(model.state_dict(), path)
+    atomic_write_json(_activation_file(path), {'quick_gelu': _uses_quick_gelu(model)})  # checked when loaded
     return path
 
 # %% ../nbs/02_models.ipynb #db02aadd
