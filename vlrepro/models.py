@@ -6,7 +6,7 @@
 from __future__ import annotations
 import copy, json, logging, math, os, re, tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from torch import nn
