@@ -155,3 +155,18 @@ def test_readme_examples_are_valid(capsys):
             assert rc == 0 or 'missing inputs' in err, (c, err)   # a full-scale example may name data this machine lacks
         elif argv[0] in ('train', 'bench'): continue            # their options belong to the entry point
         else: R.parser().parse_args(argv)
+
+def test_reproduce_runs_two_at_once_with_progress(tmp_path):
+    "Two notebooks run side by side; a long cell is never silent for longer than the heartbeat; then a report."
+    import os
+    d = tmp_path/'nbs'; d.mkdir()
+    body = TOY_BODY + "\nimport time\ntime.sleep(4)"
+    toy_nb(d/'97_one.ipynb', body=body); toy_nb(d/'99_two.ipynb', body=body)
+    p = _cli('reproduce', '--out', str(tmp_path/'rep'), env={'VLREPRO_NBS': str(d), 'VLREPRO_HEARTBEAT_S': '1'})
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    starts = [i for i, l in enumerate(lines) if l.endswith('started')]
+    dones = [i for i, l in enumerate(lines) if ' done in ' in l]
+    assert len(starts) == 2 and max(starts) < min(dones), lines          # both started before either finished
+    assert any(l.startswith('[97_one] cell ') for l in lines), lines      # heartbeat: which cell is running
+    assert (tmp_path/'rep'/'report'/'report.html').exists() and 'report:' in p.stdout

@@ -482,7 +482,7 @@ def _reproduce(args):
     if not todo: raise ValueError(f"nothing to run (only={args.only}); `vlrepro list` shows the notebooks")
     print(f"reproducing {len(todo)} notebook(s), {args.jobs} at a time, into {root}", flush=True)
     pending, running, failed, t0, lock = list(todo), {}, [], time.time(), threading.Lock()
-    last = {}
+    last, beat = {}, float(os.environ.get('VLREPRO_HEARTBEAT_S', 25))
     def pump(nb, proc):   # progress lines of the child (training steps, search updates, evaluation batches)
         for line in proc.stdout:
             if line.startswith(('progress:', 'vlrepro.train:', 'vlrepro run:')) or 'ETA' in line:
@@ -505,7 +505,7 @@ def _reproduce(args):
                     if not ok: failed.append(nb.stem)
                     print(f"[{nb.stem}] {'done' if ok else 'FAILED (see ' + str(root/nb.stem/nb.name) + ')'} in "
                           f"{time.time() - t:.0f} s", flush=True)
-                elif time.time() - last[nb.stem] > 25:   # never silent for long: which cell is running
+                elif time.time() - last[nb.stem] > beat:   # never silent for long: which cell is running
                     done, total = _cells_done(root/nb.stem/nb.name)
                     with lock: print(f"[{nb.stem}] cell {done + 1}/{total}, {time.time() - t:.0f} s", flush=True)
                     last[nb.stem] = time.time()
