@@ -4,8 +4,9 @@
 
 # %% ../nbs/11_crossget.ipynb #934db50b
 from __future__ import annotations
-import functools, math, time, warnings
+import functools, json, math, time, warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,11 +16,11 @@ from torch import Tensor, nn
 from .core import (swap_class, restore_class, check_unpatched, set_patched, clear_patched,
                           is_patched as core_is_patched, PaperNumber, register_paper_numbers)
 from .merge import (parse_r, token_schedule, clip_r, protected_mask, complete_graph_soft_matching,
-                           bipartite_soft_matching, merge_wavg, merge_ensemble, merge_token_ids, merge_plain,
+                           bipartite_soft_matching, Match, merge_wavg, merge_ensemble, merge_token_ids, merge_plain,
                            cross_importance, proportional_attention)
 
 # %% auto #0
-__all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'GFLOPS_SETTINGS', 'PAPER_NUMBERS', 'CrossGETState', 'RClippedWarning', 'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text', 'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode', 'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'meta_clip', 'gflops', 'gflops_table', 'throughput', 'bench_main', 'make_tokenize', 'encode_retrieval', 'evaluate_retrieval', 'retrieval_loss_fn', 'train_retrieval', 'train_task', 'CoOp', 'coop_loss', 'coop_accuracy', 'trace_merges', 'plot_trace', 'unpatch_llava', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'LLAVA_BENCHMARKS', 'LLAVA_BENCH_PRESETS', 'LLAVA_TABLE', 'LLAVA_METRICS', 'LLAVA_PAPER_NUMBERS', 'LlavaCrossGETState', 'collect_llava_cross', 'clip_layer_crossget_forward', 'llava_vision_hidden_states', 'llava_classes', 'patch_llava', 'llava_visual_tokens', 'llava_cross_loss', 'llava_prompt', 'parse_short_answer', 'parse_gqa', 'parse_choice', 'parse_mme', 'mme_scores', 'mmbench_circular', 'LlavaBenchmark', 'parse_answer', 'tokenize_llava', 'llava_collate', 'LlavaSFTDataset', 'llava_synthetic', 'llava_tokenizer', 'freeze_for_llava_tuning', 'llava_loss_fn', 'llava_generate', 'llava_score', 'llava_throughput', 'register_llava_numbers', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task', 'mix67k', 'llava_benchmark_records', 'score_benchmark']
+__all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 'GFLOPS_SETTINGS', 'COOP_DATASETS', 'PAPER_NUMBERS', 'CrossGETState', 'RClippedWarning', 'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text', 'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode', 'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'register_configs', 'meta_clip', 'gflops', 'gflops_table', 'throughput', 'bench_main', 'make_tokenize', 'encode_retrieval', 'evaluate_retrieval', 'retrieval_loss_fn', 'retrieval_config', 'train_retrieval', 'convert_state_dict', 'read_checkpoint', 'load_init_checkpoint', 'retrieval_transform', 'train_task', 'CoOp', 'coop_loss', 'coop_accuracy', 'LabelledImages', 'read_coop_context', 'convert_coop', 'trace_merges', 'plot_trace', 'paper_setting', 'write_openai_clip', 'write_authors_checkpoint', 'write_coop_prompt_learner', 'write_karpathy_flickr', 'write_coop_dataset', 'rehearsal_clip', 'unpatch_llava', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'MME_PERCEPTION', 'MME_COGNITION', 'LLAVA_BENCHMARKS', 'LLAVA_BENCH_PRESETS', 'LLAVA_TABLE', 'LLAVA_METRICS', 'LLAVA_PAPER_NUMBERS', 'CIRCULAR', 'LLAVA_EVAL_FILES', 'LLAVA_RECIPE_GLOBAL_BATCH', 'LlavaCrossGETState', 'collect_llava_cross', 'clip_layer_crossget_forward', 'llava_vision_hidden_states', 'llava_classes', 'patch_llava', 'llava_visual_tokens', 'llava_cross_loss', 'llava_prompt', 'parse_short_answer', 'parse_gqa', 'parse_choice', 'parse_mme', 'mme_scores', 'mmbench_circular', 'LlavaBenchmark', 'parse_answer', 'tokenize_llava', 'llava_collate', 'LlavaSFTDataset', 'llava_synthetic', 'llava_tokenizer', 'freeze_for_llava_tuning', 'llava_loss_fn', 'llava_generate', 'llava_score', 'llava_throughput', 'register_llava_numbers', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task', 'load_crossget_llava', 'mix67k', 'llava_benchmark_records', 'score_benchmark', 'llava_upload', 'llava_answers', 'convert_llava_eval', 'write_llava_mix665k', 'write_llava_eval_upstream', 'write_llava_hf', 'rehearsal_llava']
 
 # %% ../nbs/11_crossget.ipynb #2abeb22a
 METHODS = ('crossget', 'complete', 'tome')
@@ -400,13 +401,26 @@ def retrieval_loss(out:CrossGETOutput,          # from `encode`
     return (1 - w) * itc + w * cr, dict(itc=itc.detach(), cross=cr.detach())
 
 # %% ../nbs/11_crossget.ipynb #ec5d9086
+REHEARSAL_CLIP = 'vlrepro-tiny-clip-bpe'
+CLIP_CONFIGS:dict[str, dict] = {  # open_clip configs this notebook adds (registered by `register_configs`)
+    # ViT-B-16's layout (GELU, class token, 77-token context, CLIP's 49408-word BPE vocabulary) at toy width and depth:
+    # the stand-in of the parameter-set rehearsals, which read real tokenised captions
+    REHEARSAL_CLIP: dict(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=4, width=32, layers=2, head_width=16),
+                         text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)),
+}
+
+def register_configs()->list[str]:
+    "Add `CLIP_CONFIGS` to open_clip's registry (idempotent; called wherever a model is built by name)."
+    from vlrepro.models import register_open_clip_configs
+    return register_open_clip_configs(CLIP_CONFIGS)
+
 def meta_clip(name:str='ViT-B-16', # open_clip model name (ours are registered by vlrepro.models)
              )->nn.Module:         # a random-init CLIP on the 'meta' device, eval mode
     "Build an open_clip CLIP on the meta device (shapes only), for counting FLOPs in milliseconds."
     import open_clip
     from open_clip.model import CLIP, CLIPVisionCfg, CLIPTextCfg
     from vlrepro.models import register_open_clip_configs
-    register_open_clip_configs()
+    register_open_clip_configs(); register_configs()
     cfg = open_clip.get_model_config(name)
     if cfg is None: raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
     with torch.device('meta'):
@@ -485,6 +499,7 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
     from vlrepro.models import create_open_clip
     dev = get_device(device)
     dtype = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)[precision]
+    register_configs()
     torch.manual_seed(seed)
     base = create_open_clip(name).visual.to(dev, dtype).eval()
     x = torch.randn(batch_size, 3, *base.image_size, device=dev, dtype=dtype)
@@ -592,10 +607,29 @@ def retrieval_loss_fn(tokenize:Callable, # texts -> ids
         return retrieval_loss(model(batch['image'], ids, return_cross=True), batch['index'], w)
     return loss_fn
 
+def retrieval_config(steps:int=0,           # optimizer steps (0: `epochs` passes over the data instead)
+                     epochs:int=0,          # passes over the training view when `steps` is 0
+                     lr:float=1e-4,         # peak learning rate
+                     weight_decay:float=0.05, # on every parameter, as the official code
+                     batch_size:int=128,    # pairs per step and process
+                     warmup_steps:int=0,    # linear warm-up, then cosine
+                     seed:int=0,
+                     device:str='cpu',
+                     out_dir:str='',        # Trainer run folder: checkpoints, log, model.pt; a rerun resumes ('' = keep nothing)
+                     **config,              # more TrainConfig fields (precision, stop_step, ...)
+                    ): # vlrepro.train.TrainConfig
+    "The TrainConfig of CLIP retrieval fine-tuning: AdamW on every parameter, warm-up + cosine, drop-last batches."
+    from vlrepro.train import TrainConfig
+    if steps <= 0 and epochs <= 0: raise ValueError("give steps > 0 or epochs > 0")
+    return TrainConfig(out_dir=out_dir, max_steps=max(steps, 0), epochs=max(epochs, 1), batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, no_decay_1d=False, warmup_steps=warmup_steps, schedule='cosine',
+                       seed=seed, device=device, drop_last=True, log_every=max(1, steps // 10) if steps > 0 else 50,
+                       progress=False, **config)
+
 def train_retrieval(model:nn.Module,      # a patched open_clip CLIP (patch with rv=rl=0 for the baseline)
                     ds,                   # the train `RetrievalDataset`
                     tokenize:Callable,    # texts -> ids
-                    steps:int,            # optimizer steps
+                    steps:int,            # optimizer steps (0: `epochs` passes)
                     lr:float=1e-4,        # peak learning rate
                     weight_decay:float=0.05, # on every parameter, as the official code
                     batch_size:int=128,   # pairs per step
@@ -603,31 +637,86 @@ def train_retrieval(model:nn.Module,      # a patched open_clip CLIP (patch with
                     w:float=0.5,          # cross-loss weight
                     seed:int=0,
                     device:str='cpu',
-                    out_dir:str='',       # Trainer run folder ('' = keep nothing)
-                    **config,             # more TrainConfig fields (precision, backend, ...)
+                    out_dir:str='',       # Trainer run folder ('' = keep nothing); a rerun into it resumes
+                    epochs:int=0,         # passes over the training view when `steps` is 0
+                    view:str='random',    # 'random' (one caption per image per pass) or 'all' (every pair once per epoch)
+                    **config,             # more TrainConfig fields (precision, backend, stop_step, ...)
                    )->dict:               # the Trainer's result (loss history, ...)
     "Fine-tune CLIP for retrieval with `vlrepro.train.Trainer`."
-    from vlrepro.train import Trainer, TrainConfig
+    from vlrepro.train import Trainer
     from vlrepro.data import collate
-    cfg = TrainConfig(out_dir=out_dir, max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      no_decay_1d=False, warmup_steps=warmup_steps, schedule='cosine', seed=seed, device=device,
-                      drop_last=True, log_every=max(1, steps // 10), progress=False, **config)
-    return Trainer(model, retrieval_loss_fn(tokenize, w), ds.caption_view('random', seed=seed), cfg, collate_fn=collate).fit()
+    cfg = retrieval_config(steps, epochs, lr, weight_decay, batch_size, warmup_steps, seed, device, out_dir, **config)
+    return Trainer(model, retrieval_loss_fn(tokenize, w), ds.caption_view(view, seed=seed), cfg, collate_fn=collate).fit()
 
 # %% ../nbs/11_crossget.ipynb #12eba4f7
+_METADATA_KEYS = ('input_resolution', 'context_length', 'vocab_size')  # OpenAI's archive metadata, not weights
+_QUEUE_KEYS = ('image_queue', 'text_queue', 'idx_queue', 'ptr_queue')   # feature queues of BLIP-style retrieval trainers
+
+def _torch_load(path:str|Path):
+    "torch.load on the CPU; tensors-only first, the full unpickler only for wrappers holding other objects (a config)."
+    import pickle
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        warnings.warn(f"{path} holds more than tensors; reading it with weights_only=False (only do this for files you trust)")
+        return torch.load(path, map_location='cpu', weights_only=False)
+
+def convert_state_dict(sd:dict,  # CLIP weights in OpenAI / official CrossGET key names (ours pass through)
+                      )->dict:   # the same weights in this module's names
+    "Official CrossGET keys to ours: cross tokens `visual.transformer.cross_image` / `transformer.cross_text` of shape (1, L, C) become `visual.crossget_cross_image` / `crossget_cross_text` (L, C); metadata and queues are dropped."
+    if sd and all(k.startswith('module.') for k in sd): sd = {k[len('module.'):]: v for k, v in sd.items()}  # saved from DDP
+    out = {}
+    for k, v in sd.items():
+        if k in _METADATA_KEYS or k in _QUEUE_KEYS: continue
+        if k in ('visual.transformer.cross_image', 'transformer.cross_text'):
+            k, v = ('visual.crossget_cross_image' if k.startswith('visual') else 'crossget_cross_text'), v.reshape(v.shape[-2:])
+        out[k] = v
+    return out
+
+def read_checkpoint(path:str|Path)->dict: # CLIP state_dict in our key names
+    "Read a CLIP checkpoint file: a plain state_dict, or one wrapped as the authors save it ({'model': ..., 'optimizer': ..., 'config': ..., 'epoch': ...})."
+    obj = _torch_load(path)
+    for key in ('model', 'state_dict'):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict): obj = obj[key]; break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} is not a CLIP checkpoint: expected a state_dict, or one under 'model' (the authors' "
+                         f"checkpoint_best.pth), got {type(obj).__name__} with keys {list(obj)[:5] if isinstance(obj, dict) else ''}")
+    return convert_state_dict(obj)
+
+def load_init_checkpoint(model:nn.Module,  # an open_clip CLIP, patched or not
+                         path:str|Path,    # the authors' fine-tuned checkpoint, or any CLIP state_dict file
+                        )->nn.Module:      # `model`, loaded in place
+    "Load retrieval-fine-tuned CLIP weights; cross tokens the file lacks stay at zero (the official code loads with strict=False)."
+    sd, own = read_checkpoint(path), model.state_dict()
+    unused = [k for k in sd if k.split('.')[-1].startswith('crossget_') and k not in own]
+    if any(sd[k].abs().sum() > 0 for k in unused):
+        warnings.warn(f"{path} holds trained cross tokens {unused}, but the model has none: patch it with cross=True "
+                      "before loading to keep them")
+    missing, unexpected = model.load_state_dict({k: v for k, v in sd.items() if k not in unused}, strict=False)
+    missing = [k for k in missing if not k.split('.')[-1].startswith('crossget_')]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit this {type(model).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]} "
+                         "(another model size, or not a CLIP checkpoint)")
+    return model
+
+def retrieval_transform(size:int): # -> vlrepro.data.ImageTransform
+    "Resize to `size`² (bicubic) and normalise with CLIP's statistics (the official test transform)."
+    from vlrepro.data import image_transform, CLIP_MEAN, CLIP_STD
+    return image_transform(size, mean=CLIP_MEAN, std=CLIP_STD)
+
 def train_task(model:str='ViT-B-16', pretrained:str='', init_checkpoint:str='', data_root:str='data',
-               dataset:str='flickr30k', rv:int|list=16, rl:int|list=0, method:str='crossget', w:float=0.5)->dict:
+               dataset:str='flickr30k', rv:int|list=16, rl:int|list=0, method:str='crossget', w:float=0.5,
+               seed:int=0, view:str='all')->dict:
     "Task for `vlrepro.train.launch('vlrepro.crossget:train_task', cfg, nproc=8, task_args=...)` (multi-GPU fine-tuning)."
     from pathlib import Path
     from vlrepro import data, models
+    register_configs()
+    warnings.simplefilter('ignore', RClippedWarning)
     clip = models.create_open_clip(model, pretrained=pretrained)
-    if init_checkpoint: clip.load_state_dict(torch.load(init_checkpoint, map_location='cpu'))
+    if init_checkpoint: load_init_checkpoint(clip, init_checkpoint)
     patch(clip, rv=rv, rl=rl, method=method).train()
-    size = clip.visual.image_size
-    tf = data.image_transform(size[0], mean=data.CLIP_MEAN, std=data.CLIP_STD)
-    ds = data.RetrievalDataset(Path(data_root) / dataset, 'train', transform=tf)
+    ds = data.RetrievalDataset(Path(data_root) / dataset, 'train', transform=retrieval_transform(clip.visual.image_size[0]))
     tok = make_tokenize(models.open_clip_tokenizer(model))
-    return dict(model=clip, loss_fn=retrieval_loss_fn(tok, w), train_data=ds.caption_view('random'), collate_fn=data.collate)
+    return dict(model=clip, loss_fn=retrieval_loss_fn(tok, w), train_data=ds.caption_view(view, seed=seed), collate_fn=data.collate)
 
 # %% ../nbs/11_crossget.ipynb #9b23e0dd
 class CoOp(nn.Module):
@@ -683,12 +772,141 @@ def coop_loss(model:CoOp, batch:dict, cross_factor:float=10.0)->tuple[Tensor, di
     return (ce + cross_factor * cr) / 2, dict(ce=ce.detach(), cross=cr.detach())
 
 @torch.no_grad()
-def coop_accuracy(model:CoOp, images:Tensor, labels:Tensor, batch_size:int=256)->float:
+def coop_accuracy(model:CoOp,            # the prompt learner (its CLIP's device is used)
+                  images,                # (B, 3, H, W) images, or a dataset of {'image', 'label'} items
+                  labels:Tensor|None=None, # (B,) labels when `images` is a tensor
+                  batch_size:int=256,
+                 )->float:
     "Top-1 accuracy in % (zero-shot when the context is a fixed prompt)."
     was = model.training; model.eval()
-    pred = torch.cat([model(images[i:i + batch_size]).argmax(-1) for i in range(0, len(images), batch_size)])
+    dev = model.coop_ctx.device
+    if isinstance(images, Tensor):
+        batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size))
+    else:
+        from vlrepro.data import collate
+        batches = ((b['image'], b['label']) for b in torch.utils.data.DataLoader(images, batch_size, collate_fn=collate))
+    hits = total = 0
+    for x, y in batches:
+        hits += int((model(x.to(dev)).argmax(-1).cpu() == y.cpu()).sum()); total += len(y)
     model.train(was)
-    return 100 * (pred.cpu() == labels.cpu()).float().mean().item()
+    return 100 * hits / total
+
+class LabelledImages(torch.utils.data.Dataset):
+    "Items {'image', 'label'}; an image is a tensor, or a file path opened and transformed on access (large datasets)."
+    def __init__(self, images:list, labels:list[int], transform:Callable|None=None):
+        if len(images) != len(labels): raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.transform = list(images), [int(y) for y in labels], transform
+    def __len__(self): return len(self.images)
+    def __getitem__(self, i:int)->dict:
+        x = self.images[i]
+        if not isinstance(x, Tensor):
+            from vlrepro.data import load_image, to_tensor
+            x = (self.transform or to_tensor)(load_image(x))
+        return dict(image=x, label=torch.tensor(self.labels[i]))
+
+def read_coop_context(path:str|Path, # a tensor file (n_ctx, C), or CoOp's prompt_learner/model.pth.tar-<epoch>
+                     )->Tensor:      # (n_ctx, C) float32
+    "The learned context of an ordinary CoOp run: CoOp saves {'state_dict': {'ctx', 'token_prefix', 'token_suffix'}, 'epoch', ...}."
+    obj = _torch_load(path)
+    if isinstance(obj, dict):
+        sd = obj.get('state_dict', obj)
+        obj = sd.get('ctx', sd.get('prompt_learner.ctx')) if isinstance(sd, dict) else None
+    if not isinstance(obj, Tensor):
+        raise ValueError(f"{path} holds no CoOp context: expected a (n_ctx, C) tensor or CoOp's prompt_learner checkpoint "
+                         "({'state_dict': {'ctx': ...}}); make it with data_scripts/extract_coop_context.py")
+    if obj.dim() != 2:
+        raise ValueError(f"{path}: the context has shape {tuple(obj.shape)}; this CoOp shares one (n_ctx, C) context "
+                         "across classes (CoOp's CSC=False), class-specific contexts (n_cls, n_ctx, C) are not supported")
+    return obj.float()
+
+# %% ../nbs/11_crossget.ipynb #d5efdbcb
+COOP_DATASETS:dict[str, dict] = {  # our name -> CoOp DATASETS.md folder, image folder in it, split source, paper column
+    'imagenet': dict(folder='imagenet', images='images', split='classnames.txt', column='ImageNet'),
+    'caltech101': dict(folder='caltech-101', images='101_ObjectCategories', split='split_zhou_Caltech101.json', column='Caltech101'),
+    'oxford_pets': dict(folder='oxford_pets', images='images', split='split_zhou_OxfordPets.json', column='OxfordPets'),
+    'stanford_cars': dict(folder='stanford_cars', images='', split='split_zhou_StanfordCars.json', column='StanfordCars'),
+    'oxford_flowers': dict(folder='oxford_flowers', images='jpg', split='split_zhou_OxfordFlowers.json', column='Flowers102'),
+    'food101': dict(folder='food-101', images='images', split='split_zhou_Food101.json', column='Food101'),
+    'fgvc_aircraft': dict(folder='fgvc_aircraft', images='images', split='variants.txt', column='FGVCAircraft'),
+    'sun397': dict(folder='sun397', images='SUN397', split='split_zhou_SUN397.json', column='SUN397'),
+    'dtd': dict(folder='dtd', images='images', split='split_zhou_DescribableTextures.json', column='DTD'),
+    'eurosat': dict(folder='eurosat', images='2750', split='split_zhou_EuroSAT.json', column='EuroSAT'),
+    'ucf101': dict(folder='ucf101', images='UCF-101-midframes', split='split_zhou_UCF101.json', column='UCF101'),
+}
+
+def _coop_rows_json(path:Path)->dict[str, list[dict]]:
+    "Rows of a CoOp split file {'train'|'val'|'test': [[path, label, classname], ...]}."
+    from vlrepro.data import _load_json
+    d = _load_json(path, 'CoOp split')
+    if not isinstance(d, dict) or not {'train', 'test'} <= set(d):
+        raise ValueError(f"{path}: expected {{'train': [...], 'val': [...], 'test': [...]}} (CoOp split_zhou format)")
+    out = {}
+    for sp, items in d.items():
+        rows = []
+        for n, it in enumerate(items):
+            if not (isinstance(it, (list, tuple)) and len(it) == 3):
+                raise ValueError(f"{path}: {sp}[{n}] must be [image path, label, class name], got {it!r}")
+            rows.append(dict(image=str(it[0]), label=int(it[1]), classname=str(it[2])))
+        out[sp] = rows
+    return out
+
+def _coop_rows_imagenet(d:Path)->dict[str, list[dict]]:
+    "ImageNet as Dassl reads it: `classnames.txt` ('<wnid> <name>' per line), class folders under images/train and images/val (= test)."
+    names = {}
+    for line in (d / 'classnames.txt').read_text().splitlines():
+        if line.strip(): wnid, _, name = line.strip().partition(' '); names[wnid] = name
+    out = {}
+    for sp, folder in (('train', 'train'), ('test', 'val')):
+        root = d / 'images' / folder
+        if not root.is_dir(): raise FileNotFoundError(f"{root} not found: ImageNet needs images/train/<wnid>/ and images/val/<wnid>/")
+        wnids = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+        bad = [w for w in wnids if w not in names]
+        if bad: raise ValueError(f"{d / 'classnames.txt'} has no name for the class folders {bad[:3]}")
+        out[sp] = [dict(image=f'{folder}/{w}/{f.name}', label=y, classname=names[w])
+                   for y, w in enumerate(wnids) for f in sorted((root / w).iterdir()) if not f.name.startswith('.')]
+    return out
+
+def _coop_rows_aircraft(d:Path)->dict[str, list[dict]]:
+    "FGVC-Aircraft as Dassl reads it: classes in `variants.txt`, rows '<image id> <variant>' in images_variant_<split>.txt."
+    classes = [l.strip() for l in (d / 'variants.txt').read_text().splitlines() if l.strip()]
+    lab = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for sp in ('train', 'val', 'test'):
+        f = d / f'images_variant_{sp}.txt'
+        if not f.is_file(): raise FileNotFoundError(f"{f} not found (fgvc-aircraft-2013b/data layout)")
+        rows = []
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if not line.strip(): continue
+            im, _, name = line.strip().partition(' ')
+            if name not in lab: raise ValueError(f"{f}:{n}: variant {name!r} is not in variants.txt")
+            rows.append(dict(image=f'{im}.jpg', label=lab[name], classname=name))
+        out[sp] = rows
+    return out
+
+def convert_coop(src:str|Path,      # CoOp's DATA folder (holding dtd/, caltech-101/, imagenet/, ...)
+                 name:str,          # a key of COOP_DATASETS
+                 out_dir:str|Path,  # our dataset folder, e.g. data/coop/dtd
+                 copy_images:bool=False, check_images:bool=True, dry_run:bool=False,
+                )->dict:            # rows per split
+    "Convert one CoOp dataset into the vlrepro format: {train,val,test}.jsonl rows (image, label, classname) + images/."
+    from vlrepro.data import _finish
+    if name not in COOP_DATASETS: raise ValueError(f"unknown CoOp dataset {name!r}; known: {sorted(COOP_DATASETS)}")
+    spec = COOP_DATASETS[name]
+    d = Path(src) / spec['folder']
+    if not d.is_dir(): raise FileNotFoundError(f"{d} not found: lay out {name} under --src as CoOp's DATASETS.md describes")
+    split = d / spec['split']
+    if not split.is_file(): raise FileNotFoundError(f"{split} not found (CoOp's DATASETS.md lists where to get it)")
+    if name == 'imagenet': splits = _coop_rows_imagenet(d)
+    elif name == 'fgvc_aircraft': splits = _coop_rows_aircraft(d)
+    else: splits = _coop_rows_json(split)
+    seen = {}
+    for sp, rows in splits.items():   # one class name per label, in every split
+        for r in rows:
+            if seen.setdefault(r['label'], r['classname']) != r['classname']:
+                raise ValueError(f"{name} {sp}: label {r['label']} is both {seen[r['label']]!r} and {r['classname']!r}")
+    return _finish(out_dir, splits, d / spec['images'], copy_images, check_images, dry_run,
+                   source='CoOp DATASETS.md (https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md)',
+                   license=f'{name}: see the original dataset', dataset=name, coop_folder=spec['folder'])
 
 # %% ../nbs/11_crossget.ipynb #76f76e72
 def trace_merges(model:nn.Module, # a patched open_clip CLIP or VisionTransformer
@@ -774,9 +992,202 @@ def _paper_rows()->list[PaperNumber]:
 
 PAPER_NUMBERS = register_paper_numbers('crossget', _paper_rows())
 
+def paper_setting(rv:int, # vision tokens removed per block
+                  rl:int, # language tokens removed per block
+                 )->str:  # the setting of the CLIP Flickr30k rows
+    "The registry row of a fine-tuned CLIP CrossGET run: 'CLIP CrossGET rv=16', '... rl=6' or '... rv=16, rl=6' ('CLIP' without reduction)."
+    parts = [f'rv={rv}'] * bool(rv) + [f'rl={rl}'] * bool(rl)
+    return 'CLIP CrossGET ' + ', '.join(parts) if parts else 'CLIP'
+
+# %% ../nbs/11_crossget.ipynb #adf0682f
+def write_openai_clip(path:str|Path, name:str=REHEARSAL_CLIP, seed:int=0)->Path:
+    "Save a random-init open_clip CLIP as OpenAI releases CLIP: a traced TorchScript archive in fp16, OpenAI's key names and metadata tensors."
+    from vlrepro.models import create_open_clip
+    register_configs()
+    torch.manual_seed(seed)
+    m = create_open_clip(name).eval()
+    size = m.visual.image_size[0]
+    for k, v in dict(input_resolution=size, context_length=m.context_length, vocab_size=m.vocab_size).items():
+        m.__dict__.pop(k, None); m.register_buffer(k, torch.tensor(v))          # OpenAI's archives carry these three
+    x, t = torch.zeros(1, 3, size, size), torch.zeros(1, m.context_length, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        traced = torch.jit.trace(m, (x, t), check_trace=False).half()
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)   # torch.jit is deprecated, and the only writer of this format
+        torch.jit.save(traced, str(path))
+    return path
+
+_HALF = r'(conv1|c_fc|c_proj|out_proj)\.(weight|bias)$|in_proj_(weight|bias)$|^text_projection$|^visual\.proj$'
+
+def write_authors_checkpoint(path:str|Path,  # e.g. ckpt/finetune_retrieval_flickr_clip.pth
+                             state:dict,     # CLIP weights in OpenAI's names (e.g. the stand-in's), to perturb
+                             seed:int=0,
+                            )->Path:
+    "Save CLIP weights as the authors' retrieval trainer does: {'model', 'optimizer', 'config', 'epoch'}, fp16 linear weights (their `convert_weights`), zero cross tokens `visual.transformer.cross_image` / `transformer.cross_text` of shape (1, L, C)."
+    import re
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: (v.float() + 0.01 * torch.randn(v.shape, generator=g)) if v.is_floating_point() else v.clone()
+          for k, v in state.items() if k not in _METADATA_KEYS}                 # "fine-tuned"
+    sd = {k: v.half() if re.search(_HALF, k) else v for k, v in sd.items()}
+    n_v = len({k.split('.')[3] for k in sd if k.startswith('visual.transformer.resblocks.')})
+    n_t = len({k.split('.')[2] for k in sd if k.startswith('transformer.resblocks.')})
+    sd['visual.transformer.cross_image'] = torch.zeros(1, n_v, sd['visual.conv1.weight'].shape[0])
+    sd['transformer.cross_text'] = torch.zeros(1, n_t, sd['ln_final.weight'].shape[0])
+    obj = dict(model=sd, optimizer=dict(state={}, param_groups=[dict(lr=1e-5, weight_decay=0.05, params=list(range(len(sd))))]),
+               config=dict(dataset='flickr', image_size=224, batch_size_train=64, init_lr=1e-5, max_epoch=12), epoch=11)
+    from vlrepro.core import atomic_torch_save
+    return atomic_torch_save(obj, path)
+
+def write_coop_prompt_learner(folder:str|Path,  # a CoOp run folder, e.g. output/dtd/CoOp/vit_b16_16shots/nctx16_cscFalse_ctpend/seed1
+                              n_ctx:int, width:int, n_cls:int, epoch:int=200, context_length:int=77, seed:int=0,
+                             )->Path:           # the checkpoint file
+    "Save a context as CoOp (Dassl) does: prompt_learner/model.pth.tar-<epoch> = {'state_dict': {'ctx', 'token_prefix', 'token_suffix'}, 'epoch', ...} (fp16) and the `checkpoint` pointer file."
+    g = torch.Generator().manual_seed(seed)
+    sd = dict(ctx=(0.02 * torch.randn(n_ctx, width, generator=g)).half(), token_prefix=torch.zeros(n_cls, 1, width).half(),
+              token_suffix=torch.zeros(n_cls, context_length - 1 - n_ctx, width).half())
+    d = Path(folder) / 'prompt_learner'; d.mkdir(parents=True, exist_ok=True)
+    f = d / f'model.pth.tar-{epoch}'
+    torch.save(dict(state_dict=sd, epoch=epoch, optimizer=dict(state={}, param_groups=[]), scheduler=dict(last_epoch=epoch),
+                    val_result=None), f)
+    (d / 'checkpoint').write_text(f.name + '\n')
+    return f
+
+def _write_tiny_jpegs(folder:Path, names:list[str], seed:int):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for n in names:
+        p = folder / n; p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(p, quality=90)
+
+_CAPTION_WORDS = 'a dog cat man woman child runs sits jumps on in the grass street beach water red blue small big'.split()
+
+def write_karpathy_flickr(src:str|Path, n:dict|None=None, seed:int=0)->Path:
+    "Karpathy's dataset_flickr30k.json ({'images': [{'filename', 'imgid', 'split', 'sentences', 'sentids'}], 'dataset'}) and flickr30k-images/*.jpg."
+    import numpy as np
+    n = n or dict(train=4, val=2, test=3)
+    rng = np.random.default_rng(seed)
+    images, sid = [], 0
+    for sp, k in n.items():
+        for _ in range(k):
+            i = len(images); sents = []
+            for _ in range(5):
+                toks = list(rng.choice(_CAPTION_WORDS, size=int(rng.integers(4, 9))))
+                sents.append(dict(tokens=toks, raw=' '.join(toks).capitalize() + ' .', imgid=i, sentid=sid)); sid += 1
+            images.append(dict(filename=f'{1000092795 + i}.jpg', imgid=i, split=sp, sentences=sents,
+                               sentids=[s['sentid'] for s in sents]))
+    src = Path(src); src.mkdir(parents=True, exist_ok=True)
+    (src / 'dataset_flickr30k.json').write_text(json.dumps(dict(images=images, dataset='flickr30k')))
+    _write_tiny_jpegs(src / 'flickr30k-images', [im['filename'] for im in images], seed)
+    return src
+
+def write_coop_dataset(src:str|Path,  # CoOp's DATA folder
+                       name:str,      # a key of COOP_DATASETS
+                       n_cls:int=3, n:dict|None=None, seed:int=0)->Path:
+    "A tiny dataset in CoOp's DATASETS.md layout: split_zhou json (or ImageNet's class folders, FGVC's txt files) + JPEGs."
+    n = n or dict(train=2, val=1, test=1)
+    spec = COOP_DATASETS[name]
+    d = Path(src) / spec['folder']; img = d / spec['images']
+    classes = [f'class {c}' for c in 'abcdefghij'[:n_cls]]
+    if name == 'imagenet':
+        wnids = [f'n0{1440764 + c}' for c in range(n_cls)]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / 'classnames.txt').write_text(''.join(f'{w} {c}\n' for w, c in zip(wnids, classes)))
+        for sp, folder in (('train', 'train'), ('test', 'val')):
+            _write_tiny_jpegs(img / folder, [f'{w}/{w}_{i}.JPEG' for w in wnids for i in range(n[sp])], seed)
+    elif name == 'fgvc_aircraft':
+        classes = ['707-320', 'F/A-18', 'Falcon 2000'][:n_cls]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / 'variants.txt').write_text(''.join(c + '\n' for c in classes))
+        for j, sp in enumerate(('train', 'val', 'test')):
+            ids = [(f'{1025794 + 100 * j + 10 * y + i:07d}', c) for y, c in enumerate(classes) for i in range(n[sp])]
+            (d / f'images_variant_{sp}.txt').write_text(''.join(f'{i} {c}\n' for i, c in ids))
+            _write_tiny_jpegs(img, [f'{i}.jpg' for i, _ in ids], seed)
+    else:
+        split = {}
+        for sp, k in n.items():
+            if name == 'stanford_cars': paths = [(f"cars_{'test' if sp == 'test' else 'train'}/{sp}{y}{i:04d}.jpg", y) for y in range(n_cls) for i in range(k)]
+            else: paths = [(f"{classes[y].replace(' ', '_')}/{sp}_{i}.jpg", y) for y in range(n_cls) for i in range(k)]
+            split[sp] = [[p, y, classes[y]] for p, y in paths]
+            _write_tiny_jpegs(img, [p for p, _ in paths], seed)
+        (d / spec['split']).write_text(json.dumps(split))
+    return d
+
+def _clip_repo()->Path:
+    import vlrepro
+    return Path(vlrepro.__file__).resolve().parent.parent
+
+def _clip_script(*args:str):
+    "Run a data_scripts/ command as a user would (repository root, this Python)."
+    import subprocess, sys
+    r = subprocess.run([sys.executable, *args], cwd=_clip_repo(), capture_output=True, text=True)
+    if r.returncode: raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r.stdout
+
+def _set_path(root:Path, p:str)->Path:
+    if Path(p).is_absolute(): raise ValueError(f"the rehearsal writes stand-ins at the set's relative paths; {p!r} is absolute")
+    return root / p
+
+def rehearsal_clip(params:dict,           # the parameter set's YAML mapping
+                   root:Path|None=None,   # rehearsal root; None = only return the plan
+                   device:str='cpu',      # 'cpu' (fp32) or 'cuda' (bf16)
+                  )->dict:                # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
+    "The rehearsal plan of one 11_crossget parameter set; with `root`, also write its inputs at the set's paths."
+    common = dict(device=device, precision='fp32' if device == 'cpu' else 'bf16', bench_batch=1, bench_repeats=1)
+    if not params.get('data_root'):                                              # synthetic scenes (cpu-demo)
+        return dict(branch='cpu-demo', nproc=1, trains=True, recipe_batch=None, metric='fine-tuned crossget rv=16/rmean',
+                    rows=[('ViT-B/16 rv=16', 'gflops')],
+                    overrides=dict(base_steps=2, finetune_steps=2, coop_steps=2, n_train=300, n_test=16, batch_size=8,
+                                   coop_batch_size=8, eval_rs=[16], bench_model='vlrepro-tiny-clip', **common))
+    root = Path(root) if root is not None else None
+    data = _set_path(root, params['data_root']) if root is not None else None
+    tiny = dict(model=REHEARSAL_CLIP, bench_model=REHEARSAL_CLIP)
+    if root is not None and params.get('pretrained'): write_openai_clip(_set_path(root, params['pretrained']))
+    if params.get('coop_dataset') and not params.get('dataset'):                 # CoOp prompt tuning
+        name = Path(params['coop_dataset']).name
+        rv, col = int(params.get('coop_rv', 16)), COOP_DATASETS[name]['column']
+        if root is not None:
+            write_coop_dataset(root / 'raw' / 'coop', name)
+            _clip_script('data_scripts/get_coop.py', '--src', str(root / 'raw' / 'coop'), '--root', str(data),
+                    '--name', Path(params['coop_dataset']).parent.name or 'coop', '--datasets', name)
+            if params.get('coop_init_prompt'):
+                run = root / 'raw' / 'coop_output' / name / 'CoOp' / 'vit_b16_16shots' / 'nctx16_cscFalse_ctpend' / 'seed1'
+                write_coop_prompt_learner(run, int(params.get('coop_n_ctx', 16)), CLIP_CONFIGS[REHEARSAL_CLIP]['text_cfg']['width'],
+                                          3, int(params.get('coop_epochs') or 200))
+                _clip_script('data_scripts/extract_coop_context.py', '--src', str(run), '--out', str(_set_path(root, params['coop_init_prompt'])))
+        return dict(branch='coop', nproc=1, trains=True, metric=f'CoOp CrossGET rv={rv}/acc',
+                    rows=[('CoOp', f'acc_{col}'), (f'CoOp CrossGET rv={rv}', f'acc_{col}')],
+                    recipe_batch=dict(per_process=int(params.get('coop_batch_size', 32)), processes=int(params.get('nproc', 1)),
+                                      grad_accum=1, recipe=int(params['recipe_batch'])) if params.get('recipe_batch') else None,
+                    overrides=dict(coop_epochs=1, coop_batch_size=3, **tiny, **common))
+    specs = [tuple(int(x) if i else x for i, x in enumerate(f.split(':'))) for f in params.get('finetunes', [])]
+    cg = [(rv, rl) for m, rv, rl in specs if m == 'crossget']
+    rows = [('CLIP', k) for k in _RET_KEYS + ['gflops']]
+    rows += [(paper_setting(rv, rl), k) for rv, rl in cg for k in _RET_KEYS + ['gflops']]
+    rv, rl = cg[0] if cg else (specs[0][1], specs[0][2])
+    if root is not None:
+        write_karpathy_flickr(root / 'raw' / 'flickr30k')
+        _clip_script('data_scripts/get_flickr30k.py', '--src', str(root / 'raw' / 'flickr30k'), '--root', str(data),
+                '--name', params.get('dataset', 'flickr30k'))
+        if params.get('init_checkpoint'):   # the authors' fine-tuned CLIP: the stand-in OpenAI weights, perturbed
+            from vlrepro.models import create_open_clip
+            register_configs()
+            pre = str(_set_path(root, params['pretrained'])) if params.get('pretrained') else ''
+            write_authors_checkpoint(_set_path(root, params['init_checkpoint']), create_open_clip(REHEARSAL_CLIP, pretrained=pre).state_dict())
+    multi = int(params.get('nproc', 1)) > 1
+    nproc = (2 if device == 'cpu' else 1) if multi else 1      # one GPU: one process (NCCL cannot pair two ranks on it)
+    label = f"fine-tuned {'crossget' if cg else specs[0][0]} rv={rv}" + (f', rl={rl}' if rl else '')
+    return dict(branch='clip-retrieval', nproc=nproc, trains=True, metric=f'{label}/rmean', rows=rows,
+                recipe_batch=dict(per_process=int(params.get('batch_size', 128)), processes=int(params.get('nproc', 1)),
+                                  grad_accum=1, recipe=int(params['recipe_batch'])) if params.get('recipe_batch') else None,
+                overrides=dict(epochs=1, batch_size=4 if nproc == 2 else 8, nproc=nproc, **tiny, **common))
+
 # %% ../nbs/12_crossget_llava.ipynb #bf30bb97
-import contextlib, contextvars, json, re, random, time
+import contextlib, contextvars, json, re, random, time, warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -1040,19 +1451,23 @@ def parse_mme(text:str)->str:
     t = text.strip().lower()
     return 'yes' if t.startswith('yes') else 'no' if t.startswith('no') else 'other'
 
+MME_PERCEPTION = ('existence', 'count', 'position', 'color', 'posters', 'celebrity', 'scene', 'landmark', 'artwork', 'OCR')
+MME_COGNITION = ('commonsense_reasoning', 'numerical_calculation', 'text_translation', 'code_reasoning')
+
 def mme_scores(preds:list[str],       # free-form answers
                labels:list[str],      # 'yes' / 'no'
                images:list[str],      # image id of each question (MME asks two per image)
                categories:list[str],  # subtask of each question
-              )->dict:                # {'<category>': acc + acc+, 'perception': sum}
-    "MME score per subtask = accuracy + accuracy+ (both questions of an image right), in points (max 200)."
+              )->dict:                # {'<category>': acc + acc+, 'perception': sum, 'cognition': sum}
+    "MME score per subtask = accuracy + accuracy+ (both questions of an image right), in points (max 200); perception sums every subtask but MME_COGNITION's 4."
     out, groups = {}, {}
     for p, y, im, c in zip(preds, labels, images, categories):
         groups.setdefault(c, {}).setdefault(im, []).append(parse_mme(p) == y.lower())
     for c, ims in groups.items():
         flat = [v for vs in ims.values() for v in vs]
         out[c] = 100.0 * sum(flat) / len(flat) + 100.0 * sum(all(vs) for vs in ims.values()) / len(ims)
-    out['perception'] = sum(out.values())
+    out['perception'] = sum(v for c, v in out.items() if c not in MME_COGNITION)
+    out['cognition'] = sum(v for c, v in out.items() if c in MME_COGNITION)
     return out
 
 def mmbench_circular(correct:list[bool], # one entry per (question, rotation of its options)
@@ -1186,10 +1601,10 @@ def llava_synthetic(split:str='train',   # 'train' or 'test'
                             conversations=[dict({'from': 'human', 'value': q}), dict({'from': 'gpt', 'value': 'ABCDEFGHIJ'[r['answer']]})]))
     return out
 
-def llava_tokenizer(records:list[dict], vocab_size:int=128): # -> PreTrainedTokenizerFast
+def llava_tokenizer(records:list[dict], vocab_size:int=128, texts:tuple|list=()): # -> PreTrainedTokenizerFast
     "A word-level tokenizer for the synthetic LLaVA data: <pad>=0 <s>=1 </s>=2 <unk>=3, words, <image> = vocab_size-1."
     from vlrepro.models import train_tokenizer
-    texts = [LLAVA_SYSTEM, 'USER: ASSISTANT:'] + [c['value'] for r in records for c in r['conversations']]
+    texts = [LLAVA_SYSTEM, 'USER: ASSISTANT:', *texts] + [c['value'] for r in records for c in r['conversations']]
     texts = [t.replace('<image>', ' ') for t in texts]
     tok = train_tokenizer(texts, 'wordlevel', specials=('<pad>', '<s>', '</s>', '<unk>'), specials_end=('<image>',),
                           vocab_size=vocab_size, pre_tokenizer=r'regex:\w+|[^\w\s]')
@@ -1369,11 +1784,12 @@ def enable_checkpointing(model:nn.Module)->nn.Module:
 
 def llava_train_task(model:str='',            # local LLaVA-1.5 folder (llava-hf layout), e.g. llava-hf/llava-1.5-7b-hf
                      data_root:str='data',    # folder holding `train_name/` in the vlrepro format (convert_llava)
-                     train_name:str='llava_mix67k', # the mix67k subset (data_scripts/make_llava_mix67k.py)
+                     train_name:str='llava_mix67k', # the mix67k subset (data_scripts/make_llava_mix67k.py); absolute = anywhere
                      r_vision:int=13,         # CrossGET r (0 = the baseline, no cross tokens)
-                     cross_loss_weight:float=0.001, # w (7B: 0.001)
+                     cross_loss_weight:float=0.001, # w (7B: 0.001, 13B: 0.1)
                      model_max_length:int=2048,
                      gradient_checkpointing:bool=True,
+                     system_prompt:bool=True, # the vicuna_v1 system message
                     )->dict:                  # Trainer pieces for vlrepro.train.launch
     "Build the full-scale CrossGET LLaVA-1.5 visual instruction tuning task (called in every process)."
     from vlrepro import data
@@ -1383,11 +1799,28 @@ def llava_train_task(model:str='',            # local LLaVA-1.5 folder (llava-hf
     if r_vision > 0: patch_llava(m, r=r_vision)
     freeze_for_llava_tuning(m)
     if gradient_checkpointing: enable_checkpointing(m)
-    src = data.InstructionDataset(f'{data_root}/{train_name}', transform=llava_image_transform(m.config.vision_config.image_size))
+    src = data.InstructionDataset(Path(data_root)/train_name, transform=llava_image_transform(m.config.vision_config.image_size))
     src = torch.utils.data.Subset(src, [i for i, r in enumerate(src.rows) if r.get('image')])  # deviation: image rows only
-    ds = LlavaSFTDataset(src, tok, llava_visual_tokens(m), m.config.image_token_id, max_length=model_max_length)
+    ds = LlavaSFTDataset(src, tok, llava_visual_tokens(m), m.config.image_token_id,
+                         system=LLAVA_SYSTEM if system_prompt else '', max_length=model_max_length)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    return dict(model=m, loss_fn=llava_loss_fn(cross_loss_weight), train_data=ds, collate_fn=lambda b: llava_collate(b, pad))
+    return dict(model=m, loss_fn=llava_loss_fn(cross_loss_weight), train_data=ds, collate_fn=_functools.partial(llava_collate, pad_id=pad))
+
+def load_crossget_llava(model:str|Path,     # the LLaVA-1.5 folder the fine-tune started from (llava-hf layout)
+                        weights:str|Path,   # `model.pt` of a CrossGET fine-tune (`<run folder>/train/model.pt`)
+                        r:int=13,           # the r it was trained with
+                        **kwargs,           # more `from_pretrained` arguments (dtype, ...)
+                       )->nn.Module:        # the patched model with the fine-tuned weights
+    "Load a CrossGET LLaVA-1.5 fine-tune: the base model, `patch_llava(r)`, then every weight of `weights` (keys checked)."
+    from vlrepro.models import load_hf
+    m = patch_llava(load_hf('llava', model, **kwargs), r=r)
+    sd = torch.load(weights, map_location='cpu', weights_only=True)
+    if isinstance(sd, dict) and 'module' in sd and isinstance(sd['module'], dict): sd = sd['module']   # a DeepSpeed module file
+    missing, unexpected = m.load_state_dict(sd, strict=False)
+    if unexpected or missing:
+        raise ValueError(f"{weights} does not fit {model} patched with r={r}: missing {sorted(missing)[:4]}, "
+                         f"unexpected {sorted(unexpected)[:4]}; give the base model and r_vision the fine-tune used")
+    return m
 
 def mix67k(records:list,  # rows of llava_v1_5_mix665k.json
            every:int=10,  # keep every `every`-th record
@@ -1396,41 +1829,50 @@ def mix67k(records:list,  # rows of llava_v1_5_mix665k.json
     if every < 1: raise ValueError(f"every must be >= 1, got {every}")
     return list(records)[::every]
 
-def llava_benchmark_records(data_root:str,  # folder holding <benchmark>/test.jsonl + images/ (vlrepro format)
+CIRCULAR = ('mmbench', 'mmbench_cn')   # benchmarks asked once per rotation of their options (LLaVA's --all-rounds)
+
+def llava_benchmark_records(data_root:str,  # folder holding <benchmark>/test.jsonl + images/ (data_scripts/get_llava_eval.py)
                             benchmark:str,  # key of LLAVA_BENCHMARKS
                             image_size:int=336, limit:int=0, split:str='test',
                            )->list[dict]:   # records for `llava_generate` / `score_benchmark`
-    "Read one benchmark in the vlrepro format: rows with image, question and answers | choices+answer | yes/no answer."
+    "Read one converted benchmark: the prompt as LLaVA's eval script sends it; MMBench once per circular rotation of its options."
     from vlrepro import data
-    b = LLAVA_BENCHMARKS[benchmark]
-    root = f'{data_root}/{benchmark}'
-    rows = data.read_jsonl(f'{root}/{split}.jsonl', required=('image', 'question'), image_root=f'{root}/images')
-    rows = rows[:limit] if limit else rows
-    tf = llava_image_transform(image_size)
     from PIL import Image
-    out = []
+    b = LLAVA_BENCHMARKS[benchmark]
+    root = Path(data_root)/benchmark
+    rows = data.read_jsonl(root/f'{split}.jsonl', required=('image', ('question', 'prompt')), image_root=root/'images')
+    rows = rows[:limit] if limit else rows
+    tf, out = llava_image_transform(image_size), []
     for r in rows:
-        img = tf(Image.open(f"{root}/images/{r['image']}").convert('RGB'))
+        img = tf(Image.open(root/'images'/r['image']).convert('RGB'))
         if b.parser == 'choice':
-            q = '<image>\n' + _mc_question(r['question'], r['choices']) if b.name != 'mmbench_cn' else \
-                '<image>\n' + r['question'] + '\n' + '\n'.join(f"{'ABCDEFGHIJ'[i]}. {c}" for i, c in enumerate(r['choices'])) + '\n' + b.suffix
-            out.append(dict(r, image=img, kind='choice', question=q, num_choices=len(r['choices'])))
+            k = len(r['choices'])
+            for t in (range(k) if benchmark in CIRCULAR else [0]):
+                ch = r['choices'][t:] + r['choices'][:t]
+                q = r['prompt'] if r.get('prompt') and t == 0 else (
+                    (f"{r['hint']}\n" if r.get('hint') else '') + r['question'] +
+                    ''.join(f"\n{'ABCDEFGHIJ'[i]}. {c}" for i, c in enumerate(ch)) + '\n' + b.suffix)
+                out.append(dict(r, image=img, image_file=r['image'], kind='choice', question='<image>\n' + q, choices=ch, answer=(int(r['answer']) - t) % k,
+                                num_choices=k, round=t))
         else:
-            kind = 'vqa' if b.metric in ('vqa', 'exact') else 'yesno'
-            out.append(dict(r, image=img, kind=kind, question=f"<image>\n{r['question']}\n{b.suffix}",
-                            answers=r.get('answers', [r.get('answer', '')])))
+            ans = r['answers'] if 'answers' in r else [r['answer']] if r.get('answer') else []
+            out.append(dict(r, image=img, image_file=r['image'], kind='vqa' if b.metric in ('vqa', 'exact') else 'yesno', answers=ans,
+                            question='<image>\n' + (r.get('prompt') or f"{r['question']}\n{b.suffix}")))
     return out
 
 def score_benchmark(benchmark:str, records:list[dict], answers:list[str])->dict:
-    "Score generated answers with the benchmark's rule (servers' benchmarks: local accuracy against given answers)."
+    "Score answers with the benchmark's rule; {} for a file without answers (VQAv2 / VizWiz test-dev: `llava_upload` for the server)."
     from vlrepro.metrics import vqa_accuracy, pope_scores
     b = LLAVA_BENCHMARKS[benchmark]
+    if b.metric in ('vqa', 'exact') and not all(r.get('answers') for r in records): return {}
     if b.metric == 'vqa': return {benchmark: 100.0 * sum(vqa_accuracy(parse_answer(benchmark, a), r['answers'])
                                                           for r, a in zip(records, answers)) / len(records)}
     if b.metric == 'exact': return {benchmark: 100.0 * sum(parse_answer(benchmark, a) == r['answers'][0].lower()
                                                             for r, a in zip(records, answers)) / len(records)}
-    if b.metric == 'choice': return {benchmark: 100.0 * sum(parse_answer(benchmark, a, r['num_choices']) == r['answer']
-                                                             for r, a in zip(records, answers)) / len(records)}
+    if b.metric == 'choice':
+        right = [parse_answer(benchmark, a, r['num_choices']) == r['answer'] for r, a in zip(records, answers)]
+        if benchmark in CIRCULAR: return {benchmark: mmbench_circular(right, [r['id'] for r in records])}
+        return {benchmark: 100.0 * sum(right) / len(records)}
     if b.metric == 'pope_f1':                          # F1 per subset (random / popular / adversarial), then the mean
         subsets = sorted({r.get('category', 'all') for r in records})
         f1 = [pope_scores([a for r, a in zip(records, answers) if r.get('category', 'all') == s],
@@ -1439,3 +1881,436 @@ def score_benchmark(benchmark:str, records:list[dict], answers:list[str])->dict:
     sc = mme_scores(answers, [r['answers'][0] for r in records], [r['image_id'] if 'image_id' in r else str(i) for i, r in enumerate(records)],
                     [r.get('category', 'all') for r in records])
     return {benchmark: sc['perception']}
+
+def llava_upload(benchmark:str, records:list[dict], answers:list[str])->list[dict]:
+    "The answer file an evaluation server takes (LLaVA's convert_*_for_submission): VQAv2 question_id/answer, VizWiz image/answer."
+    if benchmark == 'vqav2': return [dict(question_id=int(r['question_id']), answer=parse_answer('vqav2', a)) for r, a in zip(records, answers)]
+    if benchmark == 'vizwiz': return [dict(image=Path(r['image_file']).name, answer=parse_answer('vizwiz', a)) for r, a in zip(records, answers)]
+    raise ValueError(f"{benchmark} is scored here, not by a server; upload files exist for vqav2 and vizwiz")
+
+def llava_answers(path:str|Path|None,      # JSON-lines file keeping the answers (None: keep nothing)
+                  model:nn.Module, tokenizer, records:list[dict],
+                  chunk:int=256,           # records answered between two appends to `path`
+                  **kwargs,                # `llava_generate` arguments (max_new_tokens, system, batch_size)
+                 )->list[str]:             # one answer per record
+    "`llava_generate` that resumes: answers already in `path` (same records, in order) are read back, the rest appended in chunks."
+    if path is None: return llava_generate(model, tokenizer, records, **kwargs)
+    from vlrepro.core import atomic_write_text
+    path, keys = Path(path), [f"{r['id']}#{r.get('round', 0)}" for r in records]
+    done = []
+    if path.exists():
+        for line in path.read_text(encoding='utf-8').splitlines():
+            try: d = json.loads(line)
+            except json.JSONDecodeError: break                 # a line cut by a kill
+            if len(done) >= len(keys) or d.get('key') != keys[len(done)]: break
+            done.append(d['answer'])
+        atomic_write_text(path, ''.join(json.dumps(dict(key=k, answer=a), ensure_ascii=False) + '\n' for k, a in zip(keys, done)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for s in range(len(done), len(records), chunk):
+        ans = llava_generate(model, tokenizer, records[s:s + chunk], **kwargs)
+        with open(path, 'a', encoding='utf-8') as f:
+            f.write(''.join(json.dumps(dict(key=k, answer=a), ensure_ascii=False) + '\n' for k, a in zip(keys[s:s + chunk], ans)))
+        done += ans
+    return done
+
+# %% ../nbs/12_crossget_llava.ipynb #2ddc05df
+LLAVA_EVAL_FILES = {  # key -> (folder under playground/data/eval, question file, image folder, answer files): LLaVA's eval layout
+    'vqav2': ('vqav2', 'llava_vqav2_mscoco_test-dev2015.jsonl', 'test2015', ()),              # answers: the server
+    'gqa': ('gqa', 'llava_gqa_testdev_balanced.jsonl', 'data/images', ('data/testdev_balanced_questions.json',)),
+    'vizwiz': ('vizwiz', 'llava_test.jsonl', 'test', ()),                                     # answers: the server
+    'sqa': ('scienceqa', 'llava_test_CQM-A.json', 'images/test', ('problems.json',)),
+    'textvqa': ('textvqa', 'llava_textvqa_val_v051_ocr.jsonl', 'train_images', ('TextVQA_0.5.1_val.json',)),
+    'pope': ('pope', 'llava_pope_test.jsonl', 'val2014',
+             tuple(f'coco/coco_pope_{c}.json' for c in ('adversarial', 'popular', 'random'))),
+    'mme': ('MME', 'llava_mme.jsonl', 'MME_Benchmark_release_version', ()),                   # answers: the per-image txt files
+    'mmbench': ('mmbench', 'mmbench_dev_20230712.tsv', None, ()),                             # images: base64 in the tsv
+    'mmbench_cn': ('mmbench_cn', 'mmbench_dev_cn_20231003.tsv', None, ()),
+    'seed': ('seed_bench', 'llava-seed-bench.jsonl', '', ('SEED-Bench.json',)),
+}
+
+def _jsonl(path:Path)->list[dict]:
+    if not path.is_file(): raise FileNotFoundError(f"{path} not found; it comes with LLaVA's eval.zip (playground/data/eval)")
+    out = []
+    for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+        if not line.strip(): continue
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError as e: raise ValueError(f"{path}:{n}: malformed JSON line ({e.msg})") from None
+    return out
+
+def _json(path:Path):
+    if not path.is_file(): raise FileNotFoundError(f"{path} not found; see data_scripts/get_llava_eval.py --help for where it comes from")
+    return json.loads(path.read_text(encoding='utf-8'))
+
+def _question_rows(qs:list[dict], path:Path)->list[dict]:
+    "LLaVA question-file lines -> rows with the prompt exactly as LLaVA's model_vqa_loader sends it (without `<image>`)."
+    rows = []
+    for n, q in enumerate(qs):
+        miss = [k for k in ('question_id', 'image', 'text') if k not in q]
+        if miss: raise ValueError(f"{path}: line {n + 1} lacks {miss} (LLaVA question files have question_id, image, text)")
+        rows.append(dict(id=str(q['question_id']), question_id=q['question_id'], image=q['image'], prompt=q['text'],
+                         question=q['text'].split('\n')[0], category=q.get('category', 'default')))
+    return rows
+
+def _mme_answers(folder:Path)->dict:
+    "MME ground truth as LLaVA's convert_answer_to_mme.py reads it: (category, '<image stem>.txt', question) -> Yes/No."
+    gt = {}
+    for cat in sorted(p for p in folder.iterdir() if p.is_dir()):
+        qa = cat/'questions_answers_YN' if (cat/'images').is_dir() else cat
+        for f in sorted(qa.glob('*.txt')):
+            for line in f.read_text(encoding='utf-8').splitlines():
+                if not line.strip(): continue
+                parts = line.strip().split('\t')
+                if len(parts) != 2: raise ValueError(f"{f}: expected 'question<TAB>answer' lines, got {line!r}")
+                gt[(cat.name, f.name, parts[0])] = parts[1]
+    return gt
+
+def _mme_key(prompt:str, category:str, file:str, gt:dict)->tuple:
+    "The question key of one LLaVA MME prompt, normalised the way convert_answer_to_mme.py does."
+    q = prompt.replace(SHORT_ANSWER, '').strip() if SHORT_ANSWER in prompt else prompt
+    if 'Please answer yes or no.' not in q:
+        q = q + ' Please answer yes or no.'
+        if (category, file, q) not in gt: q = q.replace(' Please answer yes or no.', '  Please answer yes or no.')
+    return (category, file, q)
+
+def _mmbench_rows(path:Path, images:Path|None)->list[dict]:
+    "MMBench(-CN) tsv rows (index, question, hint, A-D, answer, category, base64 image); images decoded into `images`."
+    import base64, csv, io, sys
+    from PIL import Image
+    if not path.is_file(): raise FileNotFoundError(f"{path} not found; download it with data_scripts/get_llava_eval.py --download")
+    csv.field_size_limit(sys.maxsize)
+    rows = []
+    with open(path, encoding='utf-8', newline='') as f:
+        for n, r in enumerate(csv.DictReader(f, delimiter='\t'), 2):
+            miss = [k for k in ('index', 'question', 'A', 'B', 'answer', 'image') if k not in r]
+            if miss: raise ValueError(f"{path}: no column(s) {miss}; MMBench tsv files have index, question, hint, A-D, answer, image")
+            choices = [r[c] for c in 'ABCD' if r.get(c) not in (None, '', 'nan')]
+            if r['answer'] not in 'ABCD'[:len(choices)] or not r['answer']:
+                raise ValueError(f"{path}:{n}: answer {r['answer']!r} is not one of its {len(choices)} options")
+            raw = base64.b64decode(r['image'])
+            fmt = (Image.open(io.BytesIO(raw)).format or 'png').lower().replace('jpeg', 'jpg')
+            name = f"{r['index']}.{fmt}"
+            if images is not None: images.mkdir(parents=True, exist_ok=True); (images/name).write_bytes(raw)
+            hint = r.get('hint') or ''
+            rows.append(dict(id=str(r['index']), index=int(r['index']), image=name, question=r['question'],
+                             hint='' if hint == 'nan' else hint, choices=choices, answer='ABCD'.index(r['answer']),
+                             category=r.get('category', ''), l2_category=r.get('l2-category', '')))
+    return rows
+
+def convert_llava_eval(benchmark:str,            # a key of LLAVA_EVAL_FILES
+                       src:str|Path,             # LLaVA's playground/data/eval folder (one sub-folder per benchmark)
+                       out_dir:str|Path,         # our dataset folder, e.g. data/gqa
+                       copy_images:bool=False, check_images:bool=True, dry_run:bool=False,
+                      )->dict:                   # rows written, {'test': n}
+    "Convert one LLaVA-1.5 evaluation benchmark (question file + the answers its scorer reads) into test.jsonl + images/."
+    from vlrepro import data
+    if benchmark not in LLAVA_EVAL_FILES: raise ValueError(f"unknown benchmark {benchmark!r}; choose from {sorted(LLAVA_EVAL_FILES)}")
+    folder, qfile, img_dir, _ = LLAVA_EVAL_FILES[benchmark]
+    d = Path(src)/folder
+    if not d.is_dir(): raise FileNotFoundError(f"{d} is not a folder; --src must be LLaVA's playground/data/eval holding {folder}/")
+    image_src = d/img_dir if img_dir is not None else None
+    b = benchmark
+    if b in ('mmbench', 'mmbench_cn'):
+        rows = _mmbench_rows(d/qfile, None if dry_run else Path(out_dir)/'images')
+    elif b == 'sqa':
+        items, probs = _json(d/qfile), _json(d/'problems.json')
+        rows = []
+        for it in items:
+            if not it.get('image'): continue                         # SQA-IMG: the questions with an image
+            p = probs.get(str(it['id']))
+            if p is None: raise ValueError(f"{d/'problems.json'} has no problem {it['id']!r} (listed in {qfile})")
+            prompt = it['conversations'][0]['value'].replace('<image>', '').strip() + '\n' + LETTER_ANSWER
+            rows.append(dict(id=str(it['id']), image=it['image'], prompt=prompt, question=p['question'],
+                             hint=p.get('hint') or '', choices=p['choices'], answer=int(p['answer']),
+                             category=p.get('subject', '')))
+    else:
+        rows = _question_rows(_jsonl(d/qfile), d/qfile)
+        if b == 'gqa':
+            gt = _json(d/'data/testdev_balanced_questions.json')
+            for r in rows:
+                if r['id'] not in gt: raise ValueError(f"question {r['id']} of {qfile} is not in testdev_balanced_questions.json")
+                r['answers'] = [gt[r['id']]['answer']]
+        elif b == 'textvqa':
+            gt = {str(a['question_id']): a for a in _json(d/'TextVQA_0.5.1_val.json')['data']}
+            for r in rows:
+                if r['id'] not in gt: raise ValueError(f"question {r['id']} of {qfile} is not in TextVQA_0.5.1_val.json")
+                r['answers'] = list(gt[r['id']]['answers'])
+        elif b == 'pope':                           # LLaVA's eval_pope.py: the labels of a category follow its questions in order
+            for cat in ('adversarial', 'popular', 'random'):
+                mine = [r for r in rows if r['category'] == cat]
+                labels = _jsonl(d/f'coco/coco_pope_{cat}.json')
+                if len(labels) != len(mine):
+                    raise ValueError(f"{qfile} has {len(mine)} {cat!r} questions but coco_pope_{cat}.json has {len(labels)} labels")
+                for r, l in zip(mine, labels):
+                    if l.get('image') and l['image'] != r['image']:
+                        raise ValueError(f"{cat} question {r['id']}: image {r['image']!r} but its label is for {l['image']!r}")
+                    r['answers'] = [l['label'].strip().lower()]
+            other = sorted({r['category'] for r in rows} - {'adversarial', 'popular', 'random'})
+            if other: raise ValueError(f"{qfile}: unknown POPE categories {other}")
+        elif b == 'mme':
+            gt = _mme_answers(image_src)
+            for r in rows:
+                cat, file = str(r['question_id']).split('/')[0], Path(str(r['question_id'])).stem + '.txt'
+                k = _mme_key(r['prompt'], cat, file, gt)
+                if k not in gt: raise ValueError(f"MME question {r['question_id']!r} ({r['prompt'][:60]!r}) has no answer in {image_src/cat}")
+                r.update(answers=[gt[k]], image_id=f"{cat}/{file}", category=cat)
+        elif b == 'seed':
+            ann = {str(q['question_id']): q for q in _json(d/'SEED-Bench.json')['questions']}
+            keep = []
+            for r in rows:
+                q = ann.get(r['id'])
+                if q is None: raise ValueError(f"question {r['id']} of {qfile} is not in SEED-Bench.json")
+                if q.get('data_type', 'image') != 'image': continue       # SEED-I: the image questions
+                r.update(choices=[q[f'choice_{c}'] for c in 'abcd'], answer='ABCD'.index(q['answer']),
+                         question=q['question'], question_type_id=q.get('question_type_id'))
+                keep.append(r)
+            rows = keep
+        else: # vqav2, vizwiz: test-dev answers are held by the evaluation servers
+            for r in rows: r['answers'] = []
+    if not rows: raise ValueError(f"{d/qfile} gave no {benchmark} questions")
+    src_name = {'mmbench': 'https://github.com/open-compass/MMBench', 'mmbench_cn': 'https://github.com/open-compass/MMBench'}
+    return data._finish(out_dir, {'test': rows}, image_src, copy_images, check_images and image_src is not None, dry_run,
+                        source=src_name.get(b, 'https://github.com/haotian-liu/LLaVA/blob/main/docs/Evaluation.md'),
+                        license='see the benchmark; images: their own licenses', benchmark=b)
+
+# %% ../nbs/12_crossget_llava.ipynb #eebcd2bf
+_STANDIN_WORDS = ('red green blue yellow white black circle square triangle star cat dog bus car tree sign '
+                  'left right top bottom one two three four yes no many small large book table person boat').split()
+
+def _standin_image(path:Path, seed:int, size:tuple=(40, 30)):
+    "A tiny JPEG/PNG whose colours follow `seed` (stand-in for a benchmark or training image)."
+    import numpy as np
+    from PIL import Image
+    g = np.random.default_rng(seed)
+    a = (g.random((size[1], size[0], 3)) * 64 + g.integers(0, 192, 3)).astype('uint8')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+
+def _phrase(g:random.Random, n:int)->str: return ' '.join(g.choice(_STANDIN_WORDS) for _ in range(n))
+
+def write_llava_mix665k(src:str|Path,    # folder for llava_v1_5_mix665k.json and its image folders
+                        n:int=80,        # conversations (every 10th is kept by mix67k)
+                        text_only:tuple=(30,), # indices of ShareGPT-style rows without an image
+                        seed:int=0,
+                       )->Path:          # the written JSON
+    "A tiny `llava_v1_5_mix665k.json` in LLaVA's format (coco/gqa/ocr_vqa/textvqa/vg image paths, text-only rows) + images."
+    g, src = random.Random(seed), Path(src)
+    folders = ['coco/train2017', 'gqa/images', 'ocr_vqa/images', 'textvqa/train_images', 'vg/VG_100K']
+    items = []
+    for i in range(n):
+        turns = []
+        for t in range(1 + i % 2):
+            q = ('<image>\n' if t == 0 and i not in text_only else '') + f"What {_phrase(g, 2)} is the {_phrase(g, 1)}?"
+            if i % 3 == 0: q += '\n' + SHORT_ANSWER
+            turns += [{'from': 'human', 'value': q}, {'from': 'gpt', 'value': _phrase(g, 1 + (i % 3 != 0) * 3)}]
+        it = {'id': f'{i:012d}', 'conversations': turns}
+        if i not in text_only:
+            it['image'] = f"{folders[i % len(folders)]}/{i:012d}.jpg"
+            _standin_image(src/it['image'], seed * 1000 + i)
+        else: it['model'] = ''
+        items.append(it)
+    out = src/'llava_v1_5_mix665k.json'
+    out.write_text(json.dumps(items))
+    return out
+
+def write_llava_eval_upstream(src:str|Path,        # playground/data/eval
+                              benchmarks:list|tuple=tuple(LLAVA_EVAL_FILES), # keys of LLAVA_EVAL_FILES
+                              n:int=4,             # questions per benchmark (POPE: per category; MME: 2 per image)
+                              seed:int=0,
+                             )->Path:
+    "Tiny copies of LLaVA-1.5's evaluation files in their released layout: question files, answer files, images."
+    import base64, io
+    from PIL import Image
+    g, src = random.Random(seed), Path(src)
+    def jl(p:Path, rows): p.parent.mkdir(parents=True, exist_ok=True); p.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    def q(text, suffix=SHORT_ANSWER): return f"{text}\n{suffix}" if suffix else text
+    for b in benchmarks:
+        folder, qfile, img_dir, _ = LLAVA_EVAL_FILES[b]
+        d = src/folder
+        if b in ('vqav2', 'vizwiz', 'gqa', 'textvqa'):
+            rows, gt = [], {}
+            for i in range(n):
+                im = {'vqav2': f'COCO_test2015_{262144 + i:012d}.jpg', 'vizwiz': f'VizWiz_test_{i:08d}.jpg',
+                      'gqa': f'n{435808 + i}.jpg', 'textvqa': f'{i:016x}.jpg'}[b]
+                _standin_image(d/img_dir/im, seed * 100 + i)
+                qid = {'vqav2': 262144000 + i, 'vizwiz': i, 'gqa': str(20968379 + i), 'textvqa': 34602 + i}[b]
+                text = f"What {_phrase(g, 1)} is the {_phrase(g, 1)}?"
+                if b == 'textvqa': text += f"\nReference OCR token: {_phrase(g, 2).replace(' ', ', ')}"
+                sfx = (LLAVA_BENCHMARKS['vizwiz'].suffix.replace(SHORT_ANSWER, '').strip() + '\n' + SHORT_ANSWER) if b == 'vizwiz' else SHORT_ANSWER
+                rows.append({'question_id': qid, 'image': im, 'text': q(text, sfx), 'category': 'default'})
+                gt[str(qid)] = [_phrase(g, 1) for _ in range(10)]
+            jl(d/qfile, rows)
+            if b == 'gqa':
+                (d/'data').mkdir(parents=True, exist_ok=True)
+                (d/'data/testdev_balanced_questions.json').write_text(json.dumps(
+                    {k: {'answer': v[0], 'imageId': r['image'][:-4], 'question': r['text'].split('\n')[0]} for (k, v), r in zip(gt.items(), rows)}))
+            if b == 'textvqa':
+                (d/'TextVQA_0.5.1_val.json').write_text(json.dumps({'dataset_name': 'textvqa', 'dataset_split': 'val', 'data': [
+                    {'question_id': r['question_id'], 'question': r['text'].split('\n')[0], 'image_id': r['image'][:-4],
+                     'answers': gt[str(r['question_id'])]} for r in rows]}))
+            if b == 'vizwiz':
+                (d/'test.json').write_text(json.dumps([{'image': r['image'], 'question': r['text'].split('\n')[0]} for r in rows]))
+        elif b == 'pope':
+            rows, k = [], 0
+            for cat in ('adversarial', 'popular', 'random'):
+                labels = []
+                for i in range(n):
+                    im = f'COCO_val2014_{16631 + i:012d}.jpg'
+                    _standin_image(d/img_dir/im, seed * 100 + i)
+                    text, k = f"Is there a {_phrase(g, 1)} in the image?", k + 1
+                    rows.append({'question_id': k, 'image': im, 'text': q(text), 'category': cat})
+                    labels.append({'question_id': i + 1, 'image': im, 'text': text, 'label': 'yes' if (i + k) % 2 else 'no'})
+                jl(d/f'coco/coco_pope_{cat}.json', labels)
+            jl(d/qfile, rows)
+        elif b == 'mme':
+            rows = []
+            for j, cat in enumerate(('existence', 'artwork', 'code_reasoning')):   # flat layout / images + questions_answers_YN
+                nested = cat == 'artwork'
+                for i in range(max(1, n // 2)):
+                    name = f'{10002 + i}.jpg' if nested else f'{i:04d}.png'
+                    img = f"{cat}/images/{name}" if nested else f"{cat}/{name}"
+                    _standin_image(d/img_dir/img, seed * 100 + 10 * j + i)
+                    qa = d/img_dir/cat/('questions_answers_YN' if nested else '')/(Path(name).stem + '.txt')
+                    qa.parent.mkdir(parents=True, exist_ok=True)
+                    qs = [f"Is there a {_phrase(g, 1)} in this image? Please answer yes or no.", f"Is this a {_phrase(g, 1)}? Please answer yes or no."]
+                    qa.write_text(f"{qs[0]}\tYes\n{qs[1]}\tNo\n")
+                    for t in qs: rows.append({'question_id': f"{cat}/{name}", 'image': img, 'text': q(t), 'category': cat})
+            jl(d/qfile, rows)
+        elif b in ('mmbench', 'mmbench_cn'):
+            d.mkdir(parents=True, exist_ok=True)
+            lines = ['\t'.join(['index', 'question', 'hint', 'A', 'B', 'C', 'D', 'answer', 'category', 'image', 'source', 'l2-category', 'comment', 'split'])]
+            for i in range(n):
+                buf = io.BytesIO(); Image.new('RGB', (24, 20), (40 * i % 256, 90, 200)).save(buf, format='JPEG')
+                opts = [_phrase(g, 1) for _ in range(4 if i % 2 == 0 else 3)] + ([] if i % 2 == 0 else [''])
+                lines.append('\t'.join([str(1000 + i), f"Which {_phrase(g, 1)} is shown?", 'nan' if i % 2 else f"The {_phrase(g, 2)}.",
+                                        *opts, 'AB'[i % 2], 'attribute_recognition', base64.b64encode(buf.getvalue()).decode(),
+                                        'standin', 'FP-S', 'nan', 'dev']))
+            (d/qfile).write_text('\n'.join(lines) + '\n', encoding='utf-8')
+        elif b == 'sqa':
+            items, probs = [], {}
+            for i in range(n + 1):                                   # one text-only question (not in SQA-IMG)
+                pid = str(1000 + i)
+                ch = [_phrase(g, 1) for _ in range(2 + i % 3)]
+                probs[pid] = {'question': f"Which {_phrase(g, 1)} is {_phrase(g, 1)}?", 'choices': ch, 'answer': i % len(ch),
+                              'hint': _phrase(g, 3) if i % 2 else '', 'image': 'image.png' if i < n else None,
+                              'task': 'closed choice', 'grade': 'grade2', 'subject': 'natural science', 'split': 'test'}
+                p = probs[pid]
+                text = (f"Context: {p['hint']}\n" if p['hint'] else '') + p['question'] + '\n' + '\n'.join(f"{'ABCDE'[k]}. {c}" for k, c in enumerate(ch))
+                it = {'id': pid, 'conversations': [{'from': 'human', 'value': ('<image>\n' if i < n else '') + text},
+                                                   {'from': 'gpt', 'value': 'ABCDE'[p['answer']]}]}
+                if i < n:
+                    it['image'] = f'{pid}/image.png'
+                    _standin_image(d/img_dir/it['image'], seed * 100 + i)
+                items.append(it)
+            (d/qfile).write_text(json.dumps(items)); (d/'problems.json').write_text(json.dumps(probs))
+            (d/'pid_splits.json').write_text(json.dumps({'test': list(probs)}))
+        elif b == 'seed':
+            rows, qs = [], []
+            for i in range(n + 1):                                   # one video question (not in SEED-I)
+                video = i == n
+                im = f"SEED-Bench-{'video-' if video else ''}image/{1454426 + i}_{2591111986 + i}.{'png' if video else 'jpg'}"
+                _standin_image(d/im, seed * 100 + i)
+                ch = [_phrase(g, 1) for _ in range(4)]
+                text = f"How many {_phrase(g, 1)} are in the image?"
+                qs.append({'question_id': str(i), 'question': text, 'answer': 'ABCD'[i % 4], 'data_type': 'video' if video else 'image',
+                           'question_type_id': 1 + i % 9, 'data_id': Path(im).name, **{f'choice_{c}': x for c, x in zip('abcd', ch)}})
+                rows.append({'image': im, 'text': text + '\n' + '\n'.join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(ch)) + '\n' + LETTER_ANSWER,
+                             'category': 'Instances Counting', 'question_id': str(i)})
+            jl(d/qfile, rows)
+            (d/'SEED-Bench.json').write_text(json.dumps({'questions': qs, 'question_type': {'Instances Counting': 5}}))
+    return src
+
+_STANDIN_TEXTS = (LLAVA_SYSTEM, 'USER: ASSISTANT:', SHORT_ANSWER, LETTER_ANSWER, LLAVA_BENCHMARKS['vizwiz'].suffix,
+                  'What is the ? Which is shown How many are in the image Is there a this Context : Reference OCR token , '
+                  'Please answer yes or no . The A B C D E', ' '.join(_STANDIN_WORDS))
+
+def write_llava_hf(path:str|Path,   # folder to write (the llava-hf/llava-1.5-7b-hf layout)
+                   seed:int=0,
+                   vocab_size:int=256, # text vocabulary; `<image>` is the last id
+                   r:int=0,         # > 0: also return the state dict of a CrossGET fine-tune (patched with this r, cross tokens set)
+                  )->dict|None:     # with r > 0: a `model.pt`-style state dict of the patched model
+    "A tiny LLaVA-1.5 saved with save_pretrained (config, safetensors, tokenizer, processor), loadable with `models.load_hf('llava', path)`."
+    from vlrepro import models
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    tok = llava_tokenizer([], vocab_size, texts=_STANDIN_TEXTS)
+    m = models.tiny_hf('crossget-llava', seed=seed, text_config=dict(vocab_size=vocab_size), image_token_index=vocab_size - 1)
+    from transformers.utils import logging as hf_logging
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()                        # no 'Writing model shards' bars in a rehearsal's output
+    try: m.save_pretrained(path); tok.save_pretrained(path)
+    finally:
+        if bars: hf_logging.enable_progress_bar()
+    try:
+        from transformers import CLIPImageProcessor, LlavaProcessor
+        s = m.config.vision_config.image_size
+        ip = CLIPImageProcessor(size={'shortest_edge': s}, crop_size={'height': s, 'width': s}, image_mean=list(_clip_mean()),
+                                image_std=list(_clip_std()))
+        LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=m.config.vision_config.patch_size,
+                       vision_feature_select_strategy='default', image_token='<image>').save_pretrained(path)
+    except Exception as e: warnings.warn(f"the stand-in has no processor files ({type(e).__name__}: {e})")
+    if r <= 0: return None
+    patch_llava(m, r=r)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if 'crossget_' in n: p.copy_(0.02 * torch.randn(p.shape, generator=g))
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+def _clip_mean():
+    from vlrepro.data import CLIP_MEAN; return CLIP_MEAN
+def _clip_std():
+    from vlrepro.data import CLIP_STD; return CLIP_STD
+
+LLAVA_RECIPE_GLOBAL_BATCH = 128   # spec §3.3: per-device 16 x 8 GPUs x accumulation 1
+
+def _repo_scripts()->Path:
+    d = Path(__file__).resolve().parents[1]/'data_scripts'
+    if not d.is_dir(): raise FileNotFoundError(f"{d} not found: rehearsals run from a checkout of the repository")
+    return d
+
+def _script(name:str, *args):
+    "Run one of the repository's data scripts (cwd = repository root) and fail with its output."
+    import subprocess, sys
+    d = _repo_scripts()
+    p = subprocess.run([sys.executable, str(d/name), *map(str, args)], cwd=d.parent, capture_output=True, text=True)
+    if p.returncode: raise RuntimeError(f"data_scripts/{name} {' '.join(map(str, args))} failed:\n{p.stdout}{p.stderr}")
+    return p.stdout
+
+def rehearsal_llava(params:dict,            # the parameter set's YAML mapping
+                    root:Path|None=None,    # rehearsal root; None only returns the plan
+                    device:str='cpu',       # 'cpu' or 'cuda' (bf16)
+                   )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
+    "Rehearsal plan of a 12_crossget_llava set; with `root`, write its stand-ins: a tiny llava-hf folder, LLaVA's data files converted by data_scripts."
+    p, cuda = dict(params), device == 'cuda'
+    common = dict(bench_preset='tiny', bench_batch=2, bench_repeats=1, bench_new_tokens=2, device=device,
+                  precision='bf16' if cuda else 'fp32')
+    if not p.get('data_root'):                                # synthetic data (cpu-demo): same cells, tiny sizes
+        return dict(overrides=dict(common, base_steps=2, steps=2, n_train_vqa=8, n_train_mc=4, n_test_vqa=4, n_test_mc=2,
+                                   per_device_batch_size=4),
+                    branch='cpu-demo', metric='CrossGET/vqa_acc', nproc=1, recipe_batch=None, rows=[], trains=True)
+    train, benches = not p.get('crossget_weights'), list(p.get('eval_benchmarks') or [])
+    size = p.get('paper_row') or ('13B' if '13b' in str(p.get('model', '')).lower() else '7B')
+    multi = int(p.get('nproc', 1)) > 1
+    ov = dict(common, eval_limit=3, max_new_tokens=3)
+    if train:   # 2 DeepSpeed processes on CPU; on a GPU as many as there are (the GPU rehearsal has one)
+        n = 2 if multi else 1
+        ov.update(per_device_batch_size=2, nproc=min(n, torch.cuda.device_count()) if cuda and torch.cuda.is_available() else n)
+    local = [b for b in benches if b not in ('vqav2', 'vizwiz')]     # the others are scored by their servers
+    rows = [(s, b) for b in local for s in (f'LLaVA-1.5-{size}', f'CrossGET {size}')] + [(f'CrossGET {size}', 'throughput_ratio')]
+    metric = f'CrossGET/{local[0]}' if local else f'CrossGET/{benches[0]}_answers'
+    plan = dict(overrides=ov, branch='llava-train' if train else 'llava-eval', metric=metric, nproc=ov.get('nproc', 1),
+                recipe_batch=dict(per_process=p['per_device_batch_size'], processes=p.get('nproc', 1),
+                                  grad_accum=p.get('grad_accum', 1), recipe=LLAVA_RECIPE_GLOBAL_BATCH) if train else None,
+                rows=rows, trains=train)
+    if root is None: return plan
+    root = Path(root)
+    sd = write_llava_hf(root/p['model'], seed=0, r=0 if train else int(p.get('r_vision', 13)))
+    if not train:
+        w = root/p['crossget_weights']; w.parent.mkdir(parents=True, exist_ok=True); torch.save(sd, w)
+    data_root = root/p['data_root']
+    if train:
+        write_llava_mix665k(root/'raw/llava', n=90)   # mix67k: 9 rows, 8 with an image
+        _script('make_llava_mix67k.py', '--src', root/'raw/llava', '--root', data_root, '--name', p.get('train_name', 'llava_mix67k'))
+    if benches:
+        write_llava_eval_upstream(root/'raw/eval', benches, n=4)
+        _script('get_llava_eval.py', '--bench', ','.join(benches), '--src', root/'raw/eval', '--root', data_root)
+    return plan
