@@ -3,10 +3,12 @@
 
 --src holds tokenizer.model and <size>/{params.json, consolidated.00.pth[, consolidated.01.pth]}; the 13B shards are merged,
 q/k rows are permuted to HF's rotate-half RoPE layout (logic and tests: vlrepro.models, nbs/02_models.ipynb). The HF folder
-then loads with `ademvl.load_llama(out, 'hf')` or `LlamaForCausalLM.from_pretrained(out)`.
+then loads with `ademvl.load_llama(out, 'hf')` or `LlamaForCausalLM.from_pretrained(out)`. tokenizer.model is copied
+beside the weights as it is (transformers 5 cannot convert it without protobuf; `das_lavin.load_llama_tokenizer(out)`
+reads it with sentencepiece).
 Example: python data_scripts/convert_llama.py --src data/weights --size 7B --out data/llama-7b-hf [--dry-run]
 """
-import argparse, json
+import argparse, json, shutil
 from pathlib import Path
 
 
@@ -29,7 +31,9 @@ def main(argv=None):
     if a.dry_run: return 0
     m = ademvl.load_llama(a.src, 'meta', a.size, dtype=getattr(torch, a.dtype))
     m.save_pretrained(a.out)
-    if (a.src/'tokenizer.model').exists(): ademvl.load_llama_tokenizer(a.src, 'meta').save_pretrained(a.out)
+    # the file itself, not a transformers conversion: LlamaTokenizer(vocab_file=...) silently builds an empty tokenizer
+    # under transformers 5 without protobuf, and saving that would lose the vocabulary
+    if (a.src/'tokenizer.model').exists(): shutil.copy2(a.src/'tokenizer.model', a.out/'tokenizer.model')
     print(f"wrote {a.out}")
     return 0
 

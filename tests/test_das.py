@@ -370,7 +370,10 @@ def test_notebook_papermill_smoke(tmp_path):
     rec = core.read_results(tmp_path / 'run')
     assert rec['paper'] == 'das' and len(rec['extra']['skip']) == 2
     assert rec['params']['demo_scale'] == 'smoke' and set(rec['extra']['checks']) == {
-        'block 0 not selected', 'DAS >= skip-first-k + 5 points', 'DAS within 3 points of k=0', 'Spearman(gates, loss oracle) > 0'}
+        'block 0 not selected', 'DAS >= skip-first-k + 5 points', 'DAS within 3 points of k=0'}
+    claims = {c['claim']: c for c in rec['claims']}           # all four spec §7 claims recorded; the ρ ones not asserted
+    assert set(claims) == set(rec['extra']['checks']) | {'Spearman(gates, loss oracle) > 0', 'Spearman(gates, oracle acc) > 0'}
+    assert claims['Spearman(gates, loss oracle) > 0']['holds'] == (rec['metrics']['search/spearman_gates_oracle'] > 0)
     assert (tmp_path / 'run' / 'pretrain.pt').exists()          # the stand-in pre-training is cached for reruns
 
 

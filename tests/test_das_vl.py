@@ -273,7 +273,7 @@ def test_run_full_scale_vilt_vqa_and_resume(tmp_path):
     args = dict(model='vilt', task='vqav2', data_root=str(tmp_path/'vqa'), ckpt=str(tmp_path/'vilt'), skip_num=2,
                 out_dir=str(tmp_path/'run'), eval_split='rest_val,test', **KW)
     r = D.run_full_scale(**args)
-    assert set(r) == {'metrics', 'efficiency', 'extra', 'scale'} and r['scale'] == 'partial'
+    assert set(r) == {'metrics', 'efficiency', 'extra', 'scale', 'status'} and (r['scale'], r['status']) == ('real-data', 'complete')
     x = r['extra']
     assert len(x['skip']) == 2 and x['search'] == 'ran' and x['search_updates'] >= 1 and x['train_steps_run'] == 2
     assert len(x['gates']) == 8 and x['splits'] == dict(train=['train', 'trainable_val'], reward='rest_val', eval=['rest_val', 'test'])
@@ -317,7 +317,7 @@ def test_run_full_scale_vilt_f30k_fixed_skip(tmp_path):
     r = D.run_full_scale('vilt', 'f30k', str(tmp_path/'f30k'), str(tmp_path/'vilt'), skip_list='[3]', out_dir=str(tmp_path/'run'),
                          limit_eval=3, **{**KW, 'per_gpu_batchsize': 2, 'batch_size': 2})
     m = r['metrics']
-    assert {f'ViLT DAS-1 Flickr30K test/{k}' for k in ('TR@1', 'TR@5', 'TR@10', 'IR@1', 'IR@5', 'IR@10', 'rsum')} == set(m)
+    assert {f'ViLT DAS-1 Flickr30K test/{k}' for k in ('TR@1', 'TR@5', 'TR@10', 'IR@1', 'IR@5', 'IR@10', 'rsum')} | {'train/loss'} == set(m)
     assert m['ViLT DAS-1 Flickr30K test/TR@10'] == 100.0 and 0 <= m['ViLT DAS-1 Flickr30K test/IR@1'] <= 100   # 3 images: R@10 = 100
     assert r['extra']['rank_output_init'].startswith('random')   # an HF folder without ITM head
 
@@ -382,6 +382,6 @@ def test_notebook_20_das_runs_full_scale(tmp_path):
                         parameters=dict(model='vilt', task='vqav2', data_root=str(tmp_path/'vqa'), ckpt=str(tmp_path/'vilt'),
                                         skip_num=2, out_dir=str(tmp_path/'run'), eval_split='rest_val', **KW))
     rec = core.read_results(tmp_path/'run')
-    assert rec['paper'] == 'das' and rec['scale'] == 'partial' and rec['params']['model'] == 'vilt'
+    assert rec['paper'] == 'das' and (rec['scale'], rec['status']) == ('real-data', 'complete') and rec['params']['model'] == 'vilt'
     assert len(rec['extra']['skip']) == 2 and 0 <= rec['metrics']['ViLT DAS-2 VQAv2 rest_val/vqa_score'] <= 100
     assert rec['efficiency']['flops_reduction'] > 0

@@ -25,7 +25,7 @@ __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 
            'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss', 'shapesvqa_tensors',
            'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits', 'variant_rows',
            'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency', 'llama_latency',
-           'parse_skip_list', 'run_full_scale']
+           'parse_skip_list', 'run_full_scale', 'full_scale_inputs', 'run_data_script', 'rehearsal']
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
@@ -613,6 +613,22 @@ def _linear_schedule(opt, total:int, warmup_ratio:float=0.1, decay:bool=True):
 
 def _vilt_no_decay(name:str, p:nn.Parameter)->bool: return 'norm' in name.lower() or name.endswith('.ln.weight')
 
+def _rng_state()->dict:
+    "CPU (and, where present, CUDA) RNG states, for exact resume."
+    return dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+def _set_rng_state(s):
+    if isinstance(s, torch.Tensor): torch.set_rng_state(s); return      # older state files: the CPU state only
+    torch.set_rng_state(s['cpu'])
+    if s.get('cuda') is not None and torch.cuda.is_available() and len(s['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s['cuda'])
+
+def _kill_due()->bool:
+    "Inside a rehearsal whose kill has not happened yet (`core.kill_point` would fire): worth saving a checkpoint first."
+    import os
+    m = os.environ.get('VLREPRO_REHEARSE_KILL')
+    return bool(m) and not Path(m).exists()
+
 def make_optimizer(params:dict[str, nn.Parameter], lr:float=1e-3, weight_decay:float=0.01, betas=(0.9, 0.98),
                    lr_mults:dict|None=None, # {regex on parameter name: lr multiplier}, first match wins (ViLT/METER heads)
                   ):
@@ -654,12 +670,12 @@ def search(model:nn.Module,                 # patched with `das.patch(model, sea
         sd = torch.load(state_path, weights_only=False)
         gs.load_state_dict(sd['search'])          # refuses other settings
         model.load_state_dict(sd['params'], strict=False); opt.load_state_dict(sd['opt']); sched.load_state_dict(sd['sched'])
-        torch.set_rng_state(sd['rng']); start_epoch, start_batch = sd['epoch'], sd['batch'] + 1
+        _set_rng_state(sd['rng']); start_epoch, start_batch = sd['epoch'], sd['batch'] + 1
         for n, g_ in sd.get('grads', {}).items(): params[n].grad = g_.clone()   # a half-accumulated step
     def save(epoch, batch):
         if state_path:
             core.atomic_torch_save(dict(search=gs.state_dict(), params={n: p.detach().clone() for n, p in params.items()},
-                                        opt=opt.state_dict(), sched=sched.state_dict(), rng=torch.get_rng_state(),
+                                        opt=opt.state_dict(), sched=sched.state_dict(), rng=_rng_state(),
                                         grads={n: p.grad.detach().clone() for n, p in params.items() if p.grad is not None},
                                         epoch=epoch, batch=batch), state_path)
     def reward_loss(S):
@@ -685,6 +701,8 @@ def search(model:nn.Module,                 # patched with `das.patch(model, sea
                 n_up += 1; save(epoch, b)
                 if on_update: on_update(gs)
                 if stop_after is not None and n_up >= stop_after: return gs.result()
+                i, last = epoch * n_batches + b + 1, config.das_epoch * n_batches
+                if state_path and i < last: core.kill_point(f"{state_path.parent/'search'} step {i}/{last}")  # rehearsal
         start_batch = 0
     set_skip(model, gs.select())
     return gs.result()
@@ -795,6 +813,8 @@ def fit(model:nn.Module, loss_fn:Callable, batches:Callable[[int], Iterable], ep
         weight_decay:float=0.01, params:dict|None=None,
         schedule:str='linear',               # 'linear': 10 % warm-up then linear decay to 0 (ViLT); 'constant': warm-up then flat
         on_epoch:Callable|None=None,         # called as on_epoch(epoch, mean_loss) after every epoch
+        state_path:str|Path='',              # checkpoint after every epoch (trained weights, optimizer, schedule, RNG); resume from it
+        resume:bool=True,                    # continue from `state_path` when it exists (a finished fit is not redone)
        )->list[float]:
     "Train `params` (default: everything with requires_grad) with AdamW + warm-up and `schedule`; returns per-epoch mean losses."
     # local helper (clearly marked): vlrepro.train.Trainer wants a map-style Dataset; this loop keeps the demo's batches exact
@@ -802,13 +822,30 @@ def fit(model:nn.Module, loss_fn:Callable, batches:Callable[[int], Iterable], ep
     params = params if params is not None else {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt = make_optimizer(params, lr, weight_decay)
     n = sum(1 for _ in batches(0)); sched = _linear_schedule(opt, n * epochs, decay=schedule == 'linear')
-    model.train(); hist = []
-    for e in range(epochs):
-        tot = 0.0
-        for b in batches(e):
+    key = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, schedule=schedule, batches=n, params=sorted(params))
+    start_e, start_b, tot, hist, state_path = 0, 0, 0.0, [], Path(state_path) if state_path else None
+    if state_path and resume and state_path.exists():
+        sd = torch.load(state_path, weights_only=False)
+        if sd['key'] != key:
+            diff = {k: (sd['key'].get(k), v) for k, v in key.items() if k != 'params' and sd['key'].get(k) != v}
+            raise ValueError(f"{state_path} was saved by a fit with other settings {diff or '(other parameters)'} (saved, now); "
+                             "resume with the same settings, or use another out_dir")
+        model.load_state_dict(sd['params'], strict=False); opt.load_state_dict(sd['opt']); sched.load_state_dict(sd['sched'])
+        _set_rng_state(sd['rng']); start_e, start_b, tot, hist = sd['epoch'], sd['batch'], sd['tot'], list(sd['hist'])
+    def save(e, b, tot):
+        core.atomic_torch_save(dict(key=key, params={k: p.detach().clone() for k, p in params.items()}, opt=opt.state_dict(),
+                                    sched=sched.state_dict(), rng=_rng_state(), epoch=e, batch=b, tot=tot, hist=hist), state_path)
+    model.train()
+    for e in range(start_e, epochs):
+        for j, b in enumerate(batches(e)):
+            if e == start_e and j < start_b: continue
             loss = loss_fn(model, b); opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             tot += loss.item()
-        hist.append(tot / n)
+            i, last = e * n + j + 1, epochs * n
+            if state_path and i < last and _kill_due():   # rehearsal: a checkpoint mid-epoch, then the kill
+                save(e, j + 1, tot); core.kill_point(f"{state_path.with_suffix('')} step {i}/{last}")
+        hist.append(tot / n); tot = 0.0
+        if state_path: save(e + 1, 0, 0.0)
         if on_epoch: on_epoch(e, hist[-1])
     return hist
 
@@ -833,13 +870,15 @@ def spearman(a:Sequence[float], b:Sequence[float])->float:
     return float(pd.Series(list(a)).rank().corr(pd.Series(list(b)).rank()))
 
 # %% ../nbs/20_das.ipynb #22246f95
-DEMO_SCALES = {  # spec §7 ('default', 'long'); 'smoke' only checks that the pipeline runs (tests): its numbers mean nothing
+DEMO_SCALES = {  # spec §7 ('default', 'long'); 'smoke' and 'rehearsal' only check that the pipeline runs: their numbers mean nothing
     'smoke':   dict(n_train=512, n_val=256, n_test=256, pretrain_epochs=1, train_epochs=1, batch_size=64, lr=1e-3,
                     pretrain_schedule='constant'),
     'default': dict(n_train=6000, n_val=1000, n_test=2000, pretrain_epochs=14, train_epochs=3, batch_size=64, lr=1e-3,
                     pretrain_schedule='constant'),
     'long':    dict(n_train=8000, n_val=1000, n_test=2000, pretrain_epochs=16, train_epochs=4, batch_size=64, lr=1e-3,
                     pretrain_schedule='constant'),
+    'rehearsal': dict(n_train=128, n_val=64, n_test=64, pretrain_epochs=1, train_epochs=1, batch_size=32, lr=1e-3,
+                      pretrain_schedule='constant'),   # `vlrepro rehearse`: the code path only, a few steps per stage
 }
 
 def shapesvqa_vocab(rows:Iterable[dict])->dict[str, int]:
@@ -856,14 +895,17 @@ def shapesvqa_splits(n_train:int=6000, n_val:int=1000, n_test:int=2000, seed:int
     return {s: shapesvqa_tensors(v, vocab, answers) for s, v in sp.items()}, answers, vocab
 
 # %% ../nbs/20_das.ipynb #d112a70a
-def variant_rows(backbone:nn.Module, num_answers:int, variants:dict[str, list[int]], train:Callable, test:Callable,
-                 seed:int=0)->tuple[list[dict], dict]:
+def variant_rows(backbone:nn.Module, num_answers:int, variants:dict[str, list[int]],
+                 train:Callable,    # train(model) or train(model, variant name) (e.g. to checkpoint each variant apart)
+                 test:Callable, seed:int=0)->tuple[list[dict], dict]:
     "Skip-and-retrain (spec §2.7): a fresh copy of the frozen backbone per variant, patched with its skip set, trained, tested."
+    import inspect
     rows, models = [], {}
+    named = len(inspect.signature(train).parameters) > 1
     for name, S in variants.items():
         torch.manual_seed(seed)
         m = ViltVQA(copy.deepcopy(backbone), num_answers); patch(m, skip=S)
-        train(m)
+        train(m, name) if named else train(m)
         used = sum(p.numel() for p in trainable_parameters(m, used_only=True).values())
         rows.append(dict(variant=name, skipped=sorted(S), test_acc=test(m), trainable_params=used))
         models[name] = m
@@ -1064,3 +1106,41 @@ def run_full_scale(model:str,     # 'vilt', 'meter' (VQAv2, NLVR2, Flickr30K), '
     kw = {k: v for k, v in params.items()
           if k in sig and not (k in UNSET_MEANS_DEFAULT and v in (0, '') and sig[k].default is not inspect.Parameter.empty)}
     return fn(model=model, **kw)
+
+def full_scale_inputs(model:str,  # 'vilt', 'meter', 'lavin' or 'llama' (anything else: nothing to check)
+                      **params,   # the notebook's parameters
+                     )->dict:     # {what: (path, how to make it)} for `core.require_inputs`
+    "The dataset files a full-scale run derives from `data_root`, each with the data script that makes it."
+    import importlib, inspect
+    if model not in FULL_SCALE: return {}
+    fn = importlib.import_module(FULL_SCALE[model]).required_inputs
+    sig = inspect.signature(fn).parameters
+    return fn(model=model, **{k: v for k, v in params.items() if k in sig and k != 'model'})
+
+def run_data_script(script:str,        # a file of data_scripts/, e.g. 'convert_vilt_arrow.py'
+                    args:Sequence[str], # its command-line arguments
+                   )->str:             # what it printed
+    "Run one of the project's `data_scripts/` in a fresh process (cwd = the repository root), as a user would."
+    import subprocess, sys
+    repo = Path(__file__).resolve().parents[1]
+    path = repo/'data_scripts'/script
+    if not path.is_file(): raise FileNotFoundError(f"{path} not found: data_scripts/ lives in the vlrepro repository "
+                                                   "(install it from a clone: pip install -e .)")
+    p = subprocess.run([sys.executable, str(path), *map(str, args)], cwd=repo, capture_output=True, text=True)
+    if p.returncode: raise RuntimeError(f"data_scripts/{script} {' '.join(map(str, args))} failed (exit {p.returncode}):\n"
+                                        f"{p.stdout[-2000:]}{p.stderr[-2000:]}")
+    return p.stdout
+
+# %% ../nbs/20_das.ipynb #88c2a41a
+def rehearsal(params:dict,            # the parameter set's YAML mapping
+              root:Path|None=None,    # rehearsal root for the stand-ins (None: only the plan)
+              device:str='cpu',       # 'cpu' or 'cuda'
+             )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
+    "The rehearsal plan of a 20_das set: the CPU demonstration at the 'rehearsal' scale, or its full-scale family's plan."
+    import importlib
+    model = params.get('model', 'tiny-vilt')
+    if model in FULL_SCALE: return importlib.import_module(FULL_SCALE[model]).rehearsal(params, root, device=device)
+    if model != 'tiny-vilt': raise ValueError(f"unknown model {model!r} in the set; use 'tiny-vilt' or one of {sorted(FULL_SCALE)}")
+    ov = dict(demo_scale='rehearsal', das_epoch=2, search_epochs=2, latency_batch=8, latency_reps=2, bench_real=False, device=device)
+    return dict(overrides=ov, branch='cpu-demo', metric=f"DAS-{int(params.get('skip_num', 2))}/test_acc", nproc=1,
+                recipe_batch=None, rows=[], trains=True)

@@ -16,13 +16,14 @@ from . import core, das
 
 # %% auto #0
 __all__ = ['IMAGE_PREFIX', 'TEXT_PREFIX', 'LANG_TASKS', 'MAX_NEW_TOKENS', 'PAPER_INFERENCE_S', 'lavin_attention_mask',
-           'llama_config_from_params', 'llama_depth', 'load_llama', 'save_meta_llama', 'load_llama_tokenizer',
-           'check_vocab', 'ClipLNRouter', 'patch_clip', 'cls_layers', 'clip_cls_features', 'LaVIN', 'llama_7b_config',
-           'clip_l14_config', 'trainable_count', 'meta_count', 'image_tokens', 'build_inputs', 'lm_loss', 'generate',
-           'sqa_qcm_ale', 'tokenize_pair', 'normalize_language_row', 'language_prompt', 'read_language_split',
-           'convert_language_task', 'LaVINExamples', 'collate_lavin', 'parse_choice', 'parse_number', 'evaluate',
-           'lavin_latency', 'parse_skip_list', 'setting_name', 'build', 'train_task', 'run_search', 'run_full_scale',
-           'tiny_checkpoints']
+           'llama_config_from_params', 'llama_depth', 'load_llama', 'save_meta_llama', 'SentencePieceTokenizer',
+           'load_llama_tokenizer', 'check_vocab', 'ClipLNRouter', 'patch_clip', 'cls_layers', 'clip_cls_features',
+           'LaVIN', 'llama_7b_config', 'clip_l14_config', 'trainable_count', 'meta_count', 'image_tokens',
+           'build_inputs', 'lm_loss', 'generate', 'sqa_qcm_ale', 'tokenize_pair', 'normalize_language_row',
+           'language_prompt', 'read_language_split', 'convert_language_task', 'LaVINExamples', 'collate_lavin',
+           'parse_choice', 'parse_number', 'evaluate', 'lavin_latency', 'parse_skip_list', 'setting_name', 'build',
+           'train_task', 'required_inputs', 'run_search', 'run_full_scale', 'tiny_checkpoints', 'write_scienceqa_raw',
+           'write_language_raw', 'write_meta_llama', 'write_clip_folder', 'write_standins', 'rehearsal']
 
 # %% ../nbs/22_das_lavin.ipynb #066868d5
 def lavin_attention_mask(mask:Tensor,        # (B, L) 1 = real token, 0 = padding (left or right)
@@ -103,13 +104,33 @@ def save_meta_llama(model:nn.Module, out_dir:str|Path)->Path:
     return out
 
 # %% ../nbs/22_das_lavin.ipynb #4ed9afb7
+class SentencePieceTokenizer:
+    "Meta's `tokenizer.model` read with sentencepiece, as LaVIN's own `Tokenizer` reads it (BOS/EOS ids from the model)."
+    def __init__(self, path:str|Path):
+        try: import sentencepiece as spm
+        except ImportError as e: raise ImportError("reading Meta's tokenizer.model needs sentencepiece (pip install vlrepro[llama])") from e
+        self.path, self.sp = str(path), spm.SentencePieceProcessor(model_file=str(path))
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
+    def __len__(self)->int: return self.sp.get_piece_size()
+    def encode(self, text:str, add_special_tokens:bool=True)->list[int]:
+        "Token ids of `text` (with BOS first when `add_special_tokens`, as a HF LLaMA tokenizer)."
+        ids = self.sp.encode(text)
+        return [self.bos_token_id] + ids if add_special_tokens else ids
+    def decode(self, ids:Sequence[int], skip_special_tokens:bool=True)->str:
+        special = {self.bos_token_id, self.eos_token_id, self.pad_token_id}
+        return self.sp.decode([int(i) for i in ids if 0 <= int(i) < len(self) and not (skip_special_tokens and int(i) in special)])
+    def __getstate__(self): return dict(path=self.path)
+    def __setstate__(self, s): self.__init__(s['path'])
+    def __repr__(self): return f"SentencePieceTokenizer({self.path!r}, {len(self)} ids)"
+
 def load_llama_tokenizer(path:str|Path)->Any:
     "The LLaMA tokenizer of a folder: HF tokenizer files, or Meta's tokenizer.model (here or one level up)."
     p = Path(path)
     for f in (p/'tokenizer.model', p.parent/'tokenizer.model'):
         if f.is_file() and not (p/'tokenizer.json').is_file() and not (p/'tokenizer_config.json').is_file():
-            from transformers import LlamaTokenizer
-            return LlamaTokenizer(vocab_file=str(f), legacy=True)
+            # transformers 5 cannot build LlamaTokenizer(vocab_file=...) from a bare tokenizer.model (an empty 3-token
+            # tokenizer without protobuf), so the file is read with sentencepiece directly, as LaVIN does
+            return SentencePieceTokenizer(f)
     from vlrepro import models
     return models.load_tokenizer(p)
 
@@ -262,8 +283,8 @@ def build_inputs(model:LaVIN,                  # the model (its embedding, prefi
         n = lens[b]
         if model.multimodal:
             pre = torch.cat([ip, img[b]]) if bool(has_image[b]) else tp
-            r = torch.cat([mod[b:b+1], E[b, :1], pre, E[b, 1:n]]); n_extra = 1 + pre.shape[0]
-        else: r, n_extra = E[b, :n], 0
+            r = torch.cat([mod[b:b+1], E[b, :1], pre, E[b, 1:n]])
+        else: r = E[b, :n]
         rows.append(r[:max_len])
         if labels is not None:
             l = labels[b, :n]
@@ -612,7 +633,8 @@ def parse_skip_list(s:str|Sequence[int])->list[int]:
 
 def setting_name(model:str, k:int, layers:int, d:int)->str:
     "Row name of `das.PAPER_NUMBERS`: 'LaVIN-7B' / 'DAS2-7B' at LLaMA-7B's shape; otherwise the size is spelled out."
-    size = '7B' if (layers, d) == (32, 4096) else f'{layers}L{d}d'
+    # in a rehearsal the tiny stand-in plays the 7B the set names, so its numbers land in the 7B rows (scale 'rehearsal')
+    size = '7B' if (layers, d) == (32, 4096) or core.rehearsal_active() else f'{layers}L{d}d'
     if k == 0: return f"{'LaVIN' if model == 'lavin' else 'LLaMA'}-{size}"
     return f'DAS{k}-{size}'
 
@@ -692,6 +714,26 @@ def train_task(**kw)->dict:
     "Task function for `vlrepro.train.launch`: the LaVIN model with its skip set and its training examples."
     b = build(**kw)
     return dict(model=b['model'], loss_fn=_lavin_loss, train_data=b['train'], collate_fn=collate_lavin)
+
+# %% ../nbs/22_das_lavin.ipynb #8b12d7fc
+def required_inputs(model:str, task:str, data_root:str, eval_split:str='test',
+                   )->dict:          # {what: (path, how to make it)} for `core.require_inputs`
+    "The split files `run_full_scale` reads under `data_root`, each with the data script that writes it."
+    t = _TASK_ALIASES.get(str(task).lower())
+    if model not in ('lavin', 'llama') or t is None or not data_root: return {}
+    given = Path(data_root)
+    try: d = _resolve_data(t, data_root)
+    except FileNotFoundError: d = given
+    if t == 'scienceqa':
+        how = (f"python data_scripts/get_scienceqa.py --src <folder with problems.json, pid_splits.json, images/> "
+               f"--root {given.parent} --name {given.name}")
+        return {f'data_root split {s!r}': (str(d/f'{s}.jsonl'), how) for s in dict.fromkeys(['train', 'val', eval_split])}
+    how = f"python data_scripts/convert_lavin_language.py --task {t} --src <exported HF dataset> --root {given.parent} --name {given.name}"
+    out = {}
+    for s in dict.fromkeys(['train', eval_split]):
+        cands = [s] + (['validation', 'val', 'dev'] if s == 'test' and t in ('boolq', 'csqa') else [])
+        if not any(_split_file(d, c) for c in cands): out[f'data_root split {s!r}'] = (str(d/f'{s}.jsonl'), how)
+    return out
 
 # %% ../nbs/22_das_lavin.ipynb #410d1042
 class _EpochBatches:
@@ -783,6 +825,16 @@ def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, Scie
               precision=precision, device=str(dev), max_text_len=max_text_len, limit_train=limit_train, limit_eval=limit_eval,
               eval_split=eval_split, prompt_style=prompt_style)
     extra = dict(task=task, num_blocks=L)
+    world = max(1, nproc) if nproc else int(__import__('os').environ.get('WORLD_SIZE', 1))
+    if batch_size % (per_gpu_batchsize * world):
+        raise ValueError(f"batch_size={batch_size} must be a multiple of per_gpu_batchsize={per_gpu_batchsize} x {world} process(es) "
+                         "(the rest is gradient accumulation; LaVIN keeps an effective batch of 32 whatever the GPU count)")
+    accum = max(1, batch_size // (per_gpu_batchsize * world))
+    gb = dict(per_process=per_gpu_batchsize, processes=world, grad_accum=accum, global_=per_gpu_batchsize * world * accum,
+              recipe=batch_size)
+    extra['global_batch'] = gb
+    print(f"das_lavin: global batch {gb['global_']} = {per_gpu_batchsize} per process x {world} process(es) x {accum} "
+          f"accumulation (recipe {batch_size})")
     # 1. search
     if S is None and skip_num:
         core.seed_everything(seed)
@@ -797,8 +849,6 @@ def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, Scie
     S = sorted(S or [])
     extra['skip'] = S
     # 2. retrain from the checkpoint with the skip set
-    world = max(1, nproc) if nproc else int(__import__('os').environ.get('WORLD_SIZE', 1))
-    accum = max(1, batch_size // (per_gpu_batchsize * world))
     warm = lr_warmup_epochs if lr_warmup_epochs >= 0 else (2.0 if task == 'scienceqa' else 1.0)
     cfg = TrainConfig(out_dir=str(out/'train'), epochs=train_epochs, max_steps=max_steps, batch_size=per_gpu_batchsize,
                       grad_accum=accum, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), warmup_epochs=warm,
@@ -832,8 +882,9 @@ def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, Scie
     extra.update(eval_split=b['eval_split'], n_eval=len(b['eval']), n_train=len(b['train']), train_steps=summary.get('step'),
                  train_loss=summary.get('loss'), train_finished=summary.get('finished'),
                  unparsed=sum(p == -1 or p == '' for p in ev['preds']), examples=ev['texts'][:5], wall_s=time.time() - t0)
-    full = (L, d) == (32, 4096) and not (max_steps or limit_train or limit_eval) and bool(summary.get('finished'))
-    return dict(metrics=metrics, efficiency=eff, extra=extra, scale='full' if full else 'partial', model=m)
+    full = (L, d) == (32, 4096) and not (max_steps or limit_train or limit_eval)
+    return dict(metrics=metrics, efficiency=eff, extra=extra, scale=core.scale_label(True, full=full),
+                status='complete' if summary.get('finished') else 'partial', model=m)
 
 # %% ../nbs/22_das_lavin.ipynb #7ae1d126
 def tiny_checkpoints(root:str|Path, layers:int=4, seed:int=0, texts:Sequence[str]=())->dict:
@@ -850,3 +901,141 @@ def tiny_checkpoints(root:str|Path, layers:int=4, seed:int=0, texts:Sequence[str
                                            image_size=32, patch_size=8))
     vis.save_pretrained(root/'clip')
     return dict(ckpt=str(root/'llama'/'7B'), vision_ckpt=str(root/'clip'))
+
+# %% ../nbs/22_das_lavin.ipynb #eb97446e
+_SQA_SUBJECTS = ('natural science', 'social science', 'language science')
+
+def write_scienceqa_raw(folder:str|Path, sizes:dict|None=None, seed:int=0)->list[str]:
+    "ScienceQA as its repository ships it: problems.json, pid_splits.json, images/<split>/<pid>/image.png (synthetic rows)."
+    from vlrepro import data
+    from PIL import Image
+    folder, sizes = Path(folder), sizes or {'train': 12, 'val': 8, 'test': 6}
+    problems, splits, texts, pid = {}, {}, [], 1
+    for sp, n in sizes.items():
+        g = data.generate('sciqa', 8 * n, seed=seed, split=sp)
+        rows, seen = [], set()
+        for r in g.rows:   # every category (NAT SOC LAN, TXT IMG NO, G1-6 G7-12) appears among the first rows of a split
+            cats = {r['subject'], r['category'], int(r['grade'][5:]) <= 6}
+            if not cats <= seen: rows.append(r); seen |= cats
+        rows += [r for r in g.rows if r not in rows][:max(0, n - len(rows))]
+        splits[sp] = []
+        for r in rows[:n]:
+            p = dict(question=r['question'], choices=list(r['choices']), answer=int(r['answer']), hint=r['hint'],
+                     image='image.png' if r['has_image'] else None, task='closed choice', grade=r['grade'], subject=r['subject'],
+                     topic=r.get('skill', ''), category=r['category'], skill=r.get('skill', ''),
+                     lecture=f"A {r.get('skill', 'question')} question asks about the picture or the text.",
+                     solution=f"The right option is {r['choices'][r['answer']]}.", split=sp)
+            if r['has_image']:
+                f = folder/'images'/sp/str(pid)/'image.png'; f.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(g.images[r['image']]).save(f)
+            problems[str(pid)] = p; splits[sp].append(str(pid)); pid += 1
+            texts += [' '.join(sqa_qcm_ale(dict(p, hint=p['hint'])))]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder/'problems.json').write_text(json.dumps(problems, indent=1))
+    (folder/'pid_splits.json').write_text(json.dumps(splits))
+    return texts
+
+def write_language_raw(folder:str|Path, task:str, sizes:dict|None=None, seed:int=0)->list[str]:
+    "A task's Hugging Face export as JSON lines, one file per split (google/boolq, tau/commonsense_qa, openai/gsm8k 'main')."
+    import random
+    rnd, folder = random.Random(seed), Path(folder)
+    splits = {'boolq': ('train', 'validation'), 'csqa': ('train', 'validation', 'test'), 'gsm8k': ('train', 'test')}[task]
+    sizes, texts = sizes or {}, []
+    folder.mkdir(parents=True, exist_ok=True)
+    colors, things = ['red', 'green', 'blue', 'yellow'], ['square', 'circle', 'triangle', 'star', 'cube']
+    for sp in splits:
+        rows = []
+        for i in range(sizes.get(sp, 8 if sp == 'train' else 6)):
+            c, t, n, m = rnd.choice(colors), rnd.choice(things), rnd.randint(1, 9), rnd.randint(1, 9)
+            if task == 'boolq':
+                c2 = rnd.choice(colors)
+                rows.append(dict(question=f'is the {t} {c2}', answer=c == c2, passage=f'The {t} in the picture is {c}.'))
+            elif task == 'csqa':
+                opts = rnd.sample(things, 5)
+                rows.append(dict(id=f'{sp}{i:04d}', question=f'Which shape has {len(opts[0])} letters in its name?',
+                                 question_concept='shape', choices=dict(label=list('ABCDE'), text=opts),
+                                 answerKey='' if sp == 'test' else 'A'))
+            else:
+                rows.append(dict(question=f'Ann has {n} {t}s and buys {m} more. How many {t}s does she have?',
+                                 answer=f'Ann has {n} + {m} = <<{n}+{m}={n + m}>>{n + m} {t}s.\n#### {n + m}'))
+            if task != 'csqa' or sp != 'test':
+                p = normalize_language_row(task, rows[-1], i)
+                texts += [' '.join(language_prompt(task, p, tr)) for tr in (True, False)]
+        (folder/f'{sp}.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    return texts
+
+# %% ../nbs/22_das_lavin.ipynb #43bb3a33
+def write_meta_llama(folder:str|Path,        # Meta's llama/ folder: <folder>/7B/{consolidated.00.pth, params.json}, <folder>/tokenizer.model
+                     texts:Sequence[str],    # what the SentencePiece tokenizer is trained on (offline)
+                     layers:int=8, vocab_size:int=512, seed:int=0)->Path: # the 7B/ folder
+    "A tiny LLaMA in Meta's original release layout, with a SentencePiece tokenizer.model trained on `texts`."
+    import sentencepiece as spm
+    from vlrepro import models
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    corpus = list(texts) + ['The answer is A. B. C. D. E. BECAUSE: Image: N/A Question: Context: Options: Response: 0123456789']
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_prefix=str(folder/'tokenizer'), vocab_size=vocab_size,
+                                   model_type='bpe', bos_id=1, eos_id=2, unk_id=0, pad_id=-1, byte_fallback=True,
+                                   character_coverage=1.0, hard_vocab_limit=False, num_threads=1, minloglevel=2,
+                                   split_digits=True)
+    (folder/'tokenizer.vocab').unlink(missing_ok=True)            # Meta ships tokenizer.model only
+    n = len(SentencePieceTokenizer(folder/'tokenizer.model'))
+    llm = models.tiny_hf('llama', seed=seed, vocab_size=n, num_hidden_layers=layers)
+    return save_meta_llama(llm, folder/'7B')
+
+def write_clip_folder(folder:str|Path, seed:int=0)->Path:
+    "A tiny `openai/clip-vit-large-patch14`-style folder: a whole `CLIPModel` saved with save_pretrained (vision and text towers)."
+    from transformers import CLIPConfig, CLIPModel
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        CLIPModel(CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                              vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                                              pad_token_id=1),
+                             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                image_size=32, patch_size=8), projection_dim=16)).save_pretrained(folder)
+    return Path(folder)
+
+def _under(root:Path, p:str, what:str)->Path:
+    if not p: raise ValueError(f"the set names no {what}")
+    if Path(p).is_absolute(): raise ValueError(f"{what} {p!r} is absolute; make the set's paths relative to the run root "
+                                               "(ckpt/..., data/...)")
+    return root/p
+
+def write_standins(params:dict, root:str|Path, seed:int=0)->dict:
+    "Write a LaVIN / LLaMA set's inputs under `root` at the set's own paths: raw upstream files converted by data_scripts/."
+    from vlrepro.das import run_data_script
+    model, root = params['model'], Path(root)
+    task = _TASK_ALIASES.get(str(params['task']).lower(), params['task'])
+    d, raw = _under(root, params['data_root'], 'data_root'), root/'raw'/task
+    if task == 'scienceqa':
+        texts = write_scienceqa_raw(raw, seed=seed)
+        run_data_script('get_scienceqa.py', ['--src', raw, '--root', d.parent, '--name', d.name])
+    else:
+        texts = write_language_raw(raw, task, seed=seed)
+        run_data_script('convert_lavin_language.py', ['--task', task, '--src', raw, '--root', d.parent, '--name', d.name])
+    ck = _under(root, params['ckpt'], 'ckpt')
+    meta = ck.parent if ck.name in ('7B', '13B') else ck      # ckpt names Meta's 7B/ folder (tokenizer.model one level up)
+    out = dict(data_root=d, ckpt=write_meta_llama(meta, texts, seed=seed))
+    if model == 'lavin': out['vision_ckpt'] = write_clip_folder(_under(root, params['vision_ckpt'], 'vision_ckpt'), seed)
+    return out
+
+def rehearsal(params:dict,            # the parameter set's YAML mapping (model 'lavin' or 'llama')
+              root:Path|None=None,    # rehearsal root: write the stand-ins here (None: only the plan)
+              device:str='cpu',       # 'cpu' (fp32) or 'cuda' (bf16)
+             )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
+    "The rehearsal plan of a LaVIN / LLaMA set: a few steps and items on an 8-block LLaMA, the recipe's processes kept."
+    model, task = params.get('model'), _TASK_ALIASES.get(str(params.get('task')).lower())
+    if model not in ('lavin', 'llama') or task is None: raise ValueError(f"das_lavin.rehearsal plans LaVIN/LLaMA sets; got {model!r}, {task!r}")
+    k, nproc = int(params.get('skip_num') or 0), max(1, int(params.get('nproc') or 0))
+    ov = dict(das_epoch=2, search_epochs=2, warmup_epoch=1, train_epochs=1, max_steps=2, per_gpu_batchsize=2, batch_size=4 * nproc,
+              limit_train=8, limit_eval=6, eval_batch_size=min(6, int(params.get('eval_batch_size') or 6)),
+              precision='fp32' if device == 'cpu' else 'bf16', device=device)
+    if nproc > 1: ov['nproc'] = nproc
+    per = int(params['per_gpu_batchsize'])
+    rb = dict(per_process=per, processes=nproc, grad_accum=int(params['batch_size']) // (per * nproc), recipe=32)  # spec §3: 32
+    setting = setting_name(model, k, 32, 4096)                 # the 7B row the set fills
+    if task == 'scienceqa':
+        metric = f'{setting}/Avg'
+        rows = [(setting, c) for c in ('NAT', 'SOC', 'LAN', 'TXT', 'IMG', 'NO', 'G1-6', 'G7-12', 'Avg', 'update_params_M')]
+    else: metric, rows = f'{setting} {LANG_TASKS[task]}/accuracy', []
+    if root is not None: write_standins(params, root)
+    return dict(overrides=ov, branch=model, metric=metric, nproc=nproc, recipe_batch=rb, rows=rows, trains=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_das_vl.ipynb #f87669b2
 from __future__ import annotations
-import ast, io, itertools, json, math, random, time
+import ast, io, itertools, json, math, random, re, time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,12 +16,14 @@ from . import core, data, das
 
 # %% auto #0
 __all__ = ['TASKS', 'TASK_NAMES', 'ARROW_PREFIX', 'ARROW_SPLITS', 'SPLITS', 'EVAL_SPLITS', 'IMAGE_SIZE', 'MAX_TEXT_LEN',
-           'convert_vilt_checkpoint', 'vilt_to_official', 'vilt_config_from_state_dict', 'load_vilt', 'METERT4C',
-           'load_meter', 'task_head', 'grow_token_types', 'init_rank_output', 'DASVLTask', 'model_inputs', 'task_loss',
-           'pixelbert_size', 'VLTransform', 'pad_images', 'vilt_vqa_score', 'VQATargets', 'NLVR2Dataset',
+           'RECIPE_BATCH', 'convert_vilt_checkpoint', 'vilt_to_official', 'vilt_config_from_state_dict', 'load_vilt',
+           'METERT4C', 'load_meter', 'task_head', 'grow_token_types', 'init_rank_output', 'DASVLTask', 'model_inputs',
+           'task_loss', 'pixelbert_size', 'VLTransform', 'pad_images', 'vilt_vqa_score', 'VQATargets', 'NLVR2Dataset',
            'F30KTrainDataset', 'VLCollate', 'convert_nlvr2', 'convert_vilt_arrow', 'evaluate_vqa', 'evaluate_nlvr2',
            'retrieval_scores', 'evaluate_f30k', 'task_splits', 'parse_skip_list', 'build_task_model', 'task_dataset',
-           'train_task', 'run_full_scale']
+           'train_task', 'run_full_scale', 'required_inputs', 'write_vilt_arrows', 'write_nlvr2_json',
+           'write_bert_folder', 'write_vilt_ckpt', 'write_roberta_folder', 'write_meter_standin', 'write_standins',
+           'rehearsal']
 
 # %% ../nbs/21_das_vl.ipynb #9f6463e1
 _VILT_BLOCK = (('norm1.', 'layernorm_before.'), ('attn.proj.', 'attention.output.dense.'), ('norm2.', 'layernorm_after.'),
@@ -696,6 +698,24 @@ def _macs(model:str, m:DASVLTask, S, T:int, image_size:int)->int:
         macs = das.meter_macs(S, st.num_blocks // 2, T, (image_size // vc.patch_size) ** 2 + 1, D, D // 8, 3 * D // 8)
     return macs * (2 if m.task == 'nlvr2' else 1)   # NLVR2: two passes per sample
 
+def _model_macs(model:str, m:DASVLTask, S, T:int, image_size:int)->int:
+    "Analytic MACs per sample of the whole model: `_macs` plus METER's uni-modal encoders and projections (spec §4 block formula)."
+    macs = _macs(model, m, S, T, image_size)
+    if model == 'vilt': return macs          # ViLT: the encoder is the model (embeddings and heads are negligible)
+    bb, d = m.backbone, m.backbone.config.hidden_size
+    vc, tc = bb.vit_model.config, bb.text_transformer.config
+    Ni = (image_size // vc.patch_size) ** 2 + 1
+    enc = (vc.num_hidden_layers * das.vilt_block_macs(Ni, vc.hidden_size, 0, vc.intermediate_size // vc.hidden_size) +
+           tc.num_hidden_layers * das.vilt_block_macs(T, tc.hidden_size, 0, tc.intermediate_size // tc.hidden_size) +
+           Ni * vc.hidden_size * d + T * tc.hidden_size * d)     # + the two projections into the fusion width
+    return macs + enc * (2 if m.task == 'nlvr2' else 1)
+
+def _paper_sized(model:str, m:DASVLTask)->bool:
+    "Is this the paper's backbone size (ViLT-B/32: 12 blocks of 768; METER: 6 + 6 fusion layers of 768)?"
+    c = m.backbone.config
+    if model == 'vilt': return (c.hidden_size, c.num_hidden_layers) == (768, 12)
+    return (c.hidden_size, len(m.backbone.cross_modal_text_layers)) == (768, 6)
+
 def train_task(model:str, task:str, data_root:str, ckpt:str, skip:Sequence[int], vision_ckpt:str='', text_ckpt:str='',
                image_size:int=384, max_text_len:int=40, limit_train:int=0, seed:int=0)->dict:
     "Model, loss and data of the skip-and-retrain step, for `vlrepro.train.launch` (`vlrepro.das_vl:train_task`)."
@@ -727,8 +747,10 @@ def _check_inputs(model, task, data_root, ckpt, vision_ckpt, text_ckpt, per_gpu_
     if model == 'meter':
         _hf_folder(vision_ckpt, 'vision_ckpt', 'pass a local folder of openai/clip-vit-base-patch16')
         _hf_folder(text_ckpt, 'text_ckpt', 'pass a local folder of roberta-base (model + tokenizer)')
-    if per_gpu_batchsize < 1 or batch_size % per_gpu_batchsize:
-        raise ValueError(f"batch_size={batch_size} must be a multiple of per_gpu_batchsize={per_gpu_batchsize} (accumulation steps)")
+    world = max(1, nproc)
+    if per_gpu_batchsize < 1 or batch_size % (per_gpu_batchsize * world):
+        raise ValueError(f"batch_size={batch_size} must be a multiple of per_gpu_batchsize={per_gpu_batchsize} x {world} process(es) "
+                         "(the rest is gradient accumulation)")
     if precision not in ('fp16', 'bf16', 'fp32'): raise ValueError(f"precision must be 'fp16', 'bf16' or 'fp32', got {precision!r}")
     if reward_mode not in ('official', 'eval'): raise ValueError(f"reward_mode must be 'official' or 'eval', got {reward_mode!r}")
     if nproc and launcher not in ('torchrun', 'deepspeed', 'python'):
@@ -800,8 +822,14 @@ def run_full_scale(model:str='vilt',           # 'vilt' or 'meter'
     if fixed is None and not 1 <= skip_num < L: raise ValueError(f"skip_num={skip_num} must be in 1..{L-1} for {L} blocks")
     auto = dev.type == 'cuda' and precision != 'fp32'
     amp = torch.autocast('cuda', dtype=torch.bfloat16) if auto else None
+    world = max(1, nproc)
+    accum = batch_size // (per_gpu_batchsize * world)
+    gb = dict(per_process=per_gpu_batchsize, processes=world, grad_accum=accum, global_=per_gpu_batchsize * world * accum,
+              recipe=batch_size)
+    print(f"das_vl: global batch {gb['global_']} = {per_gpu_batchsize} per process x {world} process(es) x {accum} accumulation "
+          f"(recipe {batch_size})")
     extra = dict(model=model, task=task, splits=dict(train=list(tr_splits), reward=rw_split, eval=list(ev_splits)),
-                 max_text_len=T, image_size=image_size, num_blocks=L)
+                 max_text_len=T, image_size=image_size, num_blocks=L, global_batch=gb)
     if task == 'f30k': extra['rank_output_init'] = m.rank_output_init
     # 1. search ------------------------------------------------------------------------------------------------------
     if fixed is not None: S, extra['search'] = fixed, 'skipped (skip_list given)'
@@ -833,7 +861,7 @@ def run_full_scale(model:str='vilt',           # 'vilt' or 'meter'
     # 2. skip and retrain --------------------------------------------------------------------------------------------
     del m
     tcfg = TrainConfig(out_dir=str(out/'train'), epochs=train_epochs, max_steps=max_steps, batch_size=per_gpu_batchsize,
-                       grad_accum=batch_size // per_gpu_batchsize, lr=lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8,
+                       grad_accum=accum, lr=lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8,
                        lr_mults=_lr_mults(model, lr_mult_head, lr_mult_cross_modal), schedule='linear', warmup_ratio=0.1,
                        precision=precision if dev.type == 'cuda' else 'fp32', device=str(dev), seed=seed,
                        save_trainable_only=True, progress=False, find_unused_parameters=True, log_every=50)
@@ -851,10 +879,10 @@ def run_full_scale(model:str='vilt',           # 'vilt' or 'meter'
         start = trainer.step
         tres = trainer.fit()
         extra['train_steps_run'] = tres['step'] - start
-    extra['train_loss'] = tres.get('loss')
+    extra['train_loss'], finished = tres.get('loss'), bool(tres.get('finished', True))
     # 3. evaluate ----------------------------------------------------------------------------------------------------
     setting = f"{'ViLT' if model == 'vilt' else 'METER'} DAS-{len(S)} {TASK_NAMES[task]}"
-    metrics = {}
+    metrics = {'train/loss': tres.get('loss')}   # the only local number of VQAv2 test (its answers are scored by EvalAI)
     for sp in ev_splits:
         ds = task_dataset(task, data_root, sp, tf, limit=limit_eval if task != 'f30k' else 0, answer_vocab=vocab)
         if task == 'vqav2':
@@ -868,11 +896,211 @@ def run_full_scale(model:str='vilt',           # 'vilt' or 'meter'
     # 4. cost --------------------------------------------------------------------------------------------------------
     used = das.trainable_parameters(m, used_only=True)
     f0, f1 = _macs(model, m, [], T, image_size), _macs(model, m, S, T, image_size)
+    w0, w1 = _model_macs(model, m, [], T, image_size), _model_macs(model, m, S, T, image_size)
     part = 'encoder' if model == 'vilt' else 'fusion'
     eff = {f'{part}_gflops': 2 * f1 / 1e9, f'{part}_gflops_no_skip': 2 * f0 / 1e9, 'flops_reduction': 1 - f1 / f0,
+           'model_gflops': 2 * w1 / 1e9, 'model_gflops_no_skip': 2 * w0 / 1e9, 'model_flops_reduction': 1 - w1 / w0,
            'trainable_params': sum(p.numel() for p in used.values()),
            'adapter_params': sum(p.numel() for n, p in used.items() if '.das_' in n), 'train_seconds': tres.get('seconds')}
-    scale = 'partial' if (max_steps or limit_train or limit_eval) else 'full'
-    result = dict(metrics=metrics, efficiency=eff, extra=extra, scale=scale)
+    if (model, task) == ('meter', 'vqav2'):   # the abstract's "11.97 %" row: whole-model FLOPs (encoders + fusion), in %
+        metrics['METER DAS VQA2.0/flops_reduction'] = 100.0 * (1 - w1 / w0)
+    full = not (max_steps or limit_train or limit_eval) and _paper_sized(model, m)
+    scale, status = core.scale_label(True, full=full), 'complete' if finished else 'partial'
+    result = dict(metrics=metrics, efficiency=eff, extra=extra, scale=scale, status=status)
     core.atomic_write_json(out/'full_scale.json', dict(result, wall_time_s=time.time() - t0))
     return result
+
+# %% ../nbs/21_das_vl.ipynb #bba1274b
+_DATA_HOW = {'vqav2': "python data_scripts/convert_vilt_arrow.py --src <folder of ViLT's vqav2_*.arrow> --task vqav2 --root {root} --name {name}",
+             'f30k': "python data_scripts/convert_vilt_arrow.py --src <folder of ViLT's f30k_caption_karpathy_*.arrow> --task f30k --root {root} --name {name}",
+             'nlvr2': "python data_scripts/convert_nlvr2.py --src <nlvr2/data with train.json, dev.json, test1.json> --images <NLVR2 "
+                      "image folders> --root {root} --name {name} (or convert_vilt_arrow.py --task nlvr2)"}
+
+def required_inputs(model:str, task:str, data_root:str, eval_split:str='test', skip_list:str='',
+                   )->dict:          # {what: (path, how to make it)} for `core.require_inputs`
+    "The split files `run_full_scale` reads under `data_root`, each with the data script that writes it."
+    if model not in ('vilt', 'meter') or task not in TASKS or not data_root: return {}
+    tr, rw, ev = task_splits(model, task, eval_split)
+    need = dict.fromkeys([*tr, *([] if parse_skip_list(skip_list) is not None else [rw]), *ev])
+    d = Path(data_root)
+    how = _DATA_HOW[task].format(root=d.parent, name=d.name)
+    return {f'data_root split {s!r}': (str(d/f'{s}.jsonl'), how) for s in need}
+
+# %% ../nbs/21_das_vl.ipynb #d0c0df81
+RECIPE_BATCH = {('vilt', 'vqav2'): 256, ('vilt', 'nlvr2'): 128, ('vilt', 'f30k'): 256,   # spec §3: one GPU, per-GPU x accumulation
+                ('meter', 'vqav2'): 512, ('meter', 'nlvr2'): 256, ('meter', 'f30k'): 512}
+
+def _encode(a, fmt:str='PNG')->bytes:
+    from PIL import Image
+    b = io.BytesIO(); Image.fromarray(a).save(b, format=fmt); return b.getvalue()
+
+def _write_arrow(path:Path, cols:dict):
+    import pyarrow as pa
+    t = pa.table(cols); path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), 'wb') as sink, pa.ipc.new_file(sink, t.schema) as w: w.write_table(t)
+
+def write_vilt_arrows(folder:str|Path,   # where the *.arrow files go
+                      task:str,          # 'vqav2' (train, val, trainable_val, rest_val, test) or 'f30k' (train, val, test)
+                      n_images:int=6,    # images per split
+                      seed:int=0)->list[str]: # the texts written (for a tokenizer)
+    "Tiny arrow files in ViLT's schema (its write_vqa.py / write_f30k_karpathy.py) from synthetic scenes."
+    folder, texts = Path(folder), []
+    if task == 'vqav2':
+        answers = data.vqa_answers(data.preset_options('shapesvqa'))
+        for k, sp in enumerate(('train', 'val', 'trainable_val', 'rest_val', 'test')):
+            g, test = data.generate('shapesvqa', n_images, seed=seed, split=sp), sp == 'test'
+            cols = {c: [] for c in ('image', 'questions', 'answers', 'answer_labels', 'answer_scores', 'image_id', 'question_id', 'split')}
+            for i, r in enumerate(g.rows):          # one question per image (ViLT's rows hold all questions of an image)
+                iid = 1000 * k + i
+                cols['image'].append(_encode(g.images[r['image']])); cols['image_id'].append(iid); cols['split'].append(sp)
+                cols['questions'].append([r['question']]); cols['question_id'].append([10 * iid])
+                cols['answers'].append([] if test else [[r['answer']]])   # test: no answers, as ViLT writes it
+                cols['answer_labels'].append([] if test else [[answers.index(r['answer'])]])
+                cols['answer_scores'].append([] if test else [[1.0]])
+                texts.append(r['question'])
+            _write_arrow(folder/f'vqav2_{sp}.arrow', cols)
+    elif task == 'f30k':
+        for k, sp in enumerate(('train', 'val', 'test')):
+            g = data.generate('shapes', n_images, seed=seed, split=sp)
+            cols = dict(image=[], caption=[], image_id=[], split=[])
+            for i, r in enumerate(g.rows):
+                cols['image'].append(_encode(g.images[r['image']], 'JPEG')); cols['caption'].append(list(r['captions'][:5]))
+                cols['image_id'].append(f'{100000 + 1000 * k + i}.jpg'); cols['split'].append(sp)
+                texts += r['captions'][:5]
+            _write_arrow(folder/f'f30k_caption_karpathy_{sp}.arrow', cols)
+    else: raise ValueError(f"write_vilt_arrows writes 'vqav2' or 'f30k' arrows, got {task!r} (NLVR2: write_nlvr2_json)")
+    return texts
+
+def write_nlvr2_json(folder:str|Path, n_pairs:int=6, seed:int=0)->list[str]:
+    "NLVR2's official layout: data/{train,dev,test1}.json (JSON lines) and images/<split>[/<directory>]/<pair>-img{0,1}.png."
+    folder, texts = Path(folder), []
+    for sp in ('train', 'dev', 'test1'):
+        g, lines = data.generate('shapes', 2 * n_pairs, seed=seed, split=sp), []
+        for i in range(n_pairs):
+            a, b = g.rows[2 * i], g.rows[2 * i + 1]
+            pair, d = f'{sp}-{100 + i}-{i % 2}', (str(i % 3) if sp == 'train' else '')
+            for j, r in enumerate((a, b)):
+                p = folder/'images'/sp/d/f'{pair}-img{j}.png'; p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(_encode(g.images[r['image']]))
+            o = a['objects'][0]
+            for j, (side, r) in enumerate((('left', a), ('right', b))):
+                s = f"the {side} image contains a {o['color']} {o['shape']}"
+                lab = any((x['color'], x['shape']) == (o['color'], o['shape']) for x in r['objects'])
+                lines.append(dict(identifier=f'{pair}-{j}', sentence=s, label=str(lab), **({'directory': d} if d else {}),
+                                  synset='shapes', query=o['shape']))
+                texts.append(s)
+        (folder/'data').mkdir(parents=True, exist_ok=True)
+        (folder/'data'/f'{sp}.json').write_text(''.join(json.dumps(l) + '\n' for l in lines))
+    return texts
+
+# %% ../nbs/21_das_vl.ipynb #b1af0ec3
+def _words(texts)->list[str]: return sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+
+def write_bert_folder(folder:str|Path, texts:Sequence[str], max_len:int=40, seed:int=0):
+    "A `bert-base-uncased`-style folder: a WordPiece vocabulary of the texts' words (vocab.txt, tokenizer files) and a tiny BERT."
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    words = _words(texts); chars = sorted({c for w in words for c in w})
+    vocab = list(dict.fromkeys(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *words, *chars, *('##' + c for c in chars)]))
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=max_len)
+    tok.save_pretrained(folder); (folder/'vocab.txt').write_text('\n'.join(vocab) + '\n')
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=64, max_position_embeddings=512)).save_pretrained(folder)
+    return tok
+
+def write_vilt_ckpt(path:str|Path, vocab_size:int, hidden:int=32, layers:int=4, seed:int=0)->Path:
+    "A tiny random ViLT saved as the original release is: a Lightning checkpoint in ViLT's names, with ITM and MLM heads."
+    from transformers import ViltConfig, ViltModel
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        cfg = ViltConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=1,
+                         intermediate_size=4 * hidden, max_position_embeddings=40, image_size=384, patch_size=32,
+                         max_image_length=-1, layer_norm_eps=1e-6, tie_word_embeddings=False)
+        heads = {'itm_score.fc.weight': 0.02 * torch.randn(2, hidden), 'itm_score.fc.bias': torch.zeros(2),
+                 'mlm_score.transform.dense.weight': 0.02 * torch.randn(hidden, hidden), 'mlm_score.bias': torch.zeros(vocab_size)}
+        ck = vilt_to_official(ViltModel(cfg), heads)
+    return core.atomic_torch_save({**ck, 'epoch': 99, 'global_step': 200_000}, path)
+
+def write_roberta_folder(folder:str|Path, texts:Sequence[str], d:int=32, seed:int=0):
+    "A `roberta-base`-style folder: a byte-level BPE tokenizer trained on the texts and a tiny RobertaForMaskedLM."
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(texts), vocab_size=320, special_tokens=['<s>', '<pad>', '</s>', '<unk>', '<mask>'], show_progress=False)
+    vocab = json.loads(bpe.to_str())['model']['vocab']
+    merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in json.loads(bpe.to_str())['model']['merges']]
+    tok = RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=512)
+    tok.save_pretrained(folder)
+    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=d, num_hidden_layers=2, num_attention_heads=2, intermediate_size=4 * d,
+                        max_position_embeddings=66, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed); RobertaForMaskedLM(cfg).save_pretrained(folder)
+    return tok, cfg
+
+def write_meter_standin(ckpt:str|Path, vision_dir:str|Path, text_dir:str|Path, texts:Sequence[str], d:int=32,
+                        fusion_layers:int=3, seed:int=0)->Path:
+    "METER's release in miniature: the pre-trained .ckpt in METER's names, a CLIP folder and a roberta-base folder."
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, RobertaModel
+    _, tcfg = write_roberta_folder(text_dir, texts, d, seed)
+    vkw = dict(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=2, num_attention_heads=2, patch_size=16)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        CLIPModel(CLIPConfig(text_config=dict(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=1, num_attention_heads=2,
+                                              vocab_size=64, max_position_embeddings=16, bos_token_id=0,
+                                              eos_token_id=1, pad_token_id=1),
+                             vision_config=dict(vkw, image_size=32), projection_dim=d)).save_pretrained(vision_dir)
+        m = das.METER(CLIPVisionModel(CLIPVisionConfig(**vkw, image_size=48)), RobertaModel(tcfg), fusion_layers,
+                      das.fusion_config(d, 2, 4 * d))   # pre-trained at 48 px (the release: 288), run at the set's size
+        ck = das.meter_to_official(m)
+        ck['state_dict'].update({'itm_score.fc.weight': 0.02 * torch.randn(2, 2 * d), 'itm_score.fc.bias': torch.zeros(2),
+                                 'mlm_score.bias': torch.zeros(tcfg.vocab_size)})
+    return core.atomic_torch_save({**ck, 'epoch': 9, 'global_step': 100_000}, ckpt)
+
+# %% ../nbs/21_das_vl.ipynb #71aa9d82
+def _under(root:Path, p:str, what:str)->Path:
+    if not p: raise ValueError(f"the set names no {what}")
+    if Path(p).is_absolute(): raise ValueError(f"{what} {p!r} is absolute; make the set's paths relative to the run root "
+                                               "(ckpt/..., data/...)")
+    return root/p
+
+def write_standins(params:dict, root:str|Path, seed:int=0)->dict:
+    "Write a ViLT/METER set's inputs under `root` at the set's own paths: raw upstream files converted by data_scripts/."
+    from vlrepro.das import run_data_script
+    model, task, root = params['model'], params['task'], Path(root)
+    d, raw = _under(root, params['data_root'], 'data_root'), root/'raw'/task
+    if task == 'nlvr2':
+        texts = write_nlvr2_json(raw, seed=seed)
+        run_data_script('convert_nlvr2.py', ['--src', raw/'data', '--images', raw/'images', '--root', d.parent, '--name', d.name])
+    else:
+        texts = write_vilt_arrows(raw, task, seed=seed)
+        run_data_script('convert_vilt_arrow.py', ['--src', raw, '--task', task, '--root', d.parent, '--name', d.name])
+    out = dict(data_root=d)
+    if model == 'vilt':
+        tok = write_bert_folder(_under(root, params['text_ckpt'], 'text_ckpt'), texts, seed=seed)
+        out['ckpt'] = write_vilt_ckpt(_under(root, params['ckpt'], 'ckpt'), len(tok), seed=seed)
+    else:
+        out['ckpt'] = write_meter_standin(_under(root, params['ckpt'], 'ckpt'), _under(root, params['vision_ckpt'], 'vision_ckpt'),
+                                          _under(root, params['text_ckpt'], 'text_ckpt'), texts, seed=seed)
+    return out
+
+def rehearsal(params:dict,            # the parameter set's YAML mapping (model 'vilt' or 'meter')
+              root:Path|None=None,    # rehearsal root: write the stand-ins here (None: only the plan)
+              device:str='cpu',       # 'cpu' (fp32) or 'cuda' (bf16)
+             )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
+    "The rehearsal plan of a ViLT/METER parameter set: sizes shrunk to a few steps and items, stand-ins under `root`."
+    model, task = params.get('model'), params.get('task')
+    if (model, task) not in RECIPE_BATCH: raise ValueError(f"das_vl.rehearsal plans ViLT/METER sets; got model {model!r}, task {task!r}")
+    k, name = int(params.get('skip_num', 1)), 'ViLT' if model == 'vilt' else 'METER'
+    ov = dict(das_epoch=2, search_epochs=2, das_turn=1, train_epochs=1, max_steps=2, per_gpu_batchsize=2, batch_size=4,
+              limit_train=8, limit_eval=4, image_size=48 if IMAGE_SIZE[(model, task)] == 288 else 64,
+              precision='fp32' if device == 'cpu' else 'bf16', device=device)
+    per, procs = int(params['per_gpu_batchsize']), max(1, int(params.get('nproc') or 0))
+    rb = dict(per_process=per, processes=procs, grad_accum=int(params['batch_size']) // (per * procs),
+              recipe=RECIPE_BATCH[(model, task)])
+    metric = {'vqav2': 'train/loss', 'nlvr2': f'{name} DAS-{k} NLVR2 test1/accuracy', 'f30k': f'{name} DAS-{k} Flickr30K test/IR@1'}[task]
+    rows = [('METER DAS VQA2.0', 'flops_reduction')] if (model, task) == ('meter', 'vqav2') else []
+    if root is not None: write_standins(params, root)
+    return dict(overrides=ov, branch=model, metric=metric, nproc=1, recipe_batch=rb, rows=rows, trains=True)
