@@ -6,6 +6,7 @@
 from __future__ import annotations
 import logging, math, time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -17,14 +18,16 @@ from .core import PaperNumber, register_paper_numbers
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['PAPER_NUMBERS', 'check_ratio', 'num_kept', 'num_aggregated', 'num_final_tokens', 'l2norm', 'split_cls', 'word_mask',
-           'image_salience', 'caption_means', 'text_relevance', 'Selection', 'select_patches', 'show_selection',
-           'TokenAggregation', 'patch_word_similarity', 'dense_similarity', 'LAPSHead', 'align_loss', 'ratio_loss',
-           'laps_loss', 'lr_factor', 'loss_alpha', 'use_hardest', 'LAPSModel', 'patch', 'unpatch', 'is_patched',
-           'laps_parameters', 'trainable_parameters', 'param_groups', 'sharded_similarity', 'check_caption_ids',
-           'truncate_captions', 'retrieval_metrics', 'augment_caption', 'tokenize', 'PairCollate', 'encode_split',
-           'evaluate', 'selection_coverage', 'random_features', 'build_encoders', 'build_tokenizer', 'gather_batch',
-           'make_loss_fn', 'train_config', 'train_laps', 'train_task']
+__all__ = ['AUTHORS_PREFIXES', 'PAPER_NUMBERS', 'DATA_SCRIPTS', 'PAPER_SPLITS', 'PAPER_ENCODERS', 'check_ratio', 'num_kept',
+           'num_aggregated', 'num_final_tokens', 'l2norm', 'split_cls', 'word_mask', 'image_salience', 'caption_means',
+           'text_relevance', 'Selection', 'select_patches', 'show_selection', 'TokenAggregation',
+           'patch_word_similarity', 'dense_similarity', 'LAPSHead', 'align_loss', 'ratio_loss', 'laps_loss',
+           'lr_factor', 'loss_alpha', 'use_hardest', 'LAPSModel', 'patch', 'unpatch', 'is_patched', 'laps_parameters',
+           'trainable_parameters', 'param_groups', 'authors_state_dict', 'load_authors_checkpoint',
+           'sharded_similarity', 'check_caption_ids', 'truncate_captions', 'retrieval_metrics', 'augment_caption',
+           'tokenize', 'AugmentSeeds', 'PairCollate', 'encode_split', 'evaluate', 'selection_coverage',
+           'random_features', 'build_encoders', 'build_tokenizer', 'gather_batch', 'make_loss_fn', 'train_config',
+           'train_laps', 'train_task', 'data_command', 'paper_setting', 'paper_scale_gaps', 'rehearsal']
 
 # %% ../nbs/30_laps.ipynb #52bd65f7
 def check_ratio(name:str,    # parameter name, for the message
@@ -467,12 +470,58 @@ def trainable_parameters(model:LAPSModel)->list[nn.Parameter]:
 def param_groups(model:LAPSModel,          # the (patched) model
                  learning_rate:float=2e-4, # base lr: projections and LAPS head
                  backbone_lr_mult:float=0.1, # ViT/Swin and BERT get learning_rate × this
-                )->list[dict]:             # torch.optim param groups with a 'name'
-    "The released per-group learning rates (spec §3)."
+                )->list[dict]:             # param groups: 'name', 'params', 'lr_mult' and the absolute 'lr'
+    "The released per-group learning rates (spec §3), as `lr_mult` (what `vlrepro.train.Trainer` reads) and `lr`."
     groups = [('vision', model.vision, backbone_lr_mult), ('text', model.text, backbone_lr_mult), ('img_proj', model.img_proj, 1.0),
               ('txt_proj', model.txt_proj, 1.0), ('laps_head', model.laps_head, 1.0)]
-    return [dict(name=n, params=list(m.parameters()), lr=learning_rate * f) for n, m, f in groups
+    return [dict(name=n, params=list(m.parameters()), lr_mult=f, lr=learning_rate * f) for n, m, f in groups
             if m is not None and len(list(m.parameters()))]
+
+# %% ../nbs/30_laps.ipynb #a0a1b002
+AUTHORS_PREFIXES = {'img_enc.visual_encoder.': 'vision.', 'img_enc.vision_proj.': 'img_proj.', 'txt_enc.bert.': 'text.',
+                    'txt_enc.fc.': 'txt_proj.', 'cross_net.aggr_net.': 'laps_head.aggregation.'}   # released VSEModel -> LAPSModel
+
+def authors_state_dict(model:LAPSModel)->dict:
+    "The model's weights under the released `VSEModel` names (`cross_net.aggr_net.`, `img_enc.`, `txt_enc.`)."
+    back = {v: k for k, v in AUTHORS_PREFIXES.items()}
+    out = {}
+    for k, v in model.state_dict().items():
+        pre = next((p for p in back if k.startswith(p)), None)
+        if pre is None: raise ValueError(f"{k} has no counterpart in the released model (gumbel score predictor?)")
+        out[back[pre] + k[len(pre):]] = v
+    return out
+
+def load_authors_checkpoint(model:LAPSModel,     # a patched model of the checkpoint's encoders, embed_size and ratios
+                            checkpoint,          # path of the authors' model_best.pth, or the loaded dict / state dict
+                           )->dict:              # what was loaded: epoch, best_rsum, skipped keys
+    "Load the authors' released LAPS checkpoint (`aggr_net.` etc.) into a patched `LAPSModel`."
+    import argparse
+    from pathlib import Path
+    if isinstance(checkpoint, (str, Path)):
+        with torch.serialization.safe_globals([argparse.Namespace]):   # 'opt' is an argparse.Namespace; nothing else is unpickled
+            checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    sd = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    opt = vars(checkpoint['opt']) if isinstance(checkpoint, dict) and 'opt' in checkpoint else {}
+    if not is_patched(model): raise ValueError("patch the model first: laps.patch(model, sparse_ratio, aggr_ratio) as in the checkpoint's opt")
+    head = model.laps_head
+    for k, mine in (('sparse_ratio', head.sparse_ratio), ('aggr_ratio', head.aggr_ratio), ('embed_size', model.embed_size)):
+        if k in opt and float(opt[k]) != float(mine):
+            raise ValueError(f"the checkpoint was trained with {k} {opt[k]}, the model has {mine}; build it with the checkpoint's value")
+    renamed, skipped = {}, []
+    for k, v in sd.items():
+        k2 = k[len('module.'):] if k.startswith('module.') else k      # saved from a DDP wrapper
+        pre = next((p for p in AUTHORS_PREFIXES if k2.startswith(p)), None)
+        if pre is None or '.pooler.' in k2 or k2.endswith('position_ids'): skipped.append(k); continue   # poolers: unused
+        renamed[AUTHORS_PREFIXES[pre] + k2[len(pre):]] = v
+    mine = model.state_dict()
+    missing, extra = sorted(set(mine) - set(renamed)), sorted(set(renamed) - set(mine))
+    shape = [k for k in set(mine) & set(renamed) if mine[k].shape != renamed[k].shape]
+    if missing or extra or shape:
+        raise ValueError(f"the checkpoint does not fit this model: missing {missing[:4]}, unexpected {extra[:4]}, shape differs {shape[:4]}; "
+                         f"build the model from the checkpoint's encoders (vit_type {opt.get('vit_type', '?')}), embed_size and ratios")
+    model.load_state_dict(renamed)
+    return dict(epoch=checkpoint.get('epoch') if isinstance(checkpoint, dict) else None,
+                best_rsum=checkpoint.get('best_rsum') if isinstance(checkpoint, dict) else None, skipped=skipped)
 
 # %% ../nbs/30_laps.ipynb #f4fd6c16
 def sharded_similarity(sim_fn:Callable[[Tensor, Tensor, Tensor], Tensor], # (img, cap, lens) -> (b_v, b_t) scores
@@ -561,12 +610,23 @@ def tokenize(tokenizer,                # tokenizer with [CLS] $A [SEP] template 
     if tokenizer.pad_token_id != 0: raise ValueError(f"LAPS masks words with ids != 0; the tokenizer's pad id is {tokenizer.pad_token_id}, use one whose [PAD] is 0")
     import random
     rng = rng or random
-    enc = [augment_caption(tokenizer, c, rng) if augment else tokenizer(c)['input_ids'] for c in captions]
+    return _pad_ids([augment_caption(tokenizer, c, rng) if augment else tokenizer(c)['input_ids'] for c in captions], max_len)
+
+def _pad_ids(enc:list[list[int]], max_len:int)->tuple[Tensor, int]:
+    "Cut too-long id lists to `max_len` (keeping the last, [SEP]) and right-pad with 0; also the number cut."
     n_cut = sum(len(e) > max_len for e in enc)
     enc = [e[:max_len - 1] + e[-1:] if len(e) > max_len else e for e in enc]
     ids = torch.zeros(len(enc), max(map(len, enc)), dtype=torch.long)
     for i, e in enumerate(enc): ids[i, :len(e)] = torch.tensor(e)
     return ids, n_cut
+
+class AugmentSeeds(torch.utils.data.Dataset):
+    "Add an `aug_seed` drawn from `random` to each item: under `vlrepro.train` (seeded per epoch and item) the caption augmentation then resumes exactly."
+    def __init__(self, dataset): self.dataset = dataset
+    def __len__(self): return len(self.dataset)
+    def __getitem__(self, i:int)->dict:
+        import random
+        return {**self.dataset[i], 'aug_seed': random.getrandbits(63)}
 
 class PairCollate:
     "Collate (image, caption) pairs into `pixel_values`, `input_ids`, `img_ids` and the truncation count."
@@ -574,7 +634,11 @@ class PairCollate:
         import random
         self.tokenizer, self.max_len, self.augment, self.rng = tokenizer, max_len, augment, random.Random(seed)
     def __call__(self, batch:list[dict])->dict:
-        ids, n_cut = tokenize(self.tokenizer, [b['caption'] for b in batch], self.max_len, self.augment, self.rng)
+        import random
+        if self.augment and all('aug_seed' in b for b in batch):   # one seeded draw per item: same batch, same augmentation
+            enc = [augment_caption(self.tokenizer, b['caption'], random.Random(b['aug_seed'])) for b in batch]
+            ids, n_cut = _pad_ids(enc, self.max_len)
+        else: ids, n_cut = tokenize(self.tokenizer, [b['caption'] for b in batch], self.max_len, self.augment, self.rng)
         return dict(pixel_values=torch.stack([b['image'] for b in batch]), input_ids=ids,
                     img_ids=torch.tensor([b['index'] for b in batch]), truncated=n_cut)
 
@@ -729,10 +793,6 @@ def train_config(out_dir:str='', epochs:int=30, batch_size:int=64, learning_rate
                        precision=precision, device=device, seed=seed, log_every=log_every, resume=bool(out_dir),
                        progress=progress, num_workers=num_workers, eval_every=0)
 
-def _groups_fn(learning_rate:float, backbone_lr_mult:float)->Callable:
-    return lambda m: [dict(params=g['params'], lr_mult=g['lr'] / learning_rate, name=g['name'])
-                      for g in param_groups(m, learning_rate, backbone_lr_mult)]
-
 # %% ../nbs/30_laps.ipynb #d3f89943
 def train_laps(model:LAPSModel,       # dense or patched model (trained in place)
                train_data,            # caption-level dataset: items {'image', 'caption', 'index'}
@@ -752,29 +812,33 @@ def train_laps(model:LAPSModel,       # dense or patched model (trained in place
                keep_best:bool=False,          # reload the best-rsum weights at the end (released model selection)
                device:str='cpu', seed:int=0, precision:str='fp32', progress:bool=True, log_every:int=20, num_workers:int=0,
               )->dict:                        # the Trainer's summary (+ 'best_rsum')
-    "Train a `LAPSModel` with the released LAPS/VSE++ recipe on `vlrepro.train.Trainer`."
-    import copy
+    "Train a `LAPSModel` with the released LAPS/VSE++ recipe on `vlrepro.train.Trainer` (rerun into `out_dir`: resumes)."
+    import copy, dataclasses, functools
+    from pathlib import Path
+    from vlrepro.core import atomic_torch_save
     from vlrepro.train import Trainer, unwrap
     max_len = getattr(model.text.config, 'max_position_embeddings', 512)
     cfg = train_config(out_dir, epochs, batch_size, learning_rate, weight_decay, grad_clip, lr_schedules, decay_rate,
                        device, seed, precision, progress, log_every, num_workers)
     best = {'rsum': float('-inf'), 'state': None}
+    best_path = Path(out_dir) / 'model_best.pt' if out_dir else None
     loss_fn = make_loss_fn(margin, ratio_weight, vse_mean_warmup_epochs, embedding_warmup_epochs, max_violation)
-    def on_record(trainer, rec):
+    def on_record(trainer, rec):   # released model selection; the best weights go to disk at once so a rerun keeps them
         if rec['kind'] == 'eval' and rec.get('rsum', float('-inf')) > best['rsum']:
             best['rsum'], best['state'] = rec['rsum'], copy.deepcopy(unwrap(trainer.model).state_dict())
-    tr = Trainer(model, loss_fn, train_data, cfg, collate_fn=PairCollate(tokenizer, max_len, size_augment, seed),
-                 eval_fn=eval_fn, param_groups=_groups_fn(learning_rate, backbone_lr_mult), callbacks=[on_record])
-    import dataclasses
+            if best_path is not None: atomic_torch_save(dict(rsum=rec['rsum'], step=rec['step'], model=best['state']), best_path)
+    if size_augment: train_data = AugmentSeeds(train_data)   # augmentation drawn per (epoch, item): resumes exactly
+    tr = Trainer(model, loss_fn, train_data, cfg, collate_fn=PairCollate(tokenizer, max_len, size_augment, seed), eval_fn=eval_fn,
+                 param_groups=functools.partial(param_groups, learning_rate=learning_rate, backbone_lr_mult=backbone_lr_mult),
+                 callbacks=[on_record])
     tr.config = dataclasses.replace(tr.config, eval_every=tr.steps_per_epoch if eval_fn is not None else 0,
-                                    stop_step=stop_epoch * tr.steps_per_epoch if stop_epoch else 0)
+                                    stop_step=stop_epoch * tr.steps_per_epoch if stop_epoch else 0,
+                                    save_every=tr.steps_per_epoch if out_dir else 0)   # a checkpoint every epoch
+    if tr.step and best_path is not None and best_path.exists():   # resumed: the best epoch so far
+        ck = torch.load(best_path, map_location='cpu')
+        if ck['step'] <= tr.step: best['rsum'], best['state'] = ck['rsum'], ck['model']
     res = tr.fit()
-    if keep_best and best['state'] is not None:
-        unwrap(tr.model).load_state_dict(best['state'])
-        if out_dir:
-            from vlrepro.core import atomic_torch_save
-            from pathlib import Path
-            atomic_torch_save(best['state'], Path(out_dir) / 'model_best.pt')
+    if keep_best and best['state'] is not None: unwrap(tr.model).load_state_dict(best['state'])
     res['best_rsum'] = best['rsum'] if best['state'] is not None else None
     trunc = sum(r.get('truncated', 0) for r in res['history'] if r['kind'] == 'train')
     if trunc: _log.warning("captions were truncated to the text encoder's %d positions in training (mean %.2f per logged batch)", max_len, trunc)
@@ -787,7 +851,7 @@ def train_task(data_root:str='', dataset:str='tiles', vision_model:str='laps-vit
                margin:float=0.2, ratio_weight:float=2.0, vse_mean_warmup_epochs:int=1, embedding_warmup_epochs:int=0,
                learning_rate:float=2e-4, backbone_lr_mult:float=0.1, size_augment:bool=False, seed:int=0)->dict:
     "The LAPS training task for `vlrepro.train.launch` (called in every process); `init`: a state dict to start from."
-    from pathlib import Path
+    import functools
     from vlrepro import data
     if data_root:
         from torchvision import transforms as T
@@ -799,13 +863,14 @@ def train_task(data_root:str='', dataset:str='tiles', vision_model:str='laps-vit
                                    transform=data.image_transform(mean=(0.5,) * 3, std=(0.5,) * 3))
     pairs = ds.caption_view('all')
     if max_train_captions: pairs = torch.utils.data.Subset(pairs, range(min(max_train_captions, len(pairs))))
+    if size_augment: pairs = AugmentSeeds(pairs)
     tok = build_tokenizer(text_model, ds.captions)
     torch.manual_seed(seed)
     model = patch(LAPSModel(*build_encoders(vision_model, text_model, vocab_size=len(tok), seed=seed), embed_size),
                   sparse_ratio, aggr_ratio, selection=selection, hidden_ratio=aggr_hidden_ratio)
     if init: model.load_state_dict(torch.load(init, map_location='cpu'))
     model.gather_batch = True
-    return dict(model=model, train_data=pairs, param_groups=_groups_fn(learning_rate, backbone_lr_mult),
+    return dict(model=model, train_data=pairs, param_groups=functools.partial(param_groups, learning_rate=learning_rate, backbone_lr_mult=backbone_lr_mult),
                 loss_fn=make_loss_fn(margin, ratio_weight, vse_mean_warmup_epochs, embedding_warmup_epochs),
                 collate_fn=PairCollate(tok, getattr(model.text.config, 'max_position_embeddings', 512), size_augment, seed))
 
@@ -818,3 +883,161 @@ PAPER_NUMBERS = [PaperNumber('laps', _T, s, m, v, '%', _COCO_T2I if s.startswith
                                  'MSCOCO-5K ViT': (56.1, 83.9, 71.9, 93.7), 'MSCOCO-5K Swin': (65.1, 90.2, 51.2, 79.3)}.items()
                  for m, v in zip(('i2t_r1', 'i2t_r5', 't2i_r1', 't2i_r5'), vals)]
 register_paper_numbers('laps', PAPER_NUMBERS)
+
+# %% ../nbs/30_laps.ipynb #a0a1b012
+DATA_SCRIPTS = {'flickr30k': 'get_flickr30k.py', 'coco': 'get_coco.py'}   # dataset folder -> the data_scripts/ file that writes it
+PAPER_SPLITS = {'flickr30k': (29_000, 1_000), 'coco': (113_287, 5_000)}    # train, test images (Karpathy splits; COCO restval in train)
+PAPER_ENCODERS = {'vit': dict(model_type='vit', hidden_size=768, num_hidden_layers=12, patch_size=16, image_size=224),
+                  'swin': dict(model_type='swin', embed_dim=128, depths=[2, 2, 18, 2], window_size=7, patch_size=4, image_size=224),
+                  'bert': dict(model_type='bert', hidden_size=768, num_hidden_layers=12, num_attention_heads=12)}
+
+def data_command(dataset:str,          # dataset folder name under data_root
+                 data_root:str='data', # the data root
+                )->str:                # the command that writes <data_root>/<dataset>/
+    "The `data_scripts/` command that makes a LAPS dataset folder."
+    if dataset not in DATA_SCRIPTS:
+        return f"no data script writes {dataset!r}; the LAPS datasets are {', '.join(DATA_SCRIPTS)} (data_scripts/get_*.py)"
+    return f"python data_scripts/{DATA_SCRIPTS[dataset]} --src RAW_FOLDER --root {data_root or 'data'}"
+
+def paper_setting(dataset:str, vit_type:str)->str:
+    "The paper-registry row a run of `dataset` with a `vit_type` encoder fills (COCO: the 5K row; 1K from the folds)."
+    return {'tiles': 'Flickr30K', 'flickr30k': 'Flickr30K', 'coco': 'MSCOCO-5K'}.get(dataset, dataset) + (' ViT' if vit_type == 'vit' else ' Swin')
+
+def paper_scale_gaps(model:LAPSModel,      # the trained model (its encoders' configs are read)
+                     dataset:str,          # dataset folder name
+                     n_train:int, n_test:int, # images in the train and test splits used
+                     embed_size:int, num_epochs:int, dense_epochs:int=0,
+                     max_train_captions:int=0, img_res:int=224,
+                    )->list[str]:          # what differs from the paper's full scale (empty: full scale)
+    "Everything that keeps a run from the paper's models, data and schedule."
+    gaps = []
+    vcfg, tcfg = model.vision.config, model.text.config
+    fam = 'swin' if vcfg.model_type == 'swin' else 'vit'
+    for name, cfg, want in (('image encoder', vcfg, PAPER_ENCODERS[fam]), ('text encoder', tcfg, PAPER_ENCODERS['bert'])):
+        bad = {k: getattr(cfg, k, None) for k, v in want.items() if getattr(cfg, k, None) != v}
+        if bad: gaps.append(f"{name} is not the paper's ({', '.join(f'{k} {v}' for k, v in bad.items())})")
+    if dataset not in PAPER_SPLITS: gaps.append(f"dataset {dataset!r} is not Flickr30K or MS-COCO")
+    elif n_train < PAPER_SPLITS[dataset][0] or n_test < PAPER_SPLITS[dataset][1]:
+        gaps.append(f"{n_train} train / {n_test} test images (paper: {PAPER_SPLITS[dataset][0]} / {PAPER_SPLITS[dataset][1]})")
+    if max_train_captions: gaps.append(f"max_train_captions {max_train_captions}")
+    if embed_size not in (512, 1024): gaps.append(f"embed_size {embed_size} (paper: 512, or 1024)")
+    if img_res != 224: gaps.append(f"img_res {img_res} (paper: 224)")
+    if num_epochs < 30 or dense_epochs: gaps.append(f"{dense_epochs} dense + {num_epochs} LAPS epochs (paper: 0 + 30)")
+    return gaps
+
+# %% ../nbs/30_laps.ipynb #a0a1b022
+_ROW_METRICS = ('i2t_r1', 'i2t_r5', 't2i_r1', 't2i_r5')
+_STANDIN_COLORS = {'red': (220, 40, 40), 'green': (40, 180, 60), 'blue': (50, 80, 230), 'yellow': (230, 210, 40), 'white': (240, 240, 240)}
+_STANDIN_THINGS = ('dog', 'cat', 'ball', 'car', 'boat')
+
+def _standin_image(i:int)->tuple:
+    "Colour and thing of stand-in image `i` (every image differs)."
+    cols = list(_STANDIN_COLORS)
+    return cols[i % len(cols)], _STANDIN_THINGS[(i // len(cols)) % len(_STANDIN_THINGS)]
+
+def _write_karpathy(dataset:str, src, n:dict)->list[str]:
+    "Tiny JPEGs + Karpathy's `dataset_<name>.json` (upstream format) under `src`; returns the caption words."
+    import json
+    from pathlib import Path
+    from PIL import Image, ImageDraw
+    src, rows, words, i = Path(src), [], set(), 0
+    for split, count in n.items():
+        for _ in range(count):
+            col, thing = _standin_image(i)
+            if dataset == 'coco':
+                folder = 'val2014' if split in ('val', 'test') else 'train2014'
+                fname, extra = f'COCO_{folder}_{i + 1:012d}.jpg', dict(filepath=folder, cocoid=i + 1)
+            else: folder, fname, extra = 'flickr30k-images', f'{1000 + i}.jpg', {}
+            img = Image.new('RGB', (40, 30), _STANDIN_COLORS[col]); ImageDraw.Draw(img).rectangle([4 + i % 7, 4, 20, 24], fill=(20, 20, 20))
+            (src / folder).mkdir(parents=True, exist_ok=True); img.save(src / folder / fname, quality=90)
+            raws = [f'A {col} {thing} on the grass.', f'The {thing} is {col}.', f'a small {col} {thing} near a tree',
+                    f'A {thing} that is {col} sits outside.', f'{col} {thing} , picture {i}']
+            sents = [dict(tokens=r.lower().replace('.', ' .').split(), raw=r, imgid=i, sentid=5 * i + k) for k, r in enumerate(raws)]
+            words |= {w for s in sents for w in s['tokens']}
+            rows.append(dict(filename=fname, imgid=i, split=split, sentids=[s['sentid'] for s in sents], sentences=sents, **extra))
+            i += 1
+    name = 'flickr30k' if dataset != 'coco' else 'coco'
+    (src / f'dataset_{name}.json').write_text(json.dumps(dict(images=rows, dataset=name)))
+    return sorted(words)
+
+def _write_hf_standins(vit_type:str, vision_dir, text_dir, words:list[str], seed:int=0):
+    "Tiny ViT/Swin and BERT (+ WordPiece vocab) saved like the released Hugging Face checkpoints."
+    import transformers
+    from pathlib import Path
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if vit_type == 'swin':   # microsoft/swin-base-patch4-window7-224 is a SwinForImageClassification (keys swin.*, classifier.*)
+            v = transformers.SwinForImageClassification(transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                                                                                 num_heads=[1, 2], window_size=4, num_labels=3))
+        else:                    # google/vit-base-patch16-224-in21k is a ViTModel with its pooler
+            v = transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                                             num_attention_heads=2, intermediate_size=64))
+        v.save_pretrained(vision_dir)
+        text_dir = Path(text_dir); text_dir.mkdir(parents=True, exist_ok=True)
+        vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *sorted(set(words) | set('abcdefghijklmnopqrstuvwxyz0123456789.,'))]
+        (text_dir / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+        transformers.BertTokenizerFast(str(text_dir / 'vocab.txt'), do_lower_case=True).save_pretrained(text_dir)
+        t = transformers.BertForMaskedLM(transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                                                                 num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+        t.save_pretrained(text_dir)   # bert-base-uncased layout: BertForMaskedLM (keys bert.*, cls.*)
+
+def _relative(params:dict, key:str)->str:
+    "The set's value of `key`, checked to be a path relative to the root."
+    from pathlib import Path
+    v = params.get(key) or ''
+    if not v: raise ValueError(f"the set gives no {key}; a full-scale LAPS set names it relative to the root")
+    if Path(v).is_absolute() or v.startswith('..'):
+        raise ValueError(f"{key} {v!r} must be relative to the root (ckpt/..., data): vlrepro run resolves it against --root")
+    return v
+
+def _write_standins(params:dict, root, overrides:dict):
+    "Write every input a full-scale set names, at its own relative path under `root`."
+    import subprocess, sys
+    from vlrepro.run import find_nbs
+    dataset, vit = params.get('dataset', ''), params.get('vit_type', 'vit')
+    if dataset not in DATA_SCRIPTS:
+        raise ValueError(f"the set reads <data_root>/{dataset}/ but no data script writes that folder: "
+                         + ', '.join(f'{s} writes {d}/' for d, s in DATA_SCRIPTS.items()))
+    n = dict(train=2, restval=2, val=1, test=5) if dataset == 'coco' else dict(train=4, val=1, test=5)
+    raw = root / 'raw' / dataset
+    words = _write_karpathy(dataset, raw, n)
+    r = subprocess.run([sys.executable, f'data_scripts/{DATA_SCRIPTS[dataset]}', '--src', str(raw), '--root', str(root / _relative(params, 'data_root'))],
+                       cwd=find_nbs().parent, capture_output=True, text=True)
+    if r.returncode: raise RuntimeError(f"data_scripts/{DATA_SCRIPTS[dataset]} failed: {r.stderr.strip()}")
+    _write_hf_standins(vit, root / _relative(params, 'vision_model'), root / _relative(params, 'text_model'), words)
+    if params.get('init_checkpoint'):   # the authors' model_best.pth layout, for the rehearsal's sizes
+        import argparse
+        v, t = build_encoders(str(root / params['vision_model']), str(root / params['text_model']))
+        m = patch(LAPSModel(v, t, overrides['embed_size']), params.get('sparse_ratio', .5), params.get('aggr_ratio', .4),
+                  hidden_ratio=params.get('aggr_hidden_ratio', .2))
+        p = root / _relative(params, 'init_checkpoint'); p.parent.mkdir(parents=True, exist_ok=True)
+        opt = argparse.Namespace(sparse_ratio=m.laps_head.sparse_ratio, aggr_ratio=m.laps_head.aggr_ratio, embed_size=m.embed_size, vit_type=vit)
+        torch.save({'model': authors_state_dict(m), 'opt': opt, 'epoch': 1, 'best_rsum': 0.0, 'Eiters': 1}, p)
+
+def rehearsal(params:dict,          # the parameter set's YAML mapping, as in the file
+              root:Path|None=None,  # rehearsal root; None: only return the plan, write nothing
+              device:str='cpu',     # 'cpu' (fp32) or 'cuda' (bf16 autocast)
+             )->dict:               # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
+    "The `vlrepro rehearse` plan of a 30_laps parameter set; with `root`, its stand-ins are written there."
+    from pathlib import Path
+    nproc = int(params.get('nproc', 1))
+    dense, laps_ep = int(params.get('dense_epochs', 1)), int(params.get('num_epochs', 1))   # the notebook's defaults when absent
+    ov = {}
+    if dense: ov['dense_epochs'] = 1
+    if laps_ep: ov['num_epochs'] = 1
+    ov['batch_size'] = 10                                   # 20 training pairs: 2 steps per epoch, so a kill point exists
+    if not params.get('data_root'):                        # the synthetic demonstration
+        ov |= dict(train_images=4, test_images=4, eff_images=2, threads=1)
+        branch, setting = 'cpu-demo', paper_setting('tiles', params.get('vit_type', 'vit'))
+        rows = [(setting, m) for m in _ROW_METRICS]
+    else:
+        ov |= dict(img_res=32, embed_size=16, shard_size=4, eff_images=2, threads=1)
+        if params.get('num_workers'): ov['num_workers'] = 1
+        dataset, vit = params.get('dataset', ''), params.get('vit_type', 'vit')
+        branch, setting = f"laps-{'coco' if dataset == 'coco' else 'f30k'}-{vit}", paper_setting(dataset, vit)
+        rows = [(setting, m) for m in _ROW_METRICS] + ([(setting.replace('5K', '1K'), m) for m in _ROW_METRICS] if params.get('coco_folds') else [])
+        if root is not None: _write_standins(params, Path(root), ov)
+    ov |= dict(device='cuda', amp=True) if device == 'cuda' else dict(device='cpu', amp=False)
+    if nproc > 1: ov['nproc'] = 2
+    return dict(overrides=ov, branch=branch, metric='laps/rsum', nproc=min(nproc, 2), rows=rows, trains=bool(dense or laps_ep),
+                recipe_batch=dict(per_process=int(params.get('batch_size', 64)), processes=nproc, grad_accum=1, recipe=64 * nproc))
