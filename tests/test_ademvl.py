@@ -516,22 +516,25 @@ def test_full_scale_path_on_local_tiny_checkpoints(tmp_path):
     tok = ademvl.demo_tokenizer(rows)
     llm = models.tiny_hf('ademvl-llama', seed=0); llm.save_pretrained(tmp_path / 'llama'); tok.save_pretrained(tmp_path / 'llama')
     models.tiny_hf('ademvl-clip-vision', seed=0).save_pretrained(tmp_path / 'clip')
-    out = ademvl.run_full_scale('sqa', str(root), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'),
-                                out_dir=str(tmp_path / 'run'), epochs=1, warmup_epochs=0.1, batch_size=4, accum_iter=2,
-                                max_seq_len=128, hidden_proj=16, down_sample_num=(64, 16), max_steps=2, device='cpu',
-                                eval_prompt_format='QCM-A', eval_use_caption=True)
+    kw = dict(llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'), out_dir=str(tmp_path / 'run'), epochs=1,
+              warmup_epochs=0.1, batch_size=4, accum_iter=2, max_seq_len=128, hidden_proj=16, down_sample_num=(64, 16), max_steps=2,
+              device='cpu', eval_prompt_format='QCM-A', eval_use_caption=True)
+    with pytest.raises(ValueError, match='no captions'): ademvl.run_full_scale('sqa', str(root), **kw)  # before any training
+    assert not (tmp_path / 'run').exists()
+    (tmp_path / 'captions.json').write_text(json.dumps({'captions': {r['id']: 'A picture.' for r in rows}}))
+    out = ademvl.run_full_scale('sqa', str(root), caption_file=str(tmp_path / 'captions.json'), **kw)
     assert set(out['metrics']) >= {'LLaMA-7B ScienceQA/Avg', 'LLaMA-7B ScienceQA/IMG'}
     assert out['efficiency']['trainable_params'] == ademvl.expected_trainable(96, 64, 80, 16, 3, 12)
     # the same through the workbench launcher (one plain-python process; torchrun/DeepSpeed on GPUs)
     out2 = ademvl.run_full_scale('sqa', str(root), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'),
                                  out_dir=str(tmp_path / 'run2'), epochs=1, warmup_epochs=0.1, batch_size=4, accum_iter=1,
                                  max_seq_len=128, hidden_proj=16, down_sample_num=(64, 16), max_steps=2, device='cpu',
-                                 nproc=1, launcher='python')
+                                 nproc=1, launcher='python', caption_file=str(tmp_path / 'captions.json'))
     assert set(out2['metrics']) == set(out['metrics'])
     with pytest.raises(FileNotFoundError, match='does not exist'):
         ademvl.run_full_scale('sqa', str(tmp_path / 'nope'), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'))
     with pytest.raises(FileNotFoundError, match='does not exist'):
-        ademvl.run_full_scale('sqa', str(root), llama_dir=str(tmp_path / 'missing'), clip_path=str(tmp_path / 'clip'))
+        ademvl.run_full_scale('sqa', str(root), llama_dir=str(tmp_path / 'missing'), clip_path=str(tmp_path / 'clip'), eval_use_caption=False)
 
 
 def test_convert_llama_script(tmp_path):
@@ -620,7 +623,7 @@ def test_full_scale_instruction_end_to_end(tmp_path):
     _png(mme / 'a.jpg', (220, 30, 30))
     (mme / 'a.txt').write_text('Is it red? Please answer yes or no.\tYes\nIs it blue? Please answer yes or no.\tNo\n')
     texts = [ademvl.mme_prompt('What color is it?') + ' It is red. blue. Yes. No. Say yes. Is it red? Please answer yes or no.']
-    out = ademvl.run_full_scale('instruction', str(root), **_tiny_checkpoints(tmp_path, texts), out_dir=str(tmp_path / 'run'),
+    out = ademvl.run_full_scale('instruction', str(root), dataset='llava', **_tiny_checkpoints(tmp_path, texts), out_dir=str(tmp_path / 'run'),
                                 epochs=1, warmup_epochs=0.2, batch_size=3, accum_iter=1, max_seq_len=64, hidden_proj=16,
                                 down_sample_num=(64, 16), max_steps=2, device='cpu', mme_root=str(tmp_path / 'mme'))
     assert set(out['metrics']) == {'LLaMA-7B instruction/MME-P', 'LLaMA-7B instruction/MME-C'}

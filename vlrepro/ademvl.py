@@ -17,17 +17,21 @@ from .core import PaperNumber, register_paper_numbers
 
 # %% auto #0
 __all__ = ['SQA_OPTIONS', 'CAPTION_PROMPT', 'MME_PERCEPTION', 'MME_COGNITION', 'IMAGE_PREFIX', 'TEXT_PREFIX', 'PAPER',
-           'PAPER_NUMBERS', 'multiscale_prompt', 'Projector', 'check_drop_ratio', 'drop_count', 'adaptive_drop',
-           'fusion_kv', 'fuse', 'ClipAdapter', 'ADEMClipMLP', 'ADEMState', 'ADEMLlamaMLP', 'visual_context', 'ADEMVL',
-           'expected_trainable', 'clip_features', 'patch', 'is_patched', 'get_state', 'unpatch', 'trainable_parameters',
-           'adapter_state_dict', 'insert_visual', 'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate',
-           'sqa_prompt', 'tokenize_example', 'parse_answer', 'pre_caption', 'caption_example', 'extract_caption',
-           'mme_prompt', 'instruction_example', 'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at',
-           'load_llama', 'clip_hidden', 'TextOnlyVL', 'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt', 'encoder_of',
-           'SQAExamples', 'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm',
-           'VisionProbe', 'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost',
-           'openai_clip_to_hf', 'load_clip_vision', 'load_llama_tokenizer', 'PairExamples', 'caption_pairs',
-           'instruction_pairs', 'generate_texts', 'read_mme_task', 'train_task', 'run_full_scale']
+           'PAPER_NUMBERS', 'DEFAULT_DATASETS', 'FULL_INPUTS', 'MME_FOLDERED', 'multiscale_prompt', 'Projector',
+           'check_drop_ratio', 'drop_count', 'adaptive_drop', 'fusion_kv', 'fuse', 'ClipAdapter', 'ADEMClipMLP',
+           'ADEMState', 'ADEMLlamaMLP', 'visual_context', 'ADEMVL', 'expected_trainable', 'clip_features', 'patch',
+           'is_patched', 'get_state', 'unpatch', 'trainable_parameters', 'adapter_state_dict', 'insert_visual',
+           'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate', 'sqa_prompt', 'tokenize_example',
+           'parse_answer', 'pre_caption', 'caption_example', 'extract_caption', 'mme_prompt', 'instruction_example',
+           'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at', 'load_llama', 'clip_hidden', 'TextOnlyVL',
+           'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt', 'encoder_of', 'SQAExamples', 'collate_sqa',
+           'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm', 'VisionProbe', 'cell_targets',
+           'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost', 'openai_clip_to_hf',
+           'load_clip_vision', 'MetaTokenizer', 'load_llama_tokenizer', 'PairExamples', 'caption_pairs',
+           'instruction_pairs', 'generate_texts', 'read_mme_task', 'read_sqa_captions', 'check_captions', 'train_task',
+           'run_full_scale', 'full_scale_inputs', 'full_scale_label', 'lavin_image', 'convert_lavin_instructions',
+           'write_meta_llama', 'write_openai_clip', 'write_scienceqa_upstream', 'write_karpathy_coco_upstream',
+           'write_lavin_instructions_upstream', 'write_mme_upstream', 'rehearsal']
 
 # %% ../nbs/40_ademvl.ipynb #cd7ea183
 def _check_scales(down_sample_num:Sequence[int], # features per scale, e.g. (256, 64)
@@ -753,25 +757,28 @@ def evaluate_sqa(method:nn.Module,         # TextOnlyVL / ADEMVLModel / InputSpa
 
 # %% ../nbs/40_ademvl.ipynb #1dc1a40f
 def _fit(model:nn.Module, data, steps:int, batch_size:int, lr:float, seed:int=0, weight_decay:float=0.0,
-         warmup_ratio:float=0.05, device:str='cpu', loss_fn=None, collate_fn=collate_sqa, betas=(0.9, 0.999))->dict:
+         warmup_ratio:float=0.05, device:str='cpu', loss_fn=None, collate_fn=collate_sqa, betas=(0.9, 0.999),
+         out_dir:str='',                  # checkpoint here and resume from it on a rerun ('' = keep nothing)
+         save_trainable_only:bool=False)->dict:
     "Train `model`'s trainable parameters for `steps` optimizer steps with the workbench Trainer."
     from vlrepro.train import Trainer, TrainConfig
     if loss_fn is None:
         loss_fn = lambda m, b: m(b['input_ids'], b['pixel_values'], b['has_image'], b['labels'])['loss']
-    cfg = TrainConfig(out_dir='', max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       warmup_ratio=warmup_ratio, schedule='cosine', device=device, seed=seed, log_every=max(1, steps // 5),
-                      progress=False, resume=False, betas=betas, precision='fp32')
+                      progress=False, resume=bool(out_dir), betas=betas, precision='fp32', out_dir=str(out_dir),
+                      save_trainable_only=save_trainable_only)
     with core.Timer() as t: res = Trainer(model, loss_fn, data, cfg, collate_fn=collate_fn).fit()
     res['train_seconds'] = t.seconds
     return res
 
 def train_text_llm(llm:nn.Module, data:SQAExamples, tokenizer, steps:int=300, batch_size:int=32, lr:float=3e-3,
-                   seed:int=0, device:str='cpu', warmup_ratio:float=0.05)->dict:
+                   seed:int=0, device:str='cpu', warmup_ratio:float=0.05, out_dir:str='')->dict:
     "Stage A: train the LLM on the text of the items (oracle descriptions included), then freeze it."
     ip, tp = encoder_of(tokenizer)(IMAGE_PREFIX), encoder_of(tokenizer)(TEXT_PREFIX)
     m = TextOnlyVL(llm, ip, tp).train()
     for p in llm.parameters(): p.requires_grad_(True)
-    res = _fit(m, data, steps, batch_size, lr, seed, device=device, warmup_ratio=warmup_ratio)
+    res = _fit(m, data, steps, batch_size, lr, seed, device=device, warmup_ratio=warmup_ratio, out_dir=out_dir)
     for p in llm.parameters(): p.requires_grad_(False)
     llm.eval()
     return res
@@ -833,7 +840,7 @@ def probe_accuracy(vision_tower:nn.Module, train_mcqa, test_mcqa,
                 shape_acc=float((o[..., nc:].argmax(-1) == s_te).float().mean()), empty_share=float((cte == 0).float().mean()))
 
 def train_vision(vision_tower:nn.Module, mcqa, steps:int=300, batch_size:int=64, lr:float=3e-3, seed:int=0,
-                 device:str='cpu')->dict:
+                 device:str='cpu', out_dir:str='')->dict:
     "Stage B: train the CLIP vision tower on per-cell colour/shape classification, then freeze it."
     colors, shapes = sorted(mcqa.options['colors']), sorted(mcqa.options['shapes'])
     probe = VisionProbe(vision_tower, 4, len(colors) + 1, len(shapes) + 1).train()
@@ -842,7 +849,7 @@ def train_vision(vision_tower:nn.Module, mcqa, steps:int=300, batch_size:int=64,
         c, s = m(b['pixel_values'])
         return F.cross_entropy(c.flatten(0, 1), b['color'].flatten()) + F.cross_entropy(s.flatten(0, 1), b['shape'].flatten())
     res = _fit(probe, _ProbeData(mcqa, colors, shapes), steps, batch_size, lr, seed, device=device, loss_fn=loss_fn,
-               collate_fn=None)
+               collate_fn=None, out_dir=out_dir)
     for p in vision_tower.parameters(): p.requires_grad_(False)
     vision_tower.eval()
     return res
@@ -953,7 +960,8 @@ PAPER_NUMBERS = register_paper_numbers(PAPER, [
 def openai_clip_to_hf(sd:dict, n_heads:int|None=None)->tuple[dict, Any]:
     "Map an OpenAI/open_clip CLIP visual state dict onto HF `CLIPVisionModel` keys; returns (state_dict, config)."
     from transformers import CLIPVisionConfig
-    sd = {k[len('visual.'):] if k.startswith('visual.') else k: v for k, v in sd.items()}
+    if any(k.startswith('visual.') for k in sd):  # a whole CLIP: keep the image tower (the text tower has transformer.* keys too)
+        sd = {k[len('visual.'):]: v for k, v in sd.items() if k.startswith('visual.')}
     if 'conv1.weight' not in sd: raise KeyError("no visual.conv1.weight: not an OpenAI / open_clip CLIP checkpoint")
     C, P = sd['conv1.weight'].shape[0], sd['conv1.weight'].shape[-1]
     n_layers = 1 + max(int(k.split('.')[2]) for k in sd if k.startswith('transformer.resblocks.'))
@@ -992,15 +1000,44 @@ def load_clip_vision(clip_path:Path|str, dtype:torch.dtype=torch.float16, n_head
     for q in m.parameters(): q.requires_grad_(False)
     return m.eval()
 
+class MetaTokenizer:
+    "Meta's LLaMA `tokenizer.model` read with sentencepiece, as upstream's `adem/tokenizer.py` does (BOS 1, EOS 2, no pad)."
+    def __init__(self, model_file:Path|str):
+        try: import sentencepiece as spm
+        except ImportError: raise ImportError("Meta's tokenizer.model needs sentencepiece: pip install 'vlrepro[llama]'") from None
+        self.model_file = Path(model_file)
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        self.bos_token_id, self.eos_token_id, self.unk_token_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
+    def __len__(self): return self.sp.get_piece_size()
+    def encode(self, text:str, add_special_tokens:bool=False)->list[int]:
+        ids = self.sp.encode(text)
+        return [self.bos_token_id] + ids + [self.eos_token_id] if add_special_tokens else ids
+    def __call__(self, text:str|Sequence[str], add_special_tokens:bool=False)->dict:
+        "`{'input_ids': ids}` like a `transformers` tokenizer (a list of lists for a list of texts)."
+        if isinstance(text, str): return {'input_ids': self.encode(text, add_special_tokens)}
+        return {'input_ids': [self.encode(t, add_special_tokens) for t in text]}
+    def decode(self, ids, skip_special_tokens:bool=False)->str:
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, 'tolist') else ids)]
+        if skip_special_tokens: ids = [i for i in ids if i not in (self.bos_token_id, self.eos_token_id)]
+        return self.sp.decode([i for i in ids if 0 <= i < len(self)])
+    def convert_ids_to_tokens(self, ids)->list[str]: return [self.sp.id_to_piece(int(i)) for i in ids]
+    def save_pretrained(self, out:Path|str)->Path:
+        "Copy `tokenizer.model` into `out` (a HF LLaMA folder reads it back with `load_llama_tokenizer(out, 'hf')`)."
+        import shutil
+        out = Path(out); out.mkdir(parents=True, exist_ok=True)
+        if (out/'tokenizer.model').resolve() != self.model_file.resolve(): shutil.copyfile(self.model_file, out/'tokenizer.model')
+        return out
+
 def load_llama_tokenizer(llama_dir:Path|str, llama_format:str='hf'):
-    "The LLaMA SentencePiece tokenizer (`legacy=True`; BOS/EOS are added by `tokenize_example`, not by the tokenizer)."
-    from transformers import AutoTokenizer, LlamaTokenizer
+    "The LLaMA tokenizer: Meta's `tokenizer.model` through sentencepiece, or a HF folder's tokenizer (BOS/EOS added by `tokenize_example`)."
     d = Path(llama_dir)
     if llama_format == 'meta':
         f = d/'tokenizer.model'
         if not f.exists(): raise FileNotFoundError(f"{f} is missing: Meta's weights/ folder must hold tokenizer.model")
-        return LlamaTokenizer(vocab_file=str(f), legacy=True)
+        return MetaTokenizer(f)
     if not d.is_dir(): raise FileNotFoundError(f"tokenizer folder {d} does not exist")
+    if not (d/'tokenizer.json').exists() and (d/'tokenizer.model').exists(): return MetaTokenizer(d/'tokenizer.model')
+    from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(d, legacy=True, local_files_only=True)
 
 class PairExamples(torch.utils.data.Dataset):
@@ -1065,11 +1102,28 @@ def read_mme_task(task_dir:Path|str)->list[tuple[str, str, str]]:
 
 def _merge_captions(rows:list[dict], caption_file:str|Path|None):
     if not caption_file: return rows
-    f = Path(caption_file)
-    if not f.exists(): raise FileNotFoundError(f"caption file {f} does not exist (LaVIN's captions.json); set caption_file='' to run without")
-    caps = json.loads(f.read_text()); caps = caps.get('captions', caps)
+    caps = read_sqa_captions(caption_file)
     for r in rows: r.setdefault('caption', caps.get(str(r.get('id')), ''))
     return rows
+
+def read_sqa_captions(caption_file:str|Path)->dict[str, str]:
+    "LaVIN's ScienceQA `captions.json` (`{\"captions\": {pid: caption}}`) as {pid: caption}."
+    f = Path(caption_file)
+    if not f.exists(): raise FileNotFoundError(f"caption file {f} does not exist (LaVIN's captions.json); set caption_file='' to run without")
+    caps = json.loads(f.read_text())
+    caps = caps.get('captions', caps) if isinstance(caps, dict) else None
+    if not isinstance(caps, dict) or not all(isinstance(v, str) for v in caps.values()):
+        raise ValueError(f"{f}: expected LaVIN's captions.json, {{\"captions\": {{pid: caption}}}}")
+    return {str(k): v for k, v in caps.items()}
+
+def check_captions(rows:list[dict], use_caption:bool, where:str=''):
+    "Raise when captions are asked for but the ScienceQA rows carry none (converted without captions.json)."
+    if use_caption and rows and not any('caption' in r for r in rows):
+        raise ValueError(f"the ScienceQA rows{where} have no captions, but the prompt uses them (eval_use_caption / "
+                         "train_use_caption); convert with captions: python data_scripts/get_scienceqa.py --src SRC "
+                         "--captions SRC/captions.json, or give caption_file, or set the *_use_caption parameter to false")
+
+DEFAULT_DATASETS = {'sqa': 'scienceqa', 'coco_caption': 'coco', 'instruction': 'lavin_instruct'}
 
 def _build_full(task:str, data_root:str, dataset:str, llama_dir:str, llama_format:str, llm:str, clip_path:str,
                 max_seq_len:int, adapter_dim:int, hidden_proj:int, alpha:float, beta:float, drop_ratio:float,
@@ -1080,7 +1134,7 @@ def _build_full(task:str, data_root:str, dataset:str, llama_dir:str, llama_forma
     if task not in ('sqa', 'coco_caption', 'instruction'): raise ValueError(f"task must be 'sqa', 'coco_caption' or 'instruction', got {task!r}")
     root = Path(data_root)
     if not root.is_dir(): raise FileNotFoundError(f"data_root {root} does not exist; prepare it with data_scripts/get_scienceqa.py etc.")
-    dataset = dataset or {'sqa': 'scienceqa', 'coco_caption': 'coco', 'instruction': 'llava'}[task]
+    dataset = dataset or DEFAULT_DATASETS[task]
     check_drop_ratio(drop_ratio)
     dev = core.get_device(device)
     half = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision, torch.float32) if dev.type == 'cuda' else torch.float32
@@ -1101,6 +1155,7 @@ def _build_full(task:str, data_root:str, dataset:str, llama_dir:str, llama_forma
     lim = lambda xs, n: xs[:n] if n else xs
     if task == 'sqa':
         tr = data.MCQADataset(src, 'train', transform=tf); tr.rows = lim(_merge_captions(tr.rows, caption_file), limit_train)
+        check_captions(tr.rows, train_use_caption, f" of {src}/train.jsonl")
         train = SQAExamples(tr, tok, train_prompt_format, train_use_caption, max_seq_len)
     elif task == 'coco_caption':
         tr = data.RetrievalDataset(src, 'train', transform=tf)
@@ -1117,9 +1172,25 @@ def train_task(**kw)->dict:
     b = _build_full(**kw)
     return dict(model=b['model'], loss_fn=_adem_loss, train_data=b['train'], collate_fn=collate_sqa)
 
+def _trained_state(train_dir:Path, finished:bool)->dict:
+    "The trained adapter weights of a training folder: model.pt when finished, else the last checkpoint's."
+    f = train_dir/('model.pt' if finished else 'checkpoint.pt')
+    if not f.exists(): raise FileNotFoundError(f"{f} does not exist; did the training job run? rerun the same command to resume it")
+    sd = torch.load(f, map_location='cpu', weights_only=not f.name.startswith('checkpoint'))
+    sd = sd.get('model', sd)
+    return {k: v for k, v in sd.items() if 'adapter' in k}
+
+def _launched_before(cfg, train_dir:Path)->dict|None:
+    "The summary of an earlier launched training with this exact config that finished (so a rerun does not redo it)."
+    s, c = train_dir/'summary.json', train_dir/'train_config.json'
+    if not (s.exists() and c.exists() and (train_dir/'model.pt').exists()): return None
+    summ = json.loads(s.read_text())
+    same = json.loads(c.read_text()) == json.loads(json.dumps(cfg.to_dict()))
+    return summ if same and summ.get('finished') else None
+
 def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'instruction'
                    data_root:str='',              # root holding the converted datasets (vlrepro.data format)
-                   dataset:str='',                # dataset folder under data_root ('' = scienceqa / coco / llava by task)
+                   dataset:str='',                # dataset folder under data_root ('' = scienceqa / coco / lavin_instruct by task)
                    llama_dir:str='', llama_format:str='hf', llm:str='7B', clip_path:str='',
                    out_dir:str='_runs/40_ademvl_full', epochs:int=20, warmup_epochs:float=2.0, blr:float=9e-3,
                    weight_decay:float=0.02, batch_size:int=2, accum_iter:int=16, max_seq_len:int=512,
@@ -1131,6 +1202,8 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
                    max_steps:int=0, limit_train:int=0, limit_eval:int=0, mme_root:str='',
                    nproc:int=0,                   # 0 = train in this process; >= 1 = `vlrepro.train.launch` with that many processes
                    launcher:str='torchrun',       # with nproc: 'torchrun', 'deepspeed' or 'python'
+                   stop_step:int=0,               # end this invocation's training after this step (checkpointed); rerun to go on
+                   recipe_batch:int=32,           # the recipe's global batch (8 GPUs x 2 x 2 accumulation), recorded beside this run's
                   )->dict:
     "Train and evaluate ADEM-VL at full scale (one of the seed's model-zoo rows); returns metrics, efficiency, patched model."
     from vlrepro import data
@@ -1142,32 +1215,42 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
               limit_train=limit_train)
     dev = core.get_device(device)
     if not Path(data_root).is_dir(): raise FileNotFoundError(f"data_root {data_root} does not exist; prepare it with data_scripts/get_scienceqa.py etc.")
+    src = Path(data_root)/(dataset or DEFAULT_DATASETS.get(task, ''))
     lim = lambda xs, n: xs[:n] if n else xs
+    if task == 'sqa':  # captions are checked before any training, not after it
+        f = src/f"{eval_split or 'test'}.jsonl"
+        if f.exists(): check_captions(_merge_captions(data.read_jsonl(f, image_fields=())[:1], caption_file), eval_use_caption, f" of {f}")
     from vlrepro.train import Trainer, TrainConfig
     world = max(1, nproc) if nproc else int(__import__('os').environ.get('WORLD_SIZE', 1))
-    lr = effective_lr(blr, batch_size * accum_iter * world)
-    cfg = TrainConfig(out_dir=str(Path(out_dir)/'train'), epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+    gb = dict(per_process=batch_size, processes=world, grad_accum=accum_iter, global_=batch_size * world * accum_iter, recipe=recipe_batch)
+    print(f"global batch {batch_size} per process x {world} process(es) x {accum_iter} accumulation = {gb['global_']} "
+          f"(recipe {recipe_batch}: 8 GPUs x 2 x 2)")
+    lr = effective_lr(blr, gb['global_'])
+    cfg = TrainConfig(out_dir=str(Path(out_dir)/'train'), epochs=epochs, max_steps=max_steps, stop_step=stop_step, batch_size=batch_size,
                       grad_accum=accum_iter, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95),
                       warmup_ratio=min(0.99, warmup_epochs / epochs), schedule='cosine', precision=precision if dev.type == 'cuda' else 'fp32',
                       device=str(dev), seed=seed, save_trainable_only=True, backend=backend, find_unused_parameters=True,
                       progress=False)
-    if nproc:  # multi-process training through the workbench launcher, then evaluate here with the trained adapters
+    train_dir = Path(cfg.out_dir)
+    if nproc:  # multi-process training through the workbench launcher (it resumes from train/checkpoint.pt), then evaluate here
         from vlrepro.train import launch
-        res = launch('vlrepro.ademvl:train_task', cfg, nproc=nproc, launcher=launcher, task_args=bk)
+        res = _launched_before(cfg, train_dir)
+        if res: print(f"training finished earlier in {train_dir} (step {res['step']}); loading its final weights")
+        else: res = launch('vlrepro.ademvl:train_task', cfg, nproc=nproc, launcher=launcher, task_args=bk)
         B = _build_full(**bk)
         model, llm_m, tok, tf, src, size = (B[k] for k in ('model', 'llm', 'tok', 'tf', 'src', 'size'))
-        sd = torch.load(Path(cfg.out_dir)/'model.pt', map_location='cpu', weights_only=True)
-        sd = sd.get('model', sd)
-        got = {k: v for k, v in sd.items() if 'adapter' in k}
-        if not got: raise ValueError(f"{cfg.out_dir}/model.pt holds no adapter weights; did the launched job finish?")
+        got = _trained_state(train_dir, bool(res.get('finished')))
+        if not got: raise ValueError(f"{train_dir} holds no adapter weights; did the launched job finish?")
         missing = set(adapter_state_dict(model)) - set(got)
         if missing: raise ValueError(f"trained weights lack {sorted(missing)[:3]}")
         model.load_state_dict(got, strict=False)
-    else:
+    else:  # in this process; a rerun into the same out_dir resumes from train/checkpoint.pt (a finished run is not redone)
+        core.seed_everything(seed)  # the adapters' init, as a launched job seeds it
         B = _build_full(**bk)
         model, llm_m, tok, tf, src, size = (B[k] for k in ('model', 'llm', 'tok', 'tf', 'src', 'size'))
         res = Trainer(model, _adem_loss, B['train'], cfg, collate_fn=collate_sqa).fit()
-    metrics, extra = {}, {}
+    metrics, extra = {}, {'global_batch': gb, 'model_dims': dict(llm_dim=llm_m.config.hidden_size,
+                                                                  clip_dim=llm_m.ademvl.vision_tower.config.hidden_size)}
     if task == 'sqa':
         te = data.MCQADataset(src, eval_split or 'test', transform=tf); te.rows = lim(_merge_captions(te.rows, caption_file), limit_eval)
         test = SQAExamples(te, tok, eval_prompt_format, eval_use_caption, max_seq_len)
@@ -1181,6 +1264,7 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
         from vlrepro import metrics as M
         sc = M.caption_scores([extract_caption(g) for g in gens], [te[i]['captions'] for i in idx], metrics=('bleu4', 'cider'))
         metrics = {f'LLaMA-{llm} COCO caption/BLEU-4': sc['bleu4'], f'LLaMA-{llm} COCO caption/CIDEr': sc['cider']}
+        extra['captions'] = gens[:20]
     else:
         pred_dir = Path(out_dir)/'mme'
         if mme_root:
@@ -1193,4 +1277,331 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
             sc = mme_scores(pred_dir)
             metrics = {f'LLaMA-{llm} instruction/MME-P': sc['MME-P'], f'LLaMA-{llm} instruction/MME-C': sc['MME-C']}
     eff = dict(trainable_params=trainable_parameters(llm_m)['total'], train_seconds=res.get('seconds'))
-    return dict(metrics=metrics, efficiency=eff, extra=extra, train=res, model=model)
+    return dict(metrics=metrics, efficiency=eff, extra=extra, train=res, model=model, finished=bool(res.get('finished')),
+                global_batch=gb)
+
+# %% ../nbs/40_ademvl.ipynb #254d9d9a
+FULL_INPUTS = {  # task -> (the command that makes its dataset folder, its train and eval splits)
+    'sqa': ("python data_scripts/get_scienceqa.py --src SRC --root DATA_ROOT (SRC: ScienceQA's problems.json, pid_splits.json, "
+            "images/ and LaVIN's captions.json)", ('train', 'test')),
+    'coco_caption': ("python data_scripts/get_coco.py --src SRC --root DATA_ROOT (SRC: Karpathy's dataset_coco.json, train2014/, "
+                     "val2014/)", ('train', 'val')),
+    'instruction': ("python data_scripts/get_lavin_instruct.py --src SRC --root DATA_ROOT (SRC: LaVIN's all_data.json, "
+                    "images/train/, cocoimages/train/)", ('train',)),
+}
+
+def full_scale_inputs(task:str, data_root:str, dataset:str='', eval_split:str='', llama_dir:str='', llama_format:str='hf',
+                      llm:str='7B')->dict:
+    "{what: (path, how to make it)} for the files a full-scale run of `task` reads (for `core.require_inputs`)."
+    make, splits = FULL_INPUTS[task]
+    ds = dataset or DEFAULT_DATASETS[task]
+    splits = [splits[0]] + ([eval_split or splits[1]] if len(splits) > 1 else [])
+    out = {f"data_root {ds}/{s}.jsonl": (Path(data_root)/ds/f'{s}.jsonl', make) for s in splits}
+    if llama_format == 'meta' and llama_dir:
+        meta = "Meta's LLaMA-1 download (weights/tokenizer.model, weights/<size>/params.json, consolidated.*.pth)"
+        out['llama_dir tokenizer.model'] = (Path(llama_dir)/'tokenizer.model', meta)
+        out[f'llama_dir {llm}/params.json'] = (Path(llama_dir)/llm/'params.json', meta)
+    return out
+
+def full_scale_label(llm_dim:int, clip_dim:int, shortened:bool)->str:
+    "The scale of a full-scale record: 'full' only for LLaMA-7B/13B with CLIP ViT-L on the whole recipe (a rehearsal says 'rehearsal')."
+    return core.scale_label(llm_dim in (4096, 5120) and clip_dim == 1024, full=not shortened)
+
+def lavin_image(item:dict)->str|None:
+    "Where ADEM-VL's instruction loader finds an `all_data.json` item's image, relative to the LaVIN data root (§3.3)."
+    if item.get('image') is None: return None
+    if item.get('image_source') == 'sqa': return f"images/train/{item['qid']}/image.png"
+    return f"cocoimages/train/COCO_train2014_{item['image']}"
+
+def convert_lavin_instructions(src:str|Path,          # LaVIN data root: all_data.json, images/train/, cocoimages/train/
+                               out_dir:str|Path,      # our dataset folder, e.g. data/lavin_instruct
+                               key:str='all',         # the key of all_data.json to read (upstream trains on 'all')
+                               split:str='train',     # our split name
+                               json_name:str='all_data.json',
+                               copy_images:bool=False, check_images:bool=True, dry_run:bool=False,
+                              )->dict:                # rows per split
+    "Convert LaVIN's instruction mix (`all_data.json`) into vlrepro's instruction format, keeping `instruction`/`answer` verbatim."
+    from vlrepro import data
+    src = Path(src); f = src/json_name
+    d = data._load_json(f, "LaVIN's instruction data")
+    if isinstance(d, list):
+        raise ValueError(f"{f} is a JSON list, LLaVA's conversation format: convert it with data_scripts/get_llava.py; "
+                         f"this converter reads LaVIN's {{'{key}': [{{qid, instruction, answer, image, image_source}}, ...]}}")
+    if not isinstance(d, dict) or not isinstance(d.get(key), list):
+        raise ValueError(f"{f}: expected LaVIN's {{'{key}': [{{qid, instruction, answer, image, image_source}}, ...]}}, "
+                         f"got keys {sorted(d)[:5] if isinstance(d, dict) else type(d).__name__}")
+    rows = []
+    for n, it in enumerate(d[key]):
+        lack = [k for k in ('qid', 'instruction', 'answer', 'image') if not isinstance(it, dict) or k not in it]
+        if lack: raise ValueError(f"{f}: {key}[{n}] lacks {lack}; LaVIN items are {{qid, instruction, answer, image, image_source}}")
+        rows.append(dict(id=str(it['qid']), image=lavin_image(it), instruction=it['instruction'], answer=it['answer'],
+                         image_source=it.get('image_source'), options=it.get('options'),
+                         conversations=[{'from': 'human', 'value': it['instruction']}, {'from': 'gpt', 'value': it['answer']}]))
+    has_img = any(r['image'] for r in rows)
+    return data._finish(out_dir, {split: rows}, src if has_img else None, copy_images, check_images, dry_run,
+                        source='https://github.com/luogen1996/LaVIN (data/all_data.json: Alpaca-52k + LLaVA-158k + ScienceQA)',
+                        license='Alpaca CC BY-NC 4.0; LLaVA-Instruct CC BY 4.0 (OpenAI terms); ScienceQA CC BY-NC-SA 4.0; COCO images: their own')
+
+# %% ../nbs/40_ademvl.ipynb #ed2336f0
+def write_meta_llama(out:str|Path,            # the `weights/` folder to write (tokenizer.model, <size>/)
+                     texts:Sequence[str],     # corpus the sentencepiece tokenizer is trained on
+                     size:str='7B',           # the sub-folder (LLaMA's size name)
+                     dim:int=64, n_layers:int=2, n_heads:int=4, multiple_of:int=32,
+                     vocab_size:int=256,      # target pieces (fewer when the corpus is small)
+                     seed:int=0,
+                    )->Path:                  # `out`
+    "A tiny LLaMA in Meta's release layout: a sentencepiece `tokenizer.model` and `<size>/{params.json, consolidated.00.pth}` (fp16)."
+    import io, sentencepiece as spm
+    from transformers import LlamaForCausalLM
+    out = Path(out); (out/size).mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([t for t in texts if t.strip()]), model_writer=buf, vocab_size=vocab_size,
+                                   model_type='bpe', character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    tmp = out/'tokenizer.model.tmp'; tmp.write_bytes(buf.getvalue()); tmp.replace(out/'tokenizer.model')
+    n_vocab = spm.SentencePieceProcessor(model_proto=buf.getvalue()).get_piece_size()
+    params = dict(dim=dim, multiple_of=multiple_of, n_heads=n_heads, n_layers=n_layers, norm_eps=1e-6, vocab_size=-1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        m = LlamaForCausalLM(llama_config_from_params(params, n_vocab))
+    sd = {k: v.half() for k, v in hf_to_meta(m.state_dict(), n_heads).items()}
+    sd['rope.freqs'] = (1.0 / 10000 ** (torch.arange(0, dim // n_heads, 2).float() / (dim // n_heads))).half()  # as LLaMA-1 ships
+    core.atomic_torch_save(sd, out/size/'consolidated.00.pth')
+    core.atomic_write_json(out/size/'params.json', params)
+    return out
+
+class _QuickGELU(nn.Module):
+    def forward(self, x:Tensor)->Tensor: return x * torch.sigmoid(1.702 * x)
+
+class _OpenAIBlock(nn.Module):
+    "OpenAI CLIP's `ResidualAttentionBlock` (its parameter names: ln_1, attn.in_proj_*, attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj)."
+    def __init__(self, d:int, heads:int):
+        super().__init__()
+        from collections import OrderedDict
+        self.attn, self.ln_1, self.ln_2 = nn.MultiheadAttention(d, heads), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.mlp = nn.Sequential(OrderedDict([('c_fc', nn.Linear(d, 4 * d)), ('gelu', _QuickGELU()), ('c_proj', nn.Linear(4 * d, d))]))
+    def forward(self, x:Tensor)->Tensor:  # (L, N, D), as OpenAI's code runs it
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+class _OpenAIVisual(nn.Module):
+    "OpenAI CLIP's `VisionTransformer`: conv1, class/positional embeddings, ln_pre, transformer.resblocks, ln_post, proj."
+    def __init__(self, image_size:int, patch_size:int, width:int, layers:int, heads:int, out_dim:int):
+        super().__init__()
+        s = width ** -0.5
+        self.conv1 = nn.Conv2d(3, width, patch_size, patch_size, bias=False)
+        self.class_embedding = nn.Parameter(s * torch.randn(width))
+        self.positional_embedding = nn.Parameter(s * torch.randn((image_size // patch_size) ** 2 + 1, width))
+        self.ln_pre, self.ln_post = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.transformer = nn.Module(); self.transformer.resblocks = nn.Sequential(*[_OpenAIBlock(width, heads) for _ in range(layers)])
+        self.proj = nn.Parameter(s * torch.randn(width, out_dim))
+    def forward(self, x:Tensor)->Tensor:
+        x = self.conv1(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1).to(x.dtype), x], 1) + self.positional_embedding
+        x = self.transformer.resblocks(self.ln_pre(x).permute(1, 0, 2)).permute(1, 0, 2)
+        return self.ln_post(x[:, 0]) @ self.proj
+
+class _OpenAICLIP(nn.Module):
+    "The module tree of OpenAI's `CLIP` (image tower under `visual.`, text tower at the top level), small."
+    def __init__(self, image_size:int=32, patch_size:int=4, width:int=64, layers:int=3, embed_dim:int=32, text_width:int=32,
+                 context_length:int=16, vocab_size:int=64):
+        super().__init__()
+        self.visual = _OpenAIVisual(image_size, patch_size, width, layers, max(1, width // 64), embed_dim)
+        self.transformer = nn.Module(); self.transformer.resblocks = nn.Sequential(_OpenAIBlock(text_width, 1))
+        self.token_embedding, self.ln_final = nn.Embedding(vocab_size, text_width), nn.LayerNorm(text_width)
+        self.positional_embedding = nn.Parameter(0.01 * torch.randn(context_length, text_width))
+        self.text_projection = nn.Parameter(text_width ** -0.5 * torch.randn(text_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    def encode_image(self, image:Tensor)->Tensor: return self.visual(image)
+    def forward(self, image:Tensor)->Tensor: return self.visual(image)
+
+def write_openai_clip(path:str|Path, width:int=64, layers:int=3, patch_size:int=4, image_size:int=32, seed:int=0)->Path:
+    "A tiny CLIP in the layout of OpenAI's `ViT-L-14.pt`: a TorchScript archive with OpenAI's parameter names (`visual.conv1.weight`, ...)."
+    import warnings
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        m = _OpenAICLIP(image_size, patch_size, width, layers).eval()
+        for n_, p in m.named_parameters():  # LayerNorms away from 1/0, so a mapping mistake shows
+            if 'ln' in n_: p.data.add_(0.1 * torch.randn_like(p))
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        arch = torch.jit.trace_module(m, {'encode_image': torch.zeros(1, 3, image_size, image_size)}, check_trace=False)
+        tmp = path.with_name(path.name + '.tmp'); arch.save(str(tmp)); tmp.replace(path)
+    return path
+
+def _png(path:Path, rgb:tuple, size:tuple=(40, 30), fmt:str='PNG'):
+    from PIL import Image, ImageDraw
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.new('RGB', size, (200, 200, 200)); ImageDraw.Draw(im).rectangle([8, 6, 28, 22], fill=rgb)
+    im.save(path, fmt)
+
+_COLORS = {'red': (220, 30, 30), 'green': (30, 180, 30), 'blue': (30, 30, 220), 'yellow': (230, 210, 30)}
+
+def write_scienceqa_upstream(src:str|Path, n:dict|None=None)->list[str]:
+    "A tiny ScienceQA in its release layout (problems.json, pid_splits.json, images/<split>/<pid>/image.png, LaVIN's captions.json); returns its texts."
+    src, n = Path(src), n or {'train': 8, 'val': 4, 'test': 6}
+    kinds = [  # (subject, grade, image?, hint, question, choices, answer): test rows cover NAT/SOC/LAN, TXT/IMG/NO, G1-6/G7-12
+        ('natural science', 'grade3', True, '', 'What color is the square?', ['red', 'green', 'blue'], None),
+        ('social science', 'grade8', False, 'The ball is blue.', 'What color is the ball?', ['yellow', 'blue'], 1),
+        ('language science', 'grade10', False, '', 'Which word is a noun?', ['dog', 'run', 'quickly'], 0),
+        ('natural science', 'grade5', True, 'Look at the picture.', 'Which color is shown?', ['blue', 'yellow', 'red', 'green'], None)]
+    problems, splits, caps, texts, pid = {}, {}, {}, [], 0
+    for sp, k in n.items():
+        splits[sp] = []
+        for i in range(k):
+            pid += 1; subj, grade, img, hint, q, ch, ans = kinds[i % len(kinds)]
+            col = list(_COLORS)[(pid + i) % len(_COLORS)]
+            if img:
+                ch = list(ch) if col in ch else list(ch[:-1]) + [col]
+                ans = ch.index(col); _png(src/'images'/sp/str(pid)/'image.png', _COLORS[col])
+                caps[str(pid)] = f'A {col} square on a gray background.'
+            problems[str(pid)] = dict(question=q, choices=ch, answer=ans, hint=hint, image='image.png' if img else None,
+                                      task='closed choice', grade=grade, subject=subj, topic='colors', category='Colors',
+                                      skill='Identify colors', lecture='Colors have names.', solution=f'The answer is {ch[ans]}.', split=sp)
+            splits[sp].append(str(pid))
+            texts += [q, hint, ' '.join(ch), caps.get(str(pid), '')]
+    splits['minival'] = splits.get('val', [])[:2]; splits['trainval'] = splits.get('train', []) + splits.get('val', [])
+    core.atomic_write_json(src/'problems.json', problems); core.atomic_write_json(src/'pid_splits.json', splits)
+    core.atomic_write_json(src/'captions.json', {'captions': caps})
+    for k, p in problems.items():
+        for fmt in ('CQM-A', 'QCM-A'):
+            for uc in (False, True):
+                texts.append(''.join(sqa_prompt(p['question'], p['choices'], p['answer'], hint=p['hint'],
+                                                caption=caps.get(k, ''), fmt=fmt, use_caption=uc)) + 'The answer is')
+    return texts
+
+def write_karpathy_coco_upstream(src:str|Path, n:dict|None=None)->list[str]:
+    "A tiny COCO with Karpathy's split file (dataset_coco.json, train2014/, val2014/ JPEGs); returns its captions."
+    src, n = Path(src), n or {'train': 4, 'restval': 1, 'val': 3, 'test': 2}
+    images, texts, sid = [], [], 0
+    for sp, k in n.items():
+        for i in range(k):
+            col, cid = list(_COLORS)[(len(images) + i) % len(_COLORS)], 100 + len(images)
+            folder = 'val2014' if sp in ('val', 'test', 'restval') else 'train2014'
+            fn = f'COCO_{folder}_{cid:012d}.jpg'
+            _png(src/folder/fn, _COLORS[col], (48, 40), 'JPEG')
+            raws = [f'A {col} square on a gray wall.', f'The {col} box is in the middle.', f'a {col} shape', 'A small square.',
+                    f'There is a {col} square.']
+            sents = [dict(tokens=r.lower().rstrip('.').split(), raw=r, imgid=len(images), sentid=sid + j) for j, r in enumerate(raws)]
+            images.append(dict(filepath=folder, filename=fn, imgid=len(images), split=sp, sentences=sents, cocoid=cid,
+                               sentids=[s['sentid'] for s in sents]))
+            sid += len(raws); texts += raws
+    core.atomic_write_json(src/'dataset_coco.json', {'images': images, 'dataset': 'coco'})
+    return texts + [f'{CAPTION_PROMPT} {pre_caption(t)}' for t in texts]
+
+def write_lavin_instructions_upstream(src:str|Path, n:int=8)->list[str]:
+    "A tiny LaVIN instruction mix (all_data.json {'all': [...]}, cocoimages/train/, images/train/); returns its texts."
+    src, items = Path(src), []
+    for i in range(n):
+        col = list(_COLORS)[i % len(_COLORS)]
+        if i % 4 == 3:   # Alpaca: text only
+            items.append(dict(instruction=f'Instruction: Name a word that rhymes with {col}.\nResponse:', answer='Bed.', image=None,
+                              options=None, image_source=None, qid=f'alpaca_{i}'))
+        elif i % 4 == 2:  # ScienceQA-sourced
+            items.append(dict(instruction=f'Instruction: What color is the square?\nResponse:', answer=f'The square is {col}.',
+                              image='image.png', options=None, image_source='sqa', qid=str(900 + i)))
+            _png(src/'images'/'train'/str(900 + i)/'image.png', _COLORS[col])
+        else:             # LLaVA-158k on COCO train2014
+            fn = f'{200 + i:012d}.jpg'
+            items.append(dict(instruction=f'Instruction: What is in the image?\nResponse:', answer=f'A {col} square on a gray wall.',
+                              image=fn, options=None, image_source='mscoco', qid=f'gpt4_{i}'))
+            _png(src/'cocoimages'/'train'/f'COCO_train2014_{fn}', _COLORS[col], (48, 40), 'JPEG')
+    core.atomic_write_json(src/'all_data.json', {'all': items})
+    return [it['instruction'] + it['answer'] for it in items]
+
+MME_FOLDERED = ('artwork', 'celebrity', 'landmark', 'posters', 'scene')  # images/ + questions_answers_YN/ in the release
+
+def write_mme_upstream(root:str|Path, tasks:Sequence[str]=MME_PERCEPTION + MME_COGNITION)->list[str]:
+    "A tiny MME_Benchmark_release_version: one image and its yes/no question pair per subtask, in the release's two layouts."
+    root, texts = Path(root), []
+    for t in tasks:
+        d = root/t
+        img_dir, qa_dir = (d/'images', d/'questions_answers_YN') if t in MME_FOLDERED else (d, d)
+        col = list(_COLORS)[len(t) % len(_COLORS)]
+        _png(img_dir/'0001.jpg', _COLORS[col], (48, 40), 'JPEG')
+        qs = [f'Is the square {col}? Please answer yes or no.', 'Is the square purple? Please answer yes or no.']
+        qa_dir.mkdir(parents=True, exist_ok=True)
+        core.atomic_write_text(qa_dir/'0001.txt', f'{qs[0]}\tYes\n{qs[1]}\tNo\n')
+        texts += [mme_prompt(q) + ' Yes No' for q in qs]
+    return texts
+
+# %% ../nbs/40_ademvl.ipynb #2b39f077
+import os
+
+_BRANCHES = {'sqa': 'adem-sqa', 'coco_caption': 'adem-coco', 'instruction': 'adem-instruction'}
+_METRICS = {'sqa': ('ScienceQA', ['Avg']), 'coco_caption': ('COCO caption', ['CIDEr', 'BLEU-4']),
+            'instruction': ('instruction', ['MME-P', 'MME-C'])}
+
+def _relative(params:dict, key:str)->Path:
+    v = params.get(key) or ''
+    if os.path.isabs(v): raise ValueError(f"{key}={v!r} is absolute: a rehearsal writes its stand-ins under its own root, so the "
+                                          f"set must give {key} relative to the root (e.g. ckpt/... or data/...)")
+    return Path(v)
+
+def _run_script(script:str, *args):
+    "Run one of the project's data_scripts as a user would (repository root as cwd); raise with its output if it fails."
+    import subprocess, sys
+    repo = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, str(repo/'data_scripts'/script), *map(str, args)], cwd=repo, capture_output=True, text=True,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    if p.returncode: raise RuntimeError(f"data_scripts/{script} {' '.join(map(str, args))} failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+    return p.stdout
+
+def rehearsal(params:dict,              # the parameter set's YAML mapping, as in the file
+              root:Path|None=None,      # rehearsal root; None = only return the plan, write nothing
+              device:str='cpu',         # 'cpu' or 'cuda' (the GPU rehearsal: bf16 autocast)
+             )->dict:                   # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
+    "How `vlrepro rehearse` runs one 40_ademvl set: shrink sizes only; with `root`, write its stand-ins at the set's own paths."
+    if not params.get('data_root'):  # the synthetic demonstration (§7): nothing to write, only fewer items and steps
+        ov = dict(device=device, n_train=64, n_test=16, steps_a=2, steps_b=2, steps_c=2, batch_size=8, batch_size_b=8,
+                  latency_repeats=1, bench_repeats=1, bench_text_len=4, bench_visual_tokens=8, layer_bench=False)
+        return dict(overrides=ov, branch='cpu-demo', metric='ADEM/Avg', nproc=1, recipe_batch=None, trains=True,
+                    rows=[('LLaMA-7B ScienceQA', 'Avg'), ('LLaMA-7B', 'trainable params (M)'), ('LLaMA-13B', 'trainable params (M)')])
+    task, llm = params.get('task', 'sqa'), params.get('llm', '7B')
+    if task not in _BRANCHES: raise ValueError(f"task must be one of {sorted(_BRANCHES)}, got {task!r}")
+    nproc = int(params.get('nproc') or 0)
+    n = 1 if nproc <= 1 else 2 if device != 'cuda' else max(1, min(2, torch.cuda.device_count()))  # 2 gloo processes on CPU
+    accum = min(2, int(params.get('accum_iter', 16)))
+    ov = dict(device=device, precision='bf16' if device == 'cuda' else 'fp32', batch_size=1, accum_iter=accum, max_steps=2,
+              limit_train=2 * n * accum, limit_eval=4, eval_batch_size=2, hidden_proj=16, down_sample_num=[64, 16],
+              layer_bench=False)
+    if nproc > 1: ov['nproc'] = n
+    setting, names = _METRICS[task]
+    rows = [(f'LLaMA-{llm} {setting}', m) for m in names] + [(f'LLaMA-{llm}', 'trainable params (M)')]
+    plan = dict(overrides=ov, branch=_BRANCHES[task], metric=f'LLaMA-{llm} {setting}/{names[0]}', nproc=n, trains=True, rows=rows,
+                recipe_batch=dict(per_process=int(params.get('batch_size', 2)), processes=max(1, nproc),
+                                  grad_accum=int(params.get('accum_iter', 16)), recipe=32))
+    if root is None: return plan
+    root = Path(root)
+    data_root = root/_relative(params, 'data_root')
+    ds = params.get('dataset') or DEFAULT_DATASETS[task]
+    raw = root/'raw'/ds
+    texts = [IMAGE_PREFIX, TEXT_PREFIX, 'The answer is A. B. C. D. E.', CAPTION_PROMPT]
+    if task == 'sqa':
+        texts += write_scienceqa_upstream(raw)
+        _run_script('get_scienceqa.py', '--src', raw, '--root', data_root, '--name', ds)
+        if params.get('caption_file'):
+            import shutil; shutil.copyfile(raw/'captions.json', data_root/_relative(params, 'caption_file'))
+    elif task == 'coco_caption':
+        texts += write_karpathy_coco_upstream(raw)
+        _run_script('get_coco.py', '--src', raw, '--root', data_root, '--name', ds)
+    else:
+        texts += write_lavin_instructions_upstream(raw)
+        _run_script('get_lavin_instruct.py', '--src', raw, '--root', data_root, '--name', ds)
+        if params.get('mme_root'): texts += write_mme_upstream(data_root/_relative(params, 'mme_root'))
+    llama = root/_relative(params, 'llama_dir')
+    if params.get('llama_format', 'hf') == 'meta': write_meta_llama(llama, texts, size=llm)
+    else:  # a HF folder: the same tiny LLaMA, converted as data_scripts/convert_llama.py does
+        tmp = root/'raw'/'llama-meta'; write_meta_llama(tmp, texts, size=llm)
+        _run_script('convert_llama.py', '--src', tmp, '--size', llm, '--out', llama, '--dtype', 'float32')
+    clip = root/_relative(params, 'clip_path')
+    if clip.suffix == '.pt': write_openai_clip(clip)
+    else:
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=1,
+                                             image_size=32, patch_size=4, hidden_act='quick_gelu')).save_pretrained(clip)
+    return plan
