@@ -142,7 +142,7 @@ def test_score_folder_resumes(model, tok, tmp_path):
     rows = [dict(image=f'{i}.png', prompt=f'a red circle {i}') for i in range(3)]
     V.score_folder(V.Scorer(model, tok), tmp_path, rows[:2], tmp_path/'s.csv', log=lambda *_: None)
     c = V.score_folder(V.Scorer(model, tok), tmp_path, rows, tmp_path/'s.csv', log=lambda *_: None)
-    assert c == dict(scored=1, skipped=0, resumed=2)
+    assert c == dict(scored=1, skipped=0, resumed=2, retried=0)
     got = list(csv.DictReader((tmp_path/'s.csv').open()))
     assert [r['image'] for r in got] == ['0.png', '1.png', '2.png'] and all(float(r['score']) > 0 for r in got)
 

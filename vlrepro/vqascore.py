@@ -18,15 +18,20 @@ from . import core, data as vdata
 
 # %% auto #0
 __all__ = ['IMAGE_TOKEN_INDEX', 'DEFAULT_IMAGE_TOKEN', 'SYSTEM_MSG', 'QUESTION_TEMPLATE', 'ANSWER_TEMPLATE',
-           'CONVERSATION_STYLES', 'PAD_COLOR', 'ImageLike', 'PAPER', 'PAPER_ROWS', 'SCORE_COLUMNS', 'PRESETS',
-           'format_prompt', 'vqa_prompt_and_answer', 'tokenizer_image_token', 'world_corpus', 'pad_to_square',
-           'CLIPPreprocess', 'build_projector', 'splice_image_features', 'CLIPFlanT5', 'tiny_clip_flant5',
-           'answer_labels', 'pad_ids', 'sequence_scores', 'Scorer', 'CLIPScorer', 'split_text', 'flatten_conversations',
-           'preprocess_multimodal', 't5_v1', 'T5VLCollate', 't5vl_loss', 'set_stage', 'trainable_parameters',
-           'load_clip_flant5', 'save_clip_flant5', 'load_projector', 'LlavaT5Dataset', 'train_task', 'read_winoground',
-           'read_pairs', 'benchmark_scores', 'read_prompts', 'score_folder', 'WorldImages', 'ClipBatches',
-           'Stage1Items', 'Stage2Items', 'clip_loss_fn', 'tower_from_clip', 'resolve_steps', 'winoground_matrix',
-           'scoring_benchmark', 'xl_like', 'bench_main']
+           'CONVERSATION_STYLES', 'PAD_COLOR', 'ImageLike', 'PAPER', 'PAPER_ROWS', 'WINOGROUND_FIELDS', 'SCORE_COLUMNS',
+           'IMAGE_EXTS', 'PRESETS', 'STAGE_RECIPES', 'STANDIN_CAPTIONS', 'format_prompt', 'vqa_prompt_and_answer',
+           'tokenizer_image_token', 'world_corpus', 'pad_to_square', 'CLIPPreprocess', 'build_projector',
+           'splice_image_features', 'CLIPFlanT5', 'tiny_clip_flant5', 'answer_labels', 'pad_ids', 'sequence_scores',
+           'Scorer', 'CLIPScorer', 'split_text', 'flatten_conversations', 'preprocess_multimodal', 't5_v1',
+           'T5VLCollate', 't5vl_loss', 'set_stage', 'trainable_parameters', 'split_official_state', 'load_clip_flant5',
+           'official_state_dict', 'save_clip_flant5', 'load_projector', 'export_trained', 'LlavaT5Dataset',
+           'train_task', 'modality_lengths', 'modality_grouped_order', 'shard_order', 'Reordered', 'convert_winoground',
+           'read_winoground', 'read_pairs', 'benchmark_scores', 'score_benchmark', 'read_prompts', 'prompt_rows',
+           'score_folder', 'WorldImages', 'ClipBatches', 'Stage1Items', 'Stage2Items', 'clip_loss_fn',
+           'tower_from_clip', 'resolve_steps', 'full_inputs', 'winoground_matrix', 'scoring_benchmark', 'xl_like',
+           'bench_main', 'write_t5_tokenizer', 'write_flant5_standin', 'write_clip_standin',
+           'write_clip_flant5_standin', 'write_projector_standin', 'write_llava_pretrain_raw', 'write_llava_mix_raw',
+           'write_winoground_raw', 'rehearsal']
 
 # %% ../nbs/50_vqascore.ipynb #53ca927c
 IMAGE_TOKEN_INDEX = -200          # the sentinel id that marks where the image features go
@@ -136,17 +141,25 @@ def splice_image_features(input_ids:Tensor,      # (B, T) ids, right-padded with
                           image_features:Tensor|Sequence[Tensor], # (N_img, P, D) projected features, used in order
                           embed:nn.Module,       # the T5 token embedding
                           pad_id:int=0,          # padding id of the ids
+                          image_rows:Sequence[bool]|None=None, # per row: it owns one image even without a -200 (a text-only sample's dummy)
                          )->tuple[Tensor, Tensor]:# (B, L, D) encoder inputs, (B, L) attention mask
     "Replace each -200 in `input_ids` by the next image's feature vectors and build the encoder mask from lengths."
     rows, k = [], 0
-    for ids in input_ids:
-        ids = ids[:int((ids != pad_id).sum())] if (ids == pad_id).any() else ids  # right padding: valid ids are a prefix
+    # one embedding call for the whole batch, as the official code embeds each row's text at once: under ZeRO-3 every
+    # module call gathers its parameters, so the processes must make the same calls whatever their rows hold
+    E = embed(input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, pad_id))
+    for i, ids in enumerate(input_ids):
+        n = int((ids != pad_id).sum()) if (ids == pad_id).any() else len(ids)   # right padding: valid ids are a prefix
+        ids, e = ids[:n], E[i, :n]
         pos = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
         parts, start = [], 0
         for p in pos:
             if k >= len(image_features): raise ValueError(f"more '<image>' markers than images ({len(image_features)})")
-            parts += [embed(ids[start:p]), image_features[k].to(embed.weight.dtype)]; start, k = p + 1, k + 1
-        parts.append(embed(ids[start:]))
+            parts += [e[start:p], image_features[k].to(e.dtype)]; start, k = p + 1, k + 1
+        parts.append(e[start:])
+        if not pos and image_rows is not None and image_rows[i]:   # official: a text-only row consumes its dummy image as a
+            if k >= len(image_features): raise ValueError(f"row {i} owns an image but only {len(image_features)} were given")
+            parts.append(image_features[k][:0].to(e.dtype)); k += 1   # zero-length slice: projector stays in the graph
         rows.append(torch.cat(parts))
     L = max(r.shape[0] for r in rows)
     out = rows[0].new_zeros(len(rows), L, rows[0].shape[-1])
@@ -187,20 +200,23 @@ class CLIPFlanT5(nn.Module):
         f = self.vision_features(pixel_values)
         return self.mm_projector(f.to(next(self.mm_projector.parameters(), f).dtype))
 
-    def encoder_inputs(self, input_ids:Tensor, pixel_values:Tensor|None=None, image_features:Tensor|None=None):
+    def encoder_inputs(self, input_ids:Tensor, pixel_values:Tensor|None=None, image_features:Tensor|None=None,
+                       image_rows:Sequence[bool]|None=None):
         "(inputs_embeds, attention_mask) for the T5 encoder."
         if image_features is None:
             image_features = self.encode_images(pixel_values) if pixel_values is not None else input_ids.new_zeros(0)
-        return splice_image_features(input_ids, image_features, self.t5.get_input_embeddings(), self.t5.config.pad_token_id)
+        return splice_image_features(input_ids, image_features, self.t5.get_input_embeddings(), self.t5.config.pad_token_id,
+                                     image_rows)
 
     def forward(self, input_ids:Tensor,                 # (B, T) with -200 sentinels, right-padded with 0
                 pixel_values:Tensor|None=None,          # (N_img, 3, H, W)
                 labels:Tensor|None=None,                # (B, M) answer ids incl. </s>, -100 padded
                 image_features:Tensor|None=None,        # (N_img, P, D) instead of pixels
                 decoder_attention_mask:Tensor|None=None,# default labels != -100
+                image_rows:Sequence[bool]|None=None,    # rows owning an image without a -200 (text-only samples' dummies)
                 **kwargs):
         "T5 forward with the image spliced into the encoder input (returns the HF output with `.loss`, `.logits`)."
-        embeds, mask = self.encoder_inputs(input_ids, pixel_values, image_features)
+        embeds, mask = self.encoder_inputs(input_ids, pixel_values, image_features, image_rows)
         if labels is not None and decoder_attention_mask is None: decoder_attention_mask = (labels != -100).long()
         return self.t5(inputs_embeds=embeds, attention_mask=mask, labels=labels,
                        decoder_attention_mask=decoder_attention_mask, **kwargs)
@@ -420,16 +436,18 @@ class T5VLCollate:
     "Collate (encoder_text, decoder_text, pixels|None) items into CLIP-FlanT5 batches."
     def __init__(self, tokenizer, max_length:int=2048): self.tokenizer, self.max_length = tokenizer, max_length
     def __call__(self, items:Sequence[dict])->dict:
-        ids = [tokenizer_image_token(it['encoder'], self.tokenizer, self.max_length) if it.get('pixels') is not None
-               else self.tokenizer(it['encoder']).input_ids[:self.max_length] for it in items]
+        has = [it.get('has_image', it.get('pixels') is not None) for it in items]
+        ids = [tokenizer_image_token(it['encoder'], self.tokenizer, self.max_length) if h
+               else self.tokenizer(it['encoder']).input_ids[:self.max_length] for it, h in zip(items, has)]
         px = [it['pixels'] for it in items if it.get('pixels') is not None]
         return dict(input_ids=pad_ids(ids, self.tokenizer.pad_token_id),
                     labels=answer_labels([it['decoder'] for it in items], self.tokenizer, self.max_length),
-                    pixel_values=torch.stack(px) if px else None)
+                    pixel_values=torch.stack(px) if px else None,
+                    image_rows=[it.get('pixels') is not None for it in items])
 
 def t5vl_loss(model, batch:dict):
     "Training loss: HF T5's mean token cross-entropy over every non-ignored label of the batch (§6.5)."
-    return model(batch['input_ids'], batch['pixel_values'], labels=batch['labels']).loss
+    return model(batch['input_ids'], batch['pixel_values'], labels=batch['labels'], image_rows=batch.get('image_rows')).loss
 
 # %% ../nbs/50_vqascore.ipynb #7632383b
 def set_stage(model:CLIPFlanT5, stage:int)->CLIPFlanT5:
@@ -461,6 +479,21 @@ def _read_state(folder:Path)->dict[str, Tensor]:
         else: sd.update(torch.load(f, map_location='cpu', weights_only=True))
     return sd
 
+_ALIASES = ('embed_tokens.weight', 'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
+
+def split_official_state(sd:dict[str, Tensor])->tuple[dict, dict, dict]:
+    "(projector, vision tower, T5) weights of an official CLIP-FlanT5 state dict, the T5 ones under T5's names."
+    proj, tw, t5sd = {}, {}, {}
+    for k, v in sd.items():
+        if 'mm_projector.' in k: proj[k.split('mm_projector.', 1)[1]] = v
+        elif 'vision_tower.vision_tower.' in k: tw[k.split('vision_tower.vision_tower.', 1)[1]] = v
+        elif k in _ALIASES: continue   # views of `shared.weight` (the official class adds a top-level `embed_tokens` alias)
+        else: t5sd[k] = v
+    if 'shared.weight' not in t5sd:    # a file that kept only an alias of the shared embedding
+        alias = next((sd[k] for k in _ALIASES if k in sd), None)
+        if alias is not None: t5sd['shared.weight'] = alias
+    return proj, tw, t5sd
+
 def load_clip_flant5(path:str|Path,                      # local folder of a released (or saved) CLIP-FlanT5
                      vision_tower_path:str|Path|None=None,# local CLIPVisionModel folder (default: the config's mm_vision_tower)
                      dtype:torch.dtype|None=None,
@@ -483,13 +516,9 @@ def load_clip_flant5(path:str|Path,                      # local folder of a rel
         t5.lm_head.weight = nn.Parameter(t5.shared.weight.detach().clone()); t5.config.tie_word_embeddings = False
     model = CLIPFlanT5(tower, t5, cfg.get('mm_projector_type', 'mlp2x_gelu'), cfg.get('mm_vision_select_layer', -2),
                        cfg.get('mm_vision_select_feature', 'patch'))
-    sd, t5sd, proj, tw = _read_state(p), {}, {}, {}
-    for k, v in sd.items():
-        if 'mm_projector.' in k: proj[k.split('mm_projector.', 1)[1]] = v
-        elif 'vision_tower.vision_tower.' in k: tw[k.split('vision_tower.vision_tower.', 1)[1]] = v
-        else: t5sd[k] = v
+    proj, tw, t5sd = split_official_state(_read_state(p))
     missing, unexpected = t5.load_state_dict(t5sd, strict=False)
-    missing = [k for k in missing if k not in ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')]
+    missing = [k for k in missing if k not in _ALIASES]
     if missing or unexpected:
         raise ValueError(f"{p}: checkpoint does not match T5 ({len(missing)} missing e.g. {missing[:3]}, "
                          f"{len(unexpected)} unexpected e.g. {unexpected[:3]})")
@@ -504,6 +533,15 @@ def _load_tower(tower:nn.Module, sd:dict):
     if not own & set(sd):
         sd = {(k[len('vision_model.'):] if k.startswith('vision_model.') else 'vision_model.' + k): v for k, v in sd.items()}
     tower.load_state_dict(sd)
+
+def official_state_dict(model:CLIPFlanT5)->dict[str, Tensor]:
+    "The keys the authors' `CLIPT5ForConditionalGeneration.state_dict()` has: T5's (with its embedding aliases and the extra top-level `embed_tokens.weight`), `mm_projector.*`, `vision_tower.vision_tower.vision_model.*`."
+    sd = dict(model.t5.state_dict())
+    for k in _ALIASES: sd[k] = model.t5.shared.weight
+    sd.update({f'mm_projector.{k}': v for k, v in model.mm_projector.state_dict().items()})
+    sd.update({'vision_tower.vision_tower.' + ('' if k.startswith('vision_model.') else 'vision_model.') + k: v
+               for k, v in model.vision_tower.state_dict().items()})
+    return sd
 
 def save_clip_flant5(model:CLIPFlanT5, path:str|Path, vision_tower_path:str|Path, save_tower:bool=False)->Path:
     "Save in the official layout: T5 config + mm fields, T5 weights + `mm_projector.*` (+ the tower)."
@@ -529,6 +567,31 @@ def load_projector(model:CLIPFlanT5, path:str|Path)->CLIPFlanT5:
     model.mm_projector.load_state_dict({k.split('mm_projector.', 1)[-1]: v for k, v in sd.items()})
     return model
 
+def export_trained(model_pt:str|Path,          # a Trainer's model.pt of a CLIPFlanT5 (keys vision_tower.*, mm_projector.*, t5.*)
+                   base_model:str|Path,        # the FlanT5 folder the run started from (its config.json)
+                   out:str|Path,               # folder to write in the official layout
+                   mm_vision_tower:str='openai/clip-vit-large-patch14-336', # recorded in the config, as the authors do
+                   mm_hidden_size:int|None=None,
+                  )->Path:
+    "Write a trained stage-2 model as a released-style CLIP-FlanT5 folder, from its state dict (no model is built)."
+    from safetensors.torch import save_file
+    sd = torch.load(model_pt, map_location='cpu', weights_only=True)
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((Path(base_model)/'config.json').read_text())
+    proj = {k: v for k, v in sd.items() if k.startswith('mm_projector.')}
+    if not proj: raise ValueError(f"{model_pt} holds no mm_projector.* weights; is it a CLIP-FlanT5 training's model.pt?")
+    cfg.update(model_type='clip_t5', architectures=['CLIPT5ForConditionalGeneration'], mm_vision_tower=mm_vision_tower,
+               mm_hidden_size=mm_hidden_size or int(proj['mm_projector.0.weight'].shape[1]), mm_projector_type='mlp2x_gelu',
+               mm_vision_select_layer=-2, mm_vision_select_feature='patch', image_aspect_ratio='pad', use_mm_proj=True,
+               tie_word_embeddings=False)
+    core.atomic_write_json(out/'config.json', cfg)
+    w = {k[3:]: v for k, v in sd.items() if k.startswith('t5.') and k[3:] not in _ALIASES}
+    w.update(proj)
+    w.update({'vision_tower.vision_tower.' + ('' if k[13:].startswith('vision_model.') else 'vision_model.') + k[13:]: v
+              for k, v in sd.items() if k.startswith('vision_tower.')})
+    save_file({k: v.contiguous().clone() for k, v in w.items()}, str(out/'model.safetensors'))
+    return out
+
 # %% ../nbs/50_vqascore.ipynb #59f860bd
 class LlavaT5Dataset(torch.utils.data.Dataset):
     "LLaVA-format samples as CLIP-FlanT5 items: stage 1 split-text captions, stage 2 flattened `t5_v1` turns."
@@ -536,19 +599,22 @@ class LlavaT5Dataset(torch.utils.data.Dataset):
         if stage not in (1, 2): raise ValueError(f"stage must be 1 or 2, got {stage!r}")
         p = Path(json_path)
         if not p.is_file(): raise FileNotFoundError(f"{p} not found: stage {stage} needs "
-                                                    f"{'blip_laion_cc_sbu_558k.json' if stage == 1 else 'llava_v1_5_mix665k.json'}")
-        rows = json.loads(p.read_text())
+                                                    f"{'blip_laion_cc_sbu_558k.json' if stage == 1 else 'llava_v1_5_mix665k.json'} "
+                                                    "(as is, or converted with data_scripts/get_llava.py into train.jsonl)")
+        rows = vdata.read_jsonl(p, check_images=False) if p.suffix == '.jsonl' else json.loads(p.read_text())
         self.rows = rows if stage == 1 else flatten_conversations(rows)
-        self.folder, self.stage = Path(image_folder), stage
+        self.folder, self.stage, self.size = Path(image_folder), stage, image_size
         self.preprocess = CLIPPreprocess(image_size, 'square' if stage == 1 else 'pad')   # §2.6: stage 1 crops, stage 2 pads
     def __len__(self): return len(self.rows)
     def __getitem__(self, i):
-        r = self.rows[i]
-        px = self.preprocess(vdata.load_image(self.folder/r['image'])) if r.get('image') else None
+        r = self.rows[i]; has = bool(r.get('image'))
+        # a text-only sample carries a zero dummy image, as the official dataset does: every process then runs the tower
+        # and projector at every step, which ZeRO-3's parameter gathering needs (else the processes deadlock)
+        px = self.preprocess(vdata.load_image(self.folder/r['image'])) if has else torch.zeros(3, self.size, self.size)
         if self.stage == 1:
             enc, dec = split_text(r['conversations'][-1]['value'], random)   # the human turn is discarded (§6.6)
-        else: enc, dec = t5_v1(r['conversations'], has_image=px is not None)
-        return dict(encoder=enc, decoder=dec, pixels=px)
+        else: enc, dec = t5_v1(r['conversations'], has_image=has)
+        return dict(encoder=enc, decoder=dec, pixels=px, has_image=has)
 
 def train_task(stage:int=1,                  # 1: projector only (split text); 2: projector + T5 (t5_v1)
                base_model:str='',            # local google/flan-t5-xxl (or -xl) folder
@@ -557,16 +623,85 @@ def train_task(stage:int=1,                  # 1: projector only (split text); 2
                image_folder:str='',          # images the JSON refers to
                pretrain_mm_mlp_adapter:str='', # stage 2: the stage-1 mm_projector.bin
                model_max_length:int=2048,
+               gradient_checkpointing:bool=True, # recompute T5 activations in the backward pass (as the recipe)
+               group_by_modality_length:bool=False, # stage 2 recipe: one-modality, length-sorted megabatches (train with shuffle=False)
+               per_device_batch:int=1,       # with group_by_modality_length: the micro-batch ...
+               grad_accum:int=1,             # ... and accumulation the megabatches are cut for
+               seed:int=0,                   # ... and the seed of their order
               )->dict:
     "Build a CLIP-FlanT5 training stage for `vlrepro.train` (called in every process)."
     from vlrepro import models
     t5 = models.load_hf('t5', base_model); tower = models.load_hf('clip_vision', vision_tower)
+    t5.config.use_cache = False
+    if gradient_checkpointing:   # transformers 5 renamed it
+        (t5.activation_checkpointing_enable if hasattr(t5, 'activation_checkpointing_enable') else t5.gradient_checkpointing_enable)()
     model = CLIPFlanT5(tower, t5)
     if stage == 2 and pretrain_mm_mlp_adapter: load_projector(model, pretrain_mm_mlp_adapter)
     set_stage(model, stage)
     tok = models.load_tokenizer(base_model)
-    return dict(model=model, loss_fn=t5vl_loss, collate_fn=T5VLCollate(tok, model_max_length),
-                train_data=LlavaT5Dataset(data_json, image_folder, stage, tower.config.image_size))
+    data = LlavaT5Dataset(data_json, image_folder, stage, tower.config.image_size)
+    if group_by_modality_length:   # the official sampler's order, dealt to the processes as HF's loader deals it
+        procs = int(os.environ.get('WORLD_SIZE', '1'))
+        order = modality_grouped_order(modality_lengths(data.rows), per_device_batch, procs * grad_accum, seed)
+        data = Reordered(data, shard_order(order, per_device_batch, procs))
+    return dict(model=model, loss_fn=t5vl_loss, collate_fn=T5VLCollate(tok, model_max_length), train_data=data)
+
+# %% ../nbs/50_vqascore.ipynb #fb07ef15
+def modality_lengths(rows:Sequence[dict])->list[int]:
+    "Per sample, the words of all its messages: positive with an image, negative without (LLaVA's `modality_lengths`)."
+    return [(1 if r.get('image') else -1) * max(1, sum(len(c['value'].split()) for c in r['conversations'])) for r in rows]
+
+def _even_chunks(idx:list[int], lengths:Sequence[int], n:int)->list[list[int]]:
+    "Split a length-sorted megabatch into n chunks of equal count and roughly equal total length (greedy)."
+    if len(idx) % n: return [idx[i::n] for i in range(n)]
+    per, chunks, tot = len(idx) // n, [[] for _ in range(n)], [0.0] * n
+    for i in idx:
+        c = tot.index(min(tot)); chunks[c].append(i); tot[c] += lengths[i]
+        if len(chunks[c]) == per: tot[c] = float('inf')
+    return chunks
+
+def _length_grouped(lengths:Sequence[int], batch:int, world:int, g:torch.Generator)->list[int]:
+    mega = world * batch
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    out = []
+    for m in range(0, len(perm), mega):
+        for chunk in _even_chunks(sorted(perm[m:m + mega], key=lambda i: lengths[i], reverse=True), lengths, world): out += chunk
+    return out
+
+def modality_grouped_order(lengths:Sequence[int],  # `modality_lengths` of the samples
+                           batch:int,              # per-process micro-batch
+                           world:int,              # processes x accumulation steps (one optimiser step's micro-batches)
+                           seed:int=0,
+                          )->list[int]:            # the official sampler's global order of sample indices
+    "`group_by_modality_length`: image and text-only samples in separate, length-sorted megabatches of `world x batch`, megabatches shuffled, the two leftovers last (§4.2)."
+    g = torch.Generator().manual_seed(seed)
+    if all(l > 0 for l in lengths) or all(l < 0 for l in lengths): return _length_grouped([abs(l) for l in lengths], batch, world, g)
+    mm = [i for i, l in enumerate(lengths) if l > 0]; lang = [i for i, l in enumerate(lengths) if l < 0]
+    mm_order = [mm[i] for i in _length_grouped([lengths[i] for i in mm], batch, world, g)]
+    lang_order = [lang[i] for i in _length_grouped([-lengths[i] for i in lang], batch, world, g)]
+    mega = world * batch
+    mm_m = [mm_order[i:i + mega] for i in range(0, len(mm_order), mega)]
+    lang_m = [lang_order[i:i + mega] for i in range(0, len(lang_order), mega)]
+    last = mm_m.pop() + lang_m.pop()
+    full = mm_m + lang_m
+    full = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
+    return [i for m in full + ([sorted(last)] if last else []) for i in m]
+
+def shard_order(order:Sequence[int], batch:int, processes:int)->list[int]:
+    "Re-lay a global sampler order for `vlrepro.train` (process r takes positions r, r+P, ...), so that process r's j-th micro-batch is the order's global batch j x P + r, as the HF/accelerate loader deals them."
+    out, B = [], len(order) // (batch * processes) * processes   # whole rounds of P global batches
+    for j in range(B // processes):
+        for t in range(batch):
+            for r in range(processes): out.append(order[((j * processes) + r) * batch + t])
+    return out + list(order[B * batch:])
+
+class Reordered(torch.utils.data.Dataset):
+    "A dataset seen in a fixed order (item p is `dataset[order[p]]`); train it with `shuffle=False`."
+    def __init__(self, dataset, order:Sequence[int]):
+        if sorted(order) != list(range(len(dataset))): raise ValueError("order must be a permutation of the dataset's indices")
+        self.dataset, self.order = dataset, list(order)
+    def __len__(self): return len(self.order)
+    def __getitem__(self, p): return self.dataset[self.order[p]]
 
 # %% ../nbs/50_vqascore.ipynb #03bbfb6f
 PAPER = 'vqascore'
@@ -581,20 +716,73 @@ PAPER_ROWS = [core.PaperNumber(PAPER, _ZOO, f'CLIP-FlanT5-{size} VQAScore', c, v
 core.register_paper_numbers(PAPER, PAPER_ROWS)
 
 # %% ../nbs/50_vqascore.ipynb #94d3cffc
-def read_winoground(root:str|Path)->list[dict]:
-    "Winoground's `examples.jsonl` (+ images/) as items {'images': [2 paths], 'texts': [2 captions], 'tag'}."
-    root = Path(root); f = root/'examples.jsonl'
-    if not f.is_file(): raise FileNotFoundError(f"{f} not found: unpack Winoground (examples.jsonl + images/) into {root}")
-    items = []
+WINOGROUND_FIELDS = ('id', 'image_0', 'image_1', 'caption_0', 'caption_1', 'tag', 'secondary_tag', 'num_main_preds',
+                     'collapsed_tag')
+
+def _winoground_rows(f:Path)->list[dict]:
+    "Rows of Winoground's `examples.jsonl`, with file:line errors."
+    rows = []
     for n, line in enumerate(f.read_text().splitlines(), 1):
         if not line.strip(): continue
         try: r = json.loads(line)
         except json.JSONDecodeError as e: raise ValueError(f"{f}:{n}: not JSON ({e})") from None
         miss = [k for k in ('image_0', 'image_1', 'caption_0', 'caption_1') if k not in r]
         if miss: raise ValueError(f"{f}:{n}: missing {miss}")
-        imgs = [root/'images'/(r[f'image_{k}'] if Path(r[f'image_{k}']).suffix else r[f'image_{k}'] + '.png') for k in (0, 1)]
-        items.append(dict(images=imgs, texts=[r['caption_0'], r['caption_1']], tag=r.get('tag', r.get('collapsed_tag', ''))))
-    return items
+        rows.append(r)
+    return rows
+
+def _image_name(name:str)->str: return name if Path(name).suffix else name + '.png'   # examples.jsonl names lack '.png'
+
+_WINO_SOURCE = 'https://huggingface.co/datasets/facebook/winoground'
+_WINO_LICENSE = 'Winoground license (research use; images from Getty Images, see the dataset card)'
+
+def convert_winoground(src:str|Path,            # the HF dataset's files: examples.jsonl (or data/examples.jsonl) + images/ or images.zip
+                       out_dir:str|Path,        # our dataset folder, e.g. data/winoground
+                       copy_images:bool=False, check_images:bool=True, dry_run:bool=False,
+                      )->dict:                  # rows per split
+    "Convert Winoground (HF `facebook/winoground`: examples.jsonl + images) into `<out_dir>/test.jsonl` + images/."
+    src = Path(src)
+    base = next((d for d in (src, src/'data') if (d/'examples.jsonl').is_file()), None)
+    if base is None: raise FileNotFoundError(f"no examples.jsonl in {src} or {src/'data'}: download facebook/winoground "
+                                             "(examples.jsonl and images.zip; the dataset is gated: accept its terms first)")
+    rows = [dict({k: r[k] for k in WINOGROUND_FIELDS if k in r}, id=str(r.get('id', n)),
+                 image_0=_image_name(r['image_0']), image_1=_image_name(r['image_1']))
+            for n, r in enumerate(_winoground_rows(base/'examples.jsonl'))]
+    folder = next((d/'images' for d in (base, src) if (d/'images').is_dir()), None)
+    zipf = next((d/'images.zip' for d in (base, src) if (d/'images.zip').is_file()), None)
+    if folder is None and zipf is None and check_images:
+        raise FileNotFoundError(f"no images/ folder or images.zip next to {base/'examples.jsonl'}")
+    if dry_run: return {'test': len(rows)}
+    if folder is not None:
+        return vdata._finish(out_dir, {'test': rows}, folder, copy_images, check_images, False,
+                             source=_WINO_SOURCE, license=_WINO_LICENSE)
+    out_dir = Path(out_dir); (out_dir/'images').mkdir(parents=True, exist_ok=True)
+    if zipf is not None:   # a zip cannot be linked: unpack the images the rows name
+        import zipfile
+        want = {r[k] for r in rows for k in ('image_0', 'image_1')}
+        with zipfile.ZipFile(zipf) as z:
+            for info in z.infolist():
+                name = Path(info.filename).name
+                if name in want and not (out_dir/'images'/name).exists(): (out_dir/'images'/name).write_bytes(z.read(info))
+    if check_images:
+        have = {p.name for p in (out_dir/'images').iterdir()}
+        missing = sorted({r[k] for r in rows for k in ('image_0', 'image_1')} - have)
+        if missing: raise FileNotFoundError(f"{len(missing)} images named in examples.jsonl are not in {zipf}, e.g. {missing[:3]}")
+    vdata.write_jsonl(out_dir/'test.jsonl', rows)
+    vdata.write_manifest(out_dir, source=_WINO_SOURCE, license=_WINO_LICENSE, counts={'test': len(rows)}, images=2 * len(rows))
+    return {'test': len(rows)}
+
+def read_winoground(root:str|Path)->list[dict]:
+    "Winoground as items {'images': [2 paths], 'texts': [2 captions], 'tag', 'id'}: our `test.jsonl` (data_scripts/get_winoground.py) or the raw `examples.jsonl` + images/."
+    root = Path(root)
+    if (root/'test.jsonl').is_file():
+        rows = vdata.read_jsonl(root/'test.jsonl', required=('image_0', 'image_1', 'caption_0', 'caption_1'),
+                                image_fields=('image_0', 'image_1'))
+    elif (root/'examples.jsonl').is_file(): rows = _winoground_rows(root/'examples.jsonl')
+    else: raise FileNotFoundError(f"no test.jsonl (or examples.jsonl) in {root}: make it with "
+                                  f"python data_scripts/get_winoground.py --src RAW_WINOGROUND --root {root.parent}")
+    return [dict(images=[root/'images'/_image_name(r[f'image_{k}']) for k in (0, 1)], texts=[r['caption_0'], r['caption_1']],
+                 tag=r.get('tag', r.get('collapsed_tag', '')), id=str(r.get('id', n))) for n, r in enumerate(rows)]
 
 def read_pairs(path:str|Path, score_field:str='human')->list[dict]:
     "A 1-image×1-text benchmark (CSV or JSONL with image, text, and a human score or label column)."
@@ -623,10 +811,32 @@ def benchmark_scores(kind:str,        # 'winoground' | 'auc' | 'correlation' | '
         return {'pearson': 100 * metrics.pearson(h, m), 'kendall_tau_b': metrics.kendall_tau_b(h, m),
                 'pairwise_acc': 100 * metrics.pairwise_accuracy(h, m)}
     if kind == 'preference':
-        return {'acc': 100 * metrics.preference_accuracy(s[:, 0, 0], s[:, 1, 0], [it['preferred'] for it in items])}
+        return {'acc': metrics.preference_accuracy(s[:, 0, 0], s[:, 1, 0], [it['preferred'] for it in items])}  # already %
     if kind == 'ranking':
-        return {'rank_acc': 100 * metrics.rank_accuracy(np.array([it['human'] for it in items]), flat.numpy())}
+        return {'rank_acc': metrics.rank_accuracy(np.array([it['human'] for it in items]), flat.numpy())}       # already %
     raise ValueError(f"unknown benchmark kind {kind!r}; use winoground, auc, correlation, preference or ranking")
+def score_benchmark(scorer:Callable,       # scorer(images, texts) -> (K, L) scores
+                    items:Sequence[dict],  # benchmark items {'images': [K], 'texts': [L], 'id'}
+                    path:str|Path|None=None, # JSONL of per-item scores, appended as it goes; a rerun reuses the rows there
+                   )->Tensor:              # (n, K, L) scores
+    "Score a benchmark item by item, resumable: items already in `path` (same id and texts) are not scored again."
+    done = {}
+    if path is not None and Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try: r = json.loads(line)
+            except json.JSONDecodeError: continue   # a line cut by a kill: scored again
+            done[(str(r['id']), tuple(r['texts']))] = torch.tensor(r['scores'])
+    out, fh = [], (open(path, 'a') if path is not None else None)
+    try:
+        for n, it in enumerate(items):
+            key = (str(it.get('id', n)), tuple(it['texts']))
+            if key not in done:
+                done[key] = s = scorer(it['images'], it['texts']).float()
+                if fh: fh.write(json.dumps(dict(id=key[0], texts=list(key[1]), scores=s.tolist())) + '\n'); fh.flush()
+            out.append(done[key])
+    finally:
+        if fh: fh.close()
+    return torch.stack(out)
 
 # %% ../nbs/50_vqascore.ipynb #ea51344e
 def read_prompts(path:str|Path)->list[dict]:
@@ -646,24 +856,57 @@ def read_prompts(path:str|Path)->list[dict]:
     return rows
 
 SCORE_COLUMNS = ['image', 'prompt', 'score', 'error']
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif')
+
+def prompt_rows(prompts:str|Path|Sequence,   # a prompts file, rows {image, prompt}, or prompt strings
+                images_dir:str|Path,         # the folder of images (for prompt strings)
+                pairing:str='auto',          # strings: 'zip' (prompt i <-> i-th image by name), 'all' (every prompt x every image), 'auto'
+               )->list[dict]:                # rows {image, prompt}
+    "The (image, prompt) rows to score. With prompt strings, 'auto' pairs one prompt per image (images sorted by name) when the counts agree, else every prompt with every image."
+    if isinstance(prompts, (str, Path)): return read_prompts(prompts)
+    prompts = list(prompts)
+    if all(isinstance(p, dict) for p in prompts):
+        bad = [n for n, r in enumerate(prompts, 1) if 'image' not in r or 'prompt' not in r]
+        if bad: raise ValueError(f"prompt row {bad[0]} lacks 'image' or 'prompt'; rows must be {{'image': ..., 'prompt': ...}}")
+        return prompts
+    if not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a prompts file, a list of {'image', 'prompt'} rows or a list of prompt strings")
+    if pairing not in ('auto', 'zip', 'all'): raise ValueError(f"pairing must be 'auto', 'zip' or 'all', got {pairing!r}")
+    images = sorted(p.name for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not images: raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) in {images_dir}")
+    if pairing == 'auto': pairing = 'zip' if len(prompts) == len(images) else 'all'
+    if pairing == 'zip':
+        if len(prompts) != len(images):
+            raise ValueError(f"pairing='zip' needs one prompt per image: {len(prompts)} prompts, {len(images)} images in {images_dir}")
+        return [dict(image=i, prompt=p) for i, p in zip(images, prompts)]
+    return [dict(image=i, prompt=p) for i in images for p in prompts]
 
 def score_folder(scorer:Callable,         # a Scorer (or CLIPScorer): scorer([image], texts) -> (1, N)
                  images_dir:str|Path,     # folder of generated images
-                 prompts:str|Path|list,   # prompts file, or rows {image, prompt}
-                 out_csv:str|Path,        # results CSV (appended; rows already there are skipped)
+                 prompts:str|Path|list,   # prompts file, rows {image, prompt}, or prompt strings (see `prompt_rows`)
+                 out_csv:str|Path,        # results CSV (appended; rows already scored are skipped, failed ones retried)
                  batch_size:int=16,       # pairs per flush
                  log:Callable=print,
-                )->dict:                  # counts: scored, skipped, resumed
+                 pairing:str='auto',      # with prompt strings: 'zip', 'all' or 'auto'
+                )->dict:                  # counts: scored, skipped, resumed (already scored), retried (failed before)
     "Score every (image, prompt) of a folder into a CSV, resumable, skipping bad inputs with a message."
     images_dir, out_csv = Path(images_dir), Path(out_csv)
-    rows = read_prompts(prompts) if not isinstance(prompts, list) else prompts
-    done = set()
-    if out_csv.exists():
-        done = {(r['image'], r['prompt']) for r in csv.DictReader(out_csv.open(newline=''))}
+    rows = prompt_rows(prompts, images_dir, pairing)
+    done, failed = set(), set()
+    if out_csv.exists() and out_csv.stat().st_size:
+        old = list(csv.DictReader(out_csv.open(newline='')))
+        done = {(r['image'], r['prompt']) for r in old if r.get('score')}
+        failed = {(r['image'], r['prompt']) for r in old if not r.get('score')} - done
+        if failed:   # drop the failed rows (they are retried below); the scored ones stay as they are
+            buf = __import__('io').StringIO(); w = csv.DictWriter(buf, SCORE_COLUMNS); w.writeheader()
+            for r in old:
+                if r.get('score'): w.writerow({k: r.get(k, '') for k in SCORE_COLUMNS})
+            core.atomic_write_text(out_csv, buf.getvalue())
     todo = [r for r in rows if (r['image'], r['prompt']) not in done]
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     new = not out_csv.exists() or out_csv.stat().st_size == 0
-    counts = dict(scored=0, skipped=0, resumed=len(rows) - len(todo))
+    counts = dict(scored=0, skipped=0, resumed=len(rows) - len(todo),
+                  retried=sum((r['image'], r['prompt']) in failed for r in todo))
     with out_csv.open('a', newline='') as fh:
         w = csv.DictWriter(fh, SCORE_COLUMNS)
         if new: w.writeheader()
@@ -731,9 +974,8 @@ class Stage2Items(torch.utils.data.Dataset):
         if u < 0.3: q, a = '', row['caption']                                     # VisualGPTScore format
         elif u < 0.6:
             side = r.choice(['left', 'right']); ob = next(o for o in row['objects'] if o['cell'] == side)
-            others = [o for o in row['objects'] if o['cell'] != side]
             if r.random() < 0.5:
-                true, attr = r.random() < 0.5, 'color'
+                true = r.random() < 0.5
                 val = ob['color'] if true else r.choice([c for c in ('red', 'green', 'blue', 'yellow') if c != ob['color']])
                 q = f"Is the shape on the {side} {val}?"
             else:
@@ -775,6 +1017,33 @@ def resolve_steps(preset:str, **given)->dict:
     "Step counts of a preset, with any nonzero given value taking precedence."
     if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     return {k: (given.get(k) or v) for k, v in PRESETS[preset].items()}
+
+STAGE_RECIPES = {1: dict(lr=1e-2, bs=32, accum=1, zero=2, gpus=8, recipe=256),   # §4.1: 32 x 8 GPUs, ZeRO-2
+                 2: dict(lr=2e-5, bs=6, accum=2, zero=3, gpus=8, recipe=96)}     # §4.2: 6 x 8 GPUs x 2, ZeRO-3
+
+_MAKE = {'base_model': 'hf download google/flan-t5-xxl --local-dir ckpt/flan-t5-xxl (or -xl)',
+         'tokenizer_path': 'hf download google/flan-t5-xxl --local-dir ckpt/flan-t5-xxl (or -xl)',
+         'vision_tower_path': 'hf download openai/clip-vit-large-patch14-336 --local-dir ckpt/clip-vit-large-patch14-336',
+         'model_path': 'hf download zhiqiulin/clip-flant5-xxl --local-dir ckpt/clip-flant5-xxl (or -xl)',
+         'pretrain_mm_mlp_adapter': 'a stage-1 run writes mm_projector.bin in its run folder (or hf download zhiqiulin/clip-flant5-xxl-stage-1)'}
+
+def full_inputs(train_stage:int, data_root:str='', images_dir:str='', **paths)->dict[str, tuple]:
+    "The inputs preset 'full' reads, {name: (path, how to make it)} for `core.require_inputs`; an empty required one is an error."
+    if train_stage not in (0, 1, 2): raise ValueError(f"train_stage must be 0 (score), 1 or 2, got {train_stage!r}")
+    if train_stage:
+        names = ['base_model', 'vision_tower_path', 'data_json', 'image_folder'] + (['pretrain_mm_mlp_adapter'] if train_stage == 2 else [])
+        data = {'data_json': f"python data_scripts/get_llava.py --src RAW --json "
+                             f"{'blip_laion_cc_sbu_558k.json --images RAW/images --name llava_pretrain' if train_stage == 1 else 'llava_v1_5_mix665k.json --name llava_mix665k'} --root DATA"}
+        data['image_folder'] = data['data_json']
+    elif images_dir: names, data = ['model_path', 'tokenizer_path', 'vision_tower_path'], {}
+    else: names, data = ['data_root', 'model_path', 'tokenizer_path', 'vision_tower_path'], {}
+    empty = [n for n in names if not paths.get(n) and not (n == 'data_root' and data_root)]
+    if empty: raise ValueError(f"preset 'full' with train_stage={train_stage} needs {', '.join(empty)}; set them in the parameter set")
+    need = {n: (paths[n], data.get(n) or _MAKE.get(n, '')) for n in names if n != 'data_root'}
+    if train_stage == 0 and not images_dir:
+        need['winoground'] = (str(Path(data_root)/'winoground'/'test.jsonl'),
+                              f"python data_scripts/get_winoground.py --src RAW_WINOGROUND --root {data_root}")
+    return need
 
 # %% ../nbs/50_vqascore.ipynb #499bad69
 def winoground_matrix(scorer:Callable, items)->Tensor:
@@ -824,3 +1093,207 @@ def bench_main(argv:list[str]|None=None)->int:
 def _bench_tokenizer():
     from vlrepro import models
     return models.build_tokenizer('vqascore', world_corpus() + [f"a caption number {i} about" for i in range(64)])
+
+# %% ../nbs/50_vqascore.ipynb #3e6417e6
+STANDIN_CAPTIONS = ['a red circle left of a blue square', 'a green triangle left of a yellow circle',
+                    'a blue square left of a red triangle', 'a yellow circle left of a green square',
+                    'the dog chases the cat', 'the cat chases the dog', 'a mug on a table', 'a table on a mug']
+
+def _repo()->Path:
+    "The project folder holding data_scripts/ (for running the converters as a user would)."
+    here = Path(__file__).resolve().parents[1] if '__file__' in globals() else None
+    if here is not None and (here/'data_scripts').is_dir(): return here
+    from vlrepro.run import find_nbs
+    return find_nbs().parent
+
+def _script(name:str, *args:str):
+    "Run `python data_scripts/<name> ARGS` from the repository root, as the README tells a user to."
+    import subprocess
+    r = subprocess.run([sys.executable, f'data_scripts/{name}', *map(str, args)], cwd=_repo(), capture_output=True, text=True,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    if r.returncode: raise RuntimeError(f"data_scripts/{name} {' '.join(map(str, args))} failed:\n{r.stdout}{r.stderr}")
+    return r.stdout
+
+def _image(path:Path, seed:int, size=(40, 30), fmt:str|None=None):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
+
+def write_t5_tokenizer(path:str|Path, texts:Sequence[str]|None=None, extra_ids:int=100)->Path:
+    "A tiny FlanT5-style tokenizer trained offline: sentencepiece unigram `spiece.model` (<pad>=0, </s>=1, <unk>=2, no BOS) + `tokenizer.json`, as `google/flan-t5-*` ship it."
+    import io, sentencepiece as spm, transformers
+    p = Path(path); p.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(list(texts or world_corpus() + STANDIN_CAPTIONS)), model_writer=buf,
+                                   vocab_size=120, model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   pad_piece='<pad>', eos_piece='</s>', unk_piece='<unk>', character_coverage=1.0,
+                                   hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    (p/'spiece.model').write_bytes(buf.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    tok = transformers.T5Tokenizer(vocab=[(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())],
+                                   extra_ids=extra_ids, model_max_length=512)
+    tok.save_pretrained(str(p))
+    return p
+
+def write_flant5_standin(path:str|Path, seed:int=0)->Path:
+    "A tiny `google/flan-t5-*` folder: T5 v1.1 config (gated GELU, untied head, more embedding rows than tokens) in safetensors shards + tokenizer."
+    from vlrepro import models
+    p = write_t5_tokenizer(path)
+    n = len(models.load_tokenizer(p))
+    t5 = models.tiny_hf('vqascore-t5', seed=seed, vocab_size=-(-(n + 1) // 64) * 64)   # like 32,128 rows for 32,100 ids
+    t5.save_pretrained(str(p), max_shard_size='1MB')
+    return p
+
+def write_clip_standin(path:str|Path, seed:int=0)->Path:
+    "A tiny `openai/clip-vit-large-patch14-336`-style folder: a whole `CLIPModel` (the tower is read out of it) + preprocessor config."
+    from vlrepro import models
+    p = Path(path); p.mkdir(parents=True, exist_ok=True)
+    clip = models.tiny_hf('vqascore-clip', seed=seed)
+    clip.save_pretrained(str(p))
+    s = clip.config.vision_config.image_size
+    core.atomic_write_json(p/'preprocessor_config.json', dict(crop_size={'height': s, 'width': s}, do_center_crop=True,
+        do_normalize=True, do_resize=True, image_mean=list(vdata.CLIP_MEAN), image_std=list(vdata.CLIP_STD), resample=3,
+        size={'shortest_edge': s}, image_processor_type='CLIPImageProcessor'))
+    return p
+
+_OFFICIAL_MM = dict(mm_vision_tower='openai/clip-vit-large-patch14-336', mm_projector_type='mlp2x_gelu',
+                    mm_vision_select_layer=-2, mm_vision_select_feature='patch', image_aspect_ratio='pad', use_mm_proj=True,
+                    tune_mm_mlp_adapter=False, freeze_mm_mlp_adapter=False, mm_use_im_start_end=False,
+                    mm_use_im_patch_token=False)
+
+def write_clip_flant5_standin(path:str|Path,        # where to write the released-style folder
+                              flant5:str|Path,      # the FlanT5 folder it starts from (write_flant5_standin)
+                              tower:str|Path,       # the CLIP folder (write_clip_standin)
+                              seed:int=0, shards:int=2)->Path:
+    "A tiny `zhiqiulin/clip-flant5-*` folder: the authors' config fields and every key of their `state_dict()` in bf16 `.bin` shards."
+    import transformers
+    from vlrepro import models
+    p = Path(path); p.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPFlanT5(transformers.CLIPVisionModel.from_pretrained(str(tower), local_files_only=True),
+                           models.load_hf('t5', flant5))
+    sd = {k: v.detach().to(torch.bfloat16) for k, v in official_state_dict(model).items()}
+    keys = list(sd); per = -(-len(keys) // shards); weight_map = {}
+    for i in range(shards):
+        name = f'pytorch_model-{i + 1:05d}-of-{shards:05d}.bin'
+        torch.save({k: sd[k] for k in keys[i * per:(i + 1) * per]}, p/name)
+        weight_map.update({k: name for k in keys[i * per:(i + 1) * per]})
+    core.atomic_write_json(p/'pytorch_model.bin.index.json', dict(metadata=dict(total_size=sum(v.numel() * 2 for v in sd.values())),
+                                                                  weight_map=weight_map))
+    cfg = {**model.t5.config.to_dict(), **_OFFICIAL_MM, 'model_type': 'clip_t5', 'architectures': ['CLIPT5ForConditionalGeneration'],
+           'mm_hidden_size': model.vision_tower.config.hidden_size, 'torch_dtype': 'bfloat16', 'use_cache': True,
+           'tie_word_embeddings': False}
+    core.atomic_write_json(p/'config.json', cfg)
+    return p
+
+def write_projector_standin(path:str|Path, flant5:str|Path, tower:str|Path, seed:int=0)->Path:
+    "A stage-1 `mm_projector.bin` (keys `mm_projector.0.weight`, ...) for a stage-2 run, beside a config like the released stage-1 folder's."
+    import transformers
+    p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
+    t5cfg = json.loads((Path(flant5)/'config.json').read_text())
+    vcfg = transformers.CLIPVisionConfig.from_pretrained(str(tower), local_files_only=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed); proj = build_projector('mlp2x_gelu', vcfg.hidden_size, t5cfg['d_model'])
+    torch.save({f'mm_projector.{k}': v.to(torch.bfloat16) for k, v in proj.state_dict().items()}, p)
+    core.atomic_write_json(p.parent/'config.json', {**t5cfg, **_OFFICIAL_MM, 'model_type': 'clip_t5',
+                                                    'mm_hidden_size': vcfg.hidden_size, 'tune_mm_mlp_adapter': True})
+    return p
+
+def write_llava_pretrain_raw(src:str|Path, n:int=4)->Path:
+    "LLaVA-Pretrain's upstream files: `blip_laion_cc_sbu_558k.json` + images/00000/*.jpg."
+    src = Path(src); rows = []
+    asks = ['Describe the image concisely.\n<image>', '<image>\nWrite a terse but informative summary of the picture.']
+    for i in range(n):
+        img = f'00000/{i:09d}.jpg'; _image(src/'images'/img, i, fmt='JPEG')
+        rows.append({'id': f'{i:09d}', 'image': img, 'conversations': [{'from': 'human', 'value': asks[i % 2]},
+                                                                       {'from': 'gpt', 'value': STANDIN_CAPTIONS[i % 8]}]})
+    core.atomic_write_json(src/'blip_laion_cc_sbu_558k.json', rows)
+    return src
+
+def write_llava_mix_raw(src:str|Path)->Path:
+    "The LLaVA-1.5 mix's upstream files: `llava_v1_5_mix665k.json` + coco/gqa/ocr_vqa/textvqa/vg image folders, with a multi-turn, a gpt-first and a text-only (ShareGPT) sample."
+    src = Path(src); rows = []
+    where = ['coco/train2017/000000033471.jpg', 'gqa/images/2354786.jpg', 'ocr_vqa/images/140031996.jpg',
+             'textvqa/train_images/0054c91397f2fe05.jpg', 'vg/VG_100K/2331541.jpg', 'vg/VG_100K_2/2400243.jpg']
+    for i, img in enumerate(where):
+        _image(src/img, 100 + i, fmt='JPEG')
+        conv = [{'from': 'human', 'value': f'<image>\nWhat is shown on the {"left" if i % 2 else "right"}?'},
+                {'from': 'gpt', 'value': STANDIN_CAPTIONS[i]}]
+        if i == 0: conv += [{'from': 'human', 'value': 'Is it red?'}, {'from': 'gpt', 'value': 'Yes'}]
+        rows.append({'id': str(i), 'image': img, 'conversations': conv})
+    rows.append({'id': 'sharegpt_0', 'model': '', 'conversations': [{'from': 'human', 'value': 'Say yes or no.'},
+                                                                     {'from': 'gpt', 'value': 'No'}]})
+    core.atomic_write_json(src/'llava_v1_5_mix665k.json', rows)
+    return src
+
+def write_winoground_raw(src:str|Path, n:int=3)->Path:
+    "Winoground's upstream files (HF `facebook/winoground`): data/examples.jsonl + data/images.zip (images/ex_N_img_K.png)."
+    import zipfile
+    src = Path(src); d = src/'data'; d.mkdir(parents=True, exist_ok=True)
+    lines = []
+    with zipfile.ZipFile(d/'images.zip', 'w') as z:
+        for i in range(n):
+            for k in (0, 1):
+                f = d/f'ex_{i}_img_{k}.png'; _image(f, 200 + 2 * i + k, (32 + 8 * k, 32), 'PNG')
+                z.write(f, f'images/ex_{i}_img_{k}.png'); f.unlink()
+            a, b = STANDIN_CAPTIONS[(2 * i) % 8], STANDIN_CAPTIONS[(2 * i + 1) % 8]
+            lines.append(json.dumps({'id': i, 'caption_0': a, 'caption_1': b, 'image_0': f'ex_{i}_img_0', 'image_1': f'ex_{i}_img_1',
+                                     'tag': 'Object', 'secondary_tag': '', 'num_main_preds': 1, 'collapsed_tag': 'Object'}))
+    core.atomic_write_text(d/'examples.jsonl', '\n'.join(lines) + '\n')
+    return src
+
+# %% ../nbs/50_vqascore.ipynb #4cd3c8de
+def _under(root:Path, value:str, what:str)->Path:
+    "Where a set's relative path lands under the rehearsal root (an absolute one cannot be rehearsed in place)."
+    if not value: raise ValueError(f"the set gives no {what}")
+    if os.path.isabs(value): raise ValueError(f"{what} is the absolute path {value}: make the set's paths relative (ckpt/..., data/...)")
+    return root/value
+
+def _cuda_procs()->int: return max(1, min(2, torch.cuda.device_count()))
+
+def rehearsal(params:dict,            # the parameter set's YAML mapping, as in the file
+              root:Path|None=None,    # rehearsal root; None = only return the plan, write nothing
+              device:str='cpu',       # 'cpu' or 'cuda' (bf16 autocast)
+             )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
+    "Plan a rehearsal of one 50_vqascore parameter set and write its stand-ins under `root`."
+    preset, stage = params.get('preset', 'tiny'), int(params.get('train_stage', 0) or 0)
+    if preset != 'full':   # the synthetic demonstration: the same cells, 2 optimiser steps per stage
+        return dict(overrides=dict(clip_steps=2, stage1_steps=2, stage2_steps=2, n_train=24, n_test=4, batch_size=4,
+                                   bench_texts=2, device=device),
+                    branch='cpu-demo', metric='VisualGPTScore/winoground_group', nproc=1, rows=[], trains=True)
+    root = Path(root) if root is not None else None
+    if stage:
+        st = STAGE_RECIPES[stage]
+        nproc = 2 if device == 'cpu' else _cuda_procs()
+        plan = dict(overrides=dict(per_device_batch=1, nproc=nproc, device=device), branch=f'vqascore-stage{stage}',
+                    metric=f'stage{stage}/final_loss', nproc=nproc, rows=[], trains=True,
+                    recipe_batch=dict(per_process=params.get('per_device_batch') or st['bs'], processes=params.get('nproc', 1),
+                                      grad_accum=params.get('grad_accum') or st['accum'], recipe=st['recipe']))
+        if root is not None:
+            flant5 = _under(root, params.get('base_model', ''), 'base_model')
+            tower = _under(root, params.get('vision_tower_path', ''), 'vision_tower_path')
+            if not (flant5/'config.json').exists(): write_flant5_standin(flant5)
+            if not (tower/'config.json').exists(): write_clip_standin(tower)
+            data = _under(root, params.get('data_root', ''), 'data_root')
+            name = Path(params.get('data_json', '')).parts[0]
+            if stage == 1:   # LLaVA-Pretrain's image paths are relative to its images/ folder; the mix's to its root
+                raw = write_llava_pretrain_raw(root/'raw'/'LLaVA-Pretrain'); js, images = 'blip_laion_cc_sbu_558k.json', raw/'images'
+            else: raw = write_llava_mix_raw(root/'raw'/'llava'); js, images = 'llava_v1_5_mix665k.json', raw
+            _script('get_llava.py', '--src', raw, '--json', js, '--images', images, '--name', name, '--root', data)
+            if stage == 2:
+                proj = _under(root, params.get('pretrain_mm_mlp_adapter', ''), 'pretrain_mm_mlp_adapter')
+                if not proj.exists(): write_projector_standin(proj, flant5, tower)
+        return plan
+    size = 'XXL' if 'xxl' in Path(params.get('model_path', '')).name.lower() else 'XL'
+    if root is not None:
+        flant5 = _under(root, params.get('tokenizer_path', ''), 'tokenizer_path')
+        tower = _under(root, params.get('vision_tower_path', ''), 'vision_tower_path')
+        model = _under(root, params.get('model_path', ''), 'model_path')
+        if not (flant5/'config.json').exists(): write_flant5_standin(flant5)
+        if not (tower/'config.json').exists(): write_clip_standin(tower)
+        if not (model/'config.json').exists(): write_clip_flant5_standin(model, flant5, tower)
+        raw = write_winoground_raw(root/'raw'/'winoground')
+        _script('get_winoground.py', '--src', raw, '--root', _under(root, params.get('data_root', ''), 'data_root'))
+    return dict(overrides=dict(device=device), branch='vqascore-eval', metric=f'CLIP-FlanT5-{size} VQAScore/winoground_group',
+                nproc=1, rows=[(f'CLIP-FlanT5-{size} VQAScore', 'winoground_group')], trains=False)
