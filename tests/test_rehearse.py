@@ -113,6 +113,7 @@ def test_rehearse_one_set_per_branch(tmp_path):
     assert sum(l.startswith('ok ') for l in lines) == n
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_rehearse_all(tmp_path):
     p, lines = _rehearse(tmp_path, '--all')
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]

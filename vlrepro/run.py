@@ -220,7 +220,10 @@ def run_notebook(name:str,                     # notebook stem, module name or p
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=given, cwd=str(nb.parent), progress_bar=progress,
                             kernel_name=kernel, log_output=stream, stdout_file=sys.stdout if stream else None,
-                            stderr_file=sys.stdout if stream else None)
+                            stderr_file=sys.stdout if stream else None,
+                            # the kernel process's own log (not cell output): quiet, or a Ctrl-C here makes the kernel
+                            # print a traceback of its closed sockets over the one-line 'interrupted' message
+                            extra_arguments=['--IPKernelApp.log_level=CRITICAL'])
     except pm.PapermillExecutionError as e:
         raise RunFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
                         f"the executed notebook with the error is {executed}", executed) from None
