@@ -25,7 +25,7 @@ __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 
            'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss', 'shapesvqa_tensors',
            'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits', 'variant_rows',
            'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency', 'llama_latency',
-           'parse_skip_list', 'run_full_scale', 'full_scale_inputs', 'run_data_script', 'rehearsal']
+           'parse_skip_list', 'run_full_scale', 'full_scale_inputs', 'run_data_script', 'standin_path', 'rehearsal']
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
@@ -1130,6 +1130,17 @@ def run_data_script(script:str,        # a file of data_scripts/, e.g. 'convert_
     if p.returncode: raise RuntimeError(f"data_scripts/{script} {' '.join(map(str, args))} failed (exit {p.returncode}):\n"
                                         f"{p.stdout[-2000:]}{p.stderr[-2000:]}")
     return p.stdout
+
+def standin_path(root:Path,   # the rehearsal root
+                 p:str,       # a path the parameter set names, relative to the run root
+                 what:str,    # its parameter name, for the message
+                )->Path:
+    "Where a set's input lives under a rehearsal root; an absolute or missing path in the set is an error."
+    if not p: raise ValueError(f"the set names no {what}")
+    if Path(p).is_absolute(): raise ValueError(f"{what} {p!r} is absolute; make the set's paths relative to the run root "
+                                               "(ckpt/..., data/...)")
+    return Path(root)/p
+
 
 # %% ../nbs/20_das.ipynb #88c2a41a
 def rehearsal(params:dict,            # the parameter set's YAML mapping

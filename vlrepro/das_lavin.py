@@ -994,28 +994,22 @@ def write_clip_folder(folder:str|Path, seed:int=0)->Path:
                                                 image_size=32, patch_size=8), projection_dim=16)).save_pretrained(folder)
     return Path(folder)
 
-def _under(root:Path, p:str, what:str)->Path:
-    if not p: raise ValueError(f"the set names no {what}")
-    if Path(p).is_absolute(): raise ValueError(f"{what} {p!r} is absolute; make the set's paths relative to the run root "
-                                               "(ckpt/..., data/...)")
-    return root/p
-
 def write_standins(params:dict, root:str|Path, seed:int=0)->dict:
     "Write a LaVIN / LLaMA set's inputs under `root` at the set's own paths: raw upstream files converted by data_scripts/."
-    from vlrepro.das import run_data_script
+    from vlrepro.das import run_data_script, standin_path
     model, root = params['model'], Path(root)
     task = _TASK_ALIASES.get(str(params['task']).lower(), params['task'])
-    d, raw = _under(root, params['data_root'], 'data_root'), root/'raw'/task
+    d, raw = standin_path(root, params['data_root'], 'data_root'), root/'raw'/task
     if task == 'scienceqa':
         texts = write_scienceqa_raw(raw, seed=seed)
         run_data_script('get_scienceqa.py', ['--src', raw, '--root', d.parent, '--name', d.name])
     else:
         texts = write_language_raw(raw, task, seed=seed)
         run_data_script('convert_lavin_language.py', ['--task', task, '--src', raw, '--root', d.parent, '--name', d.name])
-    ck = _under(root, params['ckpt'], 'ckpt')
+    ck = standin_path(root, params['ckpt'], 'ckpt')
     meta = ck.parent if ck.name in ('7B', '13B') else ck      # ckpt names Meta's 7B/ folder (tokenizer.model one level up)
     out = dict(data_root=d, ckpt=write_meta_llama(meta, texts, seed=seed))
-    if model == 'lavin': out['vision_ckpt'] = write_clip_folder(_under(root, params['vision_ckpt'], 'vision_ckpt'), seed)
+    if model == 'lavin': out['vision_ckpt'] = write_clip_folder(standin_path(root, params['vision_ckpt'], 'vision_ckpt'), seed)
     return out
 
 def rehearsal(params:dict,            # the parameter set's YAML mapping (model 'lavin' or 'llama')

@@ -1060,17 +1060,11 @@ def write_meter_standin(ckpt:str|Path, vision_dir:str|Path, text_dir:str|Path, t
     return core.atomic_torch_save({**ck, 'epoch': 9, 'global_step': 100_000}, ckpt)
 
 # %% ../nbs/21_das_vl.ipynb #71aa9d82
-def _under(root:Path, p:str, what:str)->Path:
-    if not p: raise ValueError(f"the set names no {what}")
-    if Path(p).is_absolute(): raise ValueError(f"{what} {p!r} is absolute; make the set's paths relative to the run root "
-                                               "(ckpt/..., data/...)")
-    return root/p
-
 def write_standins(params:dict, root:str|Path, seed:int=0)->dict:
     "Write a ViLT/METER set's inputs under `root` at the set's own paths: raw upstream files converted by data_scripts/."
-    from vlrepro.das import run_data_script
+    from vlrepro.das import run_data_script, standin_path
     model, task, root = params['model'], params['task'], Path(root)
-    d, raw = _under(root, params['data_root'], 'data_root'), root/'raw'/task
+    d, raw = standin_path(root, params['data_root'], 'data_root'), root/'raw'/task
     if task == 'nlvr2':
         texts = write_nlvr2_json(raw, seed=seed)
         run_data_script('convert_nlvr2.py', ['--src', raw/'data', '--images', raw/'images', '--root', d.parent, '--name', d.name])
@@ -1079,11 +1073,11 @@ def write_standins(params:dict, root:str|Path, seed:int=0)->dict:
         run_data_script('convert_vilt_arrow.py', ['--src', raw, '--task', task, '--root', d.parent, '--name', d.name])
     out = dict(data_root=d)
     if model == 'vilt':
-        tok = write_bert_folder(_under(root, params['text_ckpt'], 'text_ckpt'), texts, seed=seed)
-        out['ckpt'] = write_vilt_ckpt(_under(root, params['ckpt'], 'ckpt'), len(tok), seed=seed)
+        tok = write_bert_folder(standin_path(root, params['text_ckpt'], 'text_ckpt'), texts, seed=seed)
+        out['ckpt'] = write_vilt_ckpt(standin_path(root, params['ckpt'], 'ckpt'), len(tok), seed=seed)
     else:
-        out['ckpt'] = write_meter_standin(_under(root, params['ckpt'], 'ckpt'), _under(root, params['vision_ckpt'], 'vision_ckpt'),
-                                          _under(root, params['text_ckpt'], 'text_ckpt'), texts, seed=seed)
+        out['ckpt'] = write_meter_standin(standin_path(root, params['ckpt'], 'ckpt'), standin_path(root, params['vision_ckpt'], 'vision_ckpt'),
+                                          standin_path(root, params['text_ckpt'], 'text_ckpt'), texts, seed=seed)
     return out
 
 def rehearsal(params:dict,            # the parameter set's YAML mapping (model 'vilt' or 'meter')
