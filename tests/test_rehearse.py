@@ -106,11 +106,15 @@ def _rehearse(tmp_path, *args):
     return p, p.stdout.strip().splitlines()
 
 def test_rehearse_one_set_per_branch(tmp_path):
-    p, lines = _rehearse(tmp_path, '--one-per-branch')
+    # CI: launched, killed, resumed, reported; the comparison with an uninterrupted run (a third notebook run per set)
+    # is left to `--all` (the long test below) to keep CI near its time budget
+    p, lines = _rehearse(tmp_path, '--one-per-branch', '--compare', 'none')
     n = len(H.select_sets([], all_sets=True, one_per_branch=True))
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     assert lines[-1] == f"{n}/{n} parameter sets rehearsed"
-    assert sum(l.startswith('ok ') for l in lines) == n
+    ok = [l for l in lines if l.startswith('ok ')]
+    assert len(ok) == n and all(', resumed' in l or 'no training to kill' in l for l in ok), '\n'.join(ok)
+    assert sum(', resumed' in l for l in ok) >= n - 2   # every branch trains except the evaluation-only ones
 
 @pytest.mark.slow
 @pytest.mark.long
