@@ -170,3 +170,20 @@ def test_reproduce_runs_two_at_once_with_progress(tmp_path):
     assert len(starts) == 2 and max(starts) < min(dones), lines          # both started before either finished
     assert any(l.startswith('[97_one] cell ') for l in lines), lines      # heartbeat: which cell is running
     assert (tmp_path/'rep'/'report'/'report.html').exists() and 'report:' in p.stdout
+
+def test_bench_for_every_paper(tmp_path, capsys):
+    "`vlrepro bench PAPER` exists for all five papers; the cheap ones run through the CLI and write their table."
+    import importlib, json
+    assert all(hasattr(importlib.import_module(f'vlrepro.{p}'), 'bench_main') for p in R.PAPERS), R.PAPERS
+    assert R.main(['bench', 'ademvl', '--flops-only', '--out', str(tmp_path/'a.json')]) == 0
+    rows = json.loads((tmp_path/'a.json').read_text())['rows']
+    assert [r['variant'] for r in rows] == ['text only', 'ADEM (embedded)', 'input-space (prepend)']
+    assert R.main(['bench', 'laps', '--images', '2', '--captions', '3', '--embed', '16', '--repeats', '1',
+                   '--out', str(tmp_path/'l.json')]) == 0
+    rows = json.loads((tmp_path/'l.json').read_text())['rows']
+    assert rows[0]['tokens'] == 197 and [r['tokens'] for r in rows[1:]] == [laps_tokens(r) for r in (0.7, 0.5, 0.3)]
+    assert 'LAPS alignment' in capsys.readouterr().out
+
+def laps_tokens(r):
+    from vlrepro.laps import num_final_tokens
+    return num_final_tokens(196, r, 0.4, True)

@@ -26,12 +26,12 @@ __all__ = ['SQA_OPTIONS', 'CAPTION_PROMPT', 'MME_PERCEPTION', 'MME_COGNITION', '
            'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at', 'load_llama', 'clip_hidden', 'TextOnlyVL',
            'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt', 'encoder_of', 'SQAExamples', 'collate_sqa',
            'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm', 'VisionProbe', 'cell_targets',
-           'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost', 'openai_clip_to_hf',
-           'load_clip_vision', 'MetaTokenizer', 'load_llama_tokenizer', 'PairExamples', 'caption_pairs',
-           'instruction_pairs', 'generate_texts', 'read_mme_task', 'read_sqa_captions', 'check_captions', 'train_task',
-           'run_full_scale', 'full_scale_inputs', 'full_scale_label', 'lavin_image', 'convert_lavin_instructions',
-           'write_meta_llama', 'write_openai_clip', 'write_scienceqa_upstream', 'write_karpathy_coco_upstream',
-           'write_lavin_instructions_upstream', 'write_mme_upstream', 'rehearsal']
+           'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost', 'bench_main',
+           'openai_clip_to_hf', 'load_clip_vision', 'MetaTokenizer', 'load_llama_tokenizer', 'PairExamples',
+           'caption_pairs', 'instruction_pairs', 'generate_texts', 'read_mme_task', 'read_sqa_captions',
+           'check_captions', 'train_task', 'run_full_scale', 'full_scale_inputs', 'full_scale_label', 'lavin_image',
+           'convert_lavin_instructions', 'write_meta_llama', 'write_openai_clip', 'write_scienceqa_upstream',
+           'write_karpathy_coco_upstream', 'write_lavin_instructions_upstream', 'write_mme_upstream', 'rehearsal']
 
 # %% ../nbs/40_ademvl.ipynb #cd7ea183
 def _check_scales(down_sample_num:Sequence[int], # features per scale, e.g. (256, 64)
@@ -943,6 +943,31 @@ def layer_cost(text_len:int=128,        # text tokens of one example
         del layer
     df['flops_vs_input_space'] = df['gflops'] / df['gflops'].iloc[2]
     return df
+
+# %% ../nbs/40_ademvl.ipynb #3b47564e
+def bench_main(argv:list[str]|None=None)->int:
+    "`vlrepro bench ademvl [--text-len 128 --n-visual 256 --M 320 --repeats 3 --flops-only --out f.json]`."
+    import argparse
+    ap = argparse.ArgumentParser(prog='vlrepro bench ademvl', description=(
+        "One LLaMA-7B decoder layer (random weights): FLOPs and latency of the text alone, ADEM-VL's embedded fusion and "
+        "input-space fusion (visual tokens prepended, LLaVA-style); interleaved."))
+    ap.add_argument('--text-len', type=int, default=128, help='text tokens of one example (default 128)')
+    ap.add_argument('--n-visual', type=int, default=256, help='visual tokens the input-space baseline prepends (default 256: ViT-L/14@224)')
+    ap.add_argument('--M', type=int, default=320, help="visual features ADEM's fusion reads (default 320)")
+    ap.add_argument('--repeats', type=int, default=3, help='timed rounds, interleaved (default 3)')
+    ap.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    ap.add_argument('--flops-only', action='store_true', help='count FLOPs on the meta device, time nothing (no 7B-size weights in memory)')
+    ap.add_argument('--out', default='', help='write the table as JSON here')
+    a = ap.parse_args(argv)
+    dtype = torch.bfloat16 if str(a.device).startswith('cuda') else torch.float32
+    df = layer_cost(a.text_len, a.n_visual, a.M, measure=not a.flops_only, repeats=a.repeats, device=a.device, dtype=dtype)
+    print(f"ADEM-VL, one LLaMA-7B layer, {a.device} {str(dtype).removeprefix('torch.')}, "
+          + ('FLOPs only' if a.flops_only else f"median of {a.repeats} interleaved rounds"))
+    print(df.round(4).to_string(index=False))
+    if a.out:
+        from vlrepro.core import atomic_write_json
+        atomic_write_json(a.out, dict(rows=df.to_dict('records')))
+    return 0
 
 # %% ../nbs/40_ademvl.ipynb #12891dcd
 PAPER = 'ademvl'

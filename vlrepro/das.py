@@ -25,7 +25,8 @@ __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 
            'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss', 'shapesvqa_tensors',
            'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits', 'variant_rows',
            'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency', 'llama_latency',
-           'parse_skip_list', 'run_full_scale', 'full_scale_inputs', 'run_data_script', 'standin_path', 'rehearsal']
+           'bench_main', 'parse_skip_list', 'run_full_scale', 'full_scale_inputs', 'run_data_script', 'standin_path',
+           'rehearsal']
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
@@ -1056,6 +1057,40 @@ def llama_latency(skips:dict[str, list[int]],  # variant name -> skip set (indic
     df['blocks_skipped_frac'] = [len(skips[n]) / layers for n in df['name']]
     df['latency_reduction'] = 1 - df['median_s'] / df['median_s'].iloc[0]
     return df
+
+# %% ../nbs/20_das.ipynb #6ab93aca
+def bench_main(argv:list[str]|None=None)->int:
+    "`vlrepro bench das [--model vilt|llama --skip 0 2 4 6 --batch 1 --repeats 10 --out f.json]`: latency vs skipped blocks."
+    import argparse
+    ap = argparse.ArgumentParser(prog='vlrepro bench das', description=(
+        "Median latency of a random-init ViLT-B/32 encoder (12 blocks, 185 tokens: a VQA input at 384 px), or of a few "
+        "LLaMA-7B-sized decoder blocks with LaVIN-DAS adapters (a prefill), against the number k of skipped blocks; "
+        "variants interleaved, with the analytic FLOPs reduction beside the measured latency reduction."))
+    ap.add_argument('--model', default='vilt', choices=['vilt', 'llama'], help='vilt: ViLT-B/32 encoder; llama: LLaMA-7B blocks')
+    ap.add_argument('--skip', type=int, nargs='+', default=[0, 2, 4, 6], help='numbers of skipped blocks k (the last k blocks)')
+    ap.add_argument('--batch', type=int, default=1, help='vilt: batch size (default 1, as the paper times inference)')
+    ap.add_argument('--layers', type=int, default=8, help='llama: decoder blocks built (LLaMA-7B has 32; default 8)')
+    ap.add_argument('--seq', type=int, default=128, help='llama: prompt tokens of the prefill (default 128)')
+    ap.add_argument('--repeats', type=int, default=10, help='timed rounds, interleaved (default 10)')
+    ap.add_argument('--warmup', type=int, default=2, help='untimed rounds first (default 2)')
+    ap.add_argument('--threads', type=int, default=0, help='torch threads (0 = leave as is)')
+    ap.add_argument('--out', default='', help='write the table as JSON here')
+    a = ap.parse_args(argv)
+    n = 12 if a.model == 'vilt' else a.layers
+    bad = [k for k in a.skip if not 0 <= k < n]
+    if bad: ap.error(f"--skip {bad}: k must lie in [0, {n}) for {a.model} ({n} blocks)")
+    if a.threads: torch.set_num_threads(a.threads)
+    skips = {f'k={k}': list(range(n - k, n)) for k in a.skip}
+    if a.model == 'vilt': df = vilt_latency(skips, batch=a.batch, repeats=a.repeats, warmup=a.warmup)
+    else:
+        df = llama_latency(skips, layers=a.layers, seq=a.seq, repeats=a.repeats, warmup=a.warmup)
+        df['flops_reduction_blocks'] = [len(S) / a.layers for S in skips.values()]   # skipped share of the blocks built
+    print(f"DAS {a.model}: {torch.get_num_threads()} threads, CPU, random weights, median of {a.repeats} interleaved rounds")
+    cols = [c for c in ('name', 'median_s', 'analytic_gflops', 'flops_reduction', 'flops_reduction_blocks', 'latency_reduction')
+            if c in df.columns]
+    print(df[cols].round(4).to_string(index=False))
+    if a.out: core.atomic_write_json(a.out, dict(model=a.model, rows=df[cols].to_dict('records')))
+    return 0
 
 # %% ../nbs/20_das.ipynb #e7bba792
 _SQA_COLS = ('NAT', 'SOC', 'LAN', 'TXT', 'IMG', 'NO', 'G1-6', 'G7-12', 'Avg')

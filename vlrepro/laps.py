@@ -21,13 +21,14 @@ _log = logging.getLogger(__name__)
 __all__ = ['AUTHORS_PREFIXES', 'PAPER_NUMBERS', 'DATA_SCRIPTS', 'PAPER_SPLITS', 'PAPER_ENCODERS', 'check_ratio', 'num_kept',
            'num_aggregated', 'num_final_tokens', 'l2norm', 'split_cls', 'word_mask', 'image_salience', 'caption_means',
            'text_relevance', 'Selection', 'select_patches', 'show_selection', 'TokenAggregation',
-           'patch_word_similarity', 'dense_similarity', 'LAPSHead', 'align_loss', 'ratio_loss', 'laps_loss',
-           'lr_factor', 'loss_alpha', 'use_hardest', 'LAPSModel', 'patch', 'unpatch', 'is_patched', 'laps_parameters',
-           'trainable_parameters', 'param_groups', 'authors_state_dict', 'load_authors_checkpoint',
-           'sharded_similarity', 'check_caption_ids', 'truncate_captions', 'retrieval_metrics', 'augment_caption',
-           'tokenize', 'AugmentSeeds', 'PairCollate', 'encode_split', 'evaluate', 'selection_coverage',
-           'random_features', 'build_encoders', 'build_tokenizer', 'gather_batch', 'make_loss_fn', 'train_config',
-           'train_laps', 'train_task', 'data_command', 'paper_setting', 'paper_scale_gaps', 'rehearsal']
+           'patch_word_similarity', 'dense_similarity', 'similarity_cost', 'bench_main', 'LAPSHead', 'align_loss',
+           'ratio_loss', 'laps_loss', 'lr_factor', 'loss_alpha', 'use_hardest', 'LAPSModel', 'patch', 'unpatch',
+           'is_patched', 'laps_parameters', 'trainable_parameters', 'param_groups', 'authors_state_dict',
+           'load_authors_checkpoint', 'sharded_similarity', 'check_caption_ids', 'truncate_captions',
+           'retrieval_metrics', 'augment_caption', 'tokenize', 'AugmentSeeds', 'PairCollate', 'encode_split',
+           'evaluate', 'selection_coverage', 'random_features', 'build_encoders', 'build_tokenizer', 'gather_batch',
+           'make_loss_fn', 'train_config', 'train_laps', 'train_task', 'data_command', 'paper_setting',
+           'paper_scale_gaps', 'rehearsal']
 
 # %% ../nbs/30_laps.ipynb #52bd65f7
 def check_ratio(name:str,    # parameter name, for the message
@@ -219,6 +220,58 @@ def dense_similarity(img_embs:Tensor, # (B_v, M, d) all visual tokens (un-normal
         a = F.leaky_relu(torch.einsum('vmd,tld->vtlm', v, w[s:s+chunk]), 0.1)   # (B_v, c, L, M)
         out.append(_align(a, msk[s:s+chunk][None].expand(a.shape[0], -1, -1)))
     return torch.cat(out, 1)
+
+# %% ../nbs/30_laps.ipynb #33e40ddf
+def similarity_cost(num_patches:int=196,      # N spatial patches (ViT-B/16 at 224: 196; Swin-B at 224: 49)
+                    sparse_ratios:tuple=(0.7, 0.5, 0.3)  , # ρ values to time beside the dense baseline
+                    aggr_ratio:float=0.4,     # λ
+                    has_cls:bool=True,        # a [CLS] token joins the visual tokens (ViT)
+                    embed_size:int=512,       # d of the joint space
+                    n_images:int=16, n_captions:int=80, words:int=12, # pairs timed: n_images × n_captions, L words each
+                    repeats:int=5, warmup:int=1,
+                   ):                         # pandas.DataFrame: variant, tokens, gflops, median_s, *_vs_dense
+    "Cost of the patch–word alignment against the visual tokens per pair: dense (all patches) vs LAPS's slimmed tokens."
+    import pandas as pd
+    from vlrepro import bench
+    variants = {'dense': num_patches + int(has_cls)}
+    for r in sparse_ratios: variants[f'LAPS ρ={r:g}'] = num_final_tokens(num_patches, r, aggr_ratio, has_cls)
+    caps, lens = torch.randn(n_captions, words, embed_size), torch.full((n_captions,), words)
+    imgs = {k: torch.randn(n_images, m, embed_size) for k, m in variants.items()}
+    t = bench.benchmark({k: (lambda k=k: dense_similarity(imgs[k], caps, lens)) for k in variants},
+                        warmup=warmup, repeats=repeats, baseline='dense').set_index('name')
+    df = pd.DataFrame([dict(variant=k, tokens=m, gflops=2 * n_images * n_captions * words * m * embed_size / 1e9,
+                            median_s=float(t.loc[k, 'median_s'])) for k, m in variants.items()])
+    df['flops_vs_dense'] = df['gflops'] / df['gflops'].iloc[0]
+    df['time_vs_dense'] = df['median_s'] / df['median_s'].iloc[0]
+    return df
+
+def bench_main(argv:list[str]|None=None)->int:
+    "`vlrepro bench laps [--patches 196 --ratios 0.7 0.5 0.3 --aggr 0.4 --images 16 --captions 80 --out f.json]`."
+    import argparse
+    ap = argparse.ArgumentParser(prog='vlrepro bench laps', description=(
+        "Time of the patch-word alignment (the similarity of every image with every caption) against the visual tokens "
+        "each pair keeps: dense (N patches + [CLS]) vs LAPS (aggregated + fused + [CLS]); random features, interleaved. "
+        "Only the alignment is timed, not the per-pair selection and aggregation that produce LAPS's tokens."))
+    ap.add_argument('--patches', type=int, default=196, help='N spatial patches (ViT-B/16@224: 196, Swin-B@224: 49)')
+    ap.add_argument('--ratios', type=float, nargs='+', default=[0.7, 0.5, 0.3], help='sparse ratios ρ (default 0.7 0.5 0.3)')
+    ap.add_argument('--aggr', type=float, default=0.4, help='aggregation ratio λ (default 0.4)')
+    ap.add_argument('--no-cls', action='store_true', help='no [CLS] token (Swin)')
+    ap.add_argument('--embed', type=int, default=512, help='joint embedding size d (default 512)')
+    ap.add_argument('--images', type=int, default=16, help='images (default 16)')
+    ap.add_argument('--captions', type=int, default=80, help='captions (default 80)')
+    ap.add_argument('--words', type=int, default=12, help='words per caption (default 12)')
+    ap.add_argument('--repeats', type=int, default=5, help='timed rounds, interleaved (default 5)')
+    ap.add_argument('--out', default='', help='write the table as JSON here')
+    a = ap.parse_args(argv)
+    for r in a.ratios: check_ratio('sparse_ratio', r)
+    df = similarity_cost(a.patches, a.ratios, a.aggr, not a.no_cls, a.embed, a.images, a.captions, a.words, repeats=a.repeats)
+    print(f"LAPS alignment, {a.images} images x {a.captions} captions, d={a.embed}, {torch.get_num_threads()} threads, CPU, "
+          f"median of {a.repeats} interleaved rounds")
+    print(df.round(4).to_string(index=False))
+    if a.out:
+        from vlrepro.core import atomic_write_json
+        atomic_write_json(a.out, dict(rows=df.to_dict('records')))
+    return 0
 
 # %% ../nbs/30_laps.ipynb #070d600d
 def _minmax(x:Tensor)->Tensor:
