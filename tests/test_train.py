@@ -353,3 +353,20 @@ def test_launch_command_shapes():
     c = launch_command(TASK, 'c.json', 2, 'deepspeed', task_args={'n': 8}, port=1234)
     assert c[1:4] == ['-m', 'deepspeed.launcher.runner', '--num_gpus'] and '--module' in c and c[-1] == 'backend=deepspeed'
     assert launch_command(TASK, 'c.json', launcher='python')[1:3] == ['-m', 'vlrepro.train']
+
+
+def test_cosine_epoch_schedule_is_set_once_per_epoch(tmp_path):
+    "CrossGET's CLIP retrieval recipe: the cosine learning rate changes at epoch starts only, lr_e = ½·lr·(1 + cos(π e / E))."
+    import json, math
+    from vlrepro.train import Trainer, TrainConfig, demo_task
+    from vlrepro.crossget import retrieval_config
+    assert retrieval_config(epochs=12).schedule == 'cosine_epoch' and retrieval_config(steps=50).schedule == 'cosine'
+    t = demo_task(n=32)
+    cfg = TrainConfig(out_dir=str(tmp_path / 'run'), epochs=3, batch_size=8, lr=1e-3, schedule='cosine_epoch', progress=False,
+                      log_every=1, drop_last=True)
+    Trainer(t['model'], t['loss_fn'], t['train_data'], cfg).fit()
+    lrs = {}   # the log's lr is read after step s: the rate of the next step, which belongs to epoch s // 4 (4 steps an epoch)
+    for r in map(json.loads, (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()):
+        if r.get('kind') == 'train': lrs.setdefault(r['step'] // 4, set()).add(round(r['lr'], 12))
+    want = {e: round(1e-3 * 0.5 * (1 + math.cos(math.pi * min(1.0, e / 3))), 12) for e in range(4)}   # 1e-3, 7.5e-4, 2.5e-4, 0
+    assert lrs == {e: {want[e]} for e in range(4)}, lrs

@@ -619,10 +619,12 @@ def retrieval_config(steps:int=0,           # optimizer steps (0: `epochs` passe
                      **config,              # more TrainConfig fields (precision, stop_step, ...)
                     ): # vlrepro.train.TrainConfig
     "The TrainConfig of CLIP retrieval fine-tuning: AdamW on every parameter, warm-up + cosine, drop-last batches."
+    # by epochs (full scale): the official cosine_lr_schedule, set once per epoch; by steps (the demo): per step
     from vlrepro.train import TrainConfig
     if steps <= 0 and epochs <= 0: raise ValueError("give steps > 0 or epochs > 0")
     return TrainConfig(out_dir=out_dir, max_steps=max(steps, 0), epochs=max(epochs, 1), batch_size=batch_size, lr=lr,
-                       weight_decay=weight_decay, no_decay_1d=False, warmup_steps=warmup_steps, schedule='cosine',
+                       weight_decay=weight_decay, no_decay_1d=False, warmup_steps=warmup_steps,
+                       schedule='cosine' if steps > 0 else 'cosine_epoch',
                        seed=seed, device=device, drop_last=True, log_every=max(1, steps // 10) if steps > 0 else 50,
                        progress=False, **config)
 

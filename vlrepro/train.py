@@ -46,7 +46,7 @@ class TrainConfig:
     nesterov: bool = False       # SGD Nesterov momentum
     no_decay_1d: bool = True     # no weight decay for biases and other 1-d parameters (norm weights)
     lr_mults: dict = field(default_factory=dict)  # {regex on parameter name: lr multiplier}; first match wins
-    schedule: str = 'cosine'     # 'cosine', 'linear', 'constant' or 'step', after warmup
+    schedule: str = 'cosine'     # 'cosine', 'linear', 'constant', 'step', or 'cosine_epoch' (set once per epoch), after warmup
     milestones: list = field(default_factory=list)  # 'step' schedule: epochs at whose start lr *= decay_rate
     decay_rate: float = 0.1      # 'step' schedule: factor per milestone
     warmup_steps: int = 0        # warmup steps (takes precedence over `warmup_epochs` and `warmup_ratio`)
@@ -72,7 +72,7 @@ class TrainConfig:
     def __post_init__(self):
         self.betas = tuple(self.betas)
         self.milestones = [int(m) for m in self.milestones]
-        checks = [(self.schedule in ('cosine', 'linear', 'constant', 'step'), f"schedule must be 'cosine', 'linear', 'constant' or 'step', got {self.schedule!r}"),
+        checks = [(self.schedule in ('cosine', 'linear', 'constant', 'step', 'cosine_epoch'), f"schedule must be 'cosine', 'linear', 'constant', 'step' or 'cosine_epoch', got {self.schedule!r}"),
                   (self.schedule != 'step' or bool(self.milestones), "schedule='step' needs milestones=[epoch, ...]"),
                   (self.precision in ('fp32', 'bf16', 'fp16', 'auto'), f"precision must be 'fp32', 'bf16', 'fp16' or 'auto', got {self.precision!r}"),
                   (self.backend in ('auto', 'single', 'ddp', 'deepspeed'), f"backend must be 'auto', 'single', 'ddp' or 'deepspeed', got {self.backend!r}"),
@@ -122,17 +122,20 @@ def make_param_groups(model:nn.Module|dict,     # a model (its trainable paramet
 def lr_multiplier(step:int,              # optimizer steps taken so far
                   total:int,             # total optimizer steps of the run
                   warmup:int=0,          # warmup steps
-                  kind:str='cosine',     # 'cosine', 'linear' or 'constant'
+                  kind:str='cosine',     # 'cosine', 'linear', 'constant', 'step' or 'cosine_epoch'
                   min_ratio:float=0.0,   # floor as a fraction of the peak
                   milestones:Sequence[int]=(), # 'step': epochs at whose start the rate is multiplied by `decay_rate`
                   decay_rate:float=0.1,  # 'step': factor per milestone passed
-                  steps_per_epoch:int=1, # 'step': optimizer steps per epoch
+                  steps_per_epoch:int=1, # 'step', 'cosine_epoch': optimizer steps per epoch
                   warmup_value:float=0.0, # > 0: constant multiplier during warmup instead of the linear ramp
                  )->float:               # multiplier of the peak learning rate
     "Warmup-then-decay multiplier of the peak learning rate at `step`."
     if step < warmup: return warmup_value if warmup_value > 0 else step / max(1, warmup)
     if kind == 'constant': return 1.0
     if kind == 'step': return decay_rate ** sum(step >= m * steps_per_epoch for m in milestones)
+    if kind == 'cosine_epoch':   # BLIP/CrossGET's cosine_lr_schedule: set at each epoch's start, lr_e = ½·lr·(1 + cos(π e / E))
+        spe = max(1, steps_per_epoch); E = max(1, math.ceil(total / spe))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step // spe) / E)))
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if kind == 'cosine' else 1 - progress
     return min_ratio + (1 - min_ratio) * decay
