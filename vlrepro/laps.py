@@ -397,7 +397,7 @@ def ratio_loss(mask:Tensor,        # D, any shape, 1 = kept
                sparse_ratio:float, # ρ
               )->Tensor:           # (mean(D) − ρ)²
     "Keep the kept fraction near ρ."
-    return (mask.float().mean() - sparse_ratio) ** 2
+    return ((mask if mask.is_floating_point() else mask.float()).mean() - sparse_ratio) ** 2   # float64 stays float64
 
 def laps_loss(S:Tensor, mask:Tensor|None, img_ids:Tensor, sparse_ratio:float=0.5, margin:float=0.2,
               max_violation:bool=False, alpha:float=1.0, ratio_weight:float=2.0)->Tensor:

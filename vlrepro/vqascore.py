@@ -113,8 +113,8 @@ class CLIPPreprocess:
         if isinstance(img, np.ndarray): img = Image.fromarray(img)
         img = img.convert('RGB')
         if self.aspect == 'pad': img = pad_to_square(img)
-        w, h = img.size; s = self.size / min(w, h)
-        img = img.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BICUBIC)
+        w, h = img.size   # shortest side -> size, the other floored (CLIPImageProcessor's shortest_edge resize)
+        img = img.resize((self.size, int(self.size * h / w)) if w <= h else (int(self.size * w / h), self.size), Image.BICUBIC)
         w, h = img.size; l, t = (w - self.size) // 2, (h - self.size) // 2
         img = img.crop((l, t, l + self.size, t + self.size))
         x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255
@@ -402,7 +402,7 @@ def split_text(caption:str,               # the target caption
 
 # %% ../nbs/50_vqascore.ipynb #922cc020
 def flatten_conversations(samples:Iterable[dict])->list[dict]:
-    "LLaVA multi-turn samples -> single-turn samples (later turns alone, '<image>\\n' prepended)."
+    "LLaVA multi-turn samples -> single-turn samples (later turns alone, '<image>\\n' prepended; every turn keeps the id)."
     out = []
     for s in samples:
         conv = list(s['conversations'])
@@ -410,7 +410,7 @@ def flatten_conversations(samples:Iterable[dict])->list[dict]:
         turns = [conv[i:i + 2] for i in range(0, len(conv) - 1, 2)]
         for t, (q, a) in enumerate(turns):
             qv = q['value'] if t == 0 else DEFAULT_IMAGE_TOKEN + '\n' + q['value']
-            out.append({**{k: v for k, v in s.items() if k != 'conversations'}, 'id': f"{s.get('id', '')}_{t}" if t else s.get('id', ''),
+            out.append({**{k: v for k, v in s.items() if k != 'conversations'}, 'id': s.get('id', ''),   # as the official code
                         'conversations': [dict(q, value=qv), dict(a)]})
     return out
 
