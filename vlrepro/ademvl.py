@@ -268,7 +268,7 @@ def patch(llm:nn.Module,                     # HF LlamaForCausalLM, frozen weigh
         core.replace_module(layer, 'mlp', ADEMLlamaMLP(layer.mlp, st, i))
     for layer in enc.layers:
         core.replace_module(layer, 'mlp', ADEMClipMLP(layer.mlp, C, st.adapter_dim, st.clip_adapter_scale).to(dev))
-    llm.ademvl = ADEMVL(C, D, sum(st.down_sample_num), st.hidden_proj).to(dev)  # trainable parts stay fp32
+    llm.ademvl = ADEMVL(C, D, sum(st.down_sample_num), st.hidden_proj).to(dev).train(llm.training)  # fp32; the LLM's mode
     llm.ademvl.vision_tower = vision_tower
     for n, p in llm.named_parameters(): p.requires_grad_('adapter' in n)  # §2.7: trainable iff the name has "adapter"
     core.set_patched(vision_tower, 'ademvl', st); core.set_patched(llm, 'ademvl', st)

@@ -295,6 +295,9 @@ def replace_module(root:nn.Module, # the model
     parent, name = _parent(root, dotted)
     try: old = parent.get_submodule(name)
     except AttributeError as e: raise KeyError(f"no submodule {dotted!r} in {type(root).__name__}") from e
+    kept = {id(m) for m in old.modules()}   # a method's new modules (adapters, ...) take the mode of what they replace:
+    for m in new.modules():                 # patching a model in eval() must not switch dropout on
+        if id(m) not in kept: m.training = old.training
     setattr(parent, name, new)  # nn.ModuleList / ModuleDict accept string indices through setattr
     return old
 
