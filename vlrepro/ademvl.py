@@ -35,9 +35,9 @@ __all__ = ['SQA_OPTIONS', 'CAPTION_PROMPT', 'MME_PERCEPTION', 'MME_COGNITION', '
 
 # %% ../nbs/40_ademvl.ipynb #cd7ea183
 def _check_scales(down_sample_num:Sequence[int], # features per scale, e.g. (256, 64)
-                  grid:int|None=None,             # patch-grid side g, to check divisibility
+                  grid:int|None=None,             # patch-grid side g: no scale may be finer than the grid
                  )->list[int]:                    # the scale sides s = sqrt(n)
-    "Validate `down_sample_num` (perfect squares whose sides divide the grid); return the sides."
+    "Validate `down_sample_num` (perfect squares, sides at most the grid's); return the sides."
     if isinstance(down_sample_num, int): down_sample_num = [down_sample_num]  # deviation: the official CLI crashes on one value (§6.7)
     ns = list(down_sample_num)
     if not ns: raise ValueError("down_sample_num is empty: give at least one scale, e.g. [256, 64]")
@@ -45,9 +45,9 @@ def _check_scales(down_sample_num:Sequence[int], # features per scale, e.g. (256
     for n in ns:
         s = math.isqrt(int(n)) if int(n) > 0 else 0
         if n <= 0 or s * s != n: raise ValueError(f"down_sample_num entry {n} is not a positive perfect square; use e.g. 256 (16x16) or 64 (8x8)")
-        if grid is not None and (s > grid or grid % s):
-            raise ValueError(f"down_sample_num entry {n} (side {s}) does not divide the {grid}x{grid} patch grid; "
-                             f"use sides that divide {grid}, e.g. {[ (grid//k)**2 for k in (1, 2, 4) if grid % k == 0]}")
+        if grid is not None and s > grid:
+            raise ValueError(f"down_sample_num entry {n} (side {s}) is finer than the {grid}x{grid} patch grid; "
+                             f"use sides up to {grid}, e.g. {[(grid//k)**2 for k in (1, 2, 4) if grid // k > 0]}")
         sides.append(s)
     return sides
 
@@ -61,7 +61,7 @@ def multiscale_prompt(patches:Tensor,               # (B, N, C) patch tokens, [C
     grid = patches.transpose(1, 2).reshape(B, C, g, g)  # token i sits at row i // g, column i % g
     outs = []
     for s in _check_scales(down_sample_num, g):
-        pooled = grid if s == g else F.avg_pool2d(grid, g // s)  # exact block means since s divides g
+        pooled = grid if s == g else F.adaptive_avg_pool2d(grid, s)  # as Avg2dSampler; block means when s divides g
         outs.append(pooled.flatten(2).transpose(1, 2))
     return torch.cat(outs, 1)
 
@@ -241,7 +241,7 @@ def _grid(vision_tower:nn.Module)->int:
 
 def patch(llm:nn.Module,                     # HF LlamaForCausalLM, frozen weights loaded
           vision_tower:nn.Module,            # HF CLIPVisionModel
-          down_sample_num:Sequence[int]=(256, 64), # features per scale; each a square whose side divides the patch grid
+          down_sample_num:Sequence[int]=(256, 64), # features per scale; squares, sides at most the patch grid's
           alpha:float=0.1,                   # LLM-side fusion scale; 0 = the frozen LLM
           beta:float=0.01,                   # scale of the projected visual features
           drop_ratio:float=0.1,              # share of visual features each token ignores, in [0, 1)
