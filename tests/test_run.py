@@ -128,14 +128,15 @@ def test_closed_pipe_gives_one_line(nbs):
 
 def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     import os, signal, time
-    d = tmp_path/'nbs'; d.mkdir(); toy_nb(d/'99_toy.ipynb', body="import time\nprint('kernel' + '-up', flush=True)\ntime.sleep(60)")
+    d = tmp_path/'nbs'; d.mkdir()
+    toy_nb(d/'99_toy.ipynb', body="import pathlib, time\npathlib.Path('kernel-up').touch()\ntime.sleep(60)")   # runs in nbs/
     p = subprocess.Popen([sys.executable, '-m', 'vlrepro.run', 'run', 'toy', '--out', str(tmp_path/'r'), '-q'],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'VLREPRO_NBS': str(d)})
-    for _ in range(120):   # wait until the kernel runs the sleeping cell
-        time.sleep(0.5)
-        nb = tmp_path/'r'/'99_toy.ipynb'
-        if nb.exists() and 'kernel-up' in nb.read_text(): break   # the cell's output, not its source
-    p.send_signal(signal.SIGINT)
+    for _ in range(240):   # wait until the kernel runs the sleeping cell (papermill saves outputs only between cells)
+        time.sleep(0.25)
+        if (d/'kernel-up').exists(): break
+    assert (d/'kernel-up').exists() and p.poll() is None, p.communicate()
+    time.sleep(1); p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, (out, err)
     assert 'interrupted; partial notebook at' in err and 'rerun the same command' in err and 'Traceback' not in err, err

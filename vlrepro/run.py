@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_run.ipynb #dd4442d7
 from __future__ import annotations
-import argparse, datetime, difflib, importlib, json, os, re, sys, time
+import argparse, datetime, difflib, importlib, json, logging, os, re, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,6 +228,9 @@ def run_notebook(name:str,                     # notebook stem, module name or p
         raise RunFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
                         f"the executed notebook with the error is {executed}", executed) from None
     except KeyboardInterrupt:
+        # the interrupted client leaves an unfinished asyncio task whose 'Kernel died' traceback asyncio would log when
+        # the process exits, under the one-line message; nothing useful is logged after a Ctrl-C, so logging stops here
+        logging.disable(logging.CRITICAL)
         raise RunInterrupted(f"interrupted; partial notebook at {executed}; rerun the same command"
                              f"{'' if out else f' with --out {run_dir}'} to resume") from None
     except DeadKernelError:
