@@ -1,5 +1,5 @@
 "The `vlrepro` CLI: parameter checking, papermill runs, failure handling and the report."
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 from vlrepro import run as R
@@ -188,3 +188,18 @@ def test_bench_for_every_paper(tmp_path, capsys):
 def laps_tokens(r):
     from vlrepro.laps import num_final_tokens
     return num_final_tokens(196, r, 0.4, True)
+
+def test_bench_all_on_cpu_writes_records_and_report(tmp_path):
+    # `vlrepro bench all` at its reduced CPU sizes: every paper's table, one results record each, claims, a report
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    p = subprocess.run([sys.executable, '-m', 'vlrepro.run', 'bench', 'all', '--out', str(tmp_path/'b')],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for paper in R.PAPERS:
+        rec = json.loads((tmp_path/'b'/f'bench-{paper}'/'results.json').read_text())
+        assert rec['paper'] == paper and rec['scale'] == 'architecture-reduced' and rec['claims'], rec
+        assert rec['extra']['command'].startswith(f'vlrepro bench {paper} ') and rec['efficiency']
+        assert f"[{paper}] " in p.stdout
+    rep = (tmp_path/'b'/'report'/'report.md').read_text()
+    assert rep.count('| bench-') >= 5 and 'architecture-reduced' in rep
+    assert '| bench-das | k=4/latency_reduction |' in rep    # efficiency figures listed per run

@@ -956,17 +956,22 @@ def bench_main(argv:list[str]|None=None)->int:
     ap.add_argument('--M', type=int, default=320, help="visual features ADEM's fusion reads (default 320)")
     ap.add_argument('--repeats', type=int, default=3, help='timed rounds, interleaved (default 3)')
     ap.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    ap.add_argument('--dims', type=int, nargs=3, default=[32, 4096, 11008], metavar=('HEADS', 'WIDTH', 'FFN'),
+                    help='layer sizes (default LLaMA-7B: 32 4096 11008; smaller for a quick CPU run)')
     ap.add_argument('--flops-only', action='store_true', help='count FLOPs on the meta device, time nothing (no 7B-size weights in memory)')
     ap.add_argument('--out', default='', help='write the table as JSON here')
     a = ap.parse_args(argv)
     dtype = torch.bfloat16 if str(a.device).startswith('cuda') else torch.float32
-    df = layer_cost(a.text_len, a.n_visual, a.M, measure=not a.flops_only, repeats=a.repeats, device=a.device, dtype=dtype)
-    print(f"ADEM-VL, one LLaMA-7B layer, {a.device} {str(dtype).removeprefix('torch.')}, "
+    df = layer_cost(a.text_len, a.n_visual, a.M, measure=not a.flops_only, repeats=a.repeats, device=a.device, dtype=dtype,
+                    dims=tuple(a.dims))
+    size = 'one LLaMA-7B layer' if a.dims == [32, 4096, 11008] else f"one LLaMA layer of {a.dims[0]} heads, width {a.dims[1]}, FFN {a.dims[2]}"
+    print(f"ADEM-VL, {size}, {a.device} {str(dtype).removeprefix('torch.')}, "
           + ('FLOPs only' if a.flops_only else f"median of {a.repeats} interleaved rounds"))
     print(df.round(4).to_string(index=False))
     if a.out:
         from vlrepro.core import atomic_write_json
-        atomic_write_json(a.out, dict(rows=df.to_dict('records')))
+        atomic_write_json(a.out, dict(device=str(a.device), precision=str(dtype).removeprefix('torch.'), dims=a.dims,
+                                      rows=df.to_dict('records')))
     return 0
 
 # %% ../nbs/40_ademvl.ipynb #12891dcd

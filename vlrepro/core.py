@@ -42,10 +42,10 @@ def make_generator(seed:int)->torch.Generator:
     g = torch.Generator(); g.manual_seed(seed); return g
 
 # %% ../nbs/00_core.ipynb #d6781422
-def get_device(name:str='auto' # 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'
+def get_device(name:str|torch.device='auto' # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' (or a `torch.device`)
               )->torch.device:
     "Resolve a device name from a parameters cell into a `torch.device`."
-    name = (name or 'auto').strip().lower()
+    name = (str(name) if isinstance(name, torch.device) else name or 'auto').strip().lower()
     if name == 'auto':
         if torch.cuda.is_available(): return torch.device('cuda')
         if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')

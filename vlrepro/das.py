@@ -1012,13 +1012,16 @@ def vilt_latency(skips:dict[str, list[int]],  # variant name -> skip set
                  repeats:int=10,              # timed repetitions per variant
                  warmup:int=2,                # warm-ups per variant
                  config=None,                 # a ViltConfig (default: ViLT-B/32 sizes)
+                 device='cpu',                # 'cpu', 'cuda' or 'auto'
+                 dtype=torch.float32,         # weights and activations (torch.bfloat16 on a GPU)
                 ):                            # DataFrame: name, median_s, ..., analytic_gflops, flops_reduction, latency_reduction
     "Median latency of a random-init ViLT encoder per skip set, with the analytic FLOPs, interleaved."
     from transformers import ViltConfig, ViltModel
     from vlrepro import bench
     cfg = config or ViltConfig()
-    m = ViltModel(cfg).eval(); patch(m, search=True)
-    x = torch.randn(batch, N, cfg.hidden_size)
+    dev = core.get_device(device)
+    m = ViltModel(cfg).eval(); patch(m, search=True); m.to(dev, dtype)
+    x = torch.randn(batch, N, cfg.hidden_size, device=dev, dtype=dtype)
     def run(S):
         def f():
             set_skip(m, S)
@@ -1040,14 +1043,17 @@ def llama_latency(skips:dict[str, list[int]],  # variant name -> skip set (indic
                   seq:int=128,                 # prompt tokens (a prefill, as LaVIN's fvcore note: (1, 128, 4096))
                   repeats:int=5, warmup:int=1,
                   llama_adapter:str='router',
+                  device='cpu',                # 'cpu', 'cuda' or 'auto'
+                  dtype=torch.float32,         # weights and activations (torch.bfloat16 on a GPU)
                  ):
     "Median prefill latency of a few random-init LLaMA-7B-sized blocks with LaVIN-DAS adapters, per skip set."
     from transformers import LlamaConfig, LlamaModel
     from vlrepro import bench
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                       num_hidden_layers=layers, vocab_size=256, max_position_embeddings=max(seq, 128))
-    m = LlamaModel(cfg).eval(); patch(m, search=True, llama_adapter=llama_adapter)
-    ids = torch.randint(0, 256, (1, seq))
+    dev = core.get_device(device)
+    m = LlamaModel(cfg).eval(); patch(m, search=True, llama_adapter=llama_adapter); m.to(dev, dtype)
+    ids = torch.randint(0, 256, (1, seq), device=dev)
     def run(S):
         def f():
             set_skip(m, S)
@@ -1074,6 +1080,8 @@ def bench_main(argv:list[str]|None=None)->int:
     ap.add_argument('--repeats', type=int, default=10, help='timed rounds, interleaved (default 10)')
     ap.add_argument('--warmup', type=int, default=2, help='untimed rounds first (default 2)')
     ap.add_argument('--threads', type=int, default=0, help='torch threads (0 = leave as is)')
+    ap.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'auto' (default cpu)")
+    ap.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16'], help='weights and activations (default fp32)')
     ap.add_argument('--out', default='', help='write the table as JSON here')
     a = ap.parse_args(argv)
     n = 12 if a.model == 'vilt' else a.layers
@@ -1081,15 +1089,18 @@ def bench_main(argv:list[str]|None=None)->int:
     if bad: ap.error(f"--skip {bad}: k must lie in [0, {n}) for {a.model} ({n} blocks)")
     if a.threads: torch.set_num_threads(a.threads)
     skips = {f'k={k}': list(range(n - k, n)) for k in a.skip}
-    if a.model == 'vilt': df = vilt_latency(skips, batch=a.batch, repeats=a.repeats, warmup=a.warmup)
+    dev, dtype = core.get_device(a.device), dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)[a.precision]
+    if a.model == 'vilt': df = vilt_latency(skips, batch=a.batch, repeats=a.repeats, warmup=a.warmup, device=dev, dtype=dtype)
     else:
-        df = llama_latency(skips, layers=a.layers, seq=a.seq, repeats=a.repeats, warmup=a.warmup)
+        df = llama_latency(skips, layers=a.layers, seq=a.seq, repeats=a.repeats, warmup=a.warmup, device=dev, dtype=dtype)
         df['flops_reduction_blocks'] = [len(S) / a.layers for S in skips.values()]   # skipped share of the blocks built
-    print(f"DAS {a.model}: {torch.get_num_threads()} threads, CPU, random weights, median of {a.repeats} interleaved rounds")
+    where = f"{torch.get_num_threads()} threads, CPU" if dev.type == 'cpu' else str(dev)
+    print(f"DAS {a.model}: {where}, {a.precision}, random weights, median of {a.repeats} interleaved rounds")
     cols = [c for c in ('name', 'median_s', 'analytic_gflops', 'flops_reduction', 'flops_reduction_blocks', 'latency_reduction')
             if c in df.columns]
     print(df[cols].round(4).to_string(index=False))
-    if a.out: core.atomic_write_json(a.out, dict(model=a.model, rows=df[cols].to_dict('records')))
+    if a.out: core.atomic_write_json(a.out, dict(model=a.model, device=str(dev), precision=a.precision, batch=a.batch,
+                                                 rows=df[cols].to_dict('records')))
     return 0
 
 # %% ../nbs/20_das.ipynb #e7bba792

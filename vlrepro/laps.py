@@ -229,14 +229,18 @@ def similarity_cost(num_patches:int=196,      # N spatial patches (ViT-B/16 at 2
                     embed_size:int=512,       # d of the joint space
                     n_images:int=16, n_captions:int=80, words:int=12, # pairs timed: n_images × n_captions, L words each
                     repeats:int=5, warmup:int=1,
+                    device='cpu',             # 'cpu', 'cuda' or 'auto'
+                    dtype=torch.float32,      # features (torch.bfloat16 on a GPU)
                    ):                         # pandas.DataFrame: variant, tokens, gflops, median_s, *_vs_dense
     "Cost of the patch–word alignment against the visual tokens per pair: dense (all patches) vs LAPS's slimmed tokens."
     import pandas as pd
     from vlrepro import bench
     variants = {'dense': num_patches + int(has_cls)}
     for r in sparse_ratios: variants[f'LAPS ρ={r:g}'] = num_final_tokens(num_patches, r, aggr_ratio, has_cls)
-    caps, lens = torch.randn(n_captions, words, embed_size), torch.full((n_captions,), words)
-    imgs = {k: torch.randn(n_images, m, embed_size) for k, m in variants.items()}
+    from vlrepro.core import get_device
+    dev = get_device(device)
+    caps, lens = torch.randn(n_captions, words, embed_size, device=dev, dtype=dtype), torch.full((n_captions,), words, device=dev)
+    imgs = {k: torch.randn(n_images, m, embed_size, device=dev, dtype=dtype) for k, m in variants.items()}
     t = bench.benchmark({k: (lambda k=k: dense_similarity(imgs[k], caps, lens)) for k in variants},
                         warmup=warmup, repeats=repeats, baseline='dense').set_index('name')
     df = pd.DataFrame([dict(variant=k, tokens=m, gflops=2 * n_images * n_captions * words * m * embed_size / 1e9,
@@ -261,16 +265,22 @@ def bench_main(argv:list[str]|None=None)->int:
     ap.add_argument('--captions', type=int, default=80, help='captions (default 80)')
     ap.add_argument('--words', type=int, default=12, help='words per caption (default 12)')
     ap.add_argument('--repeats', type=int, default=5, help='timed rounds, interleaved (default 5)')
+    ap.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'auto' (default cpu)")
+    ap.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16'], help='features (default fp32)')
     ap.add_argument('--out', default='', help='write the table as JSON here')
     a = ap.parse_args(argv)
     for r in a.ratios: check_ratio('sparse_ratio', r)
-    df = similarity_cost(a.patches, a.ratios, a.aggr, not a.no_cls, a.embed, a.images, a.captions, a.words, repeats=a.repeats)
-    print(f"LAPS alignment, {a.images} images x {a.captions} captions, d={a.embed}, {torch.get_num_threads()} threads, CPU, "
+    from vlrepro.core import get_device
+    dev, dtype = get_device(a.device), dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)[a.precision]
+    df = similarity_cost(a.patches, a.ratios, a.aggr, not a.no_cls, a.embed, a.images, a.captions, a.words, repeats=a.repeats,
+                         device=dev, dtype=dtype)
+    where = f"{torch.get_num_threads()} threads, CPU" if dev.type == 'cpu' else str(dev)
+    print(f"LAPS alignment, {a.images} images x {a.captions} captions, d={a.embed}, {where}, {a.precision}, "
           f"median of {a.repeats} interleaved rounds")
     print(df.round(4).to_string(index=False))
     if a.out:
         from vlrepro.core import atomic_write_json
-        atomic_write_json(a.out, dict(rows=df.to_dict('records')))
+        atomic_write_json(a.out, dict(device=str(dev), precision=a.precision, rows=df.to_dict('records')))
     return 0
 
 # %% ../nbs/30_laps.ipynb #070d600d

@@ -12,11 +12,11 @@ from typing import Any
 # vlrepro.core (and torch) are imported by the commands that need them, so `vlrepro --help` answers at once
 
 # %% auto #0
-__all__ = ['PAPERS', 'PAPER_TITLES', 'SCALES', 'find_nbs', 'list_notebooks', 'resolve_notebook', 'Param', 'notebook_parameters',
-           'check_parameters', 'load_param_set', 'RunFailed', 'RunInterrupted', 'default_run_dir', 'path_kind',
-           'resolve_paths', 'run_notebook', 'find_results', 'registry', 'comparable', 'report_rows', 'paper_tables',
-           'claims_rows', 'efficiency_rows', 'markdown_table', 'tradeoff_points', 'report', 'make_readme', 'parser',
-           'main', 'console']
+__all__ = ['PAPERS', 'PAPER_TITLES', 'SCALES', 'BENCH_ALL', 'find_nbs', 'list_notebooks', 'resolve_notebook', 'Param',
+           'notebook_parameters', 'check_parameters', 'load_param_set', 'RunFailed', 'RunInterrupted',
+           'default_run_dir', 'path_kind', 'resolve_paths', 'run_notebook', 'find_results', 'registry', 'comparable',
+           'report_rows', 'paper_tables', 'claims_rows', 'efficiency_rows', 'markdown_table', 'tradeoff_points',
+           'report', 'bench_all', 'make_readme', 'parser', 'main', 'console']
 
 # %% ../nbs/06_run.ipynb #cdb52257
 PAPERS = ('crossget', 'das', 'laps', 'ademvl', 'vqascore')
@@ -333,7 +333,7 @@ def claims_rows(records:list, paper:str)->list[dict]:
                  run=run, scale=r.get('scale', '')) for run, r in records if r['paper'] == paper
             for c in (r.get('claims') or (r.get('extra') or {}).get('claims') or [])]
 
-_EFF = re.compile(r'(gflops_ratio|speedup|ideal|tokens|trainable|params_M|measured/ideal|overhead|latency_ratio|flops_ratio)', re.I)
+_EFF = re.compile(r'(gflops_ratio|speedup|ideal|tokens|trainable|params_M|measured/ideal|overhead|latency_ratio|flops_ratio|reduction|_vs_|pairs_per_s)', re.I)
 
 def efficiency_rows(records:list, paper:str)->list[dict]:
     "Cost figures of each run of `paper` (GFLOPs ratios, speedups, tokens, trainable parameters)."
@@ -451,6 +451,87 @@ def report(paths:list[str|Path],     # run folders or results.json files
         summary.append(f"report: {out/'report.md'} and {out/'report.html'}")
     return '\n'.join(summary) if out is not None else text
 
+# %% ../nbs/06_run.ipynb #7b771ae5
+# paper -> {'cpu': argv at reduced sizes (about a minute for all), 'gpu': argv at the papers' sizes}; --device/--out added
+BENCH_ALL = {
+    'crossget': dict(cpu=['--batch', '2', '--rv', '16', '--repeats', '3', '--warmup', '1'],
+                     gpu=['--batch', '32', '--rv', '8', '12', '16', '--repeats', '20', '--warmup', '5']),
+    'das':      dict(cpu=['--skip', '0', '4', '--repeats', '3', '--warmup', '1'],
+                     gpu=['--skip', '0', '2', '4', '6', '--repeats', '20', '--warmup', '5']),
+    'laps':     dict(cpu=['--images', '4', '--captions', '20', '--repeats', '3'],
+                     gpu=['--images', '64', '--captions', '320', '--repeats', '20']),
+    'ademvl':   dict(cpu=['--dims', '8', '1024', '2752', '--text-len', '64', '--repeats', '2'],
+                     gpu=['--repeats', '20']),
+    'vqascore': dict(cpu=['--layers', '1', '--texts', '4', '--repeats', '2'],
+                     gpu=['--layers', '2', '--texts', '32', '--repeats', '10']),
+}
+_PRECISION = {'crossget': ('fp32', 'bf16'), 'das': ('fp32', 'bf16'), 'laps': ('fp32', 'bf16')}   # GPU runs of both
+
+def _bench_figures(paper:str, table:dict)->tuple[dict, list[dict]]:
+    "Efficiency figures (name -> value) and the claims a benchmark table checks: measured ratio against the FLOPs ideal."
+    rows, eff, claims = table['rows'], {}, []
+    for r in rows:
+        name = r.get('name', r.get('variant', ''))
+        for k, v in r.items():
+            if _num(v): eff[f"{name}/{k}"] = float(v)
+    if paper == 'crossget':
+        for r in rows:
+            if _num(r.get('measured/ideal')) and 'crossget' in str(r.get('name', '')).lower():
+                claims.append(dict(claim=f"{r['name']}: speedup within 15 % of the GFLOPs ideal",
+                                   measured=f"{r['speedup']:.2f}x vs ideal {r['ideal_speedup']:.2f}x", holds=r['measured/ideal'] >= 0.85))
+    elif paper == 'das':
+        r = rows[-1]
+        claims.append(dict(claim=f"{r['name']}: latency falls with the FLOPs (within 5 points)",
+                           measured=f"latency -{100 * r['latency_reduction']:.1f} %, FLOPs -{100 * r['flops_reduction']:.1f} %",
+                           holds=r['latency_reduction'] >= r['flops_reduction'] - 0.05))
+    elif paper == 'laps':
+        r = rows[-1]
+        claims.append(dict(claim=f"{r['variant']}: alignment time falls with the kept tokens",
+                           measured=f"time {r['time_vs_dense']:.2f}x, FLOPs {r['flops_vs_dense']:.2f}x of dense",
+                           holds=r['time_vs_dense'] < 1))
+    elif paper == 'ademvl':
+        a = rows[1]   # ADEM (embedded); the ratios are against rows[2], input-space fusion
+        claims.append(dict(claim="embedded fusion costs less than input-space fusion per LLM layer",
+                           measured=f"FLOPs {a['flops_vs_input_space']:.2f}x, time {a.get('time_vs_input_space', float('nan')):.2f}x",
+                           holds=a['flops_vs_input_space'] < 1 and a.get('time_vs_input_space', 0) < 1))
+    elif paper == 'vqascore':
+        r = rows[0]
+        claims.append(dict(claim="encoding the image once speeds up scoring one image against many texts",
+                           measured=f"{r['speedup']:.2f}x pairs/s", holds=r['speedup'] > 1))
+    return eff, claims
+
+def bench_all(device:str='cpu',            # 'cpu' (reduced sizes) or 'cuda' (the papers' sizes, bf16 and fp32)
+              out:str|Path|None=None,       # folder for the tables and results records (None: a new one under nbs/_runs)
+              papers:tuple=PAPERS,          # which papers
+             )->Path:                       # the folder holding bench-<paper>/results.json
+    "Run every paper's efficiency benchmark and write each as a results record that `report` shows."
+    import contextlib, io, tempfile
+    from vlrepro.core import get_device, write_results
+    dev = get_device(device)
+    bad = [p for p in papers if p not in BENCH_ALL]
+    if bad: raise ValueError(f"unknown paper(s) {bad} for bench all; choose from {', '.join(BENCH_ALL)}")
+    root = Path(out or find_nbs()/'_runs'/f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
+    if root.exists() and not root.is_dir(): raise FileExistsError(f"--out {root} is a file; give a folder")
+    size = 'gpu' if dev.type == 'cuda' else 'cpu'
+    scale = 'architecture-random-weights' if size == 'gpu' else 'architecture-reduced'
+    for paper in papers:
+        mod = importlib.import_module(f'vlrepro.{paper}')
+        for prec in (_PRECISION.get(paper, ('default',)) if size == 'gpu' else ('default',)):
+            t0, argv = time.time(), [*BENCH_ALL[paper][size], '--device', str(dev)]
+            if prec != 'default': argv += ['--precision', prec]
+            run = root/(f"bench-{paper}" + ('' if prec == 'default' else f"-{prec}"))
+            with tempfile.TemporaryDirectory() as d:
+                buf = io.StringIO()
+                with contextlib.redirect_stdout(buf): mod.bench_main([*argv, '--out', f'{d}/t.json'])
+                table = json.loads(Path(f'{d}/t.json').read_text())
+            print(buf.getvalue().rstrip(), flush=True)
+            eff, claims = _bench_figures(paper, table)
+            write_results(run, paper, dict(bench_argv=argv), {}, eff, started=t0, device=dev, scale=scale, claims=claims,
+                          extra=dict(table=table, command=f"vlrepro bench {paper} {' '.join(argv)}"))
+            held = sum(c['holds'] for c in claims)
+            print(f"[{paper}{'' if prec == 'default' else ' ' + prec}] {held}/{len(claims)} claims hold; {run/'results.json'}\n", flush=True)
+    return root
+
 # %% ../nbs/06_run.ipynb #61ca16c7
 def _list(args):
     nbs = find_nbs()
@@ -527,6 +608,14 @@ def _report(args):
     print(report(args.runs, out=args.out)); return 0
 
 def _bench(args):
+    if args.paper == 'all':
+        ap = argparse.ArgumentParser(prog='vlrepro bench all', description=bench_all.__doc__)
+        ap.add_argument('--device', default='cpu', help="'cpu' (reduced sizes, about a minute) or 'cuda' (the papers' sizes)")
+        ap.add_argument('--out', default=None, help='folder for the results records (default: a new one under nbs/_runs)')
+        ap.add_argument('--papers', nargs='+', default=list(PAPERS), help=f"a subset of {', '.join(PAPERS)}")
+        a = ap.parse_args(args.args)
+        root = bench_all(a.device, a.out, tuple(a.papers))
+        print(report([root], out=root/'report')); return 0
     if args.paper not in PAPERS:
         close = difflib.get_close_matches(args.paper, PAPERS, n=1)
         raise ValueError(f"unknown paper {args.paper!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
@@ -603,7 +692,7 @@ def parser()->argparse.ArgumentParser:
     h.add_argument('--one-per-branch', action='store_true', help='only the first set of each pipeline branch')
     h.add_argument('--jobs', type=int, default=1, help='sets rehearsed at once, each in its own process (2 on 2 cores)')
     b = sub.add_parser('bench', help="a paper's efficiency benchmark"); b.set_defaults(fn=_bench)
-    b.add_argument('paper', help=f"one of {', '.join(PAPERS)}")
+    b.add_argument('paper', help=f"one of {', '.join(PAPERS)}, or all (vlrepro bench all --help)")
     b.add_argument('args', nargs=argparse.REMAINDER, help="the paper's own options (vlrepro bench PAPER --help)")
     t = sub.add_parser('train', help='the trainer entry point (python -m vlrepro.train)'); t.set_defaults(fn=_train)
     t.add_argument('args', nargs=argparse.REMAINDER, help='--task module:function --config cfg.json ... (vlrepro train --help)')
