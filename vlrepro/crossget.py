@@ -707,7 +707,7 @@ def retrieval_transform(size:int): # -> vlrepro.data.ImageTransform
 
 def train_task(model:str='ViT-B-16', pretrained:str='', init_checkpoint:str='', data_root:str='data',
                dataset:str='flickr30k', rv:int|list=16, rl:int|list=0, method:str='crossget', w:float=0.5,
-               seed:int=0, view:str='all')->dict:
+               seed:int=0, view:str='all', augment:bool=True)->dict:
     "Task for `vlrepro.train.launch('vlrepro.crossget:train_task', cfg, nproc=8, task_args=...)` (multi-GPU fine-tuning)."
     from pathlib import Path
     from vlrepro import data, models
@@ -716,7 +716,9 @@ def train_task(model:str='ViT-B-16', pretrained:str='', init_checkpoint:str='', 
     clip = models.create_open_clip(model, pretrained=pretrained)
     if init_checkpoint: load_init_checkpoint(clip, init_checkpoint)
     patch(clip, rv=rv, rl=rl, method=method).train()
-    ds = data.RetrievalDataset(Path(data_root) / dataset, 'train', transform=retrieval_transform(clip.visual.image_size[0]))
+    size = clip.visual.image_size[0]   # augment: the recipe's flip + RandAugment (`vlrepro.data.train_transform`)
+    ds = data.RetrievalDataset(Path(data_root) / dataset, 'train',
+                               transform=data.train_transform('flip_randaugment', size) if augment else retrieval_transform(size))
     tok = make_tokenize(models.open_clip_tokenizer(model))
     return dict(model=clip, loss_fn=retrieval_loss_fn(tok, w), train_data=ds.caption_view(view, seed=seed), collate_fn=data.collate)
 

@@ -18,16 +18,17 @@ from torch.utils.data import Dataset
 from .core import atomic_write_json, atomic_write_text
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'MAKE_HINT', 'CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'COLORS', 'SHAPES',
-           'PATTERNS', 'DEFAULT_OPTIONS', 'PRESETS', 'VQA_TEMPLATES', 'SUBJECTS', 'IMAGE_FIELDS', 'VQAV2_SPLITS',
-           'default_root', 'dataset_dir', 'read_jsonl', 'write_jsonl', 'write_manifest', 'read_manifest', 'load_image',
-           'to_tensor', 'expand2square', 'ImageTransform', 'image_transform', 'cell_name', 'shape_mask', 'pattern_mask',
-           'preset_options', 'sample_scene', 'render_scene', 'paraphrases', 'vqa_answers', 'tile_patch_mask',
-           'describe_scene', 'sqa_prompt', 'sqa_tags', 'world_caption', 'world_swaps', 'world_families',
-           'SyntheticSplit', 'generate', 'make_synthetic', 'JsonlDataset', 'RetrievalDataset', 'CaptionDataset',
-           'build_answer_vocab', 'VQADataset', 'MCQADataset', 'InstructionDataset', 'WinogroundDataset', 'collate',
-           'collate_retrieval', 'convert_karpathy', 'convert_scienceqa', 'convert_vqav2', 'convert_llava',
-           'sha256_file', 'download', 'script_parser', 'fetch', 'resolve_src', 'script_main', 'report']
+__all__ = ['FORMAT_VERSION', 'MAKE_HINT', 'CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TRAIN_AUGMENTATIONS',
+           'COLORS', 'SHAPES', 'PATTERNS', 'DEFAULT_OPTIONS', 'PRESETS', 'VQA_TEMPLATES', 'SUBJECTS', 'IMAGE_FIELDS',
+           'VQAV2_SPLITS', 'default_root', 'dataset_dir', 'read_jsonl', 'write_jsonl', 'write_manifest',
+           'read_manifest', 'load_image', 'to_tensor', 'expand2square', 'ImageTransform', 'image_transform',
+           'RandomAugment', 'train_transform', 'cell_name', 'shape_mask', 'pattern_mask', 'preset_options',
+           'sample_scene', 'render_scene', 'paraphrases', 'vqa_answers', 'tile_patch_mask', 'describe_scene',
+           'sqa_prompt', 'sqa_tags', 'world_caption', 'world_swaps', 'world_families', 'SyntheticSplit', 'generate',
+           'make_synthetic', 'JsonlDataset', 'RetrievalDataset', 'CaptionDataset', 'build_answer_vocab', 'VQADataset',
+           'MCQADataset', 'InstructionDataset', 'WinogroundDataset', 'collate', 'collate_retrieval', 'convert_karpathy',
+           'convert_scienceqa', 'convert_vqav2', 'convert_llava', 'sha256_file', 'download', 'script_parser', 'fetch',
+           'resolve_src', 'script_main', 'report']
 
 # %% ../nbs/01_data.ipynb #c87b28d5
 FORMAT_VERSION = 'vlrepro-data-1'
@@ -177,6 +178,49 @@ def image_transform(size:int|None=None, mean:Sequence[float]|None=None, std:Sequ
                     interpolation:str='bicubic')->ImageTransform:
     "Build an `ImageTransform` (see its parameters)."
     return ImageTransform(size, mean, std, pad_to_square, fill, crop, interpolation)
+
+# %% ../nbs/01_data.ipynb #be898a07
+class RandomAugment:
+    "RandAugment as BLIP's retrieval recipe: `n` operations drawn with replacement, each applied with probability `p` at level `m` of 10."
+    OPS = ('Identity', 'AutoContrast', 'Equalize', 'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate')
+    def __init__(self, n:int=2, m:int=5, ops:Sequence[str]=OPS, p:float=0.5, fill:tuple=(128, 128, 128)):
+        bad = [o for o in ops if o not in self.OPS]
+        if bad: raise ValueError(f"unknown RandAugment operation(s) {bad}; choose from {list(self.OPS)}")
+        if not 0 <= m <= 10: raise ValueError(f"magnitude m must lie in [0, 10], got {m}")
+        self.n, self.m, self.ops, self.p, self.fill = n, m, tuple(ops), p, tuple(fill)
+    def apply(self, op:str, img, sign:int=1):
+        "One operation on a PIL image at this magnitude (`sign` ±1 for the signed geometric ones)."
+        from PIL import Image, ImageEnhance, ImageOps
+        lv = self.m / 10
+        if op == 'Identity': return img
+        if op == 'AutoContrast': return ImageOps.autocontrast(img)
+        if op == 'Equalize': return ImageOps.equalize(img)
+        if op in ('Brightness', 'Sharpness'): return getattr(ImageEnhance, op)(img).enhance(1.8 * lv + 0.1)
+        if op == 'Rotate': return img.rotate(sign * 30 * lv, resample=Image.BILINEAR, fillcolor=self.fill)
+        a = {'ShearX': (1, sign * 0.3 * lv, 0, 0, 1, 0), 'ShearY': (1, 0, 0, sign * 0.3 * lv, 1, 0),
+             'TranslateX': (1, 0, sign * 10 * lv, 0, 1, 0), 'TranslateY': (1, 0, 0, 0, 1, sign * 10 * lv)}[op]
+        return img.transform(img.size, Image.AFFINE, a, resample=Image.BILINEAR, fillcolor=self.fill)
+    def __call__(self, img):
+        import random
+        for op in random.choices(self.ops, k=self.n):
+            if random.random() < self.p: img = self.apply(op, img, 1 if random.random() < 0.5 else -1)
+        return img
+    def __repr__(self): return f"RandomAugment(n={self.n}, m={self.m}, p={self.p}, ops={list(self.ops)})"
+
+TRAIN_AUGMENTATIONS = ('flip_randaugment', 'crop_flip')
+
+def train_transform(kind:str,                # 'flip_randaugment' (CLIP retrieval, BLIP/CrossGET) or 'crop_flip' (CoOp, Dassl)
+                    size:int,                # output side
+                    mean:Sequence[float]=CLIP_MEAN, std:Sequence[float]=CLIP_STD,
+                    crop_scale:tuple=(0.08, 1.0), # 'crop_flip': the area range of the random-resized crop (Dassl's default)
+                   ):                        # a callable PIL image -> normalised (3, size, size) tensor
+    "The official training augmentation of a recipe (see the text above); random draws are seeded per item by the Trainer."
+    from torchvision import transforms as T
+    bicubic = T.InterpolationMode.BICUBIC
+    if kind == 'flip_randaugment': ops = [T.Resize((size, size), interpolation=bicubic), T.RandomHorizontalFlip(), RandomAugment()]
+    elif kind == 'crop_flip': ops = [T.RandomResizedCrop(size, scale=crop_scale, interpolation=bicubic), T.RandomHorizontalFlip()]
+    else: raise ValueError(f"unknown train augmentation {kind!r}; use one of {list(TRAIN_AUGMENTATIONS)}")
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
 
 # %% ../nbs/01_data.ipynb #fe72e301
 COLORS: dict[str, tuple[int, int, int]] = {
