@@ -12,11 +12,11 @@ from typing import Any
 # vlrepro.core (and torch) are imported by the commands that need them, so `vlrepro --help` answers at once
 
 # %% auto #0
-__all__ = ['PAPERS', 'PAPER_TITLES', 'SCALES', 'BENCH_ALL', 'find_nbs', 'list_notebooks', 'resolve_notebook', 'Param',
-           'notebook_parameters', 'check_parameters', 'load_param_set', 'RunFailed', 'RunInterrupted',
+__all__ = ['PAPERS', 'PAPER_TITLES', 'SCALES', 'BENCH_ALL', 'EXPECTED_S', 'find_nbs', 'list_notebooks', 'resolve_notebook',
+           'Param', 'notebook_parameters', 'check_parameters', 'load_param_set', 'RunFailed', 'RunInterrupted',
            'default_run_dir', 'path_kind', 'resolve_paths', 'run_notebook', 'find_results', 'registry', 'comparable',
            'report_rows', 'paper_tables', 'claims_rows', 'efficiency_rows', 'markdown_table', 'tradeoff_points',
-           'report', 'bench_all', 'make_readme', 'parser', 'main', 'console']
+           'report', 'bench_all', 'longest_first', 'make_readme', 'parser', 'main', 'console']
 
 # %% ../nbs/06_run.ipynb #cdb52257
 PAPERS = ('crossget', 'das', 'laps', 'ademvl', 'vqascore')
@@ -562,11 +562,30 @@ def _cells_done(path:Path)->tuple[int, int]:
     code = [c for c in nb.get('cells', []) if c.get('cell_type') == 'code']
     return sum(c.get('metadata', {}).get('papermill', {}).get('status') == 'completed' for c in code), len(code)
 
+# seconds of each notebook's default run on 2 shared CPU cores, one thread each (CI, 2026-12); `reproduce` only uses them
+# to start the longest first, so that two at a time finish together; a default run recorded on this machine overrides them
+EXPECTED_S = {'20_das': 640, '40_ademvl': 600, '11_crossget': 200, '50_vqascore': 120, '30_laps': 90,
+              '12_crossget_llava': 40, '22_das_lavin': 30}
+
+def longest_first(notebooks:list[Path],       # the notebooks to run
+                  runs:Path|None=None,         # a folder of earlier runs (results.json with wall_time_s), e.g. nbs/_runs
+                 )->list[Path]:
+    "The notebooks ordered by expected run time, longest first (earlier default runs here, else `EXPECTED_S`)."
+    seen = {}
+    for f in (find_results([runs]) if runs is not None and Path(runs).is_dir() else []):
+        try: r = json.loads(f.read_text())
+        except (OSError, ValueError): continue
+        if r.get('param_set', '') == '' and r.get('wall_time_s') and r.get('status', 'complete') == 'complete':
+            seen[f.parent.name] = max(seen.get(f.parent.name, 0), r['wall_time_s'])
+    est = lambda nb: seen.get(nb.stem, EXPECTED_S.get(nb.stem, 60))
+    return sorted(notebooks, key=est, reverse=True)
+
 def _reproduce(args):
     import subprocess, threading
     nbs = find_nbs(); root = Path(args.out or nbs/'_runs'/f"reproduce-{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
     todo = [nb for nb in list_notebooks(nbs) if not args.only or nb.stem.split('_', 1)[-1] in args.only or nb.stem in args.only]
     if not todo: raise ValueError(f"nothing to run (only={args.only}); `vlrepro list` shows the notebooks")
+    todo = longest_first(todo, nbs/'_runs')   # two at a time: the two longest start together
     print(f"reproducing {len(todo)} notebook(s), {args.jobs} at a time, into {root}", flush=True)
     pending, running, failed, t0, lock = list(todo), {}, [], time.time(), threading.Lock()
     last, beat = {}, float(os.environ.get('VLREPRO_HEARTBEAT_S', 25))
