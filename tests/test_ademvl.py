@@ -3,7 +3,7 @@ import json, math
 import pytest, torch
 from torch import nn
 import torch.nn.functional as F
-from vlrepro import ademvl, core, models
+from vlrepro import ademvl, bench, core, data, metrics, models, train
 
 torch.set_num_threads(1)
 IMG_PRE, TXT_PRE = [3, 4], [3, 4, 11, 12, 13]  # "Image: " / "Image: N/A" stand-ins
@@ -327,7 +327,6 @@ def test_parse_answer_malformed_never_crashes():
 
 
 def test_category_scores_recomputed():
-    metrics = pytest.importorskip('vlrepro.metrics')
     probs = [dict(subject='natural science', grade='grade2', hint='', image='x.png', answer=0),
              dict(subject='social science', grade='grade8', hint='h', image=None, answer=1),
              dict(subject='language science', grade='grade9', hint='', image=None, answer=2),
@@ -438,7 +437,6 @@ def test_methods_agree_on_text_only(batch):
 
 
 def test_sqa_examples_match_workbench_prompt():
-    data = pytest.importorskip('vlrepro.data'); pytest.importorskip('vlrepro.models')
     s = data.generate('sciqa', 24, seed=0, split='train')
     for r in s.rows: assert ademvl.sqa_row_prompt(r) == data.sqa_prompt(r)
     mc = data.MCQADataset(s)
@@ -455,8 +453,6 @@ def test_sqa_examples_match_workbench_prompt():
 
 
 def test_demo_pipeline_smoke(tmp_path):
-    data = pytest.importorskip('vlrepro.data'); models = pytest.importorskip('vlrepro.models')
-    pytest.importorskip('vlrepro.train'); pytest.importorskip('vlrepro.metrics')
     tr, te = data.generate('sciqa', 64, seed=0, split='train'), data.generate('sciqa', 16, seed=0, split='test')
     tok = ademvl.demo_tokenizer(tr.rows + te.rows)
     trm, tem = data.MCQADataset(tr), data.MCQADataset(te)
@@ -484,7 +480,6 @@ def test_demo_pipeline_smoke(tmp_path):
 
 
 def test_layer_cost_flops_at_7b_sizes():
-    pytest.importorskip('vlrepro.bench')
     df = ademvl.layer_cost(text_len=128, n_visual=256, M=320, measure=False)
     assert list(df.variant) == ['text only', 'ADEM (embedded)', 'input-space (prepend)']
     assert df.gflops[1] < 0.55 * df.gflops[2]
@@ -493,7 +488,6 @@ def test_layer_cost_flops_at_7b_sizes():
 
 
 def test_openai_clip_conversion():
-    models = pytest.importorskip('vlrepro.models')
     oc = models.create_open_clip('vlrepro-tiny-clip')
     sd = {f'visual.{k}': v for k, v in oc.visual.state_dict().items()}
     hf, cfg = ademvl.openai_clip_to_hf(sd, n_heads=oc.visual.transformer.resblocks[0].attn.num_heads)
@@ -508,8 +502,6 @@ def test_openai_clip_conversion():
 
 
 def test_full_scale_path_on_local_tiny_checkpoints(tmp_path):
-    data = pytest.importorskip('vlrepro.data'); models = pytest.importorskip('vlrepro.models')
-    pytest.importorskip('vlrepro.train'); pytest.importorskip('vlrepro.metrics')
     root = tmp_path / 'data'
     data.make_synthetic(root, 'sciqa', splits={'train': 32, 'test': 8}, name='scienceqa')
     rows = [r for sp in ('train', 'test') for r in data.read_jsonl(root / 'scienceqa' / f'{sp}.jsonl', image_fields=())]
@@ -571,7 +563,6 @@ def test_notebook_smoke_run(tmp_path):
 
 def _tiny_checkpoints(tmp_path, texts):
     "A tiny random Llama (+ word-level tokenizer over `texts`) and CLIP saved in HF layout, as the full-scale path loads them."
-    models = pytest.importorskip('vlrepro.models')
     tok = models.build_tokenizer('ademvl', [ademvl.IMAGE_PREFIX, ademvl.TEXT_PREFIX, *texts], vocab_size=128)
     models.tiny_hf('ademvl-llama', seed=0).save_pretrained(tmp_path / 'llama'); tok.save_pretrained(tmp_path / 'llama')
     models.tiny_hf('ademvl-clip-vision', seed=0).save_pretrained(tmp_path / 'clip')
@@ -586,7 +577,6 @@ def _png(path, rgb):
 
 def test_full_scale_coco_caption_end_to_end(tmp_path):
     "Karpathy json -> convert_karpathy -> run_full_scale('coco_caption'): trains 2 steps, generates, scores BLEU-4/CIDEr."
-    data = pytest.importorskip('vlrepro.data'); pytest.importorskip('vlrepro.train'); pytest.importorskip('vlrepro.metrics')
     cols = {'red': (220, 30, 30), 'blue': (30, 30, 220), 'green': (30, 200, 30)}
     imgs = []
     for i, (c, rgb) in enumerate(cols.items()):
@@ -609,7 +599,6 @@ def test_full_scale_coco_caption_end_to_end(tmp_path):
 
 def test_full_scale_instruction_end_to_end(tmp_path):
     "LLaVA conversations -> convert_llava -> run_full_scale('instruction') with a tiny MME folder: MME-P/MME-C and prediction files."
-    data = pytest.importorskip('vlrepro.data'); pytest.importorskip('vlrepro.train')
     items = []
     for i, (c, rgb) in enumerate({'red': (220, 30, 30), 'blue': (30, 30, 220)}.items()):
         _png(tmp_path / 'src' / f'{c}.jpg', rgb)

@@ -43,3 +43,9 @@ def test_lint_catches_a_name_used_before_it_is_defined(tmp_path):
     (tmp_path/'x.py').write_text(notebook_as_script(tmp_path/'x.ipynb'))
     rc, out = _check(tmp_path/'x.py')
     assert rc == 1 and "Undefined name `rv`" in out
+
+def test_tests_import_the_project_plainly():
+    # pytest.importorskip on the project's own modules would turn a broken import into a skip
+    bad = [f"{f.name}:{i}" for f in sorted(Path(__file__).parent.glob('test_*.py')) if f.name != Path(__file__).name
+           for i, l in enumerate(f.read_text().splitlines(), 1) if "importorskip('vlrepro" in l]
+    assert not bad, f"use plain imports of vlrepro modules in tests: {bad}"
