@@ -1099,7 +1099,7 @@ def bench_main(argv:list[str]|None=None)->int:
     cols = [c for c in ('name', 'median_s', 'analytic_gflops', 'flops_reduction', 'flops_reduction_blocks', 'latency_reduction')
             if c in df.columns]
     print(df[cols].round(4).to_string(index=False))
-    if a.out: core.atomic_write_json(a.out, dict(model=a.model, device=str(dev), precision=a.precision, batch=a.batch,
+    if a.out: core.atomic_write_json(a.out, dict(model=a.model, layers=n, device=str(dev), precision=a.precision, batch=a.batch,
                                                  rows=df[cols].to_dict('records')))
     return 0
 

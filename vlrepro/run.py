@@ -452,24 +452,27 @@ def report(paths:list[str|Path],     # run folders or results.json files
     return '\n'.join(summary) if out is not None else text
 
 # %% ../nbs/06_run.ipynb #7b771ae5
-# paper -> {'cpu': argv at reduced sizes (about a minute for all), 'gpu': argv at the papers' sizes}; --device/--out added
+# paper -> {'cpu': [(label, argv)] at reduced sizes (about a minute for all), 'gpu': [(label, argv)] at the papers' sizes};
+# `bench_all` adds --device, --out and, on a GPU, --precision for the papers in _PRECISION
 BENCH_ALL = {
-    'crossget': dict(cpu=['--batch', '2', '--rv', '16', '--repeats', '3', '--warmup', '1'],
-                     gpu=['--batch', '32', '--rv', '8', '12', '16', '--repeats', '20', '--warmup', '5']),
-    'das':      dict(cpu=['--skip', '0', '4', '--repeats', '3', '--warmup', '1'],
-                     gpu=['--skip', '0', '2', '4', '6', '--repeats', '20', '--warmup', '5']),
-    'laps':     dict(cpu=['--images', '4', '--captions', '20', '--repeats', '3'],
-                     gpu=['--images', '64', '--captions', '320', '--repeats', '20']),
-    'ademvl':   dict(cpu=['--dims', '8', '1024', '2752', '--text-len', '64', '--repeats', '2'],
-                     gpu=['--repeats', '20']),
-    'vqascore': dict(cpu=['--layers', '1', '--texts', '4', '--repeats', '2'],
-                     gpu=['--layers', '2', '--texts', '32', '--repeats', '10']),
+    'crossget': dict(cpu=[('', ['--batch', '2', '--rv', '16', '--repeats', '3', '--warmup', '1'])],
+                     gpu=[('', ['--batch', '32', '--rv', '8', '12', '16', '--repeats', '20', '--warmup', '5'])]),
+    'das':      dict(cpu=[('', ['--skip', '0', '4', '--repeats', '3', '--warmup', '1'])],
+                     gpu=[('', ['--skip', '0', '2', '4', '6', '--repeats', '20', '--warmup', '5']),   # ViLT-B/32, batch 1
+                          ('llama7b', ['--model', 'llama', '--layers', '32', '--seq', '128', '--skip', '0', '2', '4', '6',
+                                       '--repeats', '10', '--warmup', '3'])]),                    # LaVIN's LLaMA-7B, 32 blocks
+    'laps':     dict(cpu=[('', ['--images', '4', '--captions', '20', '--repeats', '3'])],
+                     gpu=[('', ['--images', '64', '--captions', '320', '--repeats', '20'])]),
+    'ademvl':   dict(cpu=[('', ['--dims', '8', '1024', '2752', '--text-len', '64', '--repeats', '2'])],
+                     gpu=[('', ['--repeats', '20'])]),
+    'vqascore': dict(cpu=[('', ['--layers', '1', '--texts', '4', '--repeats', '2'])],
+                     gpu=[('', ['--layers', '2', '--texts', '32', '--repeats', '10'])]),
 }
-_PRECISION = {'crossget': ('fp32', 'bf16'), 'das': ('fp32', 'bf16'), 'laps': ('fp32', 'bf16')}   # GPU runs of both
+_PRECISION = {'crossget': ('fp32', 'bf16'), 'das': ('bf16', 'fp32'), 'laps': ('fp32', 'bf16')}   # GPU runs of both
 
-def _bench_figures(paper:str, table:dict)->tuple[dict, list[dict]]:
-    "Efficiency figures (name -> value) and the claims a benchmark table checks: measured ratio against the FLOPs ideal."
-    rows, eff, claims = table['rows'], {}, []
+def _bench_figures(paper:str, table:dict)->tuple[dict, list[dict], dict]:
+    "Efficiency figures (name -> value), the claims a benchmark table checks, and the numbers comparable to the paper's."
+    rows, eff, claims, vs_paper = table['rows'], {}, [], {}
     for r in rows:
         name = r.get('name', r.get('variant', ''))
         for k, v in r.items():
@@ -481,9 +484,13 @@ def _bench_figures(paper:str, table:dict)->tuple[dict, list[dict]]:
                                    measured=f"{r['speedup']:.2f}x vs ideal {r['ideal_speedup']:.2f}x", holds=r['measured/ideal'] >= 0.85))
     elif paper == 'das':
         r = rows[-1]
+        flops = r.get('flops_reduction', r.get('flops_reduction_blocks'))   # LLaMA: the skipped share of the blocks
         claims.append(dict(claim=f"{r['name']}: latency falls with the FLOPs (within 5 points)",
-                           measured=f"latency -{100 * r['latency_reduction']:.1f} %, FLOPs -{100 * r['flops_reduction']:.1f} %",
-                           holds=r['latency_reduction'] >= r['flops_reduction'] - 0.05))
+                           measured=f"latency -{100 * r['latency_reduction']:.1f} %, FLOPs -{100 * flops:.1f} %",
+                           holds=r['latency_reduction'] >= flops - 0.05))
+        if table.get('model') == 'llama' and table.get('layers', 32) == 32:   # LaVIN-7B: DAS-k skips k of its 32 blocks
+            vs_paper = {(f"DAS{r_['name'].removeprefix('k=')}-7B", 'relative_inference_time'): 1 - r_['latency_reduction']
+                        for r_ in rows if r_['name'] != 'k=0'}
     elif paper == 'laps':
         r = rows[-1]
         claims.append(dict(claim=f"{r['variant']}: alignment time falls with the kept tokens",
@@ -498,15 +505,15 @@ def _bench_figures(paper:str, table:dict)->tuple[dict, list[dict]]:
         r = rows[0]
         claims.append(dict(claim="encoding the image once speeds up scoring one image against many texts",
                            measured=f"{r['speedup']:.2f}x pairs/s", holds=r['speedup'] > 1))
-    return eff, claims
+    return eff, claims, vs_paper
 
 def bench_all(device:str='cpu',            # 'cpu' (reduced sizes) or 'cuda' (the papers' sizes, bf16 and fp32)
               out:str|Path|None=None,       # folder for the tables and results records (None: a new one under nbs/_runs)
               papers:tuple=PAPERS,          # which papers
-             )->Path:                       # the folder holding bench-<paper>/results.json
+             )->Path:                       # the folder holding bench-<paper>[-<label>][-<precision>]/results.json
     "Run every paper's efficiency benchmark and write each as a results record that `report` shows."
     import contextlib, io, tempfile
-    from vlrepro.core import get_device, write_results
+    from vlrepro.core import compare, get_device, write_results
     dev = get_device(device)
     bad = [p for p in papers if p not in BENCH_ALL]
     if bad: raise ValueError(f"unknown paper(s) {bad} for bench all; choose from {', '.join(BENCH_ALL)}")
@@ -516,20 +523,24 @@ def bench_all(device:str='cpu',            # 'cpu' (reduced sizes) or 'cuda' (th
     scale = 'architecture-random-weights' if size == 'gpu' else 'architecture-reduced'
     for paper in papers:
         mod = importlib.import_module(f'vlrepro.{paper}')
-        for prec in (_PRECISION.get(paper, ('default',)) if size == 'gpu' else ('default',)):
-            t0, argv = time.time(), [*BENCH_ALL[paper][size], '--device', str(dev)]
-            if prec != 'default': argv += ['--precision', prec]
-            run = root/(f"bench-{paper}" + ('' if prec == 'default' else f"-{prec}"))
-            with tempfile.TemporaryDirectory() as d:
-                buf = io.StringIO()
-                with contextlib.redirect_stdout(buf): mod.bench_main([*argv, '--out', f'{d}/t.json'])
-                table = json.loads(Path(f'{d}/t.json').read_text())
-            print(buf.getvalue().rstrip(), flush=True)
-            eff, claims = _bench_figures(paper, table)
-            write_results(run, paper, dict(bench_argv=argv), {}, eff, started=t0, device=dev, scale=scale, claims=claims,
-                          extra=dict(table=table, command=f"vlrepro bench {paper} {' '.join(argv)}"))
-            held = sum(c['holds'] for c in claims)
-            print(f"[{paper}{'' if prec == 'default' else ' ' + prec}] {held}/{len(claims)} claims hold; {run/'results.json'}\n", flush=True)
+        for label, base in BENCH_ALL[paper][size]:
+            for prec in (_PRECISION.get(paper, ('default',)) if size == 'gpu' else ('default',)):
+                t0, argv = time.time(), [*base, '--device', str(dev)]
+                if prec != 'default': argv += ['--precision', prec]
+                name = '-'.join(s for s in ('bench', paper, label, '' if prec == 'default' else prec) if s)
+                with tempfile.TemporaryDirectory() as d:
+                    buf = io.StringIO()
+                    with contextlib.redirect_stdout(buf): mod.bench_main([*argv, '--out', f'{d}/t.json'])
+                    table = json.loads(Path(f'{d}/t.json').read_text())
+                print(buf.getvalue().rstrip(), flush=True)
+                eff, claims, vs_paper = _bench_figures(paper, table)
+                cmp = [r for r in compare(paper, vs_paper, scale=scale) if r['this_run'] is not None] if vs_paper else []
+                write_results(root/name, paper, dict(bench_argv=argv), {}, eff, started=t0, device=dev, scale=scale,
+                              claims=claims, comparison=cmp,
+                              extra=dict(table=table, command=f"vlrepro bench {paper} {' '.join(argv)}"))
+                held = sum(c['holds'] for c in claims)
+                print(f"[{name}] {held}/{len(claims)} claims hold; {root/name/'results.json'} "
+                      f"({time.time() - t0:.0f} s)\n", flush=True)
     return root
 
 # %% ../nbs/06_run.ipynb #61ca16c7
