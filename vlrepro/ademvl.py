@@ -911,6 +911,7 @@ def layer_cost(text_len:int=128,        # text tokens of one example
                repeats:int=3, warmup:int=1,
                device:str='cpu', dtype:torch.dtype=torch.float32,
                dims:tuple=(32, 4096, 11008), # heads, width, FFN width (LLaMA-7B)
+               batch:int=1,             # examples per call (a GPU needs a batch before the layer's cost shows in its time)
               ):                        # pandas.DataFrame: variant, tokens, gflops, median_s, flops_ratio, time_ratio
     "Per-layer cost of the text alone, ADEM's embedded fusion and input-space fusion, at real LLaMA layer sizes."
     import pandas as pd
@@ -920,7 +921,7 @@ def layer_cost(text_len:int=128,        # text tokens of one example
                 'input-space (prepend)': (text_len + 3 + n_visual, False)}
     def fused_for(layer, dev):
         st = ADEMState(alpha=0.1, drop_ratio=0.1)
-        kv = torch.randn(1, M, D, device=dev, dtype=dtype)
+        kv = torch.randn(batch if dev != 'meta' else 1, M, D, device=dev, dtype=dtype)
         st.keys, st.values = F.silu(kv), kv
         return ADEMLlamaMLP(layer.mlp, st, 0)
     ml, mr = _layer_7b(*dims, device='meta', dtype=dtype)
@@ -934,7 +935,7 @@ def layer_cost(text_len:int=128,        # text tokens of one example
         layer, rot = _layer_7b(*dims, device=device, dtype=dtype)
         calls = {}
         for name, (L, fz) in variants.items():
-            x = torch.randn(1, L, D, device=device, dtype=dtype)
+            x = torch.randn(batch, L, D, device=device, dtype=dtype)
             f = fused_for(layer, device) if fz else None
             calls[name] = (lambda x=x, f=f: _run_layer(layer, rot, x, f))
         t = bench.benchmark(calls, warmup=warmup, repeats=repeats, baseline='input-space (prepend)')
@@ -958,15 +959,16 @@ def bench_main(argv:list[str]|None=None)->int:
     ap.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     ap.add_argument('--dims', type=int, nargs=3, default=[32, 4096, 11008], metavar=('HEADS', 'WIDTH', 'FFN'),
                     help='layer sizes (default LLaMA-7B: 32 4096 11008; smaller for a quick CPU run)')
+    ap.add_argument('--batch', type=int, default=1, help='examples per timed call (default 1; FLOPs are per example)')
     ap.add_argument('--flops-only', action='store_true', help='count FLOPs on the meta device, time nothing (no 7B-size weights in memory)')
     ap.add_argument('--out', default='', help='write the table as JSON here')
     a = ap.parse_args(argv)
     dtype = torch.bfloat16 if str(a.device).startswith('cuda') else torch.float32
     df = layer_cost(a.text_len, a.n_visual, a.M, measure=not a.flops_only, repeats=a.repeats, device=a.device, dtype=dtype,
-                    dims=tuple(a.dims))
+                    dims=tuple(a.dims), batch=a.batch)
     size = 'one LLaMA-7B layer' if a.dims == [32, 4096, 11008] else f"one LLaMA layer of {a.dims[0]} heads, width {a.dims[1]}, FFN {a.dims[2]}"
     print(f"ADEM-VL, {size}, {a.device} {str(dtype).removeprefix('torch.')}, "
-          + ('FLOPs only' if a.flops_only else f"median of {a.repeats} interleaved rounds"))
+          + ('FLOPs only' if a.flops_only else f"batch {a.batch}, median of {a.repeats} interleaved rounds"))
     print(df.round(4).to_string(index=False))
     if a.out:
         from vlrepro.core import atomic_write_json

@@ -462,9 +462,9 @@ BENCH_ALL = {
                           ('llama7b', ['--model', 'llama', '--layers', '32', '--seq', '128', '--skip', '0', '2', '4', '6',
                                        '--repeats', '10', '--warmup', '3'])]),                    # LaVIN's LLaMA-7B, 32 blocks
     'laps':     dict(cpu=[('', ['--images', '4', '--captions', '20', '--repeats', '3'])],
-                     gpu=[('', ['--images', '64', '--captions', '320', '--repeats', '20'])]),
+                     gpu=[('', ['--images', '128', '--captions', '640', '--repeats', '20'])]),   # sizes a GPU notices
     'ademvl':   dict(cpu=[('', ['--dims', '8', '1024', '2752', '--text-len', '64', '--repeats', '2'])],
-                     gpu=[('', ['--repeats', '20'])]),
+                     gpu=[('', ['--batch', '16', '--repeats', '20'])]),
     'vqascore': dict(cpu=[('', ['--layers', '1', '--texts', '4', '--repeats', '2'])],
                      gpu=[('', ['--layers', '2', '--texts', '32', '--repeats', '10'])]),
 }
