@@ -939,7 +939,7 @@ def train_task(data_root:str='', dataset:str='tiles', vision_model:str='laps-vit
 
 # %% ../nbs/30_laps.ipynb #90236fd1
 _T = 'official README "Performances"'
-_COCO_T2I = 'unreliable: printed COCO T2I cells are inconsistent (5K above 1K)'
+_COCO_T2I = 'unreliable: printed COCO T2I cells are inconsistent (5K above 1K for ViT; 1K-Swin equals 5K-Swin)'
 PAPER_NUMBERS = [PaperNumber('laps', _T, s, m, v, '%', _COCO_T2I if s.startswith('MSCOCO') and m.startswith('t2i') else 'reproduced checkpoint')
                  for s, vals in {'Flickr30K ViT': (75.8, 93.8, 62.5, 87.5), 'Flickr30K Swin': (84.5, 97.7, 72.3, 92.7),
                                  'MSCOCO-1K ViT': (78.6, 96.0, 65.5, 91.4), 'MSCOCO-1K Swin': (83.9, 97.9, 51.2, 79.3),
