@@ -316,22 +316,22 @@ DEFAULT_OPTIONS: dict[str, Any] = dict(
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CrossGET §7.2: two objects in distinct quadrants, dark noisy background, 5 of 8 paraphrases
+    # CrossGET CPU demonstration: two objects in distinct quadrants, dark noisy background, 5 of 8 paraphrases
     'shapes': dict(task='captions', objects=2, shapes=('circle', 'square', 'triangle', 'cross'),
                    colors=('red', 'green', 'blue', 'yellow', 'purple', 'cyan', 'white', 'orange'),
                    size_words={'small': 3, 'big': 6}, jitter=2, color_jitter=8.0, background='uniform:0,60',
                    noise=6.0, noise_on='background', splits={'train': (4000, 0), 'test': (500, 1)}),
-    # DAS §7 ShapesVQA: 2×2 grid, p = 0.6 occupancy, 4 templates, 15 answers
+    # DAS CPU demonstration, ShapesVQA: 2×2 grid, p = 0.6 occupancy, 4 templates, 15 answers
     'shapesvqa': dict(task='vqa', occupancy=0.6, shapes=('square', 'circle', 'triangle'), radius=(4.5, 6.5),
                       noise=0.05*255, splits={'train': (6000, 1), 'val': (1000, 2), 'test': (2000, 3)}),
-    # LAPS §7.1: four tiles of distinct colour × pattern, captions naming two tiles, patch masks
+    # LAPS CPU demonstration: four tiles of distinct colour × pattern, captions naming two tiles, patch masks
     'tiles': dict(task='tiles', objects=4, shapes=('tile',), distinct='type', patterns=PATTERNS,
                   colors=('red', 'green', 'blue', 'yellow', 'magenta', 'cyan'), noise=0.04*255,
                   splits={'train': (1000, 1), 'test': (100, 2)}),
-    # ADEM-VL §7 SynthSciQA: IMG / TXT / NO items in ScienceQA's shape
+    # ADEM-VL CPU demonstration, SynthSciQA: IMG / TXT / NO items in ScienceQA's shape
     'sciqa': dict(task='sciqa', objects=(1, 3), radius=(4.0, 5.0), jitter=2, background=(128, 128, 128),
                   noise=8.0, splits={'train': (4000, 0), 'test': (600, 1)}),
-    # VQAScore §7: left/right two-object world, swap families held out, Winoground-style test pairs
+    # VQAScore CPU demonstration: left/right two-object world, swap families held out, Winoground-style test pairs
     'world': dict(task='world', placement='leftright', objects=2, radius=(5.0, 5.0), background=(128, 128, 128),
                   noise=0.03*255, splits={'train': (2000, 0), 'val': (200, 1), 'test': (200, 2)}),
 }

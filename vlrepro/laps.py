@@ -297,7 +297,7 @@ class LAPSHead(nn.Module):
                  hidden_ratio:float=0.2,  # aggregation MLP width int(hidden_ratio·d)
                  has_cls:bool|None=None,  # image tokens start with [CLS]; None: when L_v is not a perfect square
                  aggregate:bool=True,     # run the semantic-spatial calibration (False: kept patches go straight to alignment)
-                 selection:str='topk',    # 'topk' (released) or 'gumbel' (paper-only, spec §2.9)
+                 selection:str='topk',    # 'topk' (released) or 'gumbel' (paper-only, not in the official code)
                  attention_weight:float=0.8, # gumbel: weight β of the cosine scores vs the learned score
                  tau:float=1.0,           # gumbel temperature
                  pair_chunk:int=2048,     # (image, caption) pairs per step
@@ -336,7 +336,7 @@ def _visual_tokens(self:LAPSHead, patches:Tensor, cls:Tensor|None, a_img:Tensor,
     return l2norm(torch.cat(parts, 1)), mask
 
 def _gumbel_tokens(self:LAPSHead, patches:Tensor, a_img:Tensor, a_txt:Tensor, v_idx:Tensor)->tuple[list[Tensor], Tensor]:
-    "[paper-only] learned score + Gumbel-softmax decision (spec §2.9): aggregated and fused tokens, masks."
+    "[paper-only] learned score + Gumbel-softmax decision (paper-only; documented choices): aggregated and fused tokens, masks."
     sp = torch.sigmoid(self.score_predictor(patches)).squeeze(-1)     # (B_v, N) learned significance, with gradient
     b = self.attention_weight
     s = ((1 - b) * sp[v_idx] + b * (_minmax(a_img)[v_idx] + _minmax(a_txt)) / 2).clamp(1e-6, 1 - 1e-6)
@@ -461,7 +461,7 @@ class LAPSModel(nn.Module):
         hv, self.num_patches, self.has_cls = _vision_geometry(vision)
         ht = _text_hidden(text)
         self.vision, self.text, self.embed_size, self.pair_chunk = vision, text, embed_size, pair_chunk
-        self.img_proj = nn.Linear(hv, embed_size) if hv != embed_size else nn.Identity()   # spec §2.1: identity if equal
+        self.img_proj = nn.Linear(hv, embed_size) if hv != embed_size else nn.Identity()   # as released: identity if equal
         self.txt_proj = nn.Linear(ht, embed_size) if ht != embed_size else nn.Identity()
         self.laps_head:LAPSHead|None = None
         self.gather_batch = False   # DDP: score the global batch (features all-gathered with gradient), as released
@@ -534,7 +534,7 @@ def param_groups(model:LAPSModel,          # the (patched) model
                  learning_rate:float=2e-4, # base lr: projections and LAPS head
                  backbone_lr_mult:float=0.1, # ViT/Swin and BERT get learning_rate × this
                 )->list[dict]:             # param groups: 'name', 'params', 'lr_mult' and the absolute 'lr'
-    "The released per-group learning rates (spec §3), as `lr_mult` (what `vlrepro.train.Trainer` reads) and `lr`."
+    "The released per-group learning rates (`arguments.py`), as `lr_mult` (what `vlrepro.train.Trainer` reads) and `lr`."
     groups = [('vision', model.vision, backbone_lr_mult), ('text', model.text, backbone_lr_mult), ('img_proj', model.img_proj, 1.0),
               ('txt_proj', model.txt_proj, 1.0), ('laps_head', model.laps_head, 1.0)]
     return [dict(name=n, params=list(m.parameters()), lr_mult=f, lr=learning_rate * f) for n, m, f in groups
@@ -938,8 +938,8 @@ def train_task(data_root:str='', dataset:str='tiles', vision_model:str='laps-vit
                 collate_fn=PairCollate(tok, getattr(model.text.config, 'max_position_embeddings', 512), size_augment, seed))
 
 # %% ../nbs/30_laps.ipynb #90236fd1
-_T = 'seed README "Performances" (spec §5)'
-_COCO_T2I = 'unreliable: printed COCO T2I cells are inconsistent (spec §5 caveats)'
+_T = 'official README "Performances"'
+_COCO_T2I = 'unreliable: printed COCO T2I cells are inconsistent (5K above 1K for ViT; 1K-Swin equals 5K-Swin)'
 PAPER_NUMBERS = [PaperNumber('laps', _T, s, m, v, '%', _COCO_T2I if s.startswith('MSCOCO') and m.startswith('t2i') else 'reproduced checkpoint')
                  for s, vals in {'Flickr30K ViT': (75.8, 93.8, 62.5, 87.5), 'Flickr30K Swin': (84.5, 97.7, 72.3, 92.7),
                                  'MSCOCO-1K ViT': (78.6, 96.0, 65.5, 91.4), 'MSCOCO-1K Swin': (83.9, 97.9, 51.2, 79.3),

@@ -25,7 +25,7 @@ __all__ = ['OPEN_CLIP_CONFIGS', 'HF_KINDS', 'HF_SIZES', 'HF_HUB_IDS', 'MODEL_PRE
 
 # %% ../nbs/02_models.ipynb #36a04e3d
 OPEN_CLIP_CONFIGS: dict[str, dict] = {
-    'vlrepro-tiny-clip': dict(  # crossget spec §7.1
+    'vlrepro-tiny-clip': dict(  # CrossGET CPU demonstration
         embed_dim=64, quick_gelu=True,
         vision_cfg=dict(image_size=32, patch_size=4, width=64, layers=4, head_width=32, mlp_ratio=4.0),
         text_cfg=dict(context_length=24, vocab_size=27, width=64, heads=2, layers=4)),
@@ -276,37 +276,37 @@ HF_HUB_IDS: dict[str, str] = {  # kind -> the checkpoint the papers load (for er
 MODEL_PRESETS: dict[str, dict] = {f'tiny-{k}': dict(kind=k, config=v['tiny'], model_kwargs={}, source='generic tiny')
                                   for k, v in HF_SIZES.items()}
 MODEL_PRESETS.update({
-    'laps-vit': dict(kind='vit', source='laps spec §7.2', model_kwargs=dict(add_pooling_layer=False),
+    'laps-vit': dict(kind='vit', source='LAPS CPU demonstration (30_laps default run)', model_kwargs=dict(add_pooling_layer=False),
         config=dict(image_size=32, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=2,
                     num_attention_heads=4, intermediate_size=128)),
-    'laps-bert': dict(kind='bert', source='laps spec §7.2 (vocab_size = len(tokenizer), ~35)',
+    'laps-bert': dict(kind='bert', source='LAPS CPU demonstration (vocab_size = len(tokenizer), ~35)',
         model_kwargs=dict(add_pooling_layer=False),
         config=dict(vocab_size=40, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                     intermediate_size=128, max_position_embeddings=40)),
     'laps-swin': dict(kind='swin', source='tiny Swin for the LAPS swin variant (64 stage-2 tokens of width 64)',
         model_kwargs=dict(add_pooling_layer=False), config=HF_SIZES['swin']['tiny']),
-    'das-vilt': dict(kind='vilt', source='das spec §7 TinyViLT dimensions (width 64, 8 blocks, patch 8, text 12)',
+    'das-vilt': dict(kind='vilt', source='DAS CPU demonstration, TinyViLT dimensions (width 64, 8 blocks, patch 8, text 12)',
         model_kwargs={}, config=dict(vocab_size=32, hidden_size=64, num_hidden_layers=8, num_attention_heads=4,
             intermediate_size=256, image_size=32, patch_size=8, max_position_embeddings=12, layer_norm_eps=1e-6)),
-    'das-vilt-vqa': dict(kind='vilt_vqa', source='das spec §7 with the 15-answer VQA head', model_kwargs={},
+    'das-vilt-vqa': dict(kind='vilt_vqa', source='DAS CPU demonstration with the 15-answer VQA head', model_kwargs={},
         config=dict(vocab_size=32, hidden_size=64, num_hidden_layers=8, num_attention_heads=4,
             intermediate_size=256, image_size=32, patch_size=8, max_position_embeddings=12, layer_norm_eps=1e-6,
             num_labels=15)),
-    'ademvl-llama': dict(kind='llama', source='ademvl spec §7', model_kwargs={},
+    'ademvl-llama': dict(kind='llama', source='ADEM-VL CPU demonstration', model_kwargs={},
         config=dict(vocab_size=128, hidden_size=96, intermediate_size=256, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, rms_norm_eps=1e-6,
             tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
-    'ademvl-clip-vision': dict(kind='clip_vision', source='ademvl spec §7', model_kwargs={},
+    'ademvl-clip-vision': dict(kind='clip_vision', source='ADEM-VL CPU demonstration', model_kwargs={},
         config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
             image_size=32, patch_size=4, hidden_act='quick_gelu')),
-    'vqascore-clip-vision': dict(kind='clip_vision', source='vqascore spec §7 stage 0', model_kwargs={},
+    'vqascore-clip-vision': dict(kind='clip_vision', source='VQAScore CPU demonstration, stage 0', model_kwargs={},
         config=dict(image_size=32, patch_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
             num_attention_heads=4, projection_dim=64)),
-    'vqascore-clip-text': dict(kind='clip_text', source='vqascore spec §7 stage 0 (pooled at </s> = 1)',
+    'vqascore-clip-text': dict(kind='clip_text', source='VQAScore CPU demonstration, stage 0 (pooled at </s> = 1)',
         model_kwargs={}, config=dict(vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=24, projection_dim=64, pad_token_id=0,
             bos_token_id=None, eos_token_id=1)),
-    'vqascore-t5': dict(kind='t5', source='vqascore spec §7 tiny CLIP-FlanT5', model_kwargs={},
+    'vqascore-t5': dict(kind='t5', source='VQAScore CPU demonstration, tiny CLIP-FlanT5', model_kwargs={},
         config=dict(vocab_size=200, d_model=64, d_kv=16, d_ff=128, num_layers=4, num_decoder_layers=2,
             num_heads=4, feed_forward_proj='gated-gelu', tie_word_embeddings=False, dropout_rate=0.0,
             decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)),
@@ -317,7 +317,7 @@ MODEL_PRESETS.update({
             text_config=_LLAMA['tiny'], image_token_index=127, image_seq_length=64, projector_hidden_act='gelu',
             vision_feature_layer=-2, vision_feature_select_strategy='default')),
 })
-MODEL_PRESETS['vqascore-clip'] = dict(kind='clip', source='vqascore spec §7 stage 0 (CLIPScore baseline)',
+MODEL_PRESETS['vqascore-clip'] = dict(kind='clip', source='VQAScore CPU demonstration, stage 0 (CLIPScore baseline)',
     model_kwargs={}, config=dict(vision_config=MODEL_PRESETS['vqascore-clip-vision']['config'],
                                  text_config=MODEL_PRESETS['vqascore-clip-text']['config'], projection_dim=64))
 
@@ -707,22 +707,22 @@ def train_tokenizer(texts:Iterable[str],                 # training corpus (e.g.
 # %% ../nbs/02_models.ipynb #49ca1656
 TOKENIZER_PRESETS: dict[str, dict] = {
     'crossget': dict(model='wordlevel', specials=('<pad>',), specials_end=('<sot>', '<eot>'), lowercase=True,
-                     template='<sot> $A <eot>', model_max_length=24),   # crossget §7.1: <eot> is the largest id
+                     template='<sot> $A <eot>', model_max_length=24),   # crossget: <eot> is the largest id (open_clip pools at argmax)
     'laps': dict(model='wordlevel', specials=('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'), lowercase=True,
-                 template='[CLS] $A [SEP]', model_max_length=40),        # laps §7.1
+                 template='[CLS] $A [SEP]', model_max_length=40),        # laps
     'das': dict(model='wordlevel', specials=('[pad]', '[cls]', '[sep]'), lowercase=True,
-                template='[cls] $A [sep]', model_max_length=12),         # das §7
+                template='[cls] $A [sep]', model_max_length=12),         # das
     'ademvl': dict(model='wordlevel', specials=('<pad>', '<s>', '</s>', '<unk>'), pre_tokenizer=r'regex:\w+|[^\w\s]|\n',
-                   template='', model_max_length=512),                   # ademvl §7: 0 pad, 1 BOS, 2 EOS, no template
+                   template='', model_max_length=512),                   # ademvl: 0 pad, 1 BOS, 2 EOS, no template
     'vqascore': dict(model='bpe', specials=('<pad>', '</s>', '<unk>'), pre_tokenizer='metaspace',
-                     collapse_whitespace=True, vocab_size=200, template='$A </s>', model_max_length=2048),  # vqascore §7
+                     collapse_whitespace=True, vocab_size=200, template='$A </s>', model_max_length=2048),  # vqascore
 }
 
 def build_tokenizer(preset:str,           # a key of TOKENIZER_PRESETS
                     texts:Iterable[str],  # training corpus
                     **overrides,          # any `train_tokenizer` argument
                    )->PreTrainedTokenizerFast: # the trained tokenizer
-    "Train one of the specs' tokenizers on `texts`."
+    "Train one of the papers' demonstration tokenizers on `texts`."
     if preset not in TOKENIZER_PRESETS:
         raise ValueError(f"unknown tokenizer preset {preset!r}; presets: {sorted(TOKENIZER_PRESETS)}")
     return train_tokenizer(texts, **{**TOKENIZER_PRESETS[preset], **overrides})

@@ -88,7 +88,7 @@ def world_corpus(colours:Sequence[str]=('red', 'green', 'blue', 'yellow'),   # t
                                                                            'Yes No yes no']
 
 # %% ../nbs/50_vqascore.ipynb #455b7823
-PAD_COLOR = tuple(int(255 * m) for m in vdata.CLIP_MEAN)   # (122, 116, 104): truncated, not rounded (§6.7)
+PAD_COLOR = tuple(int(255 * m) for m in vdata.CLIP_MEAN)   # (122, 116, 104): truncated, not rounded (as the official expand2square)
 
 def pad_to_square(img,                                  # a PIL image
                   fill:tuple[int, int, int]=PAD_COLOR,  # background colour
@@ -276,7 +276,7 @@ class Scorer:
                  batch_size:int=16,                # texts per model call
                  max_length:int=2048,              # text-id limit of the encoder prompt
                  device:str|torch.device|None=None,
-                 dtype:torch.dtype|None=None,      # autocast dtype on CUDA (bf16, as released; §6.9)
+                 dtype:torch.dtype|None=None,      # autocast dtype on CUDA (bf16, as released; T5 overflows in fp16)
                 ):
         self.model, self.tokenizer, self.style = model.eval(), tokenizer, style
         size = model.vision_tower.config.image_size
@@ -446,7 +446,7 @@ class T5VLCollate:
                     image_rows=[it.get('pixels') is not None for it in items])
 
 def t5vl_loss(model, batch:dict):
-    "Training loss: HF T5's mean token cross-entropy over every non-ignored label of the batch (§6.5)."
+    "Training loss: HF T5's mean token cross-entropy over every non-ignored label of the batch (as in training; scoring takes a per-row mean)."
     return model(batch['input_ids'], batch['pixel_values'], labels=batch['labels'], image_rows=batch.get('image_rows')).loss
 
 # %% ../nbs/50_vqascore.ipynb #7632383b
@@ -604,7 +604,7 @@ class LlavaT5Dataset(torch.utils.data.Dataset):
         rows = vdata.read_jsonl(p, check_images=False) if p.suffix == '.jsonl' else json.loads(p.read_text())
         self.rows = rows if stage == 1 else flatten_conversations(rows)
         self.folder, self.stage, self.size = Path(image_folder), stage, image_size
-        self.preprocess = CLIPPreprocess(image_size, 'square' if stage == 1 else 'pad')   # §2.6: stage 1 crops, stage 2 pads
+        self.preprocess = CLIPPreprocess(image_size, 'square' if stage == 1 else 'pad')   # stage 1 crops, stage 2 pads
     def __len__(self): return len(self.rows)
     def __getitem__(self, i):
         r = self.rows[i]; has = bool(r.get('image'))
@@ -612,7 +612,7 @@ class LlavaT5Dataset(torch.utils.data.Dataset):
         # and projector at every step, which ZeRO-3's parameter gathering needs (else the processes deadlock)
         px = self.preprocess(vdata.load_image(self.folder/r['image'])) if has else torch.zeros(3, self.size, self.size)
         if self.stage == 1:
-            enc, dec = split_text(r['conversations'][-1]['value'], random)   # the human turn is discarded (§6.6)
+            enc, dec = split_text(r['conversations'][-1]['value'], random)   # the human turn is discarded
         else: enc, dec = t5_v1(r['conversations'], has_image=has)
         return dict(encoder=enc, decoder=dec, pixels=px, has_image=has)
 
@@ -673,7 +673,7 @@ def modality_grouped_order(lengths:Sequence[int],  # `modality_lengths` of the s
                            world:int,              # processes x accumulation steps (one optimiser step's micro-batches)
                            seed:int=0,
                           )->list[int]:            # the official sampler's global order of sample indices
-    "`group_by_modality_length`: image and text-only samples in separate, length-sorted megabatches of `world x batch`, megabatches shuffled, the two leftovers last (§4.2)."
+    "`group_by_modality_length`: image and text-only samples in separate, length-sorted megabatches of `world x batch`, megabatches shuffled, the two leftovers last (LLaVA's `llava_trainer.py`)."
     g = torch.Generator().manual_seed(seed)
     if all(l > 0 for l in lengths) or all(l < 0 for l in lengths): return _length_grouped([abs(l) for l in lengths], batch, world, g)
     mm = [i for i, l in enumerate(lengths) if l > 0]; lang = [i for i, l in enumerate(lengths) if l < 0]
@@ -800,7 +800,7 @@ def benchmark_scores(kind:str,        # 'winoground' | 'auc' | 'correlation' | '
                      scores,          # [sample, image, text] scores (torch or numpy)
                      items:Sequence[dict]|None=None, # the benchmark items (labels / human scores / preferences)
                     )->dict:
-    "Apply a benchmark's scoring rule (§3.4) to a score tensor."
+    "Apply a benchmark's scoring rule (t2v_metrics `dataset.py`) to a score tensor."
     from vlrepro import metrics
     s = torch.as_tensor(scores, dtype=torch.float64)
     if kind == 'winoground': return metrics.winoground_scores(s)
@@ -1018,8 +1018,8 @@ def resolve_steps(preset:str, **given)->dict:
     if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     return {k: (given.get(k) or v) for k, v in PRESETS[preset].items()}
 
-STAGE_RECIPES = {1: dict(lr=1e-2, bs=32, accum=1, zero=2, gpus=8, recipe=256),   # §4.1: 32 x 8 GPUs, ZeRO-2
-                 2: dict(lr=2e-5, bs=6, accum=2, zero=3, gpus=8, recipe=96)}     # §4.2: 6 x 8 GPUs x 2, ZeRO-3
+STAGE_RECIPES = {1: dict(lr=1e-2, bs=32, accum=1, zero=2, gpus=8, recipe=256),   # stage-1 script: 32 x 8 GPUs, ZeRO-2
+                 2: dict(lr=2e-5, bs=6, accum=2, zero=3, gpus=8, recipe=96)}     # stage-2 script: 6 x 8 GPUs x 2, ZeRO-3
 
 _MAKE = {'base_model': 'hf download google/flan-t5-xxl --local-dir ckpt/flan-t5-xxl (or -xl)',
          'tokenizer_path': 'hf download google/flan-t5-xxl --local-dir ckpt/flan-t5-xxl (or -xl)',
