@@ -249,7 +249,7 @@ def merge_ensemble(x:Tensor,              # (B, N, C) tokens (the residual strea
     y = x * size
     w = match.alpha.to(x.dtype) * 2
     contrib = w[..., :1] * y[b, src] + (w[..., 1:] - 1) * y[b, dst]
-    acc = y.index_put((b, dst), contrib, accumulate=True)[b, match.keep]
+    acc = y.index_put_((b, dst), contrib, accumulate=True)[b, match.keep]   # y is our own temporary: in place
     new_size = size.index_put((b, dst), size[b, src], accumulate=True)[b, match.keep]   # plain sums (exact: integers)
     return acc / new_size, new_size
 
