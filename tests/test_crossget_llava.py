@@ -237,3 +237,11 @@ def test_generic_patch_dispatches_to_llava():
     assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
     with pytest.raises(ValueError, match='rl must be 0'): cg.patch(models.tiny_hf('crossget-llava'), rv=4, rl=2)
     cg.unpatch(a); assert not cg.is_patched(a)
+
+
+def test_llm_cross_token_compiles_without_graph_breaks(tiny):
+    "The prefill test of the LLM cross token reads the cache length (a Python int), not a tensor: no host sync."
+    m = cg.patch(copy.deepcopy(tiny).eval(), rv=2)
+    inner = getattr(m, 'model', m)
+    n, why = cg._explain(inner.language_model, inputs_embeds=torch.randn(1, 8, m.config.text_config.hidden_size))
+    assert n == 0, why

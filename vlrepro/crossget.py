@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_crossget.ipynb #934db50b
 from __future__ import annotations
-import functools, json, math, time, warnings
+import contextlib, functools, json, math, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,10 +17,10 @@ from .core import (swap_class, restore_class, check_unpatched, set_patched, clea
                           is_patched as core_is_patched, PaperNumber, register_paper_numbers)
 from .merge import (parse_r, token_schedule, clip_r, protected_mask, complete_graph_soft_matching,
                            bipartite_soft_matching, Match, merge_wavg, merge_ensemble, merge_token_ids, merge_plain,
-                           cross_importance, proportional_attention)
+                           cross_importance, proportional_attention, _unit)
 
 # %% auto #0
-__all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 'GFLOPS_SETTINGS', 'COOP_DATASETS', 'PAPER_NUMBERS', 'CrossGETState', 'RClippedWarning', 'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text', 'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode', 'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'register_configs', 'meta_clip', 'gflops', 'gflops_table', 'throughput', 'bench_main', 'make_tokenize', 'encode_retrieval', 'evaluate_retrieval', 'retrieval_loss_fn', 'retrieval_config', 'train_retrieval', 'convert_state_dict', 'read_checkpoint', 'load_init_checkpoint', 'retrieval_transform', 'train_task', 'CoOp', 'coop_loss', 'coop_accuracy', 'LabelledImages', 'read_coop_context', 'convert_coop', 'trace_merges', 'plot_trace', 'paper_setting', 'write_openai_clip', 'write_authors_checkpoint', 'write_coop_prompt_learner', 'write_karpathy_flickr', 'write_coop_dataset', 'rehearsal_clip', 'unpatch_llava', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'MME_PERCEPTION', 'MME_COGNITION', 'LLAVA_BENCHMARKS', 'LLAVA_BENCH_PRESETS', 'LLAVA_TABLE', 'LLAVA_METRICS', 'LLAVA_PAPER_NUMBERS', 'CIRCULAR', 'LLAVA_EVAL_FILES', 'LLAVA_RECIPE_GLOBAL_BATCH', 'LlavaCrossGETState', 'collect_llava_cross', 'clip_layer_crossget_forward', 'llava_vision_hidden_states', 'llava_classes', 'patch_llava', 'llava_visual_tokens', 'llava_cross_loss', 'llava_prompt', 'parse_short_answer', 'parse_gqa', 'parse_choice', 'parse_mme', 'mme_scores', 'mmbench_circular', 'LlavaBenchmark', 'parse_answer', 'tokenize_llava', 'llava_collate', 'LlavaSFTDataset', 'llava_synthetic', 'llava_tokenizer', 'freeze_for_llava_tuning', 'llava_loss_fn', 'llava_generate', 'llava_score', 'llava_throughput', 'register_llava_numbers', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task', 'load_crossget_llava', 'mix67k', 'llava_benchmark_records', 'score_benchmark', 'llava_upload', 'llava_answers', 'convert_llava_eval', 'write_llava_mix665k', 'write_llava_eval_upstream', 'write_llava_hf', 'rehearsal_llava']
+__all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 'GFLOPS_SETTINGS', 'COOP_DATASETS', 'PAPER_NUMBERS', 'CrossGETState', 'RClippedWarning', 'ReduceStep', 'reduce_tokens', 'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text', 'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode', 'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'register_configs', 'meta_clip', 'gflops', 'gflops_table', 'merge_share', 'aten_op_counts', 'graph_breaks', 'throughput', 'bench_main', 'make_tokenize', 'encode_retrieval', 'evaluate_retrieval', 'retrieval_loss_fn', 'retrieval_config', 'train_retrieval', 'convert_state_dict', 'read_checkpoint', 'load_init_checkpoint', 'retrieval_transform', 'train_task', 'CoOp', 'coop_loss', 'coop_accuracy', 'LabelledImages', 'read_coop_context', 'convert_coop', 'MergeTrace', 'tracing', 'trace_merges', 'plot_trace', 'paper_setting', 'write_openai_clip', 'write_authors_checkpoint', 'write_coop_prompt_learner', 'write_karpathy_flickr', 'write_coop_dataset', 'rehearsal_clip', 'unpatch_llava', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'MME_PERCEPTION', 'MME_COGNITION', 'LLAVA_BENCHMARKS', 'LLAVA_BENCH_PRESETS', 'LLAVA_TABLE', 'LLAVA_METRICS', 'LLAVA_PAPER_NUMBERS', 'CIRCULAR', 'LLAVA_EVAL_FILES', 'LLAVA_RECIPE_GLOBAL_BATCH', 'LlavaCrossGETState', 'collect_llava_cross', 'clip_layer_crossget_forward', 'llava_vision_hidden_states', 'llava_classes', 'patch_llava', 'llava_visual_tokens', 'llava_cross_loss', 'llava_prompt', 'parse_short_answer', 'parse_gqa', 'parse_choice', 'parse_mme', 'mme_scores', 'mmbench_circular', 'LlavaBenchmark', 'parse_answer', 'tokenize_llava', 'llava_collate', 'LlavaSFTDataset', 'llava_synthetic', 'llava_tokenizer', 'freeze_for_llava_tuning', 'llava_loss_fn', 'llava_generate', 'llava_score', 'llava_throughput', 'register_llava_numbers', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task', 'load_crossget_llava', 'mix67k', 'llava_benchmark_records', 'score_benchmark', 'llava_upload', 'llava_answers', 'convert_llava_eval', 'write_llava_mix665k', 'write_llava_eval_upstream', 'write_llava_hf', 'rehearsal_llava']
 
 # %% ../nbs/11_crossget.ipynb #2abeb22a
 METHODS = ('crossget', 'complete', 'tome')
@@ -34,22 +34,25 @@ class CrossGETState:
     cross:bool = False       # insert the learnable cross tokens (needed by method='crossget' with rv > 0)
     prop_attn:bool = True    # proportional attention (log-size bias) in reduced encoders
     _reported:set = field(default_factory=set, repr=False)  # clip warnings already given (not a knob)
+    trace:'MergeTrace|None' = field(default=None, repr=False, compare=False)  # set by `tracing` (not a knob)
 
     def schedule(self, side:str, depth:int)->list[int]:
         "Per-layer r of the 'vision' or 'text' encoder."
         return parse_r(depth, self.rv if side == 'vision' else self.rl)
 
-def _validate(state:CrossGETState, has_text:bool):
+def _validate(state:CrossGETState,
+              sv:list[int],          # the vision schedule (one r per vision block)
+              st:list[int]|None):    # the text schedule, None without a text encoder
     if state.method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {state.method!r}")
-    if state.method == 'tome' and any(parse_r(1_000, state.rl)):
+    if state.method == 'tome' and any(st or []):
         raise ValueError("method='tome' reduces only the vision encoder: its [unmerged A, B] output order breaks the "
                               "text causal mask; use rl=0, or method='crossget'/'complete' for the text side")
     if state.method != 'crossget' and state.cross:
         raise ValueError(f"cross tokens belong to method='crossget', not {state.method!r}; pass cross=False")
-    if state.method == 'crossget' and not state.cross and any(parse_r(1_000, state.rv)):
+    if state.method == 'crossget' and not state.cross and any(sv):
         raise ValueError("method='crossget' with rv > 0 needs the cross token (its query is the importance); "
                               "patch with cross=True (the default when rv > 0 or rl > 0)")
-    if not has_text and any(parse_r(1_000, state.rl)):
+    if st is None and any(parse_r(len(state.rl), state.rl) if isinstance(state.rl, list) else parse_r(1, state.rl)):
         raise ValueError("this model has no text encoder: use rl=0")
 
 class RClippedWarning(UserWarning):
@@ -67,30 +70,53 @@ def _report_clip(state:CrossGETState, side:str, n0:int, sched:list[int], P:int):
                       RClippedWarning, stacklevel=3)
 
 # %% ../nbs/11_crossget.ipynb #8e42b65a
-def _match(x:Tensor, token_id:Tensor|None, q:Tensor, k:Tensor, r:int, side:str, state:CrossGETState,
-           num_heads:int)->tuple[Callable|Match|None, Tensor|None]:
-    "Choose the pairs of one reduction step: a ToMe merge callable or a CrossGET `Match`, and the importance used."
+@dataclass
+class ReduceStep:
+    "One reduction step: the shorter sequence and what chose it."
+    x:Tensor                   # (B, N - r, C) merged tokens
+    size:Tensor|None           # (B, N - r, 1) their sizes
+    token_id:Tensor|None       # (B, N - r) carried token ids (text), or None
+    match:Match|Callable|None  # CrossGET's pairs, ToMe's `merge(x, mode)` callable, or None (nothing merged)
+    importance:Tensor|None     # (B, N) cross-guided importance of the input tokens (None without guidance)
+
+def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual stream after attention)
+                  size:Tensor|None,           # (B, N, 1) sizes; None = all ones
+                  q:Tensor, k:Tensor,         # (B, N, C) this block's queries and keys, full width, with bias
+                  r:int,                      # tokens to remove (clipped to (N - P) // 2)
+                  protected:tuple|Tensor=(0, -1), # fixed positions (CLS, cross token) or a (B, N) bool mask (text: + EOT)
+                  guide:int|Tensor|None=-1,   # the guiding query: a position (vision: the cross token, -1), (B,) positions (text: EOT), None = no guidance
+                  token_id:Tensor|None=None,  # (B, N) float token ids to carry (text), or None
+                  method:str='crossget',      # 'crossget' / 'complete' (complete graph) or 'tome' (bipartite, CLS protected)
+                  num_heads:int=1,            # heads of the block (ToMe's head-mean keys)
+                  num_protected:int|None=None, # P when `protected` is a mask (saves a host sync)
+                 )->ReduceStep:
+    "One CrossGET merge step (spec §2.4-2.6): importance from the guiding query, complete-graph matching, ensemble."
     B, N, C = x.shape
-    if state.method == 'tome':                                    # head-mean keys, bipartite, CLS protected
-        km = k.view(B, N, num_heads, C // num_heads).mean(2)
-        return bipartite_soft_matching(km, r, class_token=True)[0], None
-    eot = token_id.argmax(-1) if side == 'text' else None
-    prot = protected_mask(B, N, first=True, last=state.cross, extra=eot, device=x.device)
-    imp = None
-    if state.method == 'crossget':                                # Eq. (4): cross query (vision) / EOT query (text)
-        guide = q[torch.arange(B, device=x.device), eot] if side == 'text' else q[:, -1]
-        imp = cross_importance(k, guide)
-    P = 1 + state.cross + (side == 'text')
-    return complete_graph_soft_matching(k, r, imp, prot, num_protected=P), imp
+    if method == 'tome':
+        merge = bipartite_soft_matching(k.view(B, N, num_heads, C // num_heads).mean(2), r, class_token=True)[0]
+        return ReduceStep(*merge_wavg(merge, x, size), token_id, merge, None)
+    with torch.no_grad():
+        kn = _unit(k)                                           # normalised once: importance and similarity
+        imp = None
+        if guide is not None and method == 'crossget':          # Eq. (4): I_j = cos(k_j, q_guide)
+            qg = q[:, guide] if isinstance(guide, int) else q[torch.arange(B, device=q.device), guide]
+            imp = torch.bmm(kn, _unit(qg)[:, :, None])[..., 0]
+    match = complete_graph_soft_matching(kn, r, imp, protected, num_protected, normalized=True)
+    if token_id is not None: token_id = merge_token_ids(token_id, size, match)
+    return ReduceStep(*merge_ensemble(x, size, match), token_id, match, imp)
 
 def _reduce(x:Tensor, size:Tensor, token_id:Tensor|None, q:Tensor, k:Tensor, r:int, side:str,
-            state:CrossGETState, num_heads:int)->tuple[Tensor, Tensor, Tensor|None]:
-    "Merge `r` tokens of `x` (spec §2.4-2.6); the family-specific choices (keys, query, protected) are made in `_match`."
-    match, _ = _match(x, token_id, q, k, r, side, state, num_heads)
-    if callable(match): return (*merge_wavg(match, x, size), token_id)
-    if side == 'text': token_id = merge_token_ids(token_id, size, match)
-    x, size = merge_ensemble(x, size, match)
-    return x, size, token_id
+            state:CrossGETState, num_heads:int)->ReduceStep:
+    "The family's choices for `reduce_tokens`: vision protects CLS (+ cross token), text also the EOT, whose query guides."
+    kw = dict(method=state.method, num_heads=num_heads, num_protected=1 + state.cross + (side == 'text'))
+    if side == 'text':
+        eot = token_id.argmax(-1)
+        kw.update(protected=protected_mask(x.shape[0], x.shape[1], first=True, last=state.cross, extra=eot, device=x.device),
+                  guide=eot, token_id=token_id)
+    else: kw.update(protected=(0, -1) if state.cross else (0,), guide=-1)
+    step = reduce_tokens(x, size, q, k, r, **kw)
+    if state.trace is not None: state.trace.record(side, r, dict(x=x, size=size, q=q, k=k, r=r, **kw), step)
+    return step
 
 def block_crossget_forward(self:nn.Module,           # an open_clip ResidualAttentionBlock
                            x:Tensor,                 # (B, N, C) batch-first tokens
@@ -106,11 +132,13 @@ def block_crossget_forward(self:nn.Module,           # an open_clip ResidualAtte
     if attn_mask is not None: attn_mask = attn_mask[:N, :N]
     if size is None: return type(self).__mro__[1].forward(self, x, attn_mask=attn_mask), None, token_id  # stock (fused) path
     H = self.attn.num_heads
-    q, k, v = F.linear(self.ln_1(x), self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)
-    heads = lambda t: t.reshape(B, N, H, C // H).transpose(1, 2)
-    a = proportional_attention(heads(q), heads(k), heads(v), size if state.prop_attn else None, attn_mask)
+    qkv = F.linear(self.ln_1(x), self.attn.in_proj_weight, self.attn.in_proj_bias)
+    qh, kh, vh = qkv.view(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)   # (B, H, N, d) each, views
+    a = proportional_attention(qh, kh, vh, size if state.prop_attn else None, attn_mask)
     x = x + self.ls_1(self.attn.out_proj(a.transpose(1, 2).reshape(B, N, C)))
-    if r > 0: x, size, token_id = _reduce(x, size, token_id, q, k, r, side, state, H)
+    if r > 0:
+        step = _reduce(x, size, token_id, qkv[..., :C], qkv[..., C:2 * C], r, side, state, H)
+        x, size, token_id = step.x, step.size, step.token_id
     x = x + self.ls_2(self.mlp(self.ln_2(x)))
     return x, size, token_id
 
@@ -132,11 +160,13 @@ def _run_blocks(blocks:nn.ModuleList, x:Tensor, token_id:Tensor|None, attn_mask:
     B = x.shape[0]
     size = x.new_ones(B, x.shape[1], 1) if any(sched) else None
     crosses = []
+    if state.trace is not None: state.trace.begin(side)
     for i, blk in enumerate(blocks):
-        if cross is not None:
-            src = x[torch.arange(B, device=x.device), token_id.argmax(-1)] if side == 'text' else x[:, -1]
-            c = src.detach() + cross[i].to(x.dtype)                                 # spec §2.8, stop-gradient
-            crosses.append(c); x = torch.cat([x[:, :-1], c[:, None]], dim=1)
+        if cross is not None:                                                       # (B, 1, C), spec §2.8, stop-gradient
+            src = x[torch.arange(B, device=x.device), token_id.argmax(-1)][:, None] if side == 'text' else x[:, -1:]
+            c = src.detach() + cross[i].to(x.dtype)
+            crosses.append(c); x = torch.cat([x[:, :-1], c], dim=1)
+        if state.trace is not None: state.trace.layer = i
         kw = dict(attn_mask=attn_mask, crossget=(size, token_id, sched[i], side, state))
         if checkpointing and torch.is_grad_enabled():
             x, size, token_id = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False, **kw)
@@ -146,7 +176,7 @@ def _run_blocks(blocks:nn.ModuleList, x:Tensor, token_id:Tensor|None, attn_mask:
 def _project_cross(crosses:list[Tensor], ln:nn.Module, proj:Tensor|nn.Module|None)->Tensor|None:
     "Stack the cross tokens layer-major to (L*B, C) and map them to the joint space with detached weights (§2.9)."
     if not crosses: return None
-    c = torch.cat(crosses, dim=0)
+    c = torch.cat(crosses, dim=0)[:, 0]
     if isinstance(ln, nn.LayerNorm):
         c = F.layer_norm(c, ln.normalized_shape, ln.weight.detach() if ln.weight is not None else None,
                               ln.bias.detach() if ln.bias is not None else None, ln.eps)
@@ -300,9 +330,9 @@ def patch(model:nn.Module,          # an open_clip CLIP (or VisionTransformer)
     vit, text = towers['vision'], towers['text']
     state = CrossGETState(rv=rv, rl=rl, method=method, prop_attn=prop_attn)
     sv = state.schedule('vision', len(vit.transformer.resblocks))                 # raises on bad schedules
-    st = state.schedule('text', len(text.transformer.resblocks)) if text is not None else parse_r(1, rl)
-    state.cross = bool(method == 'crossget' and (any(sv) or any(st))) if cross is None else bool(cross)
-    _validate(state, text is not None)
+    st = state.schedule('text', len(text.transformer.resblocks)) if text is not None else None
+    state.cross = bool(method == 'crossget' and (any(sv) or any(st or []))) if cross is None else bool(cross)
+    _validate(state, sv, st)
     classes = open_clip_classes()
     for t in [vit.transformer] + ([text.transformer] if text is not None else []):
         for blk in t.resblocks: swap_class(blk, classes['block'])
@@ -466,20 +496,96 @@ def gflops_table(name:str='ViT-B-16',           # open_clip model name
     return df
 
 # %% ../nbs/11_crossget.ipynb #db261e21
-def _time_reductions(model:nn.Module, x:Tensor, warmup:int, repeats:int)->float:
-    "Median seconds per forward spent in the reduction steps (matching + merge) of a patched vision tower."
-    from vlrepro.bench import time_fn
-    calls, orig = [], globals()['_reduce']
-    def record(*args):
-        calls.append(args); return orig(*args)
-    globals()['_reduce'] = record
-    try:
-        with torch.no_grad(): model(x)
-    finally: globals()['_reduce'] = orig
-    def run():
-        with torch.no_grad():
-            for a in calls: orig(*a)
-    return time_fn(run, warmup=warmup, repeats=repeats).median
+def merge_share(model:nn.Module, # a patched open_clip VisionTransformer, its r set
+                x:Tensor,         # (B, 3, H, W) images
+                warmup:int=1,     # untimed rounds
+                repeats:int=5,    # timed rounds: forward and merge steps interleaved
+               )->tuple[float, float]: # median seconds of the forward and of its merge steps (matching + merge)
+    "Time a forward and, interleaved with it, its reduction steps alone (replayed from a trace of that forward)."
+    from vlrepro.bench import benchmark
+    with tracing(model) as tr, torch.no_grad(): model(x)                       # the inputs of every step
+    calls = [s['inputs'] for s in tr.steps]
+    def steps():
+        for a in calls: reduce_tokens(**a)
+    df = benchmark({'forward': lambda: model(x), 'merge': steps}, warmup=warmup, repeats=repeats, baseline='forward',
+                   order='rotate').set_index('name')
+    return float(df.median_s['forward']), float(df.median_s['merge'])
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    "Counts every aten call (views apart: they launch no kernel)."
+    def __init__(self): super().__init__(); self.ops = self.views = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1; self.views += bool(func.is_view)
+        return func(*args, **(kwargs or {}))
+
+def aten_op_counts(name:str='ViT-B-16', # open_clip model whose geometry (image, patch, depth) is counted
+                   rv:int=16,           # tokens removed per block
+                   batch:int=1,         # images
+                   method:str='crossget',
+                   width:int|None=64,   # vision width (random init; the count does not depend on it); None = the model's
+                  )->dict:              # ops / views of one forward, stock and patched, and the extra per layer
+    "Aten calls of one image-encoder forward through a `TorchDispatchMode` counter: stock model vs patched, per layer."
+    import open_clip
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    from vlrepro.models import register_open_clip_configs
+    register_open_clip_configs(); register_configs()
+    cfg = open_clip.get_model_config(name)
+    if cfg is None: raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+    vc = dict(cfg['vision_cfg'], **({} if width is None else dict(width=width, head_width=min(width, 32))))
+    torch.manual_seed(0)
+    m = _build_vision_tower(cfg['embed_dim'], CLIPVisionCfg(**vc), quick_gelu=cfg.get('quick_gelu', False)).eval()
+    x = torch.randn(batch, 3, *m.image_size)
+    out = {}
+    for label in ('stock', 'patched'):
+        if label == 'patched':
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', RClippedWarning); patch(m, rv=rv, method=method)
+        with torch.no_grad(), _OpCounter() as c: m(x)
+        out[label], out[f'{label}_views'] = c.ops, c.views
+    L = len(m.transformer.resblocks)
+    out.update(layers=L, extra_per_layer=(out['patched'] - out['stock']) / L,
+               extra_kernels_per_layer=(out['patched'] - out['patched_views'] - out['stock'] + out['stock_views']) / L)
+    return out
+
+def _explain(fn:Callable, *args, **kwargs)->tuple[int, list[str]]:
+    "Graph breaks `torch._dynamo.explain` finds in `fn(*args)`: their count and one line per break."
+    torch._dynamo.reset()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        ex = torch._dynamo.explain(fn)(*args, **kwargs)
+    where = lambda b: f" ({b.user_stack[-1].filename.split('/')[-1]}:{b.user_stack[-1].lineno})" if b.user_stack else ''
+    return ex.graph_break_count, [str(b.reason).splitlines()[0][:120] + where(b) for b in ex.break_reasons]
+
+def graph_breaks(name:str='vlrepro-tiny-clip', # open_clip model for the CLIP checks (random init)
+                 rvs:tuple=(8, 12, 16),        # the vision r of the parameter sets
+                 rls:tuple=(6,),               # the text r of the parameter sets
+                 llava_r:int|None=13,          # the LLaVA sets' r (on the tiny LLaVA; None: skip LLaVA)
+                )->list[dict]:                 # one row per check: what, breaks, reasons
+    "Graph breaks of the patched models under `torch.compile` (dynamo explain): CLIP per set's r, and the LLaVA patch."
+    from vlrepro.models import create_open_clip
+    register_configs()
+    torch.manual_seed(0)
+    m = create_open_clip(name).eval()
+    img, txt = torch.randn(1, 3, *m.visual.image_size), torch.randint(1, 20, (1, m.context_length))
+    txt[0, -1] = txt.max() + 1                                                  # EOT = the largest id
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RClippedWarning)
+        for what, kw, fn, arg in [*[(f'CLIP image rv={r}', dict(rv=r), 'encode_image', img) for r in rvs],
+                                  *[(f'CLIP text rl={r}', dict(rv=0, rl=r), 'encode_text', txt) for r in rls]]:
+            patch(m, **kw)
+            n, why = _explain(getattr(m, fn), arg)
+            unpatch(m); rows.append(dict(what=what, breaks=n, reasons=why))
+        if llava_r is not None:
+            from vlrepro.models import tiny_hf
+            lm = patch(tiny_hf('crossget-llava', seed=0).eval(), rv=llava_r)
+            inner, size = getattr(lm, 'model', lm), lm.config.vision_config.image_size
+            n, why = _explain(inner.get_image_features, torch.randn(1, 3, size, size))
+            rows.append(dict(what=f'LLaVA vision tower r={llava_r} (tiny)', breaks=n, reasons=why))
+            emb = torch.randn(1, 8, lm.config.text_config.hidden_size)
+            n, why = _explain(inner.language_model, inputs_embeds=emb)
+            rows.append(dict(what='LLaVA LLM with the cross token (tiny)', breaks=n, reasons=why))
+    return rows
 
 def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed does not depend on the weights)
                batch_size:int=32,         # images per forward
@@ -529,37 +635,52 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
         for m in methods:
             for r in rvs:
                 models[m].crossget.rv = r
-                over[f'{m} rv={r}'] = _time_reductions(models[m], x, 1, max(3, repeats // 2))
+                fw, mg = merge_share(models[m], x, 1, max(3, repeats // 2))
+                over[f'{m} rv={r}'] = 100 * mg / fw
     df['method'] = [rows[n]['method'] for n in df.name]; df['rv'] = [rows[n]['rv'] for n in df.name]
     df['ideal_speedup'] = [rows[n]['ideal'] for n in df.name]
     df['measured/ideal'] = df.speedup / df.ideal_speedup
-    df['merge_overhead_%'] = [100 * over[n] / t if n in over else 0.0 for n, t in zip(df.name, df.median_s)]
+    df['merge_overhead_%'] = [over.get(n, 0.0) for n in df.name]   # merge steps / forward, timed interleaved
     df.attrs.update(model=name, batch_size=batch_size, device=str(dev), precision=precision, repeats=repeats,
                     threads=torch.get_num_threads())
     return df
 
 # %% ../nbs/11_crossget.ipynb #0ef507ee
+_BENCH_SIZES = {'small': dict(model='vlrepro-tiny-clip', batch=2, repeats=3, explain='vlrepro-tiny-clip'),
+                'full': dict(model='ViT-B-16', batch=32, repeats=10, explain='ViT-B-16')}
+
 def bench_main(argv:list[str]|None=None)->int:
-    "`vlrepro bench crossget [--model ViT-B-16 --batch 32 --rv 8 12 16 --repeats 10 --device cpu --precision fp32 --out f.json]`."
-    import argparse, json
+    "`vlrepro bench crossget [--size small|full --model M --batch B --rv 8 12 16 --repeats N --device cpu --precision fp32 --no-compile --out f.json]`."
+    import argparse
     ap = argparse.ArgumentParser(prog='vlrepro bench crossget', description=throughput.__doc__)
-    ap.add_argument('--model', default='ViT-B-16'); ap.add_argument('--batch', type=int, default=32)
-    ap.add_argument('--rv', type=int, nargs='+', default=[8, 12, 16]); ap.add_argument('--repeats', type=int, default=10)
+    ap.add_argument('--size', default='small', choices=list(_BENCH_SIZES),
+                    help='small: tiny CLIP, batch 2 (CPU, a minute); full: ViT-B/16, batch 32, 10 rounds (the issue figures)')
+    ap.add_argument('--model', default=''); ap.add_argument('--batch', type=int, default=0)
+    ap.add_argument('--rv', type=int, nargs='+', default=[8, 12, 16]); ap.add_argument('--repeats', type=int, default=0)
     ap.add_argument('--warmup', type=int, default=2); ap.add_argument('--device', default='cpu')
     ap.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16'])
     ap.add_argument('--threads', type=int, default=0, help='torch threads (0 = leave as is)')
     ap.add_argument('--gflops', action='store_true', help='also print the spec §4.4 GFLOPs table')
+    ap.add_argument('--no-compile', action='store_true', help='skip the torch.compile graph-break check (dynamo explain)')
     ap.add_argument('--out', default='', help='write the table as JSON here')
     a = ap.parse_args(argv)
+    size = _BENCH_SIZES[a.size]
+    model, batch, repeats = a.model or size['model'], a.batch or size['batch'], a.repeats or size['repeats']
     if a.threads: torch.set_num_threads(a.threads)
-    if a.gflops: print(gflops_table(a.model).round(3).to_string(index=False))
-    df = throughput(a.model, a.batch, tuple(a.rv), warmup=a.warmup, repeats=a.repeats, device=a.device, precision=a.precision)
-    print(f"{a.model}, batch {a.batch}, {df.attrs['device']}, {a.precision}, {df.attrs['threads']} threads, "
-          f"median of {a.repeats} interleaved rounds")
+    if a.gflops: print(gflops_table(model).round(3).to_string(index=False))
+    ops = aten_op_counts('ViT-B-16', rv=16, batch=1)
+    print(f"aten ops of one encode_image, ViT-B/16 batch 1 (TorchDispatchMode): stock {ops['stock']}, patched rv=16 "
+          f"{ops['patched']}: {ops['extra_per_layer']:.1f} extra per layer ({ops['extra_kernels_per_layer']:.1f} without views)")
+    breaks = [] if a.no_compile else graph_breaks(size['explain'] if not a.model else model, tuple(a.rv))
+    for b in breaks:
+        print(f"torch.compile graph breaks, {b['what']}: {b['breaks']}" + ''.join(f"\n    {w}" for w in b['reasons']))
+    df = throughput(model, batch, tuple(a.rv), warmup=a.warmup, repeats=repeats, device=a.device, precision=a.precision)
+    print(f"{model}, batch {batch}, {df.attrs['device']}, {a.precision}, {df.attrs['threads']} threads, "
+          f"median of {repeats} interleaved rounds; merge_overhead_% = merge steps / forward (interleaved)")
     print(df.round(3).to_string(index=False))
     if a.out:
         from vlrepro.core import atomic_write_json
-        atomic_write_json(a.out, dict(attrs=df.attrs, rows=df.to_dict('records')))
+        atomic_write_json(a.out, dict(attrs=df.attrs, rows=df.to_dict('records'), aten_ops=ops, graph_breaks=breaks))
     return 0
 
 # %% ../nbs/11_crossget.ipynb #e4cdd0b8
@@ -913,27 +1034,57 @@ def convert_coop(src:str|Path,      # CoOp's DATA folder (holding dtd/, caltech-
                    license=f'{name}: see the original dataset', dataset=name, coop_folder=spec['folder'])
 
 # %% ../nbs/11_crossget.ipynb #76f76e72
+class MergeTrace:
+    "What `tracing` records: one entry per reduction step, in forward order (each encoder forward starts afresh)."
+    def __init__(self): self.steps, self.layer, self._source = [], None, {}
+
+    def begin(self, side:str):
+        "A new forward of the `side` encoder: sources restart from the identity."
+        self._source.pop(side, None)
+
+    def record(self, side:str, r:int, inputs:dict, step:ReduceStep):
+        "Keep one step: its inputs (the `reduce_tokens` arguments: tokens, sizes, q, k, ...) and what it chose."
+        with torch.no_grad():
+            x = inputs['x']
+            src = self._source.get(side)
+            if src is None: src = torch.eye(x.shape[1], device=x.device)[None].expand(x.shape[0], -1, -1)
+            m = step.match
+            src = src if m is None else m(src, mode='amax') if callable(m) else merge_plain(src, m, 'amax')
+            self._source[side] = src
+        self.steps.append(dict(side=side, layer=self.layer, r=r, tokens_in=x.shape[1], tokens_out=step.x.shape[1],
+                               inputs=inputs, importance=step.importance, match=m, source=src))
+
+    def __len__(self): return len(self.steps)
+    def __getitem__(self, i): return self.steps[i]
+
+@contextlib.contextmanager
+def tracing(model:nn.Module, # a patched open_clip CLIP or VisionTransformer
+           ):                # yields a `MergeTrace`
+    """Record every reduction step of the forwards run inside the block: per step the side ('vision' / 'text'), the
+    block index, r, the token counts in and out, the inputs of `reduce_tokens` (tokens, sizes, the block's q and k,
+    protected tokens, guide), the importance, the match and `source` (B, N_out, N0): which encoder input tokens
+    each output token holds."""
+    state = getattr(model, 'crossget', None) or getattr(getattr(model, 'visual', None), 'crossget', None)
+    if not isinstance(state, CrossGETState): raise ValueError("tracing needs a model patched with crossget.patch")
+    if state.trace is not None: raise RuntimeError("this model is already being traced; nest no tracing blocks")
+    tr = state.trace = MergeTrace()
+    try: yield tr
+    finally: state.trace = None
+
 def trace_merges(model:nn.Module, # a patched open_clip CLIP or VisionTransformer
                  image:Tensor,    # (3, H, W) one normalised image
                 )->list[dict]:    # per reduced block: 'layer', 'tokens', 'groups' (n_patches,), 'importance' (n_patches,) or None
     "Record the merge groups and importance of every reduction step for one image."
     vit = model.visual if hasattr(model, 'visual') else model
-    calls, orig = [], globals()['_reduce']
-    def record(*args):
-        calls.append(args); return orig(*args)
-    globals()['_reduce'] = record
-    try:
-        with torch.no_grad(): vit(image[None])
-    finally: globals()['_reduce'] = orig
-    n = vit.grid_size[0] * vit.grid_size[1] + 1 + int(vit.crossget.cross)
-    source = torch.eye(n)[None]
-    out, layer_of = [], [i for i, r in enumerate(vit.crossget.schedule('vision', len(vit.transformer.resblocks))) if r > 0]
-    for li, (x, size, tid, q, k, r, side, state, H) in zip(layer_of, calls):
-        match, imp = _match(x, tid, q, k, r, side, state, H)
-        imp_patch = None if imp is None else (imp[0] @ source[0].float())[1:vit.grid_size[0] * vit.grid_size[1] + 1]
-        source = match(source, mode='amax') if callable(match) else merge_plain(source, match, 'amax')
-        groups = source[0].argmax(0)[1:vit.grid_size[0] * vit.grid_size[1] + 1]
-        out.append(dict(layer=li, tokens=source.shape[1], groups=groups, importance=imp_patch))
+    n = vit.grid_size[0] * vit.grid_size[1]
+    with tracing(vit) as tr, torch.no_grad(): vit(image[None])
+    out, prev = [], None
+    for s in tr.steps:
+        imp = s['importance']
+        held = torch.eye(s['tokens_in']) if prev is None else prev                 # which inputs each token holds
+        imp_patch = None if imp is None else (imp[0] @ held.float())[1:n + 1]
+        prev = s['source'][0]
+        out.append(dict(layer=s['layer'], tokens=s['tokens_out'], groups=prev.argmax(0)[1:n + 1], importance=imp_patch))
     return out
 
 def plot_trace(image:Tensor,          # (3, H, W) image in [0, 1] for display
@@ -1253,8 +1404,7 @@ def clip_layer_crossget_forward(layer:nn.Module,     # a transformers CLIPEncode
     with torch.no_grad():
         imp = attention_importance(probs.mean(1))           # §2.4 LLaVA: mean attention received + the cross token's
         km = k.view(B, N, H, d).mean(2)                     # §2.5: head-mean keys (B, N, d)
-        prot = protected_mask(B, N, first=True, last=True, device=x.device)
-        match = complete_graph_soft_matching(km, r, imp, prot, num_protected=2)
+        match = complete_graph_soft_matching(km, r, imp, (0, -1), num_protected=2)   # CLS and the cross token
     x, size = merge_ensemble(x, size, match)
     return x + layer.mlp(layer.layer_norm2(x)), size
 
@@ -1297,8 +1447,9 @@ def _llava_get_image_features(self, pixel_values:Tensor, vision_feature_layer=No
 
 def _llama_layer_forward(self, hidden_states:Tensor, *args, **kwargs)->Tensor:
     "LlamaDecoderLayer.forward with the LLM cross token on position 0 at prefill (spec §2.8 'LLM (LLaVA)')."
-    pos = kwargs.get('position_ids')
-    if pos is None or bool((pos[..., 0] == 0).all()):      # no cached prefix: training or the prefill step
+    cache = next((kwargs[k] for k in ('cache', 'past_key_values', 'past_key_value') if kwargs.get(k) is not None), None)
+    # no cached prefix (training or the prefill step): decided from the cache's length, a Python int (no host sync)
+    if cache is None or cache.get_seq_length(getattr(self.self_attn, 'layer_idx', 0) or 0) == 0:
         c = hidden_states[:, 0].detach() + self.crossget_cross_text.to(hidden_states.dtype)
         _record('text', c)
         hidden_states = torch.cat([c[:, None], hidden_states[:, 1:]], dim=1)

@@ -163,47 +163,61 @@ def protected_mask(batch:int,             # B
     if extra is not None: m[torch.arange(batch, device=device), extra.to(device)] = True
     return m
 
-def _similarity(metric:Tensor, protected:Tensor|None)->Tensor:
-    k = F.normalize(metric, dim=-1)
-    S = k @ k.transpose(-1, -2)
-    S = (S + S.transpose(-1, -2)) / 2        # deviation: exact symmetry, so mutual-best ties are bit-identical
-    S.diagonal(dim1=-2, dim2=-1).fill_(-math.inf)
-    if protected is not None:
-        S = S.masked_fill(protected[:, :, None] | protected[:, None, :], -math.inf)
+def _num_protected(protected:Tensor|tuple|None, N:int)->int:
+    if protected is None: return 0
+    if isinstance(protected, Tensor): return int(protected[0].sum())       # a host sync: pass num_protected to avoid it
+    return len({p % N for p in protected})
+
+def _protect(S:Tensor, protected:Tensor|tuple|None)->Tensor:
+    "Set the rows and columns of the protected tokens of `S` (B, N, N) to -inf in place."
+    if protected is None: return S
+    if isinstance(protected, Tensor): return S.masked_fill_(protected[:, :, None] | protected[:, None, :], -math.inf)
+    N = S.shape[-1]
+    pos = sorted({p % N for p in protected})                              # fixed positions: views, no mask to build
+    views = [S[:, ::N - 1], S[:, :, ::N - 1]] if N > 1 and pos == [0, N - 1] else [v for p in pos for v in (S[:, p], S[:, :, p])]
+    for v in views: v.fill_(-math.inf)
     return S
+
+def _unit(t:Tensor)->Tensor: return t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)   # = F.normalize, bit for bit
+
+def _similarity(metric:Tensor, protected:Tensor|tuple|None, normalized:bool=False)->Tensor:
+    k = metric if normalized else _unit(metric)
+    S = torch.bmm(k, k.mT)
+    S = (S + S.mT).mul_(0.5)                 # deviation: exact symmetry, so mutual-best ties are bit-identical
+    S.diagonal(dim1=-2, dim2=-1).fill_(-math.inf)
+    return _protect(S, protected)
 
 # %% ../nbs/10_merge.ipynb #46a99eca
 def _masked_redundancy(S:Tensor)->Tensor:
     "R_j = max of S_jl over tokens l ranked after j (ranking by best match, descending, ties by index)."
-    B, N, _ = S.shape
-    order = torch.sort(S.max(dim=-1).values, dim=-1, descending=True, stable=True).indices  # (B, N)
-    So = S.gather(1, order[:, :, None].expand(B, N, N)).gather(2, order[:, None, :].expand(B, N, N))
-    later = torch.ones(N, N, dtype=torch.bool, device=S.device).triu(1)  # column ranked after row
-    Ro = So.masked_fill(~later, -math.inf).max(dim=-1).values
-    return torch.empty_like(Ro).scatter_(1, order, Ro)
+    order = torch.sort(S.amax(dim=-1), dim=-1, descending=True, stable=True).indices  # (B, N)
+    rank = order.argsort(dim=-1)                                        # a permutation: no ties left
+    return S.masked_fill(rank[:, None, :] <= rank[:, :, None], -math.inf).amax(dim=-1)
 
 def complete_graph_soft_matching(metric:Tensor,               # (B, N, c) keys (CLIP: full width, with bias)
                                  r:int,                       # tokens to remove (clipped to (N - P) // 2)
                                  importance:Tensor|None=None, # (B, N) cross-guided importance I; None = all 0
-                                 protected:Tensor|None=None,  # (B, N) bool, same count P in every row
-                                 num_protected:int|None=None, # P if known (saves a sync; lets FLOPs be counted on 'meta')
+                                 protected:Tensor|tuple|None=None, # (B, N) bool, same count P in every row; or fixed positions, e.g. (0, -1)
+                                 num_protected:int|None=None, # P if known (saves a sync with a mask; lets FLOPs be counted on 'meta')
+                                 normalized:bool=False,       # `metric` rows are already unit vectors (reuse them)
                                 )->Match|None:                # the pairs, or None when r_eff = 0
     "CrossGET's complete-graph soft matching with cross-guided source selection and ensemble weights (Eq. 3-6)."
     B, N, _ = metric.shape
-    P = num_protected if num_protected is not None else int(protected[0].sum()) if protected is not None else 0
+    P = num_protected if num_protected is not None else _num_protected(protected, N)
     r = clip_r(r, N, P)
     if r == 0: return None
     with torch.no_grad():
-        S = _similarity(metric, protected)
-        R = _masked_redundancy(S)
-        I = torch.zeros(B, N, device=metric.device, dtype=S.dtype) if importance is None else importance.to(S.dtype)
-        sigma = I - R                                                      # Eq. (5): small = redundant, unimportant
-        if protected is not None: sigma = sigma.masked_fill(protected, math.inf)
+        S = _similarity(metric, protected, normalized)
+        R = _masked_redundancy(S)           # protected rows are all -inf, so their sigma below is +inf: never sources
+        sigma = -R if importance is None else importance.to(S.dtype) - R  # Eq. (5): small = redundant, unimportant
         by_score = torch.sort(sigma, dim=-1, stable=True).indices
         src, keep = by_score[:, :r], by_score[:, r:].sort(dim=-1).values
-        S_sk = S.gather(1, src[:, :, None].expand(B, r, N)).gather(2, keep[:, None, :].expand(B, r, N - r))
-        dst = keep.gather(1, S_sk.argmax(dim=-1))                          # best kept partner, unmasked S
-        alpha = torch.stack([I.gather(1, src), I.gather(1, dst)], dim=-1).softmax(dim=-1)
+        rows = S[torch.arange(B, device=S.device)[:, None], src]          # sources' rows of the unmasked S
+        dst = rows.scatter_(2, src[:, None, :].expand(B, r, r), -math.inf).argmax(dim=-1)  # best non-source (first on ties)
+        if importance is None: alpha = S.new_full((B, r, 2), 0.5)
+        else:
+            I = importance.to(S.dtype)
+            alpha = torch.stack([I.gather(1, src), I.gather(1, dst)], dim=-1).softmax(dim=-1)
     return Match(src, dst, keep, alpha, N)
 
 # %% ../nbs/10_merge.ipynb #9783d4a4
@@ -230,12 +244,13 @@ def merge_ensemble(x:Tensor,              # (B, N, C) tokens (the residual strea
     "Cross-guided weighted ensemble of the matched tokens (Eq. 7); returns merged tokens and sizes."
     if match is None: return x, size
     if size is None: size = torch.ones_like(x[..., :1])
-    C = x.shape[-1]
+    b = torch.arange(x.shape[0], device=x.device)[:, None]    # whole rows by (batch, token) indexing: fast on CPU
+    src, dst = match.src, match.dst
     y = x * size
-    a = match.alpha.to(x.dtype)
-    contrib = 2 * a[..., :1] * y.gather(1, _expand(match.src, C)) + (2 * a[..., 1:] - 1) * y.gather(1, _expand(match.dst, C))
-    acc = y.scatter_add(1, _expand(match.dst, C), contrib).gather(1, _expand(match.keep, C))
-    new_size = merge_plain(size, match)
+    w = match.alpha.to(x.dtype) * 2
+    contrib = w[..., :1] * y[b, src] + (w[..., 1:] - 1) * y[b, dst]
+    acc = y.index_put_((b, dst), contrib, accumulate=True)[b, match.keep]   # y is our own temporary: in place
+    new_size = size.index_put((b, dst), size[b, src], accumulate=True)[b, match.keep]   # plain sums (exact: integers)
     return acc / new_size, new_size
 
 def merge_plain(t:Tensor,          # (B, N, c) anything carried per token (sizes, sources, token ids × size)
@@ -271,8 +286,8 @@ def size_bias(size:Tensor,        # (B, N, 1) or (B, N) sizes
               dtype=None,         # dtype of the bias (the attention's dtype)
              )->Tensor:           # (B, 1, 1, N) log-size bias, same for all heads and queries
     "The proportional-attention bias `log(size)` shaped for `(B, H, N, N)` logits."
-    s = size[..., 0] if size.ndim == 3 else size
-    return s.log().to(dtype or s.dtype)[:, None, None, :]
+    s = size.log().to(dtype or size.dtype)
+    return s.reshape(s.shape[0], 1, 1, -1)          # (B, N, 1) or (B, N) -> (B, 1, 1, N): a view
 
 def proportional_attention(q:Tensor, k:Tensor, v:Tensor, # (B, H, N, d) each
                            size:Tensor|None=None,       # (B, N, 1) sizes; None = plain attention
