@@ -20,13 +20,13 @@ __all__ = ['SQA_OPTIONS', 'CAPTION_PROMPT', 'MME_PERCEPTION', 'MME_COGNITION', '
            'PAPER_NUMBERS', 'DEFAULT_DATASETS', 'FULL_INPUTS', 'MME_FOLDERED', 'multiscale_prompt', 'Projector',
            'check_drop_ratio', 'drop_count', 'adaptive_drop', 'fusion_kv', 'fuse', 'ClipAdapter', 'ADEMClipMLP',
            'ADEMState', 'ADEMLlamaMLP', 'visual_context', 'ADEMVL', 'expected_trainable', 'clip_features', 'patch',
-           'is_patched', 'get_state', 'unpatch', 'trainable_parameters', 'adapter_state_dict', 'insert_visual',
-           'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate', 'sqa_prompt', 'tokenize_example',
-           'parse_answer', 'pre_caption', 'caption_example', 'extract_caption', 'mme_prompt', 'instruction_example',
-           'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at', 'load_llama', 'clip_hidden', 'TextOnlyVL',
-           'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt', 'encoder_of', 'SQAExamples', 'collate_sqa',
-           'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm', 'VisionProbe', 'cell_targets',
-           'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost', 'bench_main',
+           'is_patched', 'get_state', 'unpatch', 'trainable_parameters', 'adapter_state_dict', 'load_released',
+           'insert_visual', 'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate', 'sqa_prompt',
+           'tokenize_example', 'parse_answer', 'pre_caption', 'caption_example', 'extract_caption', 'mme_prompt',
+           'instruction_example', 'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at', 'load_llama',
+           'clip_hidden', 'TextOnlyVL', 'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt', 'encoder_of', 'SQAExamples',
+           'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm', 'VisionProbe',
+           'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost', 'bench_main',
            'openai_clip_to_hf', 'load_clip_vision', 'MetaTokenizer', 'load_llama_tokenizer', 'PairExamples',
            'caption_pairs', 'instruction_pairs', 'generate_texts', 'read_mme_task', 'read_sqa_captions',
            'check_captions', 'train_task', 'run_full_scale', 'full_scale_inputs', 'full_scale_label', 'lavin_image',
@@ -310,6 +310,68 @@ def trainable_parameters(llm:nn.Module)->dict[str, int]:
 def adapter_state_dict(llm:nn.Module)->dict[str, Tensor]:
     "The parameters a checkpoint keeps (names containing `adapter`, as upstream `checkpoint-{epoch}.pth`)."
     return {k: v for k, v in llm.state_dict().items() if 'adapter' in k}
+
+# %% ../nbs/40_ademvl.ipynb #674fe81a
+_ADEM_OPTS = (('alpha', 'alpha'), ('beta', 'beta'), ('drop_ratio', 'drop_ratio'), ('adapter_dim', 'adapter_dim'),
+              ('hidden_proj', 'hidden_proj'))
+
+def _released_key(k:str, vis:str)->str|None:
+    "An official ADEM-VL adapter name -> the name in a model patched by `patch`, or None if it is not one."
+    if re.fullmatch(r'adapter_emb[12]|adapter_proj(_cls)?\.fc[12]\.(weight|bias)', k): return 'ademvl.' + k
+    m = re.fullmatch(r'backbone\.visual\.transformer\.resblocks\.(\d+)\.adapter_mlp\.(fc[12])\.weight', k)
+    return f'ademvl.vision_tower.{vis}encoder.layers.{m[1]}.mlp.ademvl_adapter.{m[2]}.weight' if m else None
+
+def load_released(llm:nn.Module,          # a LlamaForCausalLM patched with `patch` (with the run's options)
+                  ckpt:str|Path|dict,     # ADEM-VL's checkpoint-{epoch}.pth (or its loaded dict)
+                 )->dict:                 # loaded keys (official names), the options compared
+    "Load an official ADEM-VL adapter checkpoint into a patched model, after checking its run options."
+    st = get_state(llm)
+    if not isinstance(ckpt, dict):
+        p = Path(ckpt)
+        if not p.is_file(): raise FileNotFoundError(f"no ADEM-VL checkpoint at {p}; pass the local path of checkpoint-<epoch>.pth")
+        ckpt = torch.load(p, map_location='cpu', weights_only=False)
+    sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in ckpt.get('model', ckpt).items()}
+    args = ckpt.get('args'); args = vars(args) if args is not None and not isinstance(args, dict) else (args or {})
+    checked = {}
+    for a, s in _ADEM_OPTS:
+        if a in args:
+            if not math.isclose(float(args[a]), float(getattr(st, s)), rel_tol=1e-9):
+                raise ValueError(f"the checkpoint was trained with --{a} {args[a]} but the model is patched with {s}={getattr(st, s)}: "
+                                 f"patch with {s}={args[a]}")
+            checked[a] = args[a]
+    if 'down_sample_num' in args:
+        dsn = args['down_sample_num']; dsn = tuple(int(x) for x in (dsn if isinstance(dsn, (list, tuple)) else [dsn]))
+        if dsn != tuple(st.down_sample_num):
+            raise ValueError(f"the checkpoint was trained with --down_sample_num {list(dsn)} but the model has "
+                             f"{list(st.down_sample_num)}: patch with down_sample_num={list(dsn)}")
+        checked['down_sample_num'] = list(dsn)
+    if 'no_cls' in args:
+        if bool(args['no_cls']) == st.with_cls:
+            raise ValueError(f"the checkpoint was trained with{'out' if args['no_cls'] else ''} the [CLS] token but the model "
+                             f"has with_cls={st.with_cls}: patch with with_cls={not args['no_cls']}")
+        checked['no_cls'] = bool(args['no_cls'])
+    vt = llm.ademvl.vision_tower
+    vis = 'vision_model.' if hasattr(vt, 'vision_model') else ''
+    want = llm.state_dict()
+    target, official = {}, {}
+    for k, v in sd.items():
+        t = _released_key(k, vis)
+        if t is None:
+            raise ValueError(f"unknown key {k!r} in the ADEM-VL checkpoint: its adapters are adapter_emb1/2, adapter_proj(_cls).fc1/2 "
+                             "and backbone.visual.transformer.resblocks.{i}.adapter_mlp.fc1/2 (the LLM-side adapter has no weights); "
+                             "is it a checkpoint of ADEM-VL?")
+        if t not in want:
+            raise ValueError(f"{k!r} does not fit this model (no {t}): the vision tower has "
+                             f"{len(_vision_parts(vt)[3].layers)} blocks; build CLIP with the checkpoint's depth (ViT-L/14: 24)")
+        if v.shape != want[t].shape:
+            raise ValueError(f"{k!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(want[t].shape)} in the model: patch "
+                             "with the checkpoint's down_sample_num / adapter_dim / hidden_proj and the LLM/CLIP it was trained on")
+        target[t], official[t] = v, k
+    lacking = [n for n, q in llm.named_parameters() if q.requires_grad and n not in target
+               and (st.with_cls or 'adapter_proj_cls' not in n)]
+    if lacking: raise ValueError(f"the checkpoint lacks {len(lacking)} trained weight(s) of this model, e.g. {lacking[:3]}")
+    llm.load_state_dict(target, strict=False)
+    return dict(loaded=sorted(official.values()), options=checked)
 
 # %% ../nbs/40_ademvl.ipynb #15c7da7b
 def insert_visual(embed:nn.Embedding,         # the LLM's (frozen) input embedding
