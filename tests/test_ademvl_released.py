@@ -76,3 +76,22 @@ def test_released_errors(tmp_path):
     assert 'adapter_emb1' in ademvl.load_released(llm, with_(noc, no_cls=True))['loaded']
     torch.save(with_(), tmp_path/'checkpoint-19.pth')
     assert len(ademvl.load_released(patched()[0], tmp_path/'checkpoint-19.pth')['loaded']) == len(ck['model'])
+
+
+def test_released_set_evaluates_the_standin_without_training(tmp_path):
+    "The evaluation-only set: its rehearsal writes the released checkpoint in the official layout; the run loads it, trains nothing."
+    from vlrepro import rehearse as R
+    root = Path(__file__).resolve().parents[1]
+    params = R.load_param_set(root/'nbs'/'params'/'40_ademvl.sqa_7b.released.yaml')
+    plan = ademvl.rehearsal(params, tmp_path)
+    ck = torch.load(tmp_path/params['released_ckpt'], map_location='cpu', weights_only=False)
+    assert {'adapter_emb1', 'adapter_proj_cls.fc2.bias', 'backbone.visual.transformer.resblocks.0.adapter_mlp.fc1.weight'} <= set(ck['model'])
+    assert ck['args'].down_sample_num == [64, 16] and ck['args'].hidden_proj == 16 and not plan['trains']
+    p = {**params, **plan['overrides'], 'out_dir': str(tmp_path/'run'), 'limit_eval': 2}
+    for k in ('data_root', 'llama_dir', 'clip_path', 'released_ckpt'): p[k] = str(tmp_path/params[k])
+    sig = ademvl.run_full_scale.__code__.co_varnames
+    out = ademvl.run_full_scale(**{k: v for k, v in p.items() if k in sig})
+    assert out['extra']['released']['tensors'] == len(ck['model']) and out['train']['step'] == 0
+    assert not (tmp_path/'run'/'train'/'checkpoint.pt').exists()
+    torch.testing.assert_close(out['model'].llm.state_dict()['ademvl.adapter_emb1'], ck['model']['adapter_emb1'], rtol=0, atol=0)
+    assert 'LLaMA-7B ScienceQA/Avg' in out['metrics']
