@@ -180,7 +180,7 @@ def summary_line(r:dict)->str:
 # %% ../nbs/08_rehearse.ipynb #732cdcc1
 def select_sets(names:list[str],  # notebooks (30_laps, laps) or parameter-set files
                 all_sets:bool=False, # every set in nbs/params/
-                one_per_branch:bool=False, # keep the first set of each pipeline branch
+                one_per_branch:bool=False, # keep one set per pipeline branch: the first that trains, else the first
                 device:str='cpu',
                )->list[Path]:
     "The parameter-set files a rehearsal covers, in name order."
@@ -199,12 +199,14 @@ def select_sets(names:list[str],  # notebooks (30_laps, laps) or parameter-set f
                 stems = sorted({set_notebook(s) for s in every})
                 raise ValueError(f"no parameter sets for {n!r}; notebooks with sets: {', '.join(stems)}")
             sets += mine
-    if one_per_branch:
-        seen, keep = set(), []
+    if one_per_branch:   # a set that trains exercises the kill and resume; an evaluation-only set of its branch does not
+        first = {}
         for s in sets:
-            b = (set_notebook(s), make_plan(s, None, device).branch)
-            if b not in seen: seen.add(b); keep.append(s)
-        sets = keep
+            plan = make_plan(s, None, device)
+            b = (set_notebook(s), plan.branch)
+            if b not in first or (plan.trains and not first[b][1]): first[b] = (s, plan.trains)
+        keep = {s for s, _ in first.values()}
+        sets = [s for s in sets if s in keep]
     return sets
 
 def _child(s:Path, out:Path, compare:bool, kill:bool, device:str)->subprocess.Popen:
