@@ -114,7 +114,19 @@ def test_rehearse_one_set_per_branch(tmp_path):
     assert lines[-1] == f"{n}/{n} parameter sets rehearsed"
     ok = [l for l in lines if l.startswith('ok ')]
     assert len(ok) == n and all(', resumed' in l or 'no training to kill' in l for l in ok), '\n'.join(ok)
-    assert sum(', resumed' in l for l in ok) >= n - 2   # every branch trains except the evaluation-only ones
+    n_eval = sum(not H.make_plan(s).trains for s in H.select_sets([], all_sets=True, one_per_branch=True))
+    assert sum(', resumed' in l for l in ok) >= n - n_eval   # every branch trains except the evaluation-only ones
+
+def test_one_per_branch_prefers_a_set_that_trains():
+    "Bug: the first set by name was kept, so 30_laps.f30k_vit.released (evaluation only) replaced f30k_vit in CI: no kill/resume."
+    plans = {s: H.make_plan(s) for s in SETS}
+    ci = H.select_sets([], all_sets=True, one_per_branch=True)
+    assert len({(H.set_notebook(s), p.branch) for s, p in plans.items()}) == len(ci)
+    for s in ci:
+        if not plans[s].trains:
+            assert not any(p.trains for t, p in plans.items()
+                           if p.branch == plans[s].branch and H.set_notebook(t) == H.set_notebook(s)), s.name
+    assert {'30_laps.f30k_vit.yaml', '30_laps.f30k_swin.yaml', '40_ademvl.sqa_7b.released.yaml'} <= {s.name for s in ci}
 
 @pytest.mark.slow
 @pytest.mark.long

@@ -125,7 +125,10 @@ def test_plan_of_each_set(path):
     assert set(plan['overrides']) <= set(R.notebook_parameters(ROOT / 'nbs' / '40_ademvl.ipynb'))
     registry = {(n.setting, n.metric) for n in core.paper_numbers('ademvl')}
     assert plan['rows'] and set(map(tuple, plan['rows'])) <= registry
-    if params.get('data_root'):   # the recipe: 8 GPUs x 2 x 2 accumulation = 32, launched with torchrun; rehearsed on 2
+    if params.get('released_ckpt'):   # evaluation of the authors' checkpoint: one process, nothing trained or killed
+        assert not plan['trains'] and plan['nproc'] == 1 and plan['overrides']['nproc'] == 0
+        assert plan['branch'].endswith('-released') and not os.path.isabs(params['released_ckpt'])
+    elif params.get('data_root'):   # the recipe: 8 GPUs x 2 x 2 accumulation = 32, launched with torchrun; rehearsed on 2
         rb = plan['recipe_batch']
         assert rb['per_process'] * rb['processes'] * rb['grad_accum'] == rb['recipe'] == 32 and rb['processes'] == 8
         assert params['launcher'] == 'torchrun' and plan['nproc'] == plan['overrides']['nproc'] == 2
@@ -138,7 +141,8 @@ def test_path_parameters_resolve_against_one_root(tmp_path):
     "Bug: '../data/...' in the sets resolved against nbs/; now [path] values resolve against the root and [data] ones against data_root."
     valid = R.notebook_parameters(ROOT / 'nbs' / '40_ademvl.ipynb')
     kinds = {k: R.path_kind(p) for k, p in valid.items() if R.path_kind(p)}
-    assert kinds == {'data_root': 'path', 'llama_dir': 'path', 'clip_path': 'path', 'caption_file': 'data', 'mme_root': 'data'}
+    assert kinds == {'data_root': 'path', 'llama_dir': 'path', 'clip_path': 'path', 'caption_file': 'data', 'mme_root': 'data',
+                     'released_ckpt': 'path'}
     assert not any('=' in valid[k].help for k in kinds)   # papermill's parser breaks on '='
     params = R.load_param_set(ROOT / 'nbs' / 'params' / '40_ademvl.instruction_7b.yaml')
     got = R.resolve_paths(R.check_parameters(params, valid), valid, tmp_path)

@@ -85,7 +85,7 @@ def test_paper_setting_rows():
 # ---- plans of all 37 sets
 
 def test_plans_of_every_set():
-    assert len(SETS) == 37
+    assert len(SETS) == 38
     have = {(n.setting, n.metric) for n in paper_numbers('crossget')}
     branches = {}
     for s in SETS:
@@ -94,17 +94,21 @@ def test_plans_of_every_set():
         branches.setdefault(plan.branch, []).append(s.name)
         assert not {'pretrained', 'init_checkpoint', 'data_root', 'dataset', 'coop_dataset', 'coop_init_prompt',
                     'preset', 'finetunes', 'out_dir'} & set(plan.overrides), s.name        # sizes only, never paths or branch
-        assert all((r in have) for r in plan.rows) and plan.trains, s.name
+        released = s.stem.endswith('.released')   # evaluation of the authors' fine-tuned CLIP: the "CLIP" row, nothing trained
+        assert all((r in have) for r in plan.rows) and plan.trains != released, s.name
         if plan.branch != 'cpu-demo':
             check_recipe_batch(plan.recipe_batch)                                    # the set's batch = its recipe's
             for k in ('pretrained', 'init_checkpoint', 'coop_init_prompt'):           # relative, under ckpt/
                 assert not params.get(k) or params[k].startswith('ckpt/'), (s.name, k)
             assert params['data_root'] == 'data'
-        if plan.branch == 'clip-retrieval':
+        if released:
+            assert not params['finetunes'] and params['init_checkpoint'] and plan.nproc == 1 and plan.recipe_batch is None
+            assert plan.metric == 'base (no reduction)/rmean' and {r[0] for r in plan.rows} == {'CLIP'}
+        elif plan.branch == 'clip-retrieval':
             assert params['nproc'] == 8 and plan.nproc == 2 and plan.overrides['nproc'] == 2
             assert plan.recipe_batch == dict(per_process=64, processes=8, grad_accum=1, recipe=512)
         assert Plan.from_dict(cg.rehearsal_clip(params, device='cuda')).overrides['precision'] == 'bf16'
-    assert {b: len(v) for b, v in branches.items()} == {'clip-retrieval': 3, 'coop': 33, 'cpu-demo': 1}
+    assert {b: len(v) for b, v in branches.items()} == {'clip-retrieval': 4, 'coop': 33, 'cpu-demo': 1}
 
 
 def test_parameters_cell_marks_paths():

@@ -20,18 +20,19 @@ __all__ = ['SQA_OPTIONS', 'CAPTION_PROMPT', 'MME_PERCEPTION', 'MME_COGNITION', '
            'PAPER_NUMBERS', 'DEFAULT_DATASETS', 'FULL_INPUTS', 'MME_FOLDERED', 'multiscale_prompt', 'Projector',
            'check_drop_ratio', 'drop_count', 'adaptive_drop', 'fusion_kv', 'fuse', 'ClipAdapter', 'ADEMClipMLP',
            'ADEMState', 'ADEMLlamaMLP', 'visual_context', 'ADEMVL', 'expected_trainable', 'clip_features', 'patch',
-           'is_patched', 'get_state', 'unpatch', 'trainable_parameters', 'adapter_state_dict', 'insert_visual',
-           'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate', 'sqa_prompt', 'tokenize_example',
-           'parse_answer', 'pre_caption', 'caption_example', 'extract_caption', 'mme_prompt', 'instruction_example',
-           'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at', 'load_llama', 'clip_hidden', 'TextOnlyVL',
-           'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt', 'encoder_of', 'SQAExamples', 'collate_sqa',
-           'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm', 'VisionProbe', 'cell_targets',
-           'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost', 'bench_main',
+           'is_patched', 'get_state', 'unpatch', 'trainable_parameters', 'adapter_state_dict', 'load_released',
+           'insert_visual', 'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate', 'sqa_prompt',
+           'tokenize_example', 'parse_answer', 'pre_caption', 'caption_example', 'extract_caption', 'mme_prompt',
+           'instruction_example', 'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at', 'load_llama',
+           'clip_hidden', 'TextOnlyVL', 'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt', 'encoder_of', 'SQAExamples',
+           'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm', 'VisionProbe',
+           'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost', 'bench_main',
            'openai_clip_to_hf', 'load_clip_vision', 'MetaTokenizer', 'load_llama_tokenizer', 'PairExamples',
            'caption_pairs', 'instruction_pairs', 'generate_texts', 'read_mme_task', 'read_sqa_captions',
            'check_captions', 'train_task', 'run_full_scale', 'full_scale_inputs', 'full_scale_label', 'lavin_image',
            'convert_lavin_instructions', 'write_meta_llama', 'write_openai_clip', 'write_scienceqa_upstream',
-           'write_karpathy_coco_upstream', 'write_lavin_instructions_upstream', 'write_mme_upstream', 'rehearsal']
+           'write_karpathy_coco_upstream', 'write_lavin_instructions_upstream', 'write_mme_upstream',
+           'write_released_standin', 'rehearsal']
 
 # %% ../nbs/40_ademvl.ipynb #cd7ea183
 def _check_scales(down_sample_num:Sequence[int], # features per scale, e.g. (256, 64)
@@ -310,6 +311,68 @@ def trainable_parameters(llm:nn.Module)->dict[str, int]:
 def adapter_state_dict(llm:nn.Module)->dict[str, Tensor]:
     "The parameters a checkpoint keeps (names containing `adapter`, as upstream `checkpoint-{epoch}.pth`)."
     return {k: v for k, v in llm.state_dict().items() if 'adapter' in k}
+
+# %% ../nbs/40_ademvl.ipynb #674fe81a
+_ADEM_OPTS = (('alpha', 'alpha'), ('beta', 'beta'), ('drop_ratio', 'drop_ratio'), ('adapter_dim', 'adapter_dim'),
+              ('hidden_proj', 'hidden_proj'))
+
+def _released_key(k:str, vis:str)->str|None:
+    "An official ADEM-VL adapter name -> the name in a model patched by `patch`, or None if it is not one."
+    if re.fullmatch(r'adapter_emb[12]|adapter_proj(_cls)?\.fc[12]\.(weight|bias)', k): return 'ademvl.' + k
+    m = re.fullmatch(r'backbone\.visual\.transformer\.resblocks\.(\d+)\.adapter_mlp\.(fc[12])\.weight', k)
+    return f'ademvl.vision_tower.{vis}encoder.layers.{m[1]}.mlp.ademvl_adapter.{m[2]}.weight' if m else None
+
+def load_released(llm:nn.Module,          # a LlamaForCausalLM patched with `patch` (with the run's options)
+                  ckpt:str|Path|dict,     # ADEM-VL's checkpoint-{epoch}.pth (or its loaded dict)
+                 )->dict:                 # loaded keys (official names), the options compared
+    "Load an official ADEM-VL adapter checkpoint into a patched model, after checking its run options."
+    st = get_state(llm)
+    if not isinstance(ckpt, dict):
+        p = Path(ckpt)
+        if not p.is_file(): raise FileNotFoundError(f"no ADEM-VL checkpoint at {p}; pass the local path of checkpoint-<epoch>.pth")
+        ckpt = torch.load(p, map_location='cpu', weights_only=False)
+    sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in ckpt.get('model', ckpt).items()}
+    args = ckpt.get('args'); args = vars(args) if args is not None and not isinstance(args, dict) else (args or {})
+    checked = {}
+    for a, s in _ADEM_OPTS:
+        if a in args:
+            if not math.isclose(float(args[a]), float(getattr(st, s)), rel_tol=1e-9):
+                raise ValueError(f"the checkpoint was trained with --{a} {args[a]} but the model is patched with {s}={getattr(st, s)}: "
+                                 f"patch with {s}={args[a]}")
+            checked[a] = args[a]
+    if 'down_sample_num' in args:
+        dsn = args['down_sample_num']; dsn = tuple(int(x) for x in (dsn if isinstance(dsn, (list, tuple)) else [dsn]))
+        if dsn != tuple(st.down_sample_num):
+            raise ValueError(f"the checkpoint was trained with --down_sample_num {list(dsn)} but the model has "
+                             f"{list(st.down_sample_num)}: patch with down_sample_num={list(dsn)}")
+        checked['down_sample_num'] = list(dsn)
+    if 'no_cls' in args:
+        if bool(args['no_cls']) == st.with_cls:
+            raise ValueError(f"the checkpoint was trained with{'out' if args['no_cls'] else ''} the [CLS] token but the model "
+                             f"has with_cls={st.with_cls}: patch with with_cls={not args['no_cls']}")
+        checked['no_cls'] = bool(args['no_cls'])
+    vt = llm.ademvl.vision_tower
+    vis = 'vision_model.' if hasattr(vt, 'vision_model') else ''
+    want = llm.state_dict()
+    target, official = {}, {}
+    for k, v in sd.items():
+        t = _released_key(k, vis)
+        if t is None:
+            raise ValueError(f"unknown key {k!r} in the ADEM-VL checkpoint: its adapters are adapter_emb1/2, adapter_proj(_cls).fc1/2 "
+                             "and backbone.visual.transformer.resblocks.{i}.adapter_mlp.fc1/2 (the LLM-side adapter has no weights); "
+                             "is it a checkpoint of ADEM-VL?")
+        if t not in want:
+            raise ValueError(f"{k!r} does not fit this model (no {t}): the vision tower has "
+                             f"{len(_vision_parts(vt)[3].layers)} blocks; build CLIP with the checkpoint's depth (ViT-L/14: 24)")
+        if v.shape != want[t].shape:
+            raise ValueError(f"{k!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(want[t].shape)} in the model: patch "
+                             "with the checkpoint's down_sample_num / adapter_dim / hidden_proj and the LLM/CLIP it was trained on")
+        target[t], official[t] = v, k
+    lacking = [n for n, q in llm.named_parameters() if q.requires_grad and n not in target
+               and (st.with_cls or 'adapter_proj_cls' not in n)]
+    if lacking: raise ValueError(f"the checkpoint lacks {len(lacking)} trained weight(s) of this model, e.g. {lacking[:3]}")
+    llm.load_state_dict(target, strict=False)
+    return dict(loaded=sorted(official.values()), options=checked)
 
 # %% ../nbs/40_ademvl.ipynb #15c7da7b
 def insert_visual(embed:nn.Embedding,         # the LLM's (frozen) input embedding
@@ -1236,6 +1299,7 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
                    launcher:str='torchrun',       # with nproc: 'torchrun', 'deepspeed' or 'python'
                    stop_step:int=0,               # end this invocation's training after this step (checkpointed); rerun to go on
                    recipe_batch:int=32,           # the recipe's global batch (8 GPUs x 2 x 2 accumulation), recorded beside this run's
+                   released_ckpt:str='',          # the authors' checkpoint-<epoch>.pth: load it (`load_released`) and evaluate, no training
                   )->dict:
     "Train and evaluate ADEM-VL at full scale (one of the seed's model-zoo rows); returns metrics, efficiency, patched model."
     from vlrepro import data
@@ -1264,7 +1328,15 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
                       device=str(dev), seed=seed, save_trainable_only=True, backend=backend, find_unused_parameters=True,
                       progress=False)
     train_dir = Path(cfg.out_dir)
-    if nproc:  # multi-process training through the workbench launcher (it resumes from train/checkpoint.pt), then evaluate here
+    released = None
+    if released_ckpt:  # evaluation only: the authors' adapters into the patched model, nothing trained
+        B = _build_full(**{**bk, 'limit_train': 1})
+        model, llm_m, tok, tf, src, size = (B[k] for k in ('model', 'llm', 'tok', 'tf', 'src', 'size'))
+        rep = load_released(llm_m, released_ckpt)
+        released = dict(path=str(released_ckpt), tensors=len(rep['loaded']), options=rep['options'])
+        res = dict(finished=True, step=0, loss=float('nan'), seconds=0.0)
+        print(f"evaluating the released adapters {released_ckpt} ({released['tensors']} tensors), no training")
+    elif nproc:  # multi-process training through the workbench launcher (it resumes from train/checkpoint.pt), then evaluate here
         from vlrepro.train import launch
         res = _launched_before(cfg, train_dir)
         if res: print(f"training finished earlier in {train_dir} (step {res['step']}); loading its final weights")
@@ -1283,6 +1355,7 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
         res = Trainer(model, _adem_loss, B['train'], cfg, collate_fn=collate_sqa).fit()
     metrics, extra = {}, {'global_batch': gb, 'model_dims': dict(llm_dim=llm_m.config.hidden_size,
                                                                   clip_dim=llm_m.ademvl.vision_tower.config.hidden_size)}
+    if released: extra['released'] = released
     if task == 'sqa':
         te = data.MCQADataset(src, eval_split or 'test', transform=tf); te.rows = lim(_merge_captions(te.rows, caption_file), limit_eval)
         test = SQAExamples(te, tok, eval_prompt_format, eval_use_caption, max_seq_len)
@@ -1581,6 +1654,29 @@ def _run_script(script:str, *args):
     if p.returncode: raise RuntimeError(f"data_scripts/{script} {' '.join(map(str, args))} failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
     return p.stdout
 
+def _official_adem_name(n:str)->str:
+    "A trainable parameter of a patched model -> its name in ADEM-VL's checkpoint (the inverse of `_released_key`)."
+    if not n.startswith('ademvl.vision_tower.'): return n[len('ademvl.'):]
+    q = n.split('.')
+    return f"backbone.visual.transformer.resblocks.{q[q.index('layers') + 1]}.adapter_mlp.{q[-2]}.weight"
+
+def write_released_standin(path:str|Path,         # where the checkpoint goes (the set's released_ckpt)
+                           llama_dir:str|Path, llama_format:str, llm:str, clip_path:str|Path, # the stand-in backbones
+                           down_sample_num:Sequence[int]=(256, 64), adapter_dim:int=12, hidden_proj:int=128,
+                           alpha:float=0.1, beta:float=0.01, drop_ratio:float=0.1, with_cls:bool=True,
+                           seed:int=0)->Path:
+    "ADEM-VL's released checkpoint in miniature: `checkpoint-19.pth` in the official layout, sized for the stand-in LLaMA / CLIP."
+    import argparse
+    llm_m = load_llama(llama_dir, llama_format, llm, dtype=torch.float32)
+    patch(llm_m, load_clip_vision(clip_path, dtype=torch.float32), down_sample_num=down_sample_num, alpha=alpha, beta=beta,
+          drop_ratio=drop_ratio, adapter_dim=adapter_dim, hidden_proj=hidden_proj, with_cls=with_cls)
+    g = torch.Generator().manual_seed(seed)
+    sd = {_official_adem_name(n): 0.02 * torch.randn(p.shape, generator=g) for n, p in llm_m.named_parameters()
+          if p.requires_grad and (with_cls or 'adapter_proj_cls' not in n)}
+    args = argparse.Namespace(alpha=alpha, beta=beta, drop_ratio=drop_ratio, down_sample_num=list(down_sample_num),
+                              adapter_dim=adapter_dim, hidden_proj=hidden_proj, no_cls=not with_cls, llm_model=llm)
+    return core.atomic_torch_save({'model': sd, 'optimizer': {}, 'epoch': 19, 'scaler': None, 'args': args}, path)
+
 def rehearsal(params:dict,              # the parameter set's YAML mapping, as in the file
               root:Path|None=None,      # rehearsal root; None = only return the plan, write nothing
               device:str='cpu',         # 'cpu' or 'cuda' (the GPU rehearsal: bf16 autocast)
@@ -1599,10 +1695,13 @@ def rehearsal(params:dict,              # the parameter set's YAML mapping, as i
     ov = dict(device=device, precision='bf16' if device == 'cuda' else 'fp32', batch_size=1, accum_iter=accum, max_steps=2,
               limit_train=2 * n * accum, limit_eval=4, eval_batch_size=2, hidden_proj=16, down_sample_num=[64, 16],
               layer_bench=False)
-    if nproc > 1: ov['nproc'] = n
+    released = bool(params.get('released_ckpt'))
+    if released: n, ov['nproc'] = 1, 0   # evaluation only: nothing to train, launch or kill
+    if nproc > 1 and not released: ov['nproc'] = n
     setting, names = _METRICS[task]
     rows = [(f'LLaMA-{llm} {setting}', m) for m in names] + [(f'LLaMA-{llm}', 'trainable params (M)')]
-    plan = dict(overrides=ov, branch=_BRANCHES[task], metric=f'LLaMA-{llm} {setting}/{names[0]}', nproc=n, trains=True, rows=rows,
+    plan = dict(overrides=ov, branch=_BRANCHES[task] + ('-released' if released else ''), metric=f'LLaMA-{llm} {setting}/{names[0]}',
+                nproc=n, trains=not released, rows=rows,
                 recipe_batch=dict(per_process=int(params.get('batch_size', 2)), processes=max(1, nproc),
                                   grad_accum=int(params.get('accum_iter', 16)), recipe=32))
     if root is None: return plan
@@ -1636,4 +1735,9 @@ def rehearsal(params:dict,              # the parameter set's YAML mapping, as i
             torch.manual_seed(0)
             CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=1,
                                              image_size=32, patch_size=4, hidden_act='quick_gelu')).save_pretrained(clip)
+    if released:   # the authors' adapters, sized for these stand-ins and the plan's overrides
+        q = {**params, **ov}
+        write_released_standin(root/_relative(params, 'released_ckpt'), llama, q.get('llama_format', 'hf'), llm, clip,
+                               q['down_sample_num'], int(q.get('adapter_dim', 12)), int(q['hidden_proj']), float(q.get('alpha', 0.1)),
+                               float(q.get('beta', 0.01)), float(q.get('drop_ratio', 0.1)), bool(q.get('with_cls', True)))
     return plan

@@ -1321,7 +1321,7 @@ def rehearsal_clip(params:dict,           # the parameter set's YAML mapping
     cg = [(rv, rl) for m, rv, rl in specs if m == 'crossget']
     rows = [('CLIP', k) for k in _RET_KEYS + ['gflops']]
     rows += [(paper_setting(rv, rl), k) for rv, rl in cg for k in _RET_KEYS + ['gflops']]
-    rv, rl = cg[0] if cg else (specs[0][1], specs[0][2])
+    rv, rl = cg[0] if cg else (specs[0][1], specs[0][2]) if specs else (0, 0)
     if root is not None:
         write_karpathy_flickr(root / 'raw' / 'flickr30k')
         _clip_script('data_scripts/get_flickr30k.py', '--src', str(root / 'raw' / 'flickr30k'), '--root', str(data),
@@ -1331,6 +1331,10 @@ def rehearsal_clip(params:dict,           # the parameter set's YAML mapping
             register_configs()
             pre = str(_set_path(root, params['pretrained'])) if params.get('pretrained') else ''
             write_authors_checkpoint(_set_path(root, params['init_checkpoint']), create_open_clip(REHEARSAL_CLIP, pretrained=pre).state_dict())
+    if not specs:   # evaluation only: the authors' fine-tuned CLIP (the paper's "CLIP" row), nothing trained
+        if not params.get('init_checkpoint'): raise ValueError("a retrieval set without finetunes evaluates init_checkpoint; it names none")
+        return dict(branch='clip-retrieval', nproc=1, trains=False, metric='base (no reduction)/rmean', rows=rows,
+                    recipe_batch=None, overrides=dict(**tiny, **common))
     multi = int(params.get('nproc', 1)) > 1
     nproc = (2 if device == 'cpu' else 1) if multi else 1      # one GPU: one process (NCCL cannot pair two ranks on it)
     label = f"fine-tuned {'crossget' if cg else specs[0][0]} rv={rv}" + (f', rl={rl}' if rl else '')

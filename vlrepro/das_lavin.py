@@ -18,12 +18,13 @@ from . import core, das
 __all__ = ['IMAGE_PREFIX', 'TEXT_PREFIX', 'LANG_TASKS', 'MAX_NEW_TOKENS', 'PAPER_INFERENCE_S', 'lavin_attention_mask',
            'llama_config_from_params', 'llama_depth', 'load_llama', 'save_meta_llama', 'SentencePieceTokenizer',
            'load_llama_tokenizer', 'check_vocab', 'ClipLNRouter', 'patch_clip', 'cls_layers', 'clip_cls_features',
-           'LaVIN', 'llama_7b_config', 'clip_l14_config', 'trainable_count', 'meta_count', 'image_tokens',
-           'build_inputs', 'lm_loss', 'generate', 'sqa_qcm_ale', 'tokenize_pair', 'normalize_language_row',
-           'language_prompt', 'read_language_split', 'convert_language_task', 'LaVINExamples', 'collate_lavin',
-           'parse_choice', 'parse_number', 'evaluate', 'lavin_latency', 'parse_skip_list', 'setting_name', 'build',
-           'train_task', 'required_inputs', 'run_search', 'run_full_scale', 'tiny_checkpoints', 'write_scienceqa_raw',
-           'write_language_raw', 'write_meta_llama', 'write_clip_folder', 'write_standins', 'rehearsal']
+           'LaVIN', 'llama_7b_config', 'clip_l14_config', 'trainable_count', 'meta_count', 'released_skip',
+           'load_das_checkpoint', 'image_tokens', 'build_inputs', 'lm_loss', 'generate', 'sqa_qcm_ale', 'tokenize_pair',
+           'normalize_language_row', 'language_prompt', 'read_language_split', 'convert_language_task', 'LaVINExamples',
+           'collate_lavin', 'parse_choice', 'parse_number', 'evaluate', 'lavin_latency', 'parse_skip_list',
+           'setting_name', 'build', 'train_task', 'required_inputs', 'run_search', 'run_full_scale', 'tiny_checkpoints',
+           'write_scienceqa_raw', 'write_language_raw', 'write_meta_llama', 'write_clip_folder', 'write_standins',
+           'rehearsal']
 
 # %% ../nbs/22_das_lavin.ipynb #066868d5
 def lavin_attention_mask(mask:Tensor,        # (B, L) 1 = real token, 0 = padding (left or right)
@@ -246,6 +247,80 @@ def meta_count(kind:str='lavin', # 'lavin' (multimodal) or 'llama' (language-onl
         vis = CLIPVisionModel(clip_l14_config()) if kind == 'lavin' else None
         m = LaVIN(llm, vis, skip=list(range(32 - k, 32)))
     return trainable_count(m)
+
+# %% ../nbs/22_das_lavin.ipynb #e6be23fd
+_LV_PART = {'conv_A': 'conv_A', 'conv_B': 'conv_B', 'conv_D': 'conv_D', 'expert_weights': 'expert_weights',
+            'down_sampler': 'down', 'up_sampler': 'up'}
+
+def _lavin_ckpt(ckpt)->dict:
+    if isinstance(ckpt, dict): return ckpt
+    p = Path(ckpt)
+    if not p.is_file(): raise FileNotFoundError(f"no LaVIN-DAS checkpoint at {p}; pass the local path of checkpoint-<epoch>.pth")
+    return torch.load(p, map_location='cpu', weights_only=False)
+
+def _lavin_sd(ck:dict)->dict:
+    sd = ck.get('model', ck)
+    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in sd.items()}
+
+def released_skip(ckpt:str|Path|dict)->list[int]|None: # sorted skip set, or None when the file does not tell
+    "The skip set of a LaVIN-DAS checkpoint: `args.skip_list`, checked against the blocks that hold only a replacement adapter."
+    ck = _lavin_ckpt(ckpt); sd = _lavin_sd(ck)
+    args = ck.get('args'); raw = getattr(args, 'skip_list', None) if args is not None and not isinstance(args, dict) else (args or {}).get('skip_list')
+    stored = None if raw in (None, '') else sorted(das.parse_skip_list(raw))
+    blk = lambda kind: {int(k.split('.')[1]) for k in sd if re.match(rf'layers\.\d+\.{kind}\.', k)}
+    rep, kept = blk('replaced_adapter'), blk('adapter_attn')
+    inferred = sorted(rep - kept) if rep and not rep & kept else None   # deleted unused adapters: the keys tell the set
+    if stored is not None and inferred is not None and stored != inferred:
+        raise ValueError(f"the checkpoint's args.skip_list {stored} disagrees with its adapters (replacement adapters only in "
+                         f"blocks {inferred}): the file was edited; pass skip= to choose")
+    return stored if stored is not None else inferred
+
+def _lavin_key(k:str, vis_prefix:str)->str|None:
+    "An official LaVIN-DAS adapter name -> `LaVIN`'s, or None if it is not one."
+    m = re.match(r'layers\.(\d+)\.(adapter_attn|replaced_adapter)\.(\w+)\.(weight|bias)$', k)
+    if m and m[3] in _LV_PART:
+        return f"llm.model.layers.{m[1]}.{'das_adapter_attn' if m[2] == 'adapter_attn' else 'das_skip'}.{_LV_PART[m[3]]}.{m[4]}"
+    m = re.match(r'backbone\.visual\.transformer\.resblocks\.(\d+)\.adapter_attn\.(\w+)\.(weight|bias)$', k)
+    if m and m[2] in _LV_PART: return f'{vis_prefix}{m[1]}.layer_norm1.adapter_attn.{_LV_PART[m[2]]}.{m[3]}'
+    m = re.match(r'adapter_proj\.conv_([AB])\.(weight|bias)$', k)
+    if m: return f"adapter_proj.{'fc1' if m[1] == 'A' else 'fc2'}.{m[2]}"
+    return k if k == 'adapter_modality_embedding.weight' else None
+
+def load_das_checkpoint(model:LaVIN,             # built with the checkpoint's skip set (`released_skip`)
+                        ckpt:str|Path|dict,      # LaVIN-DAS's checkpoint-<epoch>.pth (or its dict)
+                        skip:Sequence[int]|str|None=None, # the skip set the file was trained with; None = read it from the file
+                       )->dict:                  # skip, loaded (official names), unused adapters
+    "Load an official LaVIN-DAS (multimodal or language-only) adapter checkpoint into `LaVIN`."
+    ck = _lavin_ckpt(ckpt); sd = _lavin_sd(ck)
+    S = sorted(das.parse_skip_list(skip)) if skip is not None else released_skip(ck)
+    if S is None: raise ValueError("the checkpoint records no skip set (no args.skip_list and every adapter kept): pass "
+                                   "skip=[...] (the --skip_list of the training command)")
+    if model.skip != S: raise ValueError(f"the model skips blocks {model.skip} but the checkpoint was trained with {S}: "
+                                         f"build the LaVIN with skip={S}")
+    vm = 'vision.vision_model.' if model.multimodal and hasattr(model.vision, 'vision_model') else 'vision.'
+    want = model.state_dict()
+    target, official, unused = {}, {}, []
+    for k, v in sd.items():
+        t = _lavin_key(k, vm + 'encoder.layers.')
+        if t is None:
+            hint = ("LaVIN-DAS's 'block' adapters (adapter_mlp) are not supported: the scripts use 'attn'" if 'adapter_mlp' in k
+                    else "LoRA weights are not DAS adapters" if 'lora' in k else
+                    "LaVIN-DAS checkpoints hold layers.{i}.adapter_attn / replaced_adapter, the CLIP adapters, adapter_proj "
+                    "and adapter_modality_embedding")
+            raise ValueError(f"unknown key {k!r} in the LaVIN-DAS checkpoint: {hint}")
+        if t not in want:
+            if t.startswith('llm.model.layers.'): unused.append(k); continue   # an adapter this skip set never runs
+            raise ValueError(f"{k!r} does not fit this model ({'language-only' if not model.multimodal else 'multimodal'} "
+                             f"LaVIN has no {t}): build the model the checkpoint was trained for (multimodal or not, same depth)")
+        if v.shape != want[t].shape:
+            raise ValueError(f"{k!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(want[t].shape)} in the model: "
+                             "build LaVIN with the checkpoint's adapter_dim / hidden_proj and LLaMA/CLIP sizes")
+        target[t], official[t] = v, k
+    lacking = [n for n, q in model.named_parameters() if q.requires_grad and n not in target]
+    if lacking: raise ValueError(f"the checkpoint lacks {len(lacking)} trained weight(s) of this model, e.g. {lacking[:3]}: "
+                                 "is it a LaVIN-DAS checkpoint of this kind (multimodal / language-only) and depth?")
+    model.load_state_dict(target, strict=False)
+    return dict(skip=S, loaded=sorted(official.values()), unused=sorted(unused))
 
 # %% ../nbs/22_das_lavin.ipynb #f826e425
 def _autocast_ctx(model:LaVIN):

@@ -16,12 +16,13 @@ from . import core, data, das
 
 # %% auto #0
 __all__ = ['TASKS', 'TASK_NAMES', 'ARROW_PREFIX', 'ARROW_SPLITS', 'SPLITS', 'EVAL_SPLITS', 'IMAGE_SIZE', 'MAX_TEXT_LEN',
-           'RECIPE_BATCH', 'convert_vilt_checkpoint', 'vilt_to_official', 'vilt_config_from_state_dict', 'load_vilt',
-           'METERT4C', 'load_meter', 'task_head', 'grow_token_types', 'init_rank_output', 'DASVLTask', 'model_inputs',
-           'task_loss', 'pixelbert_size', 'VLTransform', 'pad_images', 'vilt_vqa_score', 'VQATargets', 'NLVR2Dataset',
-           'F30KTrainDataset', 'VLCollate', 'convert_nlvr2', 'convert_vilt_arrow', 'evaluate_vqa', 'evaluate_nlvr2',
-           'retrieval_scores', 'evaluate_f30k', 'task_splits', 'parse_skip_list', 'build_task_model', 'task_dataset',
-           'train_task', 'run_full_scale', 'required_inputs', 'write_vilt_arrows', 'write_nlvr2_json',
+           'RECIPE_BATCH', 'split_das_adapters', 'das_adapters_to_official', 'convert_vilt_checkpoint',
+           'vilt_to_official', 'vilt_config_from_state_dict', 'load_vilt', 'METERT4C', 'load_meter', 'task_head',
+           'grow_token_types', 'init_rank_output', 'DASVLTask', 'model_inputs', 'task_loss', 'released_skip',
+           'load_das_checkpoint', 'pixelbert_size', 'VLTransform', 'pad_images', 'vilt_vqa_score', 'VQATargets',
+           'NLVR2Dataset', 'F30KTrainDataset', 'VLCollate', 'convert_nlvr2', 'convert_vilt_arrow', 'evaluate_vqa',
+           'evaluate_nlvr2', 'retrieval_scores', 'evaluate_f30k', 'task_splits', 'parse_skip_list', 'build_task_model',
+           'task_dataset', 'train_task', 'run_full_scale', 'required_inputs', 'write_vilt_arrows', 'write_nlvr2_json',
            'write_bert_folder', 'write_vilt_ckpt', 'write_roberta_folder', 'write_meter_standin', 'write_standins',
            'rehearsal']
 
@@ -34,6 +35,61 @@ _VILT_TOP = (('text_embeddings.', 'embeddings.text_embeddings.'), ('transformer.
              ('token_type_embeddings.', 'embeddings.token_type_embeddings.'), ('transformer.norm.', 'layernorm.'),
              ('pooler.dense.', 'pooler.dense.'))
 _QKV = ('query', 'key', 'value')
+# DAS's adapters in the official checkpoints (ViLT `Adapter_Layer`, METER `ParallelAdapter`: the same module) -> ours
+_ADAPTER_PART = {'adapter_layer_norm_before': 'ln', 'down_proj': 'down', 'up_proj': 'up'}
+_DAS_KEYS = {'vilt': ((r'transformer\.blocks\.(\d+)\.adapter0\.', r'encoder.layer.\1.das_adapter_attn.'),
+                      (r'transformer\.blocks\.(\d+)\.adapter1\.', r'encoder.layer.\1.das_adapter_mlp.'),
+                      (r'adapter_list\.(\d+)\.0\.', r'encoder.layer.\1.das_skip.')),
+             'meter': ((r'(cross_modal_(?:text|image)_layers\.\d+)\.attention\.output\.adapter\.', r'\1.das_adapter_sa.'),
+                       (r'(cross_modal_(?:text|image)_layers\.\d+)\.crossattention\.output\.adapter\.', r'\1.das_adapter_ca.'),
+                       (r'(cross_modal_(?:text|image)_layers\.\d+)\.adapter\.', r'\1.das_adapter_ffn.'),
+                       (r'adapter_list_l\.(\d+)\.0\.', r'cross_modal_text_layers.\1.das_skip.'),
+                       (r'adapter_list_v\.(\d+)\.0\.', r'cross_modal_image_layers.\1.das_skip.'))}
+
+def split_das_adapters(sd:dict,      # an official ViLT / METER state dict (DAS fine-tuned, or pre-trained: no adapters)
+                       family:str,   # 'vilt' or 'meter'
+                      )->tuple[dict, dict]: # (the other weights, untouched; the adapters in vlrepro's DAS names)
+    "Take DAS's adapters out of an official checkpoint, renamed to the blocks `das.patch` wraps (`das_adapter_*`, `das_skip`)."
+    if family not in _DAS_KEYS: raise ValueError(f"family must be 'vilt' or 'meter', got {family!r}")
+    rest, ad = {}, {}
+    for k, v in sd.items():
+        if 'adapter' not in k: rest[k] = v; continue
+        for pat, rep in _DAS_KEYS[family]:
+            m = re.match(pat, k)
+            if m is None: continue
+            part, _, leaf = k[m.end():].partition('.')
+            if part not in _ADAPTER_PART or leaf not in ('weight', 'bias'):
+                raise ValueError(f"unknown adapter weight {k!r}: DAS's {family} adapters hold only "
+                                 f"{sorted(_ADAPTER_PART)} (weight, bias); is this a DAS {family} checkpoint?")
+            ad[m.expand(rep) + f'{_ADAPTER_PART[part]}.{leaf}'] = v
+            break
+        else:
+            names = ('transformer.blocks.{i}.adapter0/1', 'adapter_list.{i}.0') if family == 'vilt' else (
+                'cross_modal_*_layers.{i}.{attention,crossattention}.output.adapter', 'cross_modal_*_layers.{i}.adapter',
+                'adapter_list_l/v.{i}.0')
+            raise ValueError(f"unknown adapter weight {k!r} in this {family} checkpoint: DAS's official {family} adapters are "
+                             f"{', '.join(names)}; a checkpoint of another model or method cannot be loaded here")
+    return rest, ad
+
+def das_adapters_to_official(adapters:dict, # vlrepro DAS adapter names (`das_adapter_*`, `das_skip`) -> tensors
+                             family:str,    # 'vilt' or 'meter'
+                            )->dict:        # the same tensors in the official key names
+    "The inverse of `split_das_adapters` (used to write test checkpoints in the official layout)."
+    inv = {v: k for k, v in _ADAPTER_PART.items()}
+    out = {}
+    for k, v in adapters.items():
+        m = re.match(r'(.*)\.(das_adapter_attn|das_adapter_mlp|das_adapter_sa|das_adapter_ca|das_adapter_ffn|das_skip)\.(\w+)\.(\w+)$', k)
+        if m is None: raise ValueError(f"{k!r} is not a DAS adapter weight of vlrepro")
+        blk, kind, part, leaf = m.groups(); i = blk.split('.')[-1]
+        if family == 'vilt':
+            pre = {'das_adapter_attn': f'transformer.blocks.{i}.adapter0', 'das_adapter_mlp': f'transformer.blocks.{i}.adapter1',
+                   'das_skip': f'adapter_list.{i}.0'}[kind]
+        else:
+            stream = 'l' if 'text' in blk else 'v'
+            pre = {'das_adapter_sa': f'{blk}.attention.output.adapter', 'das_adapter_ca': f'{blk}.crossattention.output.adapter',
+                   'das_adapter_ffn': f'{blk}.adapter', 'das_skip': f'adapter_list_{stream}.{i}.0'}[kind]
+        out[f'{pre}.{inv[part]}.{leaf}'] = v
+    return out
 
 def _state_dict(ckpt, what:str, hint:str)->dict:
     "The state dict of a checkpoint path (Lightning `{'state_dict': ...}` or plain) or of a dict."
@@ -44,11 +100,12 @@ def _state_dict(ckpt, what:str, hint:str)->dict:
     return ckpt.get('state_dict', ckpt)
 
 def convert_vilt_checkpoint(ckpt:str|Path|dict, # the original `vilt_200k_mlm_itm.ckpt` (or its loaded dict)
-                           )->tuple[dict, dict]: # (state dict for `transformers.ViltModel`, the other weights: itm_score.fc.*, ...)
-    "Map an original ViLT checkpoint onto `transformers.ViltModel` names; heads are returned apart."
+                           )->tuple[dict, dict]: # (state dict for `transformers.ViltModel` + DAS adapters, the other weights)
+    "Map an original ViLT checkpoint (pre-trained, or DAS fine-tuned) onto `ViltModel` names; heads are returned apart."
     sd = _state_dict(ckpt, 'ViLT checkpoint', "download vilt_200k_mlm_itm.ckpt (dandelin/ViLT GitHub release '200k') "
                      "and pass its local path, or pass a local Hugging Face ViLT folder")
-    out, heads = {}, {}
+    sd, out = split_das_adapters(sd, 'vilt')                         # DAS's adapters, named as in a `das.patch`ed block
+    heads = {}
     for k, v in sd.items():
         if k.endswith('position_ids'): continue                      # a buffer transformers rebuilds
         if k.startswith('transformer.blocks.'):
@@ -63,9 +120,9 @@ def convert_vilt_checkpoint(ckpt:str|Path|dict, # the original `vilt_200k_mlm_it
         new = next((b + k[len(a):] for a, b in _VILT_TOP if k.startswith(a)), None)
         if new is not None: out[new] = v
         else: heads[k] = v
-    if 'embeddings.cls_token' not in out:
-        raise ValueError("no transformer.cls_token in this checkpoint: it is not an original ViLT checkpoint "
-                         "(for METER use das.convert_meter_checkpoint)")
+    if 'embeddings.cls_token' not in out and not any('.das_' in k for k in out):
+        raise ValueError("no transformer.cls_token and no DAS adapter in this checkpoint: it is not an original ViLT "
+                         "checkpoint (for METER use das.convert_meter_checkpoint)")
     return out, heads
 
 def vilt_to_official(model:nn.Module|dict, # a `ViltModel` (or its state dict)
@@ -118,7 +175,7 @@ def _hf_heads(folder:Path)->dict:
     else: return {}
     return {k: v for k, v in sd.items() if k.startswith(('itm_score.', 'rank_output.'))}
 
-def load_vilt(ckpt:str|Path,   # a local Hugging Face ViLT folder, or the original `vilt_200k_mlm_itm.ckpt`
+def load_vilt(ckpt:str|Path,   # a local HF ViLT folder, the original `vilt_200k_mlm_itm.ckpt` or a DAS fine-tuned .ckpt
               **overrides,     # ViltConfig fields (original checkpoints only; e.g. num_attention_heads)
              )->tuple[nn.Module, dict]: # (transformers ViltModel, heads found: itm_score.fc.* / rank_output.*)
     "Load a ViLT backbone from a local Hugging Face folder or the original checkpoint."
@@ -129,6 +186,10 @@ def load_vilt(ckpt:str|Path,   # a local Hugging Face ViLT folder, or the origin
             raise FileNotFoundError(f"{p} has no config.json; save a ViLT with save_pretrained there, or pass the original .ckpt")
         return ViltModel.from_pretrained(str(p), local_files_only=True, **overrides), _hf_heads(p)
     sd, heads = convert_vilt_checkpoint(p)
+    sd = {k: v for k, v in sd.items() if '.das_' not in k}         # DAS adapters: `load_das_checkpoint` loads them
+    if 'embeddings.cls_token' not in sd:
+        raise ValueError(f"{p} holds DAS adapters but no ViLT backbone: load the backbone from vilt_200k_mlm_itm.ckpt "
+                         "and these adapters with load_das_checkpoint(model, ckpt)")
     m = ViltModel(vilt_config_from_state_dict(sd, **overrides))
     missing, unexpected = m.load_state_dict(sd, strict=False)
     if missing or unexpected:
@@ -178,7 +239,7 @@ def _hf_folder(path, what:str, hint:str)->Path:
         raise FileNotFoundError(f"{what} {str(path)!r} is not a local Hugging Face folder with config.json; {hint}")
     return p
 
-def load_meter(ckpt:str|Path|dict,  # METER's checkpoint (meter_clip16_288_roberta_pretrain.ckpt) or its loaded dict
+def load_meter(ckpt:str|Path|dict,  # METER's checkpoint (meter_clip16_288_roberta_pretrain.ckpt, or DAS fine-tuned) or its dict
                vision_ckpt:str|Path, # local folder of openai/clip-vit-base-patch16 (its config is used)
                text_ckpt:str|Path,   # local folder of roberta-base (config; the tokenizer is read from it too)
                image_size:int=384,   # input side (384 VQA/F30K, 288 NLVR2)
@@ -189,6 +250,7 @@ def load_meter(ckpt:str|Path|dict,  # METER's checkpoint (meter_clip16_288_rober
     tdir = _hf_folder(text_ckpt, 'text_ckpt', 'save roberta-base there (model and tokenizer) and pass it')
     raw = _state_dict(ckpt, 'METER checkpoint', 'download meter_clip16_288_roberta_pretrain.ckpt (zdou0830/METER release) '
                       'and pass its local path')
+    raw, _ = split_das_adapters(raw, 'meter')   # a DAS fine-tuned checkpoint: `load_das_checkpoint` loads the adapters
     conv, _ = das.convert_meter_checkpoint(raw)
     if 'cross_modal_text_transform.weight' not in conv:
         raise ValueError("the checkpoint has no cross_modal_* weights: it is not a METER checkpoint")
@@ -199,6 +261,8 @@ def load_meter(ckpt:str|Path|dict,  # METER's checkpoint (meter_clip16_288_rober
     ffn = conv['cross_modal_text_layers.0.intermediate.dense.weight'].shape[0]
     m = METERT4C(CLIPVisionModel(vcfg), RobertaModel(tcfg, add_pooling_layer=False), layers,
                  das.fusion_config(d, tcfg.num_attention_heads, ffn))
+    n_tt = conv['token_type_embeddings.weight'].shape[0]          # 3 in an NLVR2 fine-tuned checkpoint
+    if n_tt != m.token_type_embeddings.num_embeddings: m.token_type_embeddings = nn.Embedding(n_tt, d)
     conv, heads = das.convert_meter_checkpoint(raw, m)
     missing, unexpected = m.load_state_dict(conv, strict=False)
     missing = [k for k in missing if not k.endswith('position_ids')]
@@ -312,6 +376,91 @@ def task_loss(model:nn.Module, # a DASVLTask (possibly inside DDP)
     if task == 'vqav2': return F.binary_cross_entropy_with_logits(out, batch['target'].float()) * out.shape[1]
     if task == 'nlvr2': return F.cross_entropy(out, batch['label'])
     return F.cross_entropy(out, torch.zeros(len(out), dtype=torch.long, device=out.device))
+
+# %% ../nbs/21_das_vl.ipynb #3d10388d
+_IGNORED_HEADS = ('itm_score.', 'mlm_score.', 'mpp_score.', 'snli_classifier.', 'vqa_classifier.', 'nlvr2_classifier.',
+                  'rank_output.', 'das_gate', 'nas_gate', 'skip_num', 'token4classifier', 'transformer.head.')
+
+def _load_ckpt(ckpt, what:str, hint:str)->dict:
+    if isinstance(ckpt, dict): return ckpt
+    p = Path(ckpt)
+    if not p.is_file(): raise FileNotFoundError(f"no {what} at {p}; {hint}")
+    return torch.load(p, map_location='cpu', weights_only=False)
+
+def released_skip(ckpt:str|Path|dict)->list[int]|None: # the skip set, or None when the file does not record it
+    "The skip set a DAS ViLT/METER checkpoint was trained with: `skip_module` of the Lightning `hyper_parameters['config']`."
+    ck = _load_ckpt(ckpt, 'DAS checkpoint', 'pass the path of the fine-tuned .ckpt')
+    hp = ck.get('hyper_parameters', ck.get('hparams')) or {}
+    cfg = hp.get('config', hp) if isinstance(hp, dict) else getattr(hp, 'config', {})
+    S = cfg.get('skip_module') if isinstance(cfg, dict) else None
+    return None if S is None else sorted(int(i) for i in S)
+
+def _patched_key(k:str, blocks:list[str])->str:
+    "A name of the unpatched model -> its name once `das.patch` wrapped the blocks (block weights move under `.base`)."
+    for b in blocks:
+        if k.startswith(b + '.'):
+            rest = k[len(b) + 1:]
+            return k if rest.startswith('das_') else f'{b}.base.{rest}'
+    return k
+
+def load_das_checkpoint(model:DASVLTask,           # the task model (patched here with the checkpoint's skip set if not yet)
+                        ckpt:str|Path|dict,        # an official DAS ViLT/METER fine-tuned checkpoint (Lightning) or its dict
+                        skip:Sequence[int]|str|None=None, # the skip set; None = the one stored in the checkpoint
+                       )->dict:                    # skip, loaded / unused / ignored keys (official names)
+    "Load an official DAS ViLT/METER fine-tuned checkpoint into a `DASVLTask`: adapters, head, poolers, backbone."
+    ck = _load_ckpt(ckpt, 'DAS checkpoint', 'pass the local path of the fine-tuned ViLT/METER .ckpt')
+    sd = ck.get('state_dict', ck)
+    S, stored = (parse_skip_list(skip) if skip is not None else None), released_skip(ck)
+    if S is not None and stored is not None and S != stored:   # the file has every adapter: a wrong set would load untrained ones
+        raise ValueError(f"skip={S} but the checkpoint was trained with skip_module={stored}: drop skip= to use the stored set")
+    S = stored if S is None else S
+    if S is None: raise ValueError("the checkpoint records no skip set (no hyper_parameters['config']['skip_module']): pass "
+                                   "skip=[...] (the skip_module=[...] of the training command)")
+    if not das.is_patched(model): das.patch(model, skip=S)
+    elif sorted(das.das_state(model).skip) != S:
+        raise ValueError(f"the model is patched with skip set {sorted(das.das_state(model).skip)} but the checkpoint was "
+                         f"trained with {S}: build a fresh DASVLTask and let load_das_checkpoint patch it")
+    fam = model.family
+    rest, ad = split_das_adapters(sd, fam)
+    off_ad = dict(zip(ad, das_adapters_to_official(ad, fam)))        # our name -> official name, for the messages
+    if fam == 'vilt':
+        conv, heads = convert_vilt_checkpoint({k: v for k, v in rest.items()})
+    else:
+        conv, heads = das.convert_meter_checkpoint(rest)
+        if not conv and not ad: raise ValueError("no METER or DAS weight in this checkpoint: is it a DAS METER checkpoint?")
+    conv = {k: v for k, v in conv.items() if '.das_' not in k}
+    st = das.das_state(model)
+    want = model.state_dict()
+    target, official, unused, ignored = {}, {}, [], []
+    for k, v in [*(('backbone.' + k, v) for k, v in conv.items()), *(('backbone.' + k, v) for k, v in ad.items())]:
+        t = _patched_key(k, st.names)
+        src = off_ad.get(k[len('backbone.'):], k[len('backbone.'):])
+        if t not in want:
+            if '.das_' in t: unused.append(src); continue             # an adapter this skip set never runs
+            raise ValueError(f"unknown key {src!r} in the DAS {fam} checkpoint: this {fam} model has no weight for it; "
+                             f"build the model with the checkpoint's sizes (same depth and fusion layers)")
+        target[t], official[t] = v, src
+    for k, v in heads.items():
+        if k in want: target[k], official[k] = v, k
+        elif k.startswith(_IGNORED_HEADS) or k.endswith('position_ids'): ignored.append(k)
+        else: raise ValueError(f"unknown key {k!r} in the DAS {fam} checkpoint: not a backbone, adapter or head weight of "
+                               f"DAS {fam}; remove it from the state dict or convert the checkpoint of that model instead")
+    pe = 'backbone.vit_model.embeddings.position_embedding.weight'
+    if pe in target and target[pe].shape != want[pe].shape: target[pe] = das._resize_pos(target[pe], want[pe].shape[0])
+    for t, v in target.items():
+        if v.shape != want[t].shape:
+            raise ValueError(f"{official[t]!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(want[t].shape)} in the "
+                             f"model ({t}): build the model for this checkpoint's task and sizes (e.g. num_answers="
+                             f"{v.shape[0] if t.endswith('vqa_classifier.3.bias') else '…'})")
+    lacking = [n for n, p in model.named_parameters() if p.requires_grad and n not in target]
+    if lacking: raise ValueError(f"the checkpoint lacks {len(lacking)} trained weight(s) of this model, e.g. {lacking[:3]}: it was "
+                                 f"not fine-tuned for task {model.task!r} with skip set {S}; check the task and skip=")
+    model.load_state_dict(target, strict=False)
+    t4c = heads.get('token4classifier')
+    if fam == 'meter' and t4c is not None and hasattr(model.backbone, 'token4classifier'):
+        model.backbone.token4classifier = t4c.detach().reshape(1, 1, -1).to(model.backbone.token4classifier)
+        official['backbone.token4classifier'] = 'token4classifier'
+    return dict(skip=S, loaded=sorted(official.values()), unused=sorted(unused), ignored=sorted(ignored))
 
 # %% ../nbs/21_das_vl.ipynb #ef375216
 def pixelbert_size(h:int, w:int, size:int=384, patch:int=32)->tuple[int, int]:
