@@ -596,6 +596,8 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
                device:str='cpu',          # 'cpu', 'cuda', 'auto'
                precision:str='fp32',      # 'fp32', 'bf16' or 'fp16' (GPU)
                seed:int=0,
+               compile_mode:str='',       # '' eager; else a torch.compile mode ('default', 'reduce-overhead', ...): one
+                                          # compiled model per variant (rv fixed in each), the merge share not measured
               ):                          # pandas DataFrame, one row per variant
     "Image-encoder throughput of the stock model, ToMe and CrossGET at several r: measured vs ideal speedup."
     import copy
@@ -616,7 +618,14 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
         g = gflops(flops_model, 'vision')['vision']
         if kw: unpatch(flops_model)
         return g
+    compiled = {}
     def call(m, r):
+        if compile_mode:   # a graph per (method, r): the patched forward's shapes depend on r
+            mod = base if m is None else patch(copy.deepcopy(base), rv=r, method=m, cross=(m == 'crossget'))
+            fn = compiled[(m, r)] = torch.compile(mod, mode=compile_mode)
+            def f():
+                with torch.no_grad(): return fn(x)
+            return f
         def f():
             if m is not None: models[m].crossget.rv = r
             with torch.no_grad(): return (base if m is None else models[m])(x)
@@ -632,7 +641,7 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
                 rows[key] = dict(method=m, rv=r, ideal=g0 / vision_gflops(rv=r, method=m))
         df = benchmark(fns, warmup=warmup, repeats=repeats, items=batch_size, baseline='baseline', order='rotate')
         over = {}
-        for m in methods:
+        for m in (methods if not compile_mode else ()):
             for r in rvs:
                 models[m].crossget.rv = r
                 fw, mg = merge_share(models[m], x, 1, max(3, repeats // 2))
@@ -640,9 +649,9 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
     df['method'] = [rows[n]['method'] for n in df.name]; df['rv'] = [rows[n]['rv'] for n in df.name]
     df['ideal_speedup'] = [rows[n]['ideal'] for n in df.name]
     df['measured/ideal'] = df.speedup / df.ideal_speedup
-    df['merge_overhead_%'] = [over.get(n, 0.0) for n in df.name]   # merge steps / forward, timed interleaved
+    df['merge_overhead_%'] = [over.get(n, 0.0 if n == 'baseline' else float('nan')) for n in df.name]   # merge / forward
     df.attrs.update(model=name, batch_size=batch_size, device=str(dev), precision=precision, repeats=repeats,
-                    threads=torch.get_num_threads())
+                    threads=torch.get_num_threads(), compile_mode=compile_mode or 'eager')
     return df
 
 # %% ../nbs/11_crossget.ipynb #0ef507ee
@@ -662,6 +671,8 @@ def bench_main(argv:list[str]|None=None)->int:
     ap.add_argument('--threads', type=int, default=0, help='torch threads (0 = leave as is)')
     ap.add_argument('--gflops', action='store_true', help='also print the spec §4.4 GFLOPs table')
     ap.add_argument('--no-compile', action='store_true', help='skip the torch.compile graph-break check (dynamo explain)')
+    ap.add_argument('--compile-mode', default='', help="time torch.compile'd models (e.g. reduce-overhead: CUDA graphs on a GPU, "
+                    "where the eager merge step is launch-bound); default eager")
     ap.add_argument('--out', default='', help='write the table as JSON here')
     a = ap.parse_args(argv)
     size = _BENCH_SIZES[a.size]
@@ -674,8 +685,9 @@ def bench_main(argv:list[str]|None=None)->int:
     breaks = [] if a.no_compile else graph_breaks(size['explain'] if not a.model else model, tuple(a.rv))
     for b in breaks:
         print(f"torch.compile graph breaks, {b['what']}: {b['breaks']}" + ''.join(f"\n    {w}" for w in b['reasons']))
-    df = throughput(model, batch, tuple(a.rv), warmup=a.warmup, repeats=repeats, device=a.device, precision=a.precision)
-    print(f"{model}, batch {batch}, {df.attrs['device']}, {a.precision}, {df.attrs['threads']} threads, "
+    df = throughput(model, batch, tuple(a.rv), warmup=a.warmup, repeats=repeats, device=a.device, precision=a.precision,
+                    compile_mode=a.compile_mode)
+    print(f"{model}, batch {batch}, {df.attrs['device']}, {a.precision}, {df.attrs['compile_mode']}, {df.attrs['threads']} threads, "
           f"median of {repeats} interleaved rounds; merge_overhead_% = merge steps / forward (interleaved)")
     print(df.round(3).to_string(index=False))
     if a.out:

@@ -456,7 +456,10 @@ def report(paths:list[str|Path],     # run folders or results.json files
 # `bench_all` adds --device, --out and, on a GPU, --precision for the papers in _PRECISION
 BENCH_ALL = {
     'crossget': dict(cpu=[('', ['--size', 'small', '--rv', '16', '--repeats', '3', '--warmup', '1'])],   # tiny CLIP
-                     gpu=[('', ['--size', 'full', '--batch', '32', '--rv', '8', '12', '16', '--repeats', '20', '--warmup', '5'])]),
+                     gpu=[('', ['--size', 'full', '--batch', '32', '--rv', '8', '12', '16', '--repeats', '20', '--warmup', '5']),
+                          # the eager merge step is launch-bound on a GPU; CUDA graphs (torch.compile) remove the launches
+                          ('compiled', ['--size', 'full', '--batch', '32', '--rv', '16', '--repeats', '20', '--warmup', '5',
+                                        '--no-compile', '--compile-mode', 'reduce-overhead', '--precision', 'bf16'])]),
     'das':      dict(cpu=[('', ['--skip', '0', '4', '--repeats', '3', '--warmup', '1'])],
                      gpu=[('', ['--skip', '0', '2', '4', '6', '--repeats', '20', '--warmup', '5']),   # ViLT-B/32, batch 1
                           ('llama7b', ['--model', 'llama', '--layers', '32', '--seq', '128', '--skip', '0', '2', '4', '6',
@@ -530,7 +533,7 @@ def bench_all(device:str='cpu',            # 'cpu' (reduced sizes) or 'cuda' (th
     for paper in papers:
         mod = importlib.import_module(f'vlrepro.{paper}')
         for label, base in BENCH_ALL[paper][size]:
-            for prec in (_PRECISION.get(paper, ('default',)) if size == 'gpu' else ('default',)):
+            for prec in (_PRECISION.get(paper, ('default',)) if size == 'gpu' and '--precision' not in base else ('default',)):
                 t0, argv = time.time(), [*base, '--device', str(dev)]
                 if prec != 'default': argv += ['--precision', prec]
                 name = '-'.join(s for s in ('bench', paper, label, '' if prec == 'default' else prec) if s)
