@@ -199,7 +199,7 @@ def test_bench_all_on_cpu_writes_records_and_report(tmp_path):
         rec = json.loads((tmp_path/'b'/f'bench-{paper}'/'results.json').read_text())
         assert rec['paper'] == paper and rec['scale'] == 'architecture-reduced' and rec['claims'], rec
         assert rec['extra']['command'].startswith(f'vlrepro bench {paper} ') and rec['efficiency']
-        assert f"[{paper}] " in p.stdout
+        assert f"[bench-{paper}] " in p.stdout
     rep = (tmp_path/'b'/'report'/'report.md').read_text()
     assert rep.count('| bench-') >= 5 and 'architecture-reduced' in rep
     assert '| bench-das | k=4/latency_reduction |' in rep    # efficiency figures listed per run
