@@ -90,7 +90,7 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
                   num_heads:int=1,            # heads of the block (ToMe's head-mean keys)
                   num_protected:int|None=None, # P when `protected` is a mask (saves a host sync)
                  )->ReduceStep:
-    "One CrossGET merge step (spec §2.4-2.6): importance from the guiding query, complete-graph matching, ensemble."
+    "One CrossGET merge step (official `CLIP/clip/reducer.py`, `TokenReduction`): importance from the guiding query, complete-graph matching, ensemble."
     B, N, C = x.shape
     if method == 'tome':
         merge = bipartite_soft_matching(k.view(B, N, num_heads, C // num_heads).mean(2), r, class_token=True)[0]
@@ -127,7 +127,7 @@ def block_crossget_forward(self:nn.Module,           # an open_clip ResidualAtte
                            side:str,                 # 'vision' or 'text'
                            state:CrossGETState,      # the knobs
                           )->tuple[Tensor, Tensor|None, Tensor|None]: # tokens, sizes, token ids
-    "Run the block with proportional attention and reduce `r` tokens between attention and MLP (spec §2.1)."
+    "Run the block with proportional attention and reduce `r` tokens between attention and MLP (as the official `ResidualAttentionBlock`)."
     B, N, C = x.shape
     if attn_mask is not None: attn_mask = attn_mask[:N, :N]
     if size is None: return type(self).__mro__[1].forward(self, x, attn_mask=attn_mask), None, token_id  # stock (fused) path
@@ -162,7 +162,7 @@ def _run_blocks(blocks:nn.ModuleList, x:Tensor, token_id:Tensor|None, attn_mask:
     crosses = []
     if state.trace is not None: state.trace.begin(side)
     for i, blk in enumerate(blocks):
-        if cross is not None:                                                       # (B, 1, C), spec §2.8, stop-gradient
+        if cross is not None:                                                       # (B, 1, C), stop-gradient on the carried token
             src = x[torch.arange(B, device=x.device), token_id.argmax(-1)][:, None] if side == 'text' else x[:, -1:]
             c = src.detach() + cross[i].to(x.dtype)
             crosses.append(c); x = torch.cat([x[:, :-1], c], dim=1)
@@ -174,7 +174,7 @@ def _run_blocks(blocks:nn.ModuleList, x:Tensor, token_id:Tensor|None, attn_mask:
     return x, token_id, crosses
 
 def _project_cross(crosses:list[Tensor], ln:nn.Module, proj:Tensor|nn.Module|None)->Tensor|None:
-    "Stack the cross tokens layer-major to (L*B, C) and map them to the joint space with detached weights (§2.9)."
+    "Stack the cross tokens layer-major to (L*B, C) and map them to the joint space with detached weights."
     if not crosses: return None
     c = torch.cat(crosses, dim=0)[:, 0]
     if isinstance(ln, nn.LayerNorm):
@@ -224,7 +224,7 @@ def encode_text_embeds(model:nn.Module, # a patched open_clip CLIP
     sched = state.schedule('text', len(blocks))
     cross = getattr(model, 'crossget_cross_text', None) if state.cross else None
     B = x.shape[0]
-    tid = text.to(torch.float32)                                                 # ids averaged as floats (§2.6.3)
+    tid = text.to(torch.float32)                                                 # ids averaged as floats; EOT keeps the largest id
     if cross is not None:
         x = torch.cat([x, x[torch.arange(B, device=x.device), text.argmax(-1)][:, None]], dim=1)  # copy of EOT input
         tid = torch.cat([tid, tid[:, :1]], dim=1)                                 # the cross slot gets the SOT id
@@ -382,7 +382,7 @@ class CrossGETOutput:
 def encode(model:nn.Module,          # a patched open_clip CLIP
            image:Tensor|None=None,   # (B, 3, H, W)
            text:Tensor|None=None,    # (B_t, T) token ids
-           clamp_logit_scale:bool=True, # clamp `logit_scale` in place to [0, ln 100] first (spec §6.17)
+           clamp_logit_scale:bool=True, # clamp `logit_scale` in place to [0, ln 100] first (as the official training code)
           )->CrossGETOutput:
     "Encode images and texts through a patched CLIP, returning features and projected cross tokens."
     if not is_patched(model): raise ValueError("crossget.encode needs a patched model: call crossget.patch(model, ...) first")
@@ -412,7 +412,7 @@ def contrastive_loss(image_features:Tensor,  # (B, E) normalised
 def cross_alignment_loss(cross_image:Tensor, # (L*B, E) projected vision cross tokens
                          cross_text:Tensor,  # (L*B, E) projected text cross tokens, same row order
                         )->Tensor:           # scalar >= 0
-    "CrossGET's cross-token loss `½[KL(m‖p) + KL(m‖q)]`, `m = (p + q)/2` (spec §2.9)."
+    "CrossGET's cross-token loss `½[KL(m‖p) + KL(m‖q)]`, `m = (p + q)/2`, as the official code."
     if cross_image.shape != cross_text.shape:
         raise ValueError(f"cross tokens must pair up row by row: vision {tuple(cross_image.shape)} vs text "
                          f"{tuple(cross_text.shape)}; CLIP needs equal vision and text depth (and embed dims)")
@@ -474,14 +474,14 @@ def gflops(model:nn.Module,           # an open_clip CLIP (meta or real); patche
     return out
 
 # %% ../nbs/11_crossget.ipynb #c0f0662f
-GFLOPS_SETTINGS = [  # spec §4.4 rows: (label, patch kwargs or None for the stock model)
+GFLOPS_SETTINGS = [  # the official fvcore GFLOPs rows: (label, patch kwargs or None for the stock model)
     ('CLIP baseline', None), ('cross tokens only', dict(rv=0, rl=0, cross=True)), ('rv=8', dict(rv=8)),
     ('rv=12', dict(rv=12)), ('rv=16', dict(rv=16)), ('rl=6', dict(rv=0, rl=6)), ('rv=16, rl=6', dict(rv=16, rl=6))]
 
 def gflops_table(name:str='ViT-B-16',           # open_clip model name
                  settings:list|None=None,       # [(label, patch kwargs | None)], default GFLOPS_SETTINGS
                 ):                              # pandas DataFrame: setting, total, vision, text, ratio (%)
-    "GFLOPs of each setting (CrossGET spec §4.4), counted on a meta-device model."
+    "GFLOPs of each setting (the official fvcore table of CrossGET), counted on a meta-device model."
     import pandas as pd
     rows, m = [], meta_clip(name)
     with warnings.catch_warnings():
@@ -725,7 +725,7 @@ def encode_retrieval(model:nn.Module, # a (patched or stock) open_clip CLIP
 
 def evaluate_retrieval(model:nn.Module, ds, tokenize:Callable, batch_size:int=256,
                        device:str|torch.device='cpu')->dict:
-    "Recall@1/5/10 both directions and their means (spec §4.1), in %."
+    "Recall@1/5/10 both directions and their means (as the official `itm_eval`), in %."
     from vlrepro.metrics import recall_at_k
     fi, ft = encode_retrieval(model, ds, tokenize, batch_size, device)
     return recall_at_k(fi @ ft.t(), ds.image_captions)
@@ -902,7 +902,7 @@ class CoOp(nn.Module):
         return logits, cross_alignment_loss(zi, zt)
 
 def coop_loss(model:CoOp, batch:dict, cross_factor:float=10.0)->tuple[Tensor, dict]:
-    "`(CE + cross_factor·L_cross)/2` (spec §2.9, CoOp row); plain CE without cross tokens."
+    "`(CE + cross_factor·L_cross)/2` (the official CoOp trainer, `cross_factor` = 10); plain CE without cross tokens."
     logits, cr = model(batch['image'], batch['label'])
     ce = F.cross_entropy(logits, batch['label'])
     if cr is None: return ce, dict(ce=ce.detach())
