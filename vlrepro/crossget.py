@@ -1407,7 +1407,7 @@ def clip_layer_crossget_forward(layer:nn.Module,     # a transformers CLIPEncode
                                 r:int,               # tokens to remove in this layer (0 = the stock layer)
                                 prop_attn:bool=True, # add log(size) to the attention logits
                                )->tuple[Tensor, Tensor|None]: # reduced tokens and their sizes
-    "One CLIP encoder layer with CrossGET's LLaVA reduction between attention and MLP (spec §2.1, §2.4, §2.10)."
+    "One CLIP encoder layer with CrossGET's LLaVA reduction between attention and MLP (official `CLIPEncoderLayer`, `LLaVA/llava/model/multimodal_encoder/modeling_clip.py`)."
     if r == 0: return layer(x, None), size                 # untouched layer: neutral setting is exact
     B, N, C = x.shape
     attn = layer.self_attn
@@ -1418,8 +1418,8 @@ def clip_layer_crossget_forward(layer:nn.Module,     # a transformers CLIPEncode
     o, probs = proportional_attention(heads(q), heads(k), heads(v), size if prop_attn else None, return_probs=True)
     x = x + attn.out_proj(o.transpose(1, 2).reshape(B, N, C))
     with torch.no_grad():
-        imp = attention_importance(probs.mean(1))           # §2.4 LLaVA: mean attention received + the cross token's
-        km = k.view(B, N, H, d).mean(2)                     # §2.5: head-mean keys (B, N, d)
+        imp = attention_importance(probs.mean(1))           # LLaVA importance: mean attention received + the cross token's
+        km = k.view(B, N, H, d).mean(2)                     # matching metric: head-mean keys (B, N, d)
         match = complete_graph_soft_matching(km, r, imp, (0, -1), num_protected=2)   # CLS and the cross token
     x, size = merge_ensemble(x, size, match)
     return x + layer.mlp(layer.layer_norm2(x)), size
@@ -1436,7 +1436,7 @@ def llava_vision_hidden_states(tower:nn.Module,          # the (patched) CLIPVis
     "Run the CLIP vision tower with CrossGET: cross token appended after `pre_layrnorm`, `r` merged per layer."
     vm = _vision_model(tower)
     x = vm.pre_layrnorm(vm.embeddings(pixel_values.to(vm.pre_layrnorm.weight.dtype)))
-    if state.cross: x = torch.cat([x, x[:, :1]], dim=1)   # §2.8: a copy of ln_pre(CLS), last
+    if state.cross: x = torch.cat([x, x[:, :1]], dim=1)   # the cross token: a copy of ln_pre(CLS), last
     size, hs = None, [x]
     cross = getattr(tower, 'crossget_cross_image', None)   # None (a bare tower): offsets of zero
     for i, layer in enumerate(vm.encoder.layers):
@@ -1450,7 +1450,7 @@ def llava_vision_hidden_states(tower:nn.Module,          # the (patched) CLIPVis
 
 def _llava_get_image_features(self, pixel_values:Tensor, vision_feature_layer=None, vision_feature_select_strategy=None,
                               image_sizes=None, **kwargs):
-    "LlavaModel.get_image_features through CrossGET (the selected layer, CLS dropped, cross token kept; spec §2.10)."
+    "LlavaModel.get_image_features through CrossGET (the selected layer, CLS dropped, cross token kept; as the official LLaVA code)."
     from transformers.modeling_outputs import BaseModelOutputWithPooling
     if image_sizes is not None: raise ValueError("crossget's LLaVA patch supports fixed-size images (LLaVA-1.5), not image_sizes")
     layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
@@ -1462,7 +1462,7 @@ def _llava_get_image_features(self, pixel_values:Tensor, vision_feature_layer=No
     return BaseModelOutputWithPooling(last_hidden_state=hs[-1], pooler_output=list(feats), hidden_states=tuple(hs))
 
 def _llama_layer_forward(self, hidden_states:Tensor, *args, **kwargs)->Tensor:
-    "LlamaDecoderLayer.forward with the LLM cross token on position 0 at prefill (spec §2.8 'LLM (LLaVA)')."
+    "LlamaDecoderLayer.forward with the LLM cross token on position 0 at prefill (as the official `LLaVA/llava/model/language_model/modeling_llama.py`)."
     cache = next((kwargs[k] for k in ('cache', 'past_key_values', 'past_key_value') if kwargs.get(k) is not None), None)
     # no cached prefix (training or the prefill step): decided from the cache's length, a Python int (no host sync)
     if cache is None or cache.get_seq_length(getattr(self.self_attn, 'layer_idx', 0) or 0) == 0:
@@ -1563,7 +1563,7 @@ def llava_visual_tokens(model:nn.Module, # a LLaVA, patched or not
 def llava_cross_loss(model:nn.Module,   # a patched LLaVA (its projector maps the vision cross tokens)
                      rec:dict,          # from `collect_llava_cross`: {'vision': [L_v x (B, C_v)], 'text': [L_t x (B, D)]}
                     )->Tensor:          # scalar L_cross
-    "Cross-token alignment loss for LLaVA (spec §2.9): JS-style KL(m||p) + KL(m||q) between projected vision and LLM cross tokens."
+    "Cross-token alignment loss for LLaVA (as the official code): JS-style KL(m||p) + KL(m||q) between projected vision and LLM cross tokens."
     cv, ct = rec['vision'], rec['text']
     if not cv or not ct: raise ValueError("no cross tokens were collected: patch with cross=True and run the forward "
                                           "inside `with collect_llava_cross() as rec:`")
@@ -1786,7 +1786,7 @@ def llava_tokenizer(records:list[dict], vocab_size:int=128, texts:tuple|list=())
 
 # %% ../nbs/12_crossget_llava.ipynb #27a97f81
 def freeze_for_llava_tuning(model:nn.Module)->list[str]:
-    "Spec §3.3: train the LLM, the projector and the cross tokens; freeze the vision tower except `cross_image`."
+    "As the official `finetune_task.sh`: train the LLM, the projector and the cross tokens; freeze the vision tower except `cross_image`."
     inner = _llava_inner(model)
     for n, p in model.named_parameters(): p.requires_grad_(True)
     for n, p in inner.vision_tower.named_parameters(): p.requires_grad_(n.endswith('crossget_cross_image'))
@@ -1801,7 +1801,7 @@ def _gathered(*modules):
 
 def llava_loss_fn(cross_weight:float=0.001, # w in L_lm + w·L_cross (7B: 0.001)
                  )->callable:              # loss_fn(model, batch, info) for vlrepro.train.Trainer
-    "The LLaVA-1.5 CrossGET training loss `L_lm + w·L_cross` (spec §2.9)."
+    "The LLaVA-1.5 CrossGET training loss `L_lm + w·L_cross`."
     def loss_fn(model, batch, info=None):
         from vlrepro.train import unwrap
         with collect_llava_cross() as rec:
@@ -1995,7 +1995,7 @@ def load_crossget_llava(model:str|Path,     # the LLaVA-1.5 folder the fine-tune
 
 def mix67k(records:list,  # rows of llava_v1_5_mix665k.json
            every:int=10,  # keep every `every`-th record
-          )->list:        # the subset (spec §3.3: data[::10], ~66.5k conversations)
+          )->list:        # the subset (official construct_dataset.py: data[::10], ~66.5k conversations)
     "The CrossGET LLaVA training subset: every 10th record of LLaVA-1.5's mix665k, in order."
     if every < 1: raise ValueError(f"every must be >= 1, got {every}")
     return list(records)[::every]
@@ -2431,7 +2431,7 @@ def _clip_mean():
 def _clip_std():
     from vlrepro.data import CLIP_STD; return CLIP_STD
 
-LLAVA_RECIPE_GLOBAL_BATCH = 128   # spec §3.3: per-device 16 x 8 GPUs x accumulation 1
+LLAVA_RECIPE_GLOBAL_BATCH = 128   # official finetune_task.sh: per-device 16 x 8 GPUs x accumulation 1
 
 def _repo_scripts()->Path:
     d = Path(__file__).resolve().parents[1]/'data_scripts'
