@@ -1301,7 +1301,7 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
                    recipe_batch:int=32,           # the recipe's global batch (8 GPUs x 2 x 2 accumulation), recorded beside this run's
                    released_ckpt:str='',          # the authors' checkpoint-<epoch>.pth: load it (`load_released`) and evaluate, no training
                   )->dict:
-    "Train and evaluate ADEM-VL at full scale (one of the seed's model-zoo rows); returns metrics, efficiency, patched model."
+    "Train and evaluate ADEM-VL at full scale (one of the official README's model-zoo rows); returns metrics, efficiency, patched model."
     from vlrepro import data
     bk = dict(task=task, data_root=data_root, dataset=dataset, llama_dir=llama_dir, llama_format=llama_format, llm=llm,
               clip_path=clip_path, max_seq_len=max_seq_len, adapter_dim=adapter_dim, hidden_proj=hidden_proj, alpha=alpha,

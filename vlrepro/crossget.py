@@ -1654,7 +1654,7 @@ def mmbench_circular(correct:list[bool], # one entry per (question, rotation of 
 class LlavaBenchmark:
     "One LLaVA-1.5 evaluation: the prompt suffix, how an answer is read, and how it is scored."
     name:str          # our key
-    title:str         # the seed table's column
+    title:str         # the paper table's column
     split:str         # the split LLaVA-1.5 reports
     suffix:str        # appended to the question (official eval prompts)
     parser:str        # 'short', 'gqa', 'choice', 'yesno', 'mme'
@@ -1925,7 +1925,7 @@ _LLAVA_ROWS = {
     'LLaVA-1.5-13B':  [80.0, 63.3, 53.6, 71.6, 61.3, 85.9, 1531.3, 67.7, 63.6, 68.2],
     'CrossGET 13B':   [78.7, 62.6, 51.8, 71.4, 58.0, 84.9, 1548.8, 66.3, 62.0, 67.5],
 }
-_LLAVA_TPUT = {'CrossGET 7B': 1.9, 'CrossGET 13B': 2.0}   # "~1.9x / ~2.0x Tput" labels of the seed table
+_LLAVA_TPUT = {'CrossGET 7B': 1.9, 'CrossGET 13B': 2.0}   # "~1.9x / ~2.0x Tput" labels of the paper's LLaVA-1.5 table
 
 def _llava_paper_rows()->list[PaperNumber]:
     rows = [PaperNumber('crossget', LLAVA_TABLE, s, m, v, 'points' if m == 'mme' else '%')
