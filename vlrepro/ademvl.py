@@ -39,7 +39,7 @@ def _check_scales(down_sample_num:Sequence[int], # features per scale, e.g. (256
                   grid:int|None=None,             # patch-grid side g: no scale may be finer than the grid
                  )->list[int]:                    # the scale sides s = sqrt(n)
     "Validate `down_sample_num` (perfect squares, sides at most the grid's); return the sides."
-    if isinstance(down_sample_num, int): down_sample_num = [down_sample_num]  # deviation: the official CLI crashes on one value (§6.7)
+    if isinstance(down_sample_num, int): down_sample_num = [down_sample_num]  # deviation: the official CLI crashes on one value (build.py turns it into an int)
     ns = list(down_sample_num)
     if not ns: raise ValueError("down_sample_num is empty: give at least one scale, e.g. [256, 64]")
     sides = []
@@ -85,7 +85,7 @@ def check_drop_ratio(drop_ratio:float)->float:
 def drop_count(drop_ratio:float, # share of features to drop
                M:int,            # visual features per sample
               )->int:            # features zeroed per query row
-    "`int(drop_ratio * M)` as the official code computes it (floor of the float product, §6.9)."
+    "`int(drop_ratio * M)` as the official code computes it (floor of the float product: 0.29 * 100 gives 28)."
     return int(check_drop_ratio(drop_ratio) * M)
 
 def adaptive_drop(A:Tensor,          # (B, L, M) similarity scores
@@ -111,7 +111,7 @@ def fuse(u:Tensor,          # (B, L, D) FFN input (post-attention RMSNorm output
          values:Tensor,     # (B, M, D) V + E2
          drop_ratio:float=0.1, # share of visual features each token ignores
         )->Tensor:          # (B, L, D) fused visual information per text token
-    "Parameter-free cross-attention: `adaptive_drop(SiLU(u) @ keys^T) @ values` (Eq. of §2.4)."
+    "Parameter-free cross-attention: `adaptive_drop(SiLU(u) @ keys^T) @ values` (the official `Adapter` with `hidden_dim=0`)."
     A = F.silu(u) @ keys.to(u.dtype).transpose(1, 2)
     return adaptive_drop(A, drop_ratio) @ values.to(u.dtype)
 
@@ -197,7 +197,7 @@ class ADEMVL(nn.Module):
 
 # %% ../nbs/40_ademvl.ipynb #105627a4
 def expected_trainable(llm_dim:int=4096, clip_dim:int=1024, M:int=320, hidden_proj:int=128, clip_blocks:int=24, r:int=12)->int:
-    "ADEM's trainable-parameter count from the sizes (§9.2)."
+    "ADEM's trainable-parameter count from the sizes: 2MD + 2(C h_p + h_p + h_p D + D) + n_blocks 2 C r."
     return 2*M*llm_dim + 2*(clip_dim*hidden_proj + hidden_proj + hidden_proj*llm_dim + llm_dim) + clip_blocks*2*clip_dim*r
 
 def _meta_count(llm_dim, clip_dim=1024, M=320, hidden_proj=128, clip_blocks=24, r=12)->int:
@@ -271,7 +271,7 @@ def patch(llm:nn.Module,                     # HF LlamaForCausalLM, frozen weigh
         core.replace_module(layer, 'mlp', ADEMClipMLP(layer.mlp, C, st.adapter_dim, st.clip_adapter_scale).to(dev))
     llm.ademvl = ADEMVL(C, D, sum(st.down_sample_num), st.hidden_proj).to(dev).train(llm.training)  # fp32; the LLM's mode
     llm.ademvl.vision_tower = vision_tower
-    for n, p in llm.named_parameters(): p.requires_grad_('adapter' in n)  # §2.7: trainable iff the name has "adapter"
+    for n, p in llm.named_parameters(): p.requires_grad_('adapter' in n)  # official rule (adem/build.py): trainable iff the name has "adapter"
     core.set_patched(vision_tower, 'ademvl', st); core.set_patched(llm, 'ademvl', st)
     return llm
 
@@ -528,7 +528,7 @@ def tokenize_example(encode,               # text -> ids, without BOS/EOS
                      bos:int=1, eos:int=2, # LLaMA ids
                      joiner:str='',        # text between prompt and answer ('' for ScienceQA)
                     )->tuple[Tensor, Tensor]: # ids (max_len,), labels (max_len,) with prompt and padding = 0
-    "`[BOS] enc(prompt+answer) [EOS]` padded with 0; labels keep only the answer part and EOS (§3.1)."
+    "`[BOS] enc(prompt+answer) [EOS]` padded with 0; labels keep only the answer part and EOS (as the official `util/datasets.py`)."
     ids = [bos] + list(encode(prompt + joiner + answer)) + [eos]
     n_prompt = 1 + len(encode(prompt))
     lab = [0] * n_prompt + ids[n_prompt:]
@@ -563,16 +563,16 @@ def pre_caption(caption:str, max_words:int=30)->str:
     return ' '.join(c.split(' ')[:max_words])
 
 def caption_example(caption:str)->tuple[str, str]:
-    "(prompt, target) of a COCO training caption, with the prompt doubled as shipped (§3.2)."
+    "(prompt, target) of a COCO training caption, with the prompt doubled as shipped (official `util/coco_karpathy_dataset.py`)."
     return CAPTION_PROMPT, f'{CAPTION_PROMPT} {pre_caption(caption)}'
 
 def extract_caption(text:str)->str:
-    "The caption from a generation: regex group `picture of (.+)`, else the whole text (§4.3)."
+    "The caption from a generation: regex group `picture of (.+)`, else the whole text (official `eval_caption.py`)."
     m = re.search(r'picture of (.+)', text)
     return (m.group(1) if m else text).strip()
 
 def mme_prompt(question:str)->str:
-    "The MME evaluation prompt (§4.4)."
+    "The MME evaluation prompt (official `eval_mme.py`)."
     return f'Instruction: {question}\nResponse:'
 
 def instruction_example(item:dict)->tuple[str, str]:
@@ -764,7 +764,7 @@ class SQAExamples(torch.utils.data.Dataset):
             p, a = sqa_row_prompt(r, fmt, use_caption, oracle)
             ids, lab = tokenize_example(enc, p, a, max_len)
             if lm_all: lab = torch.where(ids > 0, ids, lab)  # deviation: stage A learns the whole text (see Deviations)
-            pid = torch.tensor(([1] + enc(p + 'The answer is'))[:max_len])  # eval input (§4.2)
+            pid = torch.tensor(([1] + enc(p + 'The answer is'))[:max_len])  # eval input (official eval_sqa.py)
             self.items.append((ids, lab, F.pad(pid, (0, max_len - len(pid)))))
     def __len__(self): return len(self.items)
     def __getitem__(self, i:int)->dict:
@@ -1160,7 +1160,7 @@ class PairExamples(torch.utils.data.Dataset):
         return (224, 224)
 
 def caption_pairs(ds)->list[tuple[str, str, int]]:
-    "Training pairs of a COCO-style `RetrievalDataset`: one per caption, prompt doubled as shipped (§3.2)."
+    "Training pairs of a COCO-style `RetrievalDataset`: one per caption, prompt doubled as shipped (official `util/coco_karpathy_dataset.py`)."
     return [(*caption_example(c), ds.caption_image[j]) for j, c in enumerate(ds.captions)]
 
 def instruction_pairs(ds)->list[tuple[str, str, int]]:
@@ -1244,8 +1244,8 @@ def _build_full(task:str, data_root:str, dataset:str, llama_dir:str, llama_forma
           image_prefix_ids=enc(IMAGE_PREFIX), text_prefix_ids=enc(TEXT_PREFIX))
     model = ADEMVLModel(llm_m).to(dev)
     size = vt.config.image_size
-    mean, std = (data.CLIP_MEAN, data.CLIP_STD) if task == 'coco_caption' else (data.IMAGENET_MEAN, data.IMAGENET_STD)  # §6.4
-    tf = data.image_transform(size=size, mean=mean, std=std)  # plain resize, no crop (§8)
+    mean, std = (data.CLIP_MEAN, data.CLIP_STD) if task == 'coco_caption' else (data.IMAGENET_MEAN, data.IMAGENET_STD)  # CLIP statistics for COCO, ImageNet's for the rest (as upstream)
+    tf = data.image_transform(size=size, mean=mean, std=std)  # plain resize, no crop
     src = root/dataset
     lim = lambda xs, n: xs[:n] if n else xs
     if task == 'sqa':
@@ -1301,7 +1301,7 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
                    recipe_batch:int=32,           # the recipe's global batch (8 GPUs x 2 x 2 accumulation), recorded beside this run's
                    released_ckpt:str='',          # the authors' checkpoint-<epoch>.pth: load it (`load_released`) and evaluate, no training
                   )->dict:
-    "Train and evaluate ADEM-VL at full scale (one of the seed's model-zoo rows); returns metrics, efficiency, patched model."
+    "Train and evaluate ADEM-VL at full scale (one of the official README's model-zoo rows); returns metrics, efficiency, patched model."
     from vlrepro import data
     bk = dict(task=task, data_root=data_root, dataset=dataset, llama_dir=llama_dir, llama_format=llama_format, llm=llm,
               clip_path=clip_path, max_seq_len=max_seq_len, adapter_dim=adapter_dim, hidden_proj=hidden_proj, alpha=alpha,
@@ -1413,7 +1413,7 @@ def full_scale_label(llm_dim:int, clip_dim:int, shortened:bool)->str:
     return core.scale_label(llm_dim in (4096, 5120) and clip_dim == 1024, full=not shortened)
 
 def lavin_image(item:dict)->str|None:
-    "Where ADEM-VL's instruction loader finds an `all_data.json` item's image, relative to the LaVIN data root (§3.3)."
+    "Where ADEM-VL's instruction loader finds an `all_data.json` item's image, relative to the LaVIN data root (as the official `InstrcutDataSet`)."
     if item.get('image') is None: return None
     if item.get('image_source') == 'sqa': return f"images/train/{item['qid']}/image.png"
     return f"cocoimages/train/COCO_train2014_{item['image']}"
@@ -1682,7 +1682,7 @@ def rehearsal(params:dict,              # the parameter set's YAML mapping, as i
               device:str='cpu',         # 'cpu' or 'cuda' (the GPU rehearsal: bf16 autocast)
              )->dict:                   # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
     "How `vlrepro rehearse` runs one 40_ademvl set: shrink sizes only; with `root`, write its stand-ins at the set's own paths."
-    if not params.get('data_root'):  # the synthetic demonstration (§7): nothing to write, only fewer items and steps
+    if not params.get('data_root'):  # the synthetic CPU demonstration: nothing to write, only fewer items and steps
         ov = dict(device=device, n_train=64, n_test=16, steps_a=2, steps_b=2, steps_c=2, batch_size=8, batch_size_b=8,
                   latency_repeats=1, bench_repeats=1, bench_text_len=4, bench_visual_tokens=8, layer_bench=False)
         return dict(overrides=ov, branch='cpu-demo', metric='ADEM/Avg', nproc=1, recipe_batch=None, trains=True,

@@ -90,7 +90,7 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
                   num_heads:int=1,            # heads of the block (ToMe's head-mean keys)
                   num_protected:int|None=None, # P when `protected` is a mask (saves a host sync)
                  )->ReduceStep:
-    "One CrossGET merge step (spec §2.4-2.6): importance from the guiding query, complete-graph matching, ensemble."
+    "One CrossGET merge step (official `CLIP/clip/reducer.py`, `TokenReduction`): importance from the guiding query, complete-graph matching, ensemble."
     B, N, C = x.shape
     if method == 'tome':
         merge = bipartite_soft_matching(k.view(B, N, num_heads, C // num_heads).mean(2), r, class_token=True)[0]
@@ -127,7 +127,7 @@ def block_crossget_forward(self:nn.Module,           # an open_clip ResidualAtte
                            side:str,                 # 'vision' or 'text'
                            state:CrossGETState,      # the knobs
                           )->tuple[Tensor, Tensor|None, Tensor|None]: # tokens, sizes, token ids
-    "Run the block with proportional attention and reduce `r` tokens between attention and MLP (spec §2.1)."
+    "Run the block with proportional attention and reduce `r` tokens between attention and MLP (as the official `ResidualAttentionBlock`)."
     B, N, C = x.shape
     if attn_mask is not None: attn_mask = attn_mask[:N, :N]
     if size is None: return type(self).__mro__[1].forward(self, x, attn_mask=attn_mask), None, token_id  # stock (fused) path
@@ -162,7 +162,7 @@ def _run_blocks(blocks:nn.ModuleList, x:Tensor, token_id:Tensor|None, attn_mask:
     crosses = []
     if state.trace is not None: state.trace.begin(side)
     for i, blk in enumerate(blocks):
-        if cross is not None:                                                       # (B, 1, C), spec §2.8, stop-gradient
+        if cross is not None:                                                       # (B, 1, C), stop-gradient on the carried token
             src = x[torch.arange(B, device=x.device), token_id.argmax(-1)][:, None] if side == 'text' else x[:, -1:]
             c = src.detach() + cross[i].to(x.dtype)
             crosses.append(c); x = torch.cat([x[:, :-1], c], dim=1)
@@ -174,7 +174,7 @@ def _run_blocks(blocks:nn.ModuleList, x:Tensor, token_id:Tensor|None, attn_mask:
     return x, token_id, crosses
 
 def _project_cross(crosses:list[Tensor], ln:nn.Module, proj:Tensor|nn.Module|None)->Tensor|None:
-    "Stack the cross tokens layer-major to (L*B, C) and map them to the joint space with detached weights (§2.9)."
+    "Stack the cross tokens layer-major to (L*B, C) and map them to the joint space with detached weights."
     if not crosses: return None
     c = torch.cat(crosses, dim=0)[:, 0]
     if isinstance(ln, nn.LayerNorm):
@@ -224,7 +224,7 @@ def encode_text_embeds(model:nn.Module, # a patched open_clip CLIP
     sched = state.schedule('text', len(blocks))
     cross = getattr(model, 'crossget_cross_text', None) if state.cross else None
     B = x.shape[0]
-    tid = text.to(torch.float32)                                                 # ids averaged as floats (§2.6.3)
+    tid = text.to(torch.float32)                                                 # ids averaged as floats; EOT keeps the largest id
     if cross is not None:
         x = torch.cat([x, x[torch.arange(B, device=x.device), text.argmax(-1)][:, None]], dim=1)  # copy of EOT input
         tid = torch.cat([tid, tid[:, :1]], dim=1)                                 # the cross slot gets the SOT id
@@ -382,7 +382,7 @@ class CrossGETOutput:
 def encode(model:nn.Module,          # a patched open_clip CLIP
            image:Tensor|None=None,   # (B, 3, H, W)
            text:Tensor|None=None,    # (B_t, T) token ids
-           clamp_logit_scale:bool=True, # clamp `logit_scale` in place to [0, ln 100] first (spec §6.17)
+           clamp_logit_scale:bool=True, # clamp `logit_scale` in place to [0, ln 100] first (as the official training code)
           )->CrossGETOutput:
     "Encode images and texts through a patched CLIP, returning features and projected cross tokens."
     if not is_patched(model): raise ValueError("crossget.encode needs a patched model: call crossget.patch(model, ...) first")
@@ -412,7 +412,7 @@ def contrastive_loss(image_features:Tensor,  # (B, E) normalised
 def cross_alignment_loss(cross_image:Tensor, # (L*B, E) projected vision cross tokens
                          cross_text:Tensor,  # (L*B, E) projected text cross tokens, same row order
                         )->Tensor:           # scalar >= 0
-    "CrossGET's cross-token loss `½[KL(m‖p) + KL(m‖q)]`, `m = (p + q)/2` (spec §2.9)."
+    "CrossGET's cross-token loss `½[KL(m‖p) + KL(m‖q)]`, `m = (p + q)/2`, as the official code."
     if cross_image.shape != cross_text.shape:
         raise ValueError(f"cross tokens must pair up row by row: vision {tuple(cross_image.shape)} vs text "
                          f"{tuple(cross_text.shape)}; CLIP needs equal vision and text depth (and embed dims)")
@@ -474,14 +474,14 @@ def gflops(model:nn.Module,           # an open_clip CLIP (meta or real); patche
     return out
 
 # %% ../nbs/11_crossget.ipynb #c0f0662f
-GFLOPS_SETTINGS = [  # spec §4.4 rows: (label, patch kwargs or None for the stock model)
+GFLOPS_SETTINGS = [  # the official fvcore GFLOPs rows: (label, patch kwargs or None for the stock model)
     ('CLIP baseline', None), ('cross tokens only', dict(rv=0, rl=0, cross=True)), ('rv=8', dict(rv=8)),
     ('rv=12', dict(rv=12)), ('rv=16', dict(rv=16)), ('rl=6', dict(rv=0, rl=6)), ('rv=16, rl=6', dict(rv=16, rl=6))]
 
 def gflops_table(name:str='ViT-B-16',           # open_clip model name
                  settings:list|None=None,       # [(label, patch kwargs | None)], default GFLOPS_SETTINGS
                 ):                              # pandas DataFrame: setting, total, vision, text, ratio (%)
-    "GFLOPs of each setting (CrossGET spec §4.4), counted on a meta-device model."
+    "GFLOPs of each setting (the official fvcore table of CrossGET), counted on a meta-device model."
     import pandas as pd
     rows, m = [], meta_clip(name)
     with warnings.catch_warnings():
@@ -725,7 +725,7 @@ def encode_retrieval(model:nn.Module, # a (patched or stock) open_clip CLIP
 
 def evaluate_retrieval(model:nn.Module, ds, tokenize:Callable, batch_size:int=256,
                        device:str|torch.device='cpu')->dict:
-    "Recall@1/5/10 both directions and their means (spec §4.1), in %."
+    "Recall@1/5/10 both directions and their means (as the official `itm_eval`), in %."
     from vlrepro.metrics import recall_at_k
     fi, ft = encode_retrieval(model, ds, tokenize, batch_size, device)
     return recall_at_k(fi @ ft.t(), ds.image_captions)
@@ -902,7 +902,7 @@ class CoOp(nn.Module):
         return logits, cross_alignment_loss(zi, zt)
 
 def coop_loss(model:CoOp, batch:dict, cross_factor:float=10.0)->tuple[Tensor, dict]:
-    "`(CE + cross_factor·L_cross)/2` (spec §2.9, CoOp row); plain CE without cross tokens."
+    "`(CE + cross_factor·L_cross)/2` (the official CoOp trainer, `cross_factor` = 10); plain CE without cross tokens."
     logits, cr = model(batch['image'], batch['label'])
     ce = F.cross_entropy(logits, batch['label'])
     if cr is None: return ce, dict(ce=ce.detach())
@@ -1407,7 +1407,7 @@ def clip_layer_crossget_forward(layer:nn.Module,     # a transformers CLIPEncode
                                 r:int,               # tokens to remove in this layer (0 = the stock layer)
                                 prop_attn:bool=True, # add log(size) to the attention logits
                                )->tuple[Tensor, Tensor|None]: # reduced tokens and their sizes
-    "One CLIP encoder layer with CrossGET's LLaVA reduction between attention and MLP (spec §2.1, §2.4, §2.10)."
+    "One CLIP encoder layer with CrossGET's LLaVA reduction between attention and MLP (official `CLIPEncoderLayer`, `LLaVA/llava/model/multimodal_encoder/modeling_clip.py`)."
     if r == 0: return layer(x, None), size                 # untouched layer: neutral setting is exact
     B, N, C = x.shape
     attn = layer.self_attn
@@ -1418,8 +1418,8 @@ def clip_layer_crossget_forward(layer:nn.Module,     # a transformers CLIPEncode
     o, probs = proportional_attention(heads(q), heads(k), heads(v), size if prop_attn else None, return_probs=True)
     x = x + attn.out_proj(o.transpose(1, 2).reshape(B, N, C))
     with torch.no_grad():
-        imp = attention_importance(probs.mean(1))           # §2.4 LLaVA: mean attention received + the cross token's
-        km = k.view(B, N, H, d).mean(2)                     # §2.5: head-mean keys (B, N, d)
+        imp = attention_importance(probs.mean(1))           # LLaVA importance: mean attention received + the cross token's
+        km = k.view(B, N, H, d).mean(2)                     # matching metric: head-mean keys (B, N, d)
         match = complete_graph_soft_matching(km, r, imp, (0, -1), num_protected=2)   # CLS and the cross token
     x, size = merge_ensemble(x, size, match)
     return x + layer.mlp(layer.layer_norm2(x)), size
@@ -1436,7 +1436,7 @@ def llava_vision_hidden_states(tower:nn.Module,          # the (patched) CLIPVis
     "Run the CLIP vision tower with CrossGET: cross token appended after `pre_layrnorm`, `r` merged per layer."
     vm = _vision_model(tower)
     x = vm.pre_layrnorm(vm.embeddings(pixel_values.to(vm.pre_layrnorm.weight.dtype)))
-    if state.cross: x = torch.cat([x, x[:, :1]], dim=1)   # §2.8: a copy of ln_pre(CLS), last
+    if state.cross: x = torch.cat([x, x[:, :1]], dim=1)   # the cross token: a copy of ln_pre(CLS), last
     size, hs = None, [x]
     cross = getattr(tower, 'crossget_cross_image', None)   # None (a bare tower): offsets of zero
     for i, layer in enumerate(vm.encoder.layers):
@@ -1450,7 +1450,7 @@ def llava_vision_hidden_states(tower:nn.Module,          # the (patched) CLIPVis
 
 def _llava_get_image_features(self, pixel_values:Tensor, vision_feature_layer=None, vision_feature_select_strategy=None,
                               image_sizes=None, **kwargs):
-    "LlavaModel.get_image_features through CrossGET (the selected layer, CLS dropped, cross token kept; spec §2.10)."
+    "LlavaModel.get_image_features through CrossGET (the selected layer, CLS dropped, cross token kept; as the official LLaVA code)."
     from transformers.modeling_outputs import BaseModelOutputWithPooling
     if image_sizes is not None: raise ValueError("crossget's LLaVA patch supports fixed-size images (LLaVA-1.5), not image_sizes")
     layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
@@ -1462,7 +1462,7 @@ def _llava_get_image_features(self, pixel_values:Tensor, vision_feature_layer=No
     return BaseModelOutputWithPooling(last_hidden_state=hs[-1], pooler_output=list(feats), hidden_states=tuple(hs))
 
 def _llama_layer_forward(self, hidden_states:Tensor, *args, **kwargs)->Tensor:
-    "LlamaDecoderLayer.forward with the LLM cross token on position 0 at prefill (spec §2.8 'LLM (LLaVA)')."
+    "LlamaDecoderLayer.forward with the LLM cross token on position 0 at prefill (as the official `LLaVA/llava/model/language_model/modeling_llama.py`)."
     cache = next((kwargs[k] for k in ('cache', 'past_key_values', 'past_key_value') if kwargs.get(k) is not None), None)
     # no cached prefix (training or the prefill step): decided from the cache's length, a Python int (no host sync)
     if cache is None or cache.get_seq_length(getattr(self.self_attn, 'layer_idx', 0) or 0) == 0:
@@ -1563,7 +1563,7 @@ def llava_visual_tokens(model:nn.Module, # a LLaVA, patched or not
 def llava_cross_loss(model:nn.Module,   # a patched LLaVA (its projector maps the vision cross tokens)
                      rec:dict,          # from `collect_llava_cross`: {'vision': [L_v x (B, C_v)], 'text': [L_t x (B, D)]}
                     )->Tensor:          # scalar L_cross
-    "Cross-token alignment loss for LLaVA (spec §2.9): JS-style KL(m||p) + KL(m||q) between projected vision and LLM cross tokens."
+    "Cross-token alignment loss for LLaVA (as the official code): JS-style KL(m||p) + KL(m||q) between projected vision and LLM cross tokens."
     cv, ct = rec['vision'], rec['text']
     if not cv or not ct: raise ValueError("no cross tokens were collected: patch with cross=True and run the forward "
                                           "inside `with collect_llava_cross() as rec:`")
@@ -1654,7 +1654,7 @@ def mmbench_circular(correct:list[bool], # one entry per (question, rotation of 
 class LlavaBenchmark:
     "One LLaVA-1.5 evaluation: the prompt suffix, how an answer is read, and how it is scored."
     name:str          # our key
-    title:str         # the seed table's column
+    title:str         # the paper table's column
     split:str         # the split LLaVA-1.5 reports
     suffix:str        # appended to the question (official eval prompts)
     parser:str        # 'short', 'gqa', 'choice', 'yesno', 'mme'
@@ -1786,7 +1786,7 @@ def llava_tokenizer(records:list[dict], vocab_size:int=128, texts:tuple|list=())
 
 # %% ../nbs/12_crossget_llava.ipynb #27a97f81
 def freeze_for_llava_tuning(model:nn.Module)->list[str]:
-    "Spec §3.3: train the LLM, the projector and the cross tokens; freeze the vision tower except `cross_image`."
+    "As the official `finetune_task.sh`: train the LLM, the projector and the cross tokens; freeze the vision tower except `cross_image`."
     inner = _llava_inner(model)
     for n, p in model.named_parameters(): p.requires_grad_(True)
     for n, p in inner.vision_tower.named_parameters(): p.requires_grad_(n.endswith('crossget_cross_image'))
@@ -1801,7 +1801,7 @@ def _gathered(*modules):
 
 def llava_loss_fn(cross_weight:float=0.001, # w in L_lm + w·L_cross (7B: 0.001)
                  )->callable:              # loss_fn(model, batch, info) for vlrepro.train.Trainer
-    "The LLaVA-1.5 CrossGET training loss `L_lm + w·L_cross` (spec §2.9)."
+    "The LLaVA-1.5 CrossGET training loss `L_lm + w·L_cross`."
     def loss_fn(model, batch, info=None):
         from vlrepro.train import unwrap
         with collect_llava_cross() as rec:
@@ -1925,7 +1925,7 @@ _LLAVA_ROWS = {
     'LLaVA-1.5-13B':  [80.0, 63.3, 53.6, 71.6, 61.3, 85.9, 1531.3, 67.7, 63.6, 68.2],
     'CrossGET 13B':   [78.7, 62.6, 51.8, 71.4, 58.0, 84.9, 1548.8, 66.3, 62.0, 67.5],
 }
-_LLAVA_TPUT = {'CrossGET 7B': 1.9, 'CrossGET 13B': 2.0}   # "~1.9x / ~2.0x Tput" labels of the seed table
+_LLAVA_TPUT = {'CrossGET 7B': 1.9, 'CrossGET 13B': 2.0}   # "~1.9x / ~2.0x Tput" labels of the paper's LLaVA-1.5 table
 
 def _llava_paper_rows()->list[PaperNumber]:
     rows = [PaperNumber('crossget', LLAVA_TABLE, s, m, v, 'points' if m == 'mme' else '%')
@@ -1995,7 +1995,7 @@ def load_crossget_llava(model:str|Path,     # the LLaVA-1.5 folder the fine-tune
 
 def mix67k(records:list,  # rows of llava_v1_5_mix665k.json
            every:int=10,  # keep every `every`-th record
-          )->list:        # the subset (spec §3.3: data[::10], ~66.5k conversations)
+          )->list:        # the subset (official construct_dataset.py: data[::10], ~66.5k conversations)
     "The CrossGET LLaVA training subset: every 10th record of LLaVA-1.5's mix665k, in order."
     if every < 1: raise ValueError(f"every must be >= 1, got {every}")
     return list(records)[::every]
@@ -2431,7 +2431,7 @@ def _clip_mean():
 def _clip_std():
     from vlrepro.data import CLIP_STD; return CLIP_STD
 
-LLAVA_RECIPE_GLOBAL_BATCH = 128   # spec §3.3: per-device 16 x 8 GPUs x accumulation 1
+LLAVA_RECIPE_GLOBAL_BATCH = 128   # official finetune_task.sh: per-device 16 x 8 GPUs x accumulation 1
 
 def _repo_scripts()->Path:
     d = Path(__file__).resolve().parents[1]/'data_scripts'

@@ -30,7 +30,7 @@ __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
-    "Bottleneck adapter `s·W_up·ReLU(W_down·LN(x)+b)+b_up` of ViLT/METER (spec §2.2 A); `residual` adds `x`."
+    "Bottleneck adapter `s·W_up·ReLU(W_down·LN(x)+b)+b_up` of ViLT/METER (official `Adapter_Layer`); `residual` adds `x`."
     def __init__(self, d:int,                 # width of the hidden states
                  r:int,                       # bottleneck width
                  scale:float=1.0,             # s, a fixed float
@@ -52,7 +52,7 @@ class DASAdapter(nn.Module):
 
 # %% ../nbs/20_das.ipynb #699f3221
 class RouterAdapter(nn.Module):
-    "LaVIN's router adapter: two grouped 1×1-conv up-projections mixed by weights routed from token 0 (spec §2.2 E)."
+    "LaVIN's router adapter: two grouped 1×1-conv up-projections mixed by weights routed from token 0 (official `RepAdapter_Router`, `LaVIN-DAS/das/mm_adapter.py`)."
     def __init__(self, d:int,              # width
                  h:int,                    # bottleneck width (8 in blocks, 32 as a skip adapter)
                  groups:int=2,             # groups of the up-projections B and D
@@ -80,7 +80,7 @@ class RouterAdapter(nn.Module):
         return x + y if self.residual else y
 
 class PlainAdapter(nn.Module):
-    "LaVIN's language-only adapter `s·W_up·ReLU(W_down·x)` (+ x), W_down xavier, W_up and biases zero (spec §2.2 E)."
+    "LaVIN's language-only adapter `s·W_up·ReLU(W_down·x)` (+ x), W_down xavier, W_up and biases zero (official `LaVIN-DAS/das/pl_adapter.py`)."
     def __init__(self, d:int,         # width
                  h:int,               # bottleneck width (8 in blocks, 32 as a skip adapter)
                  scale:float=1.0,     # s
@@ -146,7 +146,7 @@ def gate_update(g:Tensor,                # (L,) gate logits before the update
                 eta:float=1.0,           # η: 1.0 for ViLT/METER, 0.05 for LaVIN
                 p:Tensor|None=None,      # probabilities used for the draw (default sigmoid(g))
                )->Tensor:                # (L,) updated gate logits (a new tensor)
-    "One DAS policy step: `g_i += η (r_j − b) p_i (1 − p_i)` for i in S_j, `r_j = exp(−ℓ_j)`, `b = mean r` (spec §2.5)."
+    "One DAS policy step: `g_i += η (r_j − b) p_i (1 − p_i)` for i in S_j, `r_j = exp(−ℓ_j)`, `b = mean r` (as the official search)."
     if len(candidates) != len(losses): raise ValueError(f"{len(candidates)} candidates but {len(losses)} losses")
     p = gate_probs(g) if p is None else p
     r = torch.exp(-torch.as_tensor(losses, dtype=torch.float64))
@@ -232,7 +232,7 @@ class _DASLayer(nn.Module):
 
 # %% ../nbs/20_das.ipynb #44aa5d2d
 class DASViltLayer(_DASLayer):
-    "A ViLT block with DAS's two parallel adapters, or its skip adapter when skipped (spec §2.2 B, D)."
+    "A ViLT block with DAS's two parallel adapters, or its skip adapter when skipped (official `ViLT/vilt/modules/vision_transformer_PA.py`)."
     def __init__(self, base:nn.Module, index:int, state:DASState, d:int, r:int, r_skip:int, scale:float=1.0,
                  zero_init_up:bool=False, keep:bool=True, skip:bool=True):
         super().__init__(base, index, state)
@@ -332,7 +332,7 @@ def tiny_meter(d:int=32, layers:int=2, fusion_layers:int=2, image_size:int=32, p
 
 # %% ../nbs/20_das.ipynb #044c62cc
 class DASMETERLayer(_DASLayer):
-    "A METER co-attention layer with DAS's three parallel adapters, or its skip adapter when skipped (spec §2.2 C, D)."
+    "A METER co-attention layer with DAS's three parallel adapters, or its skip adapter when skipped (official `efficientmodules.py`)."
     def __init__(self, base:nn.Module, index:int, state:DASState, d:int, r:int, r_skip:int, scale:float=1.0,
                  zero_init_up:bool=False, keep:bool=True, skip:bool=True):
         super().__init__(base, index, state)
@@ -359,7 +359,7 @@ class DASMETERLayer(_DASLayer):
 
 # %% ../nbs/20_das.ipynb #a6385260
 class DASLlamaLayer(_DASLayer):
-    "A LLaMA decoder block with LaVIN's adapter on the attention input, or its replacement adapter when skipped (§2.2 E)."
+    "A LLaMA decoder block with LaVIN's adapter on the attention input, or its replacement adapter when skipped (official `LaVIN-DAS/das/mm_adapter.py`)."
     def __init__(self, base:nn.Module, index:int, state:DASState, d:int, r:int=8, r_skip:int=32, scale:float=1.0,
                  kind:str='router', keep:bool=True, skip:bool=True, t:float=10.0):
         super().__init__(base, index, state)
@@ -507,7 +507,7 @@ def trainable_parameters(model:nn.Module,     # a patched model
 
 # %% ../nbs/20_das.ipynb #8692358d
 def tiny_vilt_config(**overrides):
-    "The tiny `ViltConfig` of spec §7 (`vlrepro.models` preset 'das-vilt': width 64, 8 blocks, 4 heads, MLP 256, 32×32, patch 8)."
+    "The tiny `ViltConfig` of the CPU demonstration (`vlrepro.models` preset 'das-vilt': width 64, 8 blocks, 4 heads, MLP 256, 32×32, patch 8)."
     from vlrepro import models
     kw = dict(max_image_length=-1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     kw.update(overrides)
@@ -549,7 +549,7 @@ class SearchResult:
         return cls(**json.loads(Path(path).read_text()))
 
 class GateSearch:
-    "The DAS bandit over `num_blocks` blocks: gates, forward counter, candidate scoring and update (spec §2.5)."
+    "The DAS bandit over `num_blocks` blocks: gates, forward counter, candidate scoring and update (as the official search)."
     def __init__(self, num_blocks:int, config:SearchConfig):
         _check_k(config.k, num_blocks)
         if config.das_step > math.comb(num_blocks, config.k):
@@ -654,7 +654,7 @@ def search(model:nn.Module,                 # patched with `das.patch(model, sea
            stop_after:int|None=None,        # stop after this many updates (simulates an interruption; for tests)
            on_update:Callable|None=None,    # called as on_update(gate_search) after every update
           )->SearchResult:                  # skip set, final gates, trajectory
-    "Run the DAS search: train the weight-shared adapters on sampled sub-networks and update the gates (spec §2.5)."
+    "Run the DAS search: train the weight-shared adapters on sampled sub-networks and update the gates (as the official search)."
     if reward_mode not in ('official', 'eval'): raise ValueError(f"reward_mode must be 'official' or 'eval', got {reward_mode!r}")
     if not is_patched(model): patch(model, search=True)
     st = das_state(model)
@@ -718,7 +718,7 @@ def skip_adapter_macs(N:int, D:int, r_skip:int)->int:
     return 2 * N * D * r_skip
 
 def meter_layer_macs(Nq:int, Nk:int, D:int, r:int=0)->int:
-    "MACs of one METER co-attention layer (+ its three r-adapters), spec §4."
+    "MACs of one METER co-attention layer (+ its three r-adapters), LayerNorm and softmax ignored."
     return 4*Nq*D*D + 2*Nq*Nq*D + 2*Nq*D*D + 2*Nk*D*D + 2*Nq*Nk*D + 8*Nq*D*D + 6*Nq*D*r
 
 def vilt_macs(skip:Sequence[int], # S
@@ -857,7 +857,7 @@ class _Identity(nn.Module):
 def oracle_scores(model:nn.Module,              # a patched model (any skip set, usually k = 0)
                   score:Callable[[nn.Module], float], # e.g. lambda m: vqa_accuracy(m, val_batches)
                  )->list[float]:               # score with each single block replaced by the identity
-    "Leave-one-out oracle: the score with block i replaced by the identity, for every i (spec §7)."
+    "Leave-one-out oracle: the score with block i replaced by the identity, for every i."
     st = das_state(model); saved_skip, out = st.skip, []
     for i, blk in enumerate(das_blocks(model)):
         old = blk.das_skip; blk.das_skip = _Identity(); st.skip = frozenset([i])
@@ -871,7 +871,7 @@ def spearman(a:Sequence[float], b:Sequence[float])->float:
     return float(pd.Series(list(a)).rank().corr(pd.Series(list(b)).rank()))
 
 # %% ../nbs/20_das.ipynb #22246f95
-DEMO_SCALES = {  # spec §7 ('default', 'long'); 'smoke' and 'rehearsal' only check that the pipeline runs: their numbers mean nothing
+DEMO_SCALES = {  # the CPU demonstration ('default', 'long'); 'smoke' and 'rehearsal' only check that the pipeline runs: their numbers mean nothing
     'smoke':   dict(n_train=512, n_val=256, n_test=256, pretrain_epochs=1, train_epochs=1, batch_size=64, lr=1e-3,
                     pretrain_schedule='constant'),
     'default': dict(n_train=6000, n_val=1000, n_test=2000, pretrain_epochs=14, train_epochs=3, batch_size=64, lr=1e-3,
@@ -888,7 +888,7 @@ def shapesvqa_vocab(rows:Iterable[dict])->dict[str, int]:
     return {w: i for i, w in enumerate(['[pad]', '[cls]', '[sep]'] + words)}
 
 def shapesvqa_splits(n_train:int=6000, n_val:int=1000, n_test:int=2000, seed:int=0)->tuple[dict, list[str], dict]:
-    "ShapesVQA train/val/test tensors from `vlrepro.data.generate('shapesvqa', ...)` (spec §7 split seeds 1/2/3)."
+    "ShapesVQA train/val/test tensors from `vlrepro.data.generate('shapesvqa', ...)` (split seeds 1/2/3)."
     from vlrepro import data
     o = data.preset_options('shapesvqa')
     sp = {s: data.generate('shapesvqa', n, seed=seed, split=s) for s, n in (('train', n_train), ('val', n_val), ('test', n_test))}
@@ -899,7 +899,7 @@ def shapesvqa_splits(n_train:int=6000, n_val:int=1000, n_test:int=2000, seed:int
 def variant_rows(backbone:nn.Module, num_answers:int, variants:dict[str, list[int]],
                  train:Callable,    # train(model) or train(model, variant name) (e.g. to checkpoint each variant apart)
                  test:Callable, seed:int=0)->tuple[list[dict], dict]:
-    "Skip-and-retrain (spec §2.7): a fresh copy of the frozen backbone per variant, patched with its skip set, trained, tested."
+    "Skip-and-retrain (as the official `run_train.py`): a fresh copy of the frozen backbone per variant, patched with its skip set, trained, tested."
     import inspect
     rows, models = [], {}
     named = len(inspect.signature(train).parameters) > 1

@@ -212,7 +212,7 @@ class LaVIN(nn.Module):
             self.adapter_modality_embedding = nn.Embedding(2, d).to(dev)   # row 0 text-only, row 1 with image
         for n, q in self.named_parameters():
             q.requires_grad_(_is_trainable_name(n))
-            if q.requires_grad: q.data = q.data.float()                    # adapters in fp32 (spec §2.7)
+            if q.requires_grad: q.data = q.data.float()                    # adapters in fp32 (as the official train_llama.py)
         core.set_patched(self, 'das', das.das_state(llm))   # das.search / das.set_skip see the wrapper as patched
 
     @property
@@ -411,7 +411,7 @@ def generate(model:LaVIN,                      # the model (eval mode is set her
              prompt_ids:Tensor,                # (B, T) [BOS] prompt, right-padded with 0
              pixel_values:Tensor|None=None,    # (B, 3, H, W) (multimodal)
              has_image:Tensor|None=None,       # (B,) bool
-             max_new_tokens:int=64,            # 64 ScienceQA, 10 BoolQ/CSQA, 256 GSM8K (spec §4)
+             max_new_tokens:int=64,            # 64 ScienceQA, 10 BoolQ/CSQA, 256 GSM8K (the official scripts)
              temperature:float=0.0,            # 0 = greedy; LaVIN 0.1
              top_p:float=0.75,                 # nucleus mass when sampling
              eos_id:int=2,                     # stop when every row has produced it
@@ -489,7 +489,7 @@ def normalize_language_row(task:str, r:dict, i:int=0)->dict:
     raise ValueError(f"unknown language task {task!r}; use one of {sorted(LANG_TASKS)}")
 
 def language_prompt(task:str, row:dict, train:bool=True, style:str='official')->tuple[str, str]:
-    "LaVIN's language prompt and target of a normalised row (train/eval prompts differ as shipped, spec pitfall 16)."
+    "LaVIN's language prompt and target of a normalised row (train/eval prompts differ as shipped in the official scripts)."
     if style not in ('official', 'unified'): raise ValueError(f"prompt style must be 'official' or 'unified', got {style!r}")
     train = train or style == 'unified'
     opts = ' '.join(f'({chr(65 + j)}) {c}' for j, c in enumerate(row['choices']))
@@ -603,7 +603,7 @@ def collate_lavin(batch:list[dict])->dict:
 # %% ../nbs/22_das_lavin.ipynb #6cdc4011
 def parse_choice(text:str,                # the generation
                  n_choices:int,           # options of the question
-                 task:str='scienceqa',    # 'scienceqa' or 'boolq' / 'csqa' (patterns of spec §4)
+                 task:str='scienceqa',    # 'scienceqa' or 'boolq' / 'csqa' (patterns of the official evaluation scripts)
                  fallback:str='wrong',    # 'wrong' (-1) or 'random' (official ScienceQA: a random option)
                  generator:torch.Generator|None=None,
                 )->int:                   # option index, or -1
@@ -827,7 +827,7 @@ class _EpochBatches:
 def run_search(b:dict, k:int, das_epoch:int, das_step:int, das_turn:int, warmup_epoch:int, eta:float, lr:float,
                per_gpu_batchsize:int, seed:int, reward_mode:str, out_dir:Path, max_steps:int=0,
                weight_decay:float=0.02, grad_accum:int=1)->das.SearchResult:
-    "LaVIN's DAS search (spec §2.6) on a model built with `search=True`; reuses a finished `out_dir/search.json`."
+    "LaVIN's DAS search (as the official `LaVIN-DAS/engine.py`) on a model built with `search=True`; reuses a finished `out_dir/search.json`."
     from vlrepro.train import to_device
     batches = _EpochBatches(b['train'], per_gpu_batchsize, seed, b['device'], max_steps)
     turn = das_turn or max(1, len(batches) // 150)
@@ -877,7 +877,7 @@ def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, Scie
                    max_steps:int=0,            # cap optimizer steps of the retraining (and search batches per epoch)
                    limit_train:int=0,          # cap train (and reward) examples
                    limit_eval:int=0,           # cap evaluation examples
-                   max_text_len:int=512,       # tokens per row (spec: 512)
+                   max_text_len:int=512,       # tokens per row (official: 512)
                    nproc:int=0,                # >= 1: train under vlrepro.train.launch with that many processes
                    launcher:str='torchrun',    # with nproc: 'torchrun', 'deepspeed' or 'python'
                    lr_warmup_epochs:float=-1.0,# lr warm-up epochs; -1 = the script's (2 ScienceQA, 1 language)
@@ -1100,7 +1100,7 @@ def rehearsal(params:dict,            # the parameter set's YAML mapping (model 
               precision='fp32' if device == 'cpu' else 'bf16', device=device)
     if nproc > 1: ov['nproc'] = nproc
     per = int(params['per_gpu_batchsize'])
-    rb = dict(per_process=per, processes=nproc, grad_accum=int(params['batch_size']) // (per * nproc), recipe=32)  # spec §3: 32
+    rb = dict(per_process=per, processes=nproc, grad_accum=int(params['batch_size']) // (per * nproc), recipe=32)  # the official effective batch: 32
     setting = setting_name(model, k, 32, 4096)                 # the 7B row the set fills
     if task == 'scienceqa':
         metric = f'{setting}/Avg'

@@ -830,13 +830,13 @@ def _reward_batches(ds, collate, batch_size:int, seed:int, mode:str):
     return get
 
 def _lr_mults(model:str, lr_mult_head:float, lr_mult_cross_modal:float)->dict:
-    "lr multipliers by parameter name (spec §3, pitfall 10); the first matching regex wins."
+    "lr multipliers by parameter name (as the official name-based groups: head, cross_modal, rest x1); the first matching regex wins."
     heads = r'(vqa|nlvr2|snli)_classifier|mlm_score|itm_score'
     if model == 'vilt': return {r'(vqa|nlvr2)_classifier': lr_mult_head}
     return {r'das_skip': 1.0, heads: lr_mult_head, r'cross_modal': lr_mult_cross_modal}
 
 def _macs(model:str, m:DASVLTask, S, T:int, image_size:int)->int:
-    "Analytic MACs per sample of the skippable part (ViLT encoder; METER fusion), spec §4 formulas."
+    "Analytic MACs per sample of the skippable part (ViLT encoder; METER fusion), LayerNorm and softmax ignored."
     bb, st = m.backbone, das.das_state(m)
     if model == 'vilt':
         c = bb.config; D = c.hidden_size
@@ -848,7 +848,7 @@ def _macs(model:str, m:DASVLTask, S, T:int, image_size:int)->int:
     return macs * (2 if m.task == 'nlvr2' else 1)   # NLVR2: two passes per sample
 
 def _model_macs(model:str, m:DASVLTask, S, T:int, image_size:int)->int:
-    "Analytic MACs per sample of the whole model: `_macs` plus METER's uni-modal encoders and projections (spec §4 block formula)."
+    "Analytic MACs per sample of the whole model: `_macs` plus METER's uni-modal encoders and projections (the same block formula)."
     macs = _macs(model, m, S, T, image_size)
     if model == 'vilt': return macs          # ViLT: the encoder is the model (embeddings and heads are negligible)
     bb, d = m.backbone, m.backbone.config.hidden_size
@@ -913,7 +913,7 @@ def run_full_scale(model:str='vilt',           # 'vilt' or 'meter'
                    text_ckpt:str='',           # METER: roberta-base folder; ViLT: bert-base-uncased folder ('' = ckpt folder)
                    skip_num:int=1,             # k: blocks the search selects (1 ViLT, 4 METER in the scripts)
                    skip_list:str='',           # '[1, 4]': skip these and do not search; '' = search
-                   das_epoch:int=3, das_step:int=3, das_turn:int=10, warmup_epoch:int=1, # search schedule (spec §2.5)
+                   das_epoch:int=3, das_step:int=3, das_turn:int=10, warmup_epoch:int=1, # search schedule (official config.py defaults)
                    search_epochs:int=3,        # epochs of the search run (those after das_epoch would not move the gates)
                    eta:float=1.0,              # gate step size
                    train_epochs:int=10,        # skip-and-retrain epochs
@@ -1076,7 +1076,7 @@ def required_inputs(model:str, task:str, data_root:str, eval_split:str='test', s
     return {f'data_root split {s!r}': (str(d/f'{s}.jsonl'), how) for s in need}
 
 # %% ../nbs/21_das_vl.ipynb #d0c0df81
-RECIPE_BATCH = {('vilt', 'vqav2'): 256, ('vilt', 'nlvr2'): 128, ('vilt', 'f30k'): 256,   # spec §3: one GPU, per-GPU x accumulation
+RECIPE_BATCH = {('vilt', 'vqav2'): 256, ('vilt', 'nlvr2'): 128, ('vilt', 'f30k'): 256,   # official scripts: one GPU, per-GPU x accumulation
                 ('meter', 'vqav2'): 512, ('meter', 'nlvr2'): 256, ('meter', 'f30k'): 512}
 
 def _encode(a, fmt:str='PNG')->bytes:

@@ -294,7 +294,7 @@ def proportional_attention(q:Tensor, k:Tensor, v:Tensor, # (B, H, N, d) each
                            attn_mask:Tensor|None=None,  # additive float mask broadcastable to (B, H, N, N) (causal: -inf above diagonal)
                            return_probs:bool=False,     # also return the (B, H, N, N) probabilities (unfused)
                           )->Tensor|tuple[Tensor, Tensor]: # (B, H, N, d) [and probabilities]
-    "Attention with `log(size)` added to the logits (proportional attention, ToMe Eq. 1 / CrossGET §2.7)."
+    "Attention with `log(size)` added to the logits (proportional attention, ToMe Eq. 1; CrossGET's `CLIP/clip/mock.py`)."
     bias = None if size is None else size_bias(size, q.dtype)
     if attn_mask is not None: bias = attn_mask.to(q.dtype) if bias is None else bias + attn_mask.to(q.dtype)
     if not return_probs: return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
