@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['RESULTS_SCHEMA', 'seed_everything', 'seed_worker', 'make_generator', 'get_device', 'atomic_write_text',
+__all__ = ['DTYPES', 'RESULTS_SCHEMA', 'seed_everything', 'seed_worker', 'make_generator', 'get_device', 'atomic_write_text',
            'atomic_write_json', 'atomic_torch_save', 'git_commit', 'library_versions', 'write_results', 'read_results',
            'require_inputs', 'rehearsal_active', 'scale_label', 'kill_point', 'PaperNumber', 'register_paper_numbers',
            'paper_numbers', 'compare', 'comparison_table', 'swap_class', 'restore_class', 'replace_module',
@@ -42,6 +42,8 @@ def make_generator(seed:int)->torch.Generator:
     g = torch.Generator(); g.manual_seed(seed); return g
 
 # %% ../nbs/00_core.ipynb #d6781422
+DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)   # a `precision` parameter -> torch dtype
+
 def get_device(name:str|torch.device='auto' # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' (or a `torch.device`)
               )->torch.device:
     "Resolve a device name from a parameters cell into a `torch.device`."

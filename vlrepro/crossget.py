@@ -606,7 +606,8 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
     from vlrepro.core import get_device
     from vlrepro.models import create_open_clip
     dev = get_device(device)
-    dtype = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)[precision]
+    from vlrepro.core import DTYPES
+    dtype = DTYPES[precision]
     register_configs()
     torch.manual_seed(seed)
     base = create_open_clip(name).visual.to(dev, dtype).eval()

@@ -1020,7 +1020,8 @@ def vilt_latency(skips:dict[str, list[int]],  # variant name -> skip set
     from vlrepro import bench
     cfg = config or ViltConfig()
     dev = core.get_device(device)
-    m = ViltModel(cfg).eval(); patch(m, search=True); m.to(dev, dtype)
+    with torch.device(dev): m = ViltModel(cfg).eval(); patch(m, search=True)   # built where it runs
+    m.to(dtype)
     x = torch.randn(batch, N, cfg.hidden_size, device=dev, dtype=dtype)
     def run(S):
         def f():
@@ -1052,7 +1053,8 @@ def llama_latency(skips:dict[str, list[int]],  # variant name -> skip set (indic
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                       num_hidden_layers=layers, vocab_size=256, max_position_embeddings=max(seq, 128))
     dev = core.get_device(device)
-    m = LlamaModel(cfg).eval(); patch(m, search=True, llama_adapter=llama_adapter); m.to(dev, dtype)
+    with torch.device(dev): m = LlamaModel(cfg).eval(); patch(m, search=True, llama_adapter=llama_adapter)   # built where it runs
+    m.to(dtype)
     ids = torch.randint(0, 256, (1, seq), device=dev)
     def run(S):
         def f():
@@ -1089,7 +1091,7 @@ def bench_main(argv:list[str]|None=None)->int:
     if bad: ap.error(f"--skip {bad}: k must lie in [0, {n}) for {a.model} ({n} blocks)")
     if a.threads: torch.set_num_threads(a.threads)
     skips = {f'k={k}': list(range(n - k, n)) for k in a.skip}
-    dev, dtype = core.get_device(a.device), dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)[a.precision]
+    dev, dtype = core.get_device(a.device), core.DTYPES[a.precision]
     if a.model == 'vilt': df = vilt_latency(skips, batch=a.batch, repeats=a.repeats, warmup=a.warmup, device=dev, dtype=dtype)
     else:
         df = llama_latency(skips, layers=a.layers, seq=a.seq, repeats=a.repeats, warmup=a.warmup, device=dev, dtype=dtype)

@@ -270,8 +270,8 @@ def bench_main(argv:list[str]|None=None)->int:
     ap.add_argument('--out', default='', help='write the table as JSON here')
     a = ap.parse_args(argv)
     for r in a.ratios: check_ratio('sparse_ratio', r)
-    from vlrepro.core import get_device
-    dev, dtype = get_device(a.device), dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)[a.precision]
+    from vlrepro.core import DTYPES, get_device
+    dev, dtype = get_device(a.device), DTYPES[a.precision]
     df = similarity_cost(a.patches, a.ratios, a.aggr, not a.no_cls, a.embed, a.images, a.captions, a.words, repeats=a.repeats,
                          device=dev, dtype=dtype)
     where = f"{torch.get_num_threads()} threads, CPU" if dev.type == 'cpu' else str(dev)
