@@ -17,7 +17,7 @@ from .core import find_modules
 
 # %% auto #0
 __all__ = ['FLOP_CONVENTIONS', 'flop_mapping', 'FlopCount', 'count_flops', 'block_macs', 'token_counts', 'count_parameters',
-           'parameter_summary', 'TimeStats', 'time_fn', 'benchmark', 'peak_memory', 'efficiency_report']
+           'parameter_summary', 'TimeStats', 'time_fn', 'benchmark', 'cuda_graphed', 'peak_memory', 'efficiency_report']
 
 # %% ../nbs/03_bench.ipynb #bcdd3559
 _aten = torch.ops.aten
@@ -269,6 +269,25 @@ def benchmark(fns:Mapping[str, Callable[[], Any]], # variant name -> call to tim
     df = pd.DataFrame(rows)
     df.attrs.update(times=times, baseline=baseline, items=items, repeats=repeats, warmup=warmup, number=number, sync=sync)
     return df
+
+# %% ../nbs/03_bench.ipynb #6e75b36d
+def cuda_graphed(fn:Callable[[], Any], # a call on CUDA tensors with fixed shapes and no host synchronisation
+                 warmup:int=3,          # eager calls on a side stream before capture
+                )->Callable[[], Any]:   # replays the captured graph; returns the (static) output of the captured call
+    "Capture one call of `fn` as a CUDA graph; the returned call replays it (no Python, no kernel launches)."
+    if not torch.cuda.is_available():
+        raise RuntimeError('cuda_graphed needs a CUDA device (CUDA graphs are a CUDA feature); time the eager call on a CPU')
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup): fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph): out = fn()
+    def replay():
+        graph.replay()
+        return out
+    return replay
 
 # %% ../nbs/03_bench.ipynb #978245eb
 def _rss_bytes()->int:

@@ -598,14 +598,19 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
                seed:int=0,
                compile_mode:str='',       # '' eager; else a torch.compile mode ('default', 'reduce-overhead', ...): one
                                           # compiled model per variant (rv fixed in each), the merge share not measured
+               cuda_graphs:bool=False,    # capture each variant's forward (stock included) as one CUDA graph and time its
+                                          # replay: no launch or Python cost, what a GPU kernel-bound forward would take
               ):                          # pandas DataFrame, one row per variant
     "Image-encoder throughput of the stock model, ToMe and CrossGET at several r: measured vs ideal speedup."
     import copy
     import pandas as pd
-    from vlrepro.bench import benchmark
+    from vlrepro.bench import benchmark, cuda_graphed
     from vlrepro.core import get_device
     from vlrepro.models import create_open_clip
     dev = get_device(device)
+    if cuda_graphs and dev.type != 'cuda':
+        raise ValueError(f"cuda_graphs=True needs a CUDA device, got {dev}; drop --cuda-graphs on {dev.type}")
+    if cuda_graphs and compile_mode: raise ValueError('choose one of compile_mode and cuda_graphs')
     from vlrepro.core import DTYPES
     dtype = DTYPES[precision]
     register_configs()
@@ -630,7 +635,7 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
         def f():
             if m is not None: models[m].crossget.rv = r
             with torch.no_grad(): return (base if m is None else models[m])(x)
-        return f
+        return cuda_graphed(f) if cuda_graphs else f
     fns, rows = {'baseline': call(None, 0)}, {'baseline': dict(method='stock', rv=0, ideal=1.0)}
     g0 = vision_gflops()
     with warnings.catch_warnings():
@@ -642,7 +647,7 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
                 rows[key] = dict(method=m, rv=r, ideal=g0 / vision_gflops(rv=r, method=m))
         df = benchmark(fns, warmup=warmup, repeats=repeats, items=batch_size, baseline='baseline', order='rotate')
         over = {}
-        for m in (methods if not compile_mode else ()):
+        for m in (methods if not (compile_mode or cuda_graphs) else ()):
             for r in rvs:
                 models[m].crossget.rv = r
                 fw, mg = merge_share(models[m], x, 1, max(3, repeats // 2))
@@ -652,7 +657,7 @@ def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed 
     df['measured/ideal'] = df.speedup / df.ideal_speedup
     df['merge_overhead_%'] = [over.get(n, 0.0 if n == 'baseline' else float('nan')) for n in df.name]   # merge / forward
     df.attrs.update(model=name, batch_size=batch_size, device=str(dev), precision=precision, repeats=repeats,
-                    threads=torch.get_num_threads(), compile_mode=compile_mode or 'eager')
+                    threads=torch.get_num_threads(), compile_mode=compile_mode or ('cuda-graphs' if cuda_graphs else 'eager'))
     return df
 
 # %% ../nbs/11_crossget.ipynb #0ef507ee
@@ -670,10 +675,12 @@ def bench_main(argv:list[str]|None=None)->int:
     ap.add_argument('--warmup', type=int, default=2); ap.add_argument('--device', default='cpu')
     ap.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16'])
     ap.add_argument('--threads', type=int, default=0, help='torch threads (0 = leave as is)')
-    ap.add_argument('--gflops', action='store_true', help='also print the spec §4.4 GFLOPs table')
+    ap.add_argument('--gflops', action='store_true', help="also print the GFLOPs table (the paper's Table 1 geometry)")
     ap.add_argument('--no-compile', action='store_true', help='skip the torch.compile graph-break check (dynamo explain)')
     ap.add_argument('--compile-mode', default='', help="time torch.compile'd models (e.g. reduce-overhead: CUDA graphs on a GPU, "
                     "where the eager merge step is launch-bound); default eager")
+    ap.add_argument('--cuda-graphs', action='store_true', help='time each variant (stock included) as a captured CUDA graph '
+                    'replay: the kernels alone, without Python and launch costs (CUDA only; no compile time)')
     ap.add_argument('--out', default='', help='write the table as JSON here')
     a = ap.parse_args(argv)
     size = _BENCH_SIZES[a.size]
@@ -687,7 +694,7 @@ def bench_main(argv:list[str]|None=None)->int:
     for b in breaks:
         print(f"torch.compile graph breaks, {b['what']}: {b['breaks']}" + ''.join(f"\n    {w}" for w in b['reasons']))
     df = throughput(model, batch, tuple(a.rv), warmup=a.warmup, repeats=repeats, device=a.device, precision=a.precision,
-                    compile_mode=a.compile_mode)
+                    compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs)
     print(f"{model}, batch {batch}, {df.attrs['device']}, {a.precision}, {df.attrs['compile_mode']}, {df.attrs['threads']} threads, "
           f"median of {repeats} interleaved rounds; merge_overhead_% = merge steps / forward (interleaved)")
     print(df.round(3).to_string(index=False))
@@ -1398,6 +1405,7 @@ def collect_llava_cross():
     finally: _LLAVA_COLLECT.reset(token)
 
 def _record(kind:str, c:Tensor):
+    if torch.compiler.is_compiling(): return   # collection is eager-only; torch < 2.14's dynamo breaks the graph at ContextVar.get
     rec = _LLAVA_COLLECT.get()
     if rec is not None: rec[kind].append(c)
 
