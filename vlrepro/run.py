@@ -648,6 +648,21 @@ def _reproduce(args):
 def _report(args):
     print(report(args.runs, out=args.out)); return 0
 
+def _outputs(args):
+    from vlrepro import outputs   # imports torch (through core): not loaded for the other commands
+    nbs = find_nbs()
+    if args.check:
+        stale = outputs.stale_notebooks(nbs)
+        for name, why in stale: print(f"{name}: {why}")
+        if stale: print(f"{len(stale)} notebook(s) with outdated saved outputs: run `vlrepro outputs` and commit them", file=sys.stderr)
+        else: print(f"saved outputs of all {len(outputs.notebooks(nbs))} notebooks match the code")
+        return 1 if stale else 0
+    paths = [resolve_notebook(n, nbs) if n != 'index' else nbs/'index.ipynb' for n in args.notebooks] or outputs.notebooks(nbs)
+    t0 = time.time(); failed = outputs.regenerate(longest_first(paths, nbs/'_runs'), jobs=args.jobs)
+    print(f"outputs of {len(paths) - len(failed)} notebook(s) saved in {time.time() - t0:.0f} s; commit the notebooks")
+    if failed: print(f"failed (outputs left as they were): {', '.join(failed)}", file=sys.stderr); return 1
+    return 0
+
 def _bench(args):
     if args.paper == 'all':
         ap = argparse.ArgumentParser(prog='vlrepro bench all', description=bench_all.__doc__)
@@ -737,6 +752,11 @@ def parser()->argparse.ArgumentParser:
     b.add_argument('args', nargs=argparse.REMAINDER, help="the paper's own options (vlrepro bench PAPER --help)")
     t = sub.add_parser('train', help='the trainer entry point (python -m vlrepro.train)'); t.set_defaults(fn=_train)
     t.add_argument('args', nargs=argparse.REMAINDER, help='--task module:function --config cfg.json ... (vlrepro train --help)')
+    o = sub.add_parser('outputs', help="run notebooks with their defaults and save their outputs, stamped with the code's hash")
+    o.set_defaults(fn=_outputs)
+    o.add_argument('notebooks', nargs='*', help='stems or module names (default: every notebook)')
+    o.add_argument('--check', action='store_true', help='run nothing: list notebooks whose saved outputs are older than the code')
+    o.add_argument('--jobs', type=int, default=2, help='notebooks at once, one thread each (default 2, for 2 cores)')
     sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb').set_defaults(fn=lambda a: print(make_readme()) or 0)
     return ap
 
