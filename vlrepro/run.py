@@ -738,6 +738,14 @@ def _html_links(html:str)->str:
     "Relative links to notebooks become links to their pages (`a.ipynb#x` -> `a.html#x`); absolute URLs stay."
     return re.sub(r'href="(?![a-z]+://)([^"#]*?)\.ipynb(#[^"]*)?"', lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"', html)
 
+def _copy_linked(html:str, roots:list[Path], out:Path):
+    "Files a page links to by a relative path (the index's `nbs/measured/...`), copied into the site under that path."
+    import shutil
+    for href in re.findall(r'href="([^"#]+)', html):
+        if re.match(r'[a-z]+:', href) or href.startswith('/') or (out/href).exists(): continue
+        src = next((r/href for r in roots if (r/href).is_file()), None)
+        if src: (out/href).parent.mkdir(parents=True, exist_ok=True); shutil.copy(src, out/href)
+
 def site_order(nbs:Path)->list[Path]:
     "The pages' order: index first, then the notebooks by name (the papers by their numbers); `_`-prefixed ones skipped."
     files = [f for f in sorted(Path(nbs).glob('*.ipynb')) if not f.name.startswith(('_', '.'))]
@@ -765,6 +773,7 @@ def build_site(nbs:Path|None=None,  # the notebooks (default: the project's nbs/
         body, _ = exporter.from_notebook_node(nb, resources=dict(metadata=dict(name=titles[i])))
         body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + bar(i), _html_links(body), count=1)
         atomic_write_text(out/f'{f.stem}.html', body)
+        _copy_linked(body, [nbs, nbs.parent], out)
     items = ''.join(f'<li><a href="{f.stem}.html">{_h.escape(t)}</a> <code>{f.name}</code></li>\n' for f, t in zip(files, titles))
     atomic_write_text(out/'contents.html', f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>vlrepro: contents</title></head>\n'
                       f'<body style="font-family:sans-serif;max-width:60em;margin:2em auto"><h1>Contents</h1>\n<ol>\n{items}</ol></body></html>\n')
