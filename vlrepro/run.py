@@ -16,7 +16,8 @@ __all__ = ['PAPERS', 'PAPER_TITLES', 'SCALES', 'BENCH_ALL', 'EXPECTED_S', 'find_
            'Param', 'notebook_parameters', 'check_parameters', 'load_param_set', 'RunFailed', 'RunInterrupted',
            'default_run_dir', 'path_kind', 'resolve_paths', 'run_notebook', 'find_results', 'registry', 'comparable',
            'report_rows', 'paper_tables', 'claims_rows', 'efficiency_rows', 'markdown_table', 'tradeoff_points',
-           'report', 'bench_all', 'longest_first', 'make_readme', 'parser', 'main', 'console']
+           'report', 'bench_all', 'longest_first', 'make_readme', 'jupyter_metadata', 'clean_notebooks', 'site_order',
+           'build_site', 'parser', 'main', 'console']
 
 # %% ../nbs/06_run.ipynb #cdb52257
 PAPERS = ('crossget', 'das', 'laps', 'ademvl', 'vqascore')
@@ -659,6 +660,7 @@ def _outputs(args):
         return 1 if stale else 0
     paths = [resolve_notebook(n, nbs) if n != 'index' else nbs/'index.ipynb' for n in args.notebooks] or outputs.notebooks(nbs)
     t0 = time.time(); failed = outputs.regenerate(longest_first(paths, nbs/'_runs'), jobs=args.jobs)
+    clean_notebooks(paths, nbs)   # the metadata JupyterLab writes on open, as `vlrepro clean`
     print(f"outputs of {len(paths) - len(failed)} notebook(s) saved in {time.time() - t0:.0f} s; commit the notebooks")
     if failed: print(f"failed (outputs left as they were): {', '.join(failed)}", file=sys.stderr); return 1
     return 0
@@ -712,6 +714,89 @@ def make_readme(nbs:Path|None=None,   # the project's nbs/ folder
     if not dest.exists() or dest.read_text() != text: atomic_write_text(dest, text)
     return dest
 
+# %% ../nbs/06_run.ipynb #975ca03d
+def jupyter_metadata(kernel:str='python3')->dict:
+    "The notebook metadata JupyterLab writes when `kernel` starts: its kernelspec (display name included) and ipykernel's `language_info`."
+    import copy
+    from jupyter_client.kernelspec import KernelSpecManager
+    from ipykernel.ipkernel import IPythonKernel
+    spec = KernelSpecManager().get_kernel_spec(kernel)
+    return dict(kernelspec=dict(display_name=spec.display_name, language=spec.language, name=kernel),
+                language_info=copy.deepcopy(IPythonKernel.language_info))
+
+def clean_notebooks(files:list|None=None,  # notebooks (default: every notebook in nbs/)
+                    nbs:Path|None=None,     # the project's nbs/ folder (its settings.ini configures the cleaning)
+                   )->list[Path]:           # the notebooks that changed
+    "`nbdev_clean`, then the kernelspec and `language_info` JupyterLab writes on open, so opening a notebook does not modify it."
+    from nbdev.config import get_config
+    from nbdev.clean import clean_nb
+    from execnb.nbio import nb2str
+    from vlrepro.core import atomic_write_text
+    nbs = Path(nbs or find_nbs()); cfg = get_config(path=nbs)
+    files = [Path(f) for f in files] if files else sorted(nbs.glob('*.ipynb'))
+    want, changed = jupyter_metadata(), []
+    for f in files:
+        text = f.read_text(encoding='utf-8'); nb = json.loads(text)
+        clean_nb(nb, cfg.clear_all, cfg.get('allowed_metadata_keys').split(), cfg.get('allowed_cell_metadata_keys').split(), cfg.clean_ids)
+        version = nb['metadata'].get('language_info', {}).get('version')
+        nb['metadata'].update(kernelspec=dict(want['kernelspec']), language_info=dict(want['language_info']))
+        if version: nb['metadata']['language_info']['version'] = version
+        new = nb2str(nb)
+        if new != text: atomic_write_text(f, new); changed.append(f)
+    return changed
+
+# %% ../nbs/06_run.ipynb #510b4b89
+def _nb_title(nb:dict, stem:str)->str:
+    for c in nb['cells']:
+        m = re.match(r'#\s+(.+)', _cell_text(c)) if c['cell_type'] == 'markdown' else None
+        if m: return m.group(1).strip()
+    return stem
+
+def _html_links(html:str)->str:
+    "Relative links to notebooks become links to their pages (`a.ipynb#x` -> `a.html#x`); absolute URLs stay."
+    return re.sub(r'href="(?![a-z]+://)([^"#]*?)\.ipynb(#[^"]*)?"', lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"', html)
+
+def _copy_linked(html:str, roots:list[Path], out:Path):
+    "Files a page links to by a relative path (the index's `nbs/measured/...`), copied into the site under that path."
+    import shutil
+    for href in re.findall(r'href="([^"#]+)', html):
+        if re.match(r'[a-z]+:', href) or href.startswith('/') or (out/href).exists(): continue
+        src = next((r/href for r in roots if (r/href).is_file()), None)
+        if src: (out/href).parent.mkdir(parents=True, exist_ok=True); shutil.copy(src, out/href)
+
+def site_order(nbs:Path)->list[Path]:
+    "The pages' order: index first, then the notebooks by name (the papers by their numbers); `_`-prefixed ones skipped."
+    files = [f for f in sorted(Path(nbs).glob('*.ipynb')) if not f.name.startswith(('_', '.'))]
+    return sorted(files, key=lambda f: (f.stem != 'index', f.name))
+
+def build_site(nbs:Path|None=None,  # the notebooks (default: the project's nbs/)
+               out:Path|None=None,  # the site folder (default: _site beside nbs/)
+              )->Path:              # out/contents.html
+    "HTML pages of every notebook with its saved outputs and widget state, linked to each other, and a contents page."
+    import html as _h
+    import nbformat
+    from nbconvert import HTMLExporter
+    from vlrepro.core import atomic_write_text
+    nbs = Path(nbs or find_nbs()); out = Path(out or nbs.parent/'_site'); out.mkdir(parents=True, exist_ok=True)
+    files = site_order(nbs)
+    if not files: raise FileNotFoundError(f"no notebooks in {nbs}: give the folder holding the .ipynb files")
+    exporter = HTMLExporter(template_name='lab')
+    nbks = [nbformat.read(f, as_version=4) for f in files]
+    titles = [_nb_title(nb, f.stem) for nb, f in zip(nbks, files)]
+    def bar(i):
+        link = lambda j, arrow: f'<a href="{files[j].stem}.html">{arrow} {_h.escape(titles[j])}</a>' if 0 <= j < len(files) else ''
+        return (f'<nav class="vlrepro-nav" style="padding:6px 12px;border-bottom:1px solid #ccc;font-family:sans-serif">'
+                f'<a href="contents.html">Contents</a> | {link(i - 1, "&larr;")} | {link(i + 1, "&rarr;")}</nav>')
+    for i, (f, nb) in enumerate(zip(files, nbks)):
+        body, _ = exporter.from_notebook_node(nb, resources=dict(metadata=dict(name=titles[i])))
+        body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + bar(i), _html_links(body), count=1)
+        atomic_write_text(out/f'{f.stem}.html', body)
+        _copy_linked(body, [nbs, nbs.parent], out)
+    items = ''.join(f'<li><a href="{f.stem}.html">{_h.escape(t)}</a> <code>{f.name}</code></li>\n' for f, t in zip(files, titles))
+    atomic_write_text(out/'contents.html', f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>vlrepro: contents</title></head>\n'
+                      f'<body style="font-family:sans-serif;max-width:60em;margin:2em auto"><h1>Contents</h1>\n<ol>\n{items}</ol></body></html>\n')
+    return out/'contents.html'
+
 # %% ../nbs/06_run.ipynb #156d060f
 def parser()->argparse.ArgumentParser:
     "The `vlrepro` argument parser."
@@ -758,6 +843,12 @@ def parser()->argparse.ArgumentParser:
     o.add_argument('--check', action='store_true', help='run nothing: list notebooks whose saved outputs are older than the code')
     o.add_argument('--jobs', type=int, default=2, help='notebooks at once, one thread each (default 2, for 2 cores)')
     sub.add_parser('readme', help='regenerate README.md from nbs/index.ipynb').set_defaults(fn=lambda a: print(make_readme()) or 0)
+    cl = sub.add_parser('clean', help='nbdev_clean, then the kernel metadata JupyterLab writes on open (notebooks open unmodified)')
+    cl.add_argument('notebooks', nargs='*', help='notebook files (default: every notebook in nbs/)')
+    cl.set_defaults(fn=lambda a: print(''.join(f'cleaned {f}\n' for f in clean_notebooks(a.notebooks)), end='') or 0)
+    st = sub.add_parser('site', help='HTML pages of all notebooks with their saved outputs, and a contents page')
+    st.add_argument('--out', help='site folder (default: _site beside nbs/)')
+    st.set_defaults(fn=lambda a: print(build_site(out=a.out)) or 0)
     return ap
 
 def main(argv:list[str]|None=None)->int:
