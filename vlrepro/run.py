@@ -29,7 +29,8 @@ def find_nbs(start:Path|str|None=None)->Path:
         if not p.is_dir(): raise FileNotFoundError(f"VLREPRO_NBS={p} is not a folder; point it at the project's nbs/")
         return p.resolve()
     here = Path(start or Path.cwd()).resolve()
-    for d in [here, *here.parents, *Path(__file__).resolve().parents]:
+    lib = Path(__file__).resolve().parents if '__file__' in globals() else []   # no __file__ inside the notebook
+    for d in [here, *here.parents, *lib]:
         if (d/'settings.ini').exists() and (d/'nbs').is_dir(): return d/'nbs'
         if d.name == 'nbs' and (d.parent/'settings.ini').exists(): return d
     raise FileNotFoundError("cannot find the vlrepro notebooks (nbs/): run from a clone of the project, "
