@@ -89,6 +89,8 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
                   method:str='crossget',      # 'crossget' / 'complete' (complete graph) or 'tome' (bipartite, CLS protected)
                   num_heads:int=1,            # heads of the block (ToMe's head-mean keys)
                   num_protected:int|None=None, # P when `protected` is a mask (saves a host sync)
+                  normalized:bool=False,      # `q` and `k` rows are unit vectors already (the block normalises both in one call)
+                  batch:Tensor|None=None,     # (B, 1) `arange(B)[:, None]`, made once per forward by the caller; None = made here
                  )->ReduceStep:
     "One CrossGET merge step (official `CLIP/clip/reducer.py`, `TokenReduction`): importance from the guiding query, complete-graph matching, ensemble."
     B, N, C = x.shape
@@ -96,19 +98,20 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
         merge = bipartite_soft_matching(k.view(B, N, num_heads, C // num_heads).mean(2), r, class_token=True)[0]
         return ReduceStep(*merge_wavg(merge, x, size), token_id, merge, None)
     with torch.no_grad():
-        kn = _unit(k)                                           # normalised once: importance and similarity
+        kn = k if normalized else _unit(k)                      # normalised once: importance and similarity
         imp = None
         if guide is not None and method == 'crossget':          # Eq. (4): I_j = cos(k_j, q_guide)
             qg = q[:, guide] if isinstance(guide, int) else q[torch.arange(B, device=q.device), guide]
-            imp = torch.bmm(kn, _unit(qg)[:, :, None])[..., 0]
-    match = complete_graph_soft_matching(kn, r, imp, protected, num_protected, normalized=True)
+            imp = torch.bmm(kn, (qg if normalized else _unit(qg))[:, :, None])[..., 0]
+    match = complete_graph_soft_matching(kn, r, imp, protected, num_protected, normalized=True, batch=batch)
     if token_id is not None: token_id = merge_token_ids(token_id, size, match)
     return ReduceStep(*merge_ensemble(x, size, match), token_id, match, imp)
 
 def _reduce(x:Tensor, size:Tensor, token_id:Tensor|None, q:Tensor, k:Tensor, r:int, side:str,
-            state:CrossGETState, num_heads:int)->ReduceStep:
+            state:CrossGETState, num_heads:int, normalized:bool=False, batch:Tensor|None=None)->ReduceStep:
     "The family's choices for `reduce_tokens`: vision protects CLS (+ cross token), text also the EOT, whose query guides."
-    kw = dict(method=state.method, num_heads=num_heads, num_protected=1 + state.cross + (side == 'text'))
+    kw = dict(method=state.method, num_heads=num_heads, num_protected=1 + state.cross + (side == 'text'),
+              normalized=normalized, batch=batch)
     if side == 'text':
         eot = token_id.argmax(-1)
         kw.update(protected=protected_mask(x.shape[0], x.shape[1], first=True, last=state.cross, extra=eot, device=x.device),
@@ -126,28 +129,33 @@ def block_crossget_forward(self:nn.Module,           # an open_clip ResidualAtte
                            r:int,                    # tokens to remove in this block
                            side:str,                 # 'vision' or 'text'
                            state:CrossGETState,      # the knobs
+                           batch:Tensor|None=None,   # (B, 1) `arange(B)[:, None]`, made once per forward (None = each step makes it)
                           )->tuple[Tensor, Tensor|None, Tensor|None]: # tokens, sizes, token ids
     "Run the block with proportional attention and reduce `r` tokens between attention and MLP (as the official `ResidualAttentionBlock`)."
     B, N, C = x.shape
     if attn_mask is not None: attn_mask = attn_mask[:N, :N]
     if size is None: return type(self).__mro__[1].forward(self, x, attn_mask=attn_mask), None, token_id  # stock (fused) path
     H = self.attn.num_heads
+    x = x.reshape(B * N, C)                                  # (B*N, C) through the linears: no view pair around each
     qkv = F.linear(self.ln_1(x), self.attn.in_proj_weight, self.attn.in_proj_bias)
     qh, kh, vh = qkv.view(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)   # (B, H, N, d) each, views
     a = proportional_attention(qh, kh, vh, size if state.prop_attn else None, attn_mask)
-    x = x + self.ls_1(self.attn.out_proj(a.transpose(1, 2).reshape(B, N, C)))
+    x = x + self.ls_1(self.attn.out_proj(a.transpose(1, 2).reshape(B * N, C)))
     if r > 0:
-        step = _reduce(x, size, token_id, qkv[..., :C], qkv[..., C:2 * C], r, side, state, H)
+        qk, unit = qkv.view(B, N, 3, C), state.method != 'tome'            # (ToMe merges on the raw head-mean keys)
+        if unit: qk = _unit(qk)                              # q and k (v comes along) normalised in one call
+        step = _reduce(x.view(B, N, C), size, token_id, qk[:, :, 0], qk[:, :, 1], r, side, state, H, unit, batch)
         x, size, token_id = step.x, step.size, step.token_id
+        N = x.shape[1]; x = x.reshape(B * N, C)
     x = x + self.ls_2(self.mlp(self.ln_2(x)))
-    return x, size, token_id
+    return x.view(B, N, C), size, token_id
 
 def _block_forward(self, q_x:Tensor, k_x:Tensor|None=None, v_x:Tensor|None=None, attn_mask:Tensor|None=None,
                    crossget:tuple|None=None):
     "The block's forward: stock without `crossget`, else `block_crossget_forward(x, *crossget)` (hooks see it)."
     if crossget is None: return type(self).__mro__[1].forward(self, q_x, k_x, v_x, attn_mask)
-    size, token_id, r, side, state = crossget
-    return block_crossget_forward(self, q_x, size, token_id, attn_mask, r, side, state)
+    size, token_id, r, side, state, *batch = crossget
+    return block_crossget_forward(self, q_x, size, token_id, attn_mask, r, side, state, *batch)
 
 # %% ../nbs/11_crossget.ipynb #c0c7e06f
 def _causal_mask(n:int, device, dtype)->Tensor:
@@ -159,15 +167,19 @@ def _run_blocks(blocks:nn.ModuleList, x:Tensor, token_id:Tensor|None, attn_mask:
     "Run the blocks with reduction; returns tokens, token ids and the cross tokens entering each block."
     B = x.shape[0]
     size = x.new_ones(B, x.shape[1], 1) if any(sched) else None
+    batch = torch.arange(B, device=x.device)[:, None] if any(sched) else None     # the merges' row index, made once
     crosses = []
+    inplace = cross is not None and side == 'vision' and not torch.is_grad_enabled()  # inference: the same sum, in place
+    if inplace: cross = cross.to(x.dtype).unbind(0)                                 # one view per block, in one call
     if state.trace is not None: state.trace.begin(side)
     for i, blk in enumerate(blocks):
-        if cross is not None:                                                       # (B, 1, C), stop-gradient on the carried token
+        if inplace: crosses.append(x[:, -1:].add_(cross[i]))                        # x is a fresh output of this forward
+        elif cross is not None:                                                     # (B, 1, C), stop-gradient on the carried token
             src = x[torch.arange(B, device=x.device), token_id.argmax(-1)][:, None] if side == 'text' else x[:, -1:]
             c = src.detach() + cross[i].to(x.dtype)
             crosses.append(c); x = torch.cat([x[:, :-1], c], dim=1)
         if state.trace is not None: state.trace.layer = i
-        kw = dict(attn_mask=attn_mask, crossget=(size, token_id, sched[i], side, state))
+        kw = dict(attn_mask=attn_mask, crossget=(size, token_id, sched[i], side, state, batch))
         if checkpointing and torch.is_grad_enabled():
             x, size, token_id = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False, **kw)
         else: x, size, token_id = blk(x, **kw)

@@ -144,6 +144,7 @@ class Match:
     keep:Tensor  # (B, N - r) kept indices, ascending (order preserved)
     alpha:Tensor # (B, r, 2) ensemble weights (alpha_src, alpha_dst), each row sums to 1
     num_tokens:int # N, tokens before the step
+    index:tuple|None = None # (b, b[..., None], (B, r, 2) stacked (src, dst)) with b = arange(B)[:, None]: reused by `merge_ensemble`
 
     @property
     def r(self)->int: return self.src.shape[1]
@@ -169,30 +170,30 @@ def _num_protected(protected:Tensor|tuple|None, N:int)->int:
     return len({p % N for p in protected})
 
 def _protect(S:Tensor, protected:Tensor|tuple|None)->Tensor:
-    "Set the rows and columns of the protected tokens of `S` (B, N, N) to -inf in place."
+    "Set the rows of the protected tokens of `S` (B, N, N) to -inf in place (`S + S.mT` after makes their columns -inf too)."
     if protected is None: return S
-    if isinstance(protected, Tensor): return S.masked_fill_(protected[:, :, None] | protected[:, None, :], -math.inf)
+    if isinstance(protected, Tensor): return S.masked_fill_(protected[:, :, None], -math.inf)
     N = S.shape[-1]
     pos = sorted({p % N for p in protected})                              # fixed positions: views, no mask to build
-    views = [S[:, ::N - 1], S[:, :, ::N - 1]] if N > 1 and pos == [0, N - 1] else [v for p in pos for v in (S[:, p], S[:, :, p])]
-    for v in views: v.fill_(-math.inf)
+    for v in ([S[:, ::N - 1]] if N > 1 and pos == [0, N - 1] else [S[:, p] for p in pos]): v.fill_(-math.inf)
     return S
 
 def _unit(t:Tensor)->Tensor: return t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)   # = F.normalize, bit for bit
 
 def _similarity(metric:Tensor, protected:Tensor|tuple|None, normalized:bool=False)->Tensor:
+    "Twice the cosine similarity of all pairs, `S + S.mT` (exactly symmetric), -inf on the diagonal and the protected rows and columns."
     k = metric if normalized else _unit(metric)
     S = torch.bmm(k, k.mT)
-    S = (S + S.mT).mul_(0.5)                 # deviation: exact symmetry, so mutual-best ties are bit-identical
     S.diagonal(dim1=-2, dim2=-1).fill_(-math.inf)
-    return _protect(S, protected)
+    S = _protect(S, protected)               # rows only: -inf + anything = -inf makes the columns follow below
+    return S + S.mT                          # deviation: exact symmetry, so mutual-best ties are bit-identical; the 2x is exact
 
 # %% ../nbs/10_merge.ipynb #46a99eca
 def _masked_redundancy(S:Tensor)->Tensor:
     "R_j = max of S_jl over tokens l ranked after j (ranking by best match, descending, ties by index)."
-    order = torch.sort(S.amax(dim=-1), dim=-1, descending=True, stable=True).indices  # (B, N)
-    rank = order.argsort(dim=-1)                                        # a permutation: no ties left
-    return S.masked_fill(rank[:, None, :] <= rank[:, :, None], -math.inf).amax(dim=-1)
+    order = torch.sort(S.amax(dim=-1, keepdim=True), dim=1, descending=True, stable=True).indices  # (B, N, 1)
+    rank = order.argsort(dim=1)                                         # a permutation: no ties left
+    return S.masked_fill(rank.mT <= rank, -math.inf).amax(dim=-1)       # masked where rank_l <= rank_j
 
 def complete_graph_soft_matching(metric:Tensor,               # (B, N, c) keys (CLIP: full width, with bias)
                                  r:int,                       # tokens to remove (clipped to (N - P) // 2)
@@ -200,6 +201,7 @@ def complete_graph_soft_matching(metric:Tensor,               # (B, N, c) keys (
                                  protected:Tensor|tuple|None=None, # (B, N) bool, same count P in every row; or fixed positions, e.g. (0, -1)
                                  num_protected:int|None=None, # P if known (saves a sync with a mask; lets FLOPs be counted on 'meta')
                                  normalized:bool=False,       # `metric` rows are already unit vectors (reuse them)
+                                 batch:Tensor|None=None,      # (B, 1) `arange(B)[:, None]` if the caller made it once per forward; None = made here
                                 )->Match|None:                # the pairs, or None when r_eff = 0
     "CrossGET's complete-graph soft matching with cross-guided source selection and ensemble weights (Eq. 3-6)."
     B, N, _ = metric.shape
@@ -207,18 +209,18 @@ def complete_graph_soft_matching(metric:Tensor,               # (B, N, c) keys (
     r = clip_r(r, N, P)
     if r == 0: return None
     with torch.no_grad():
-        S = _similarity(metric, protected, normalized)
-        R = _masked_redundancy(S)           # protected rows are all -inf, so their sigma below is +inf: never sources
-        sigma = -R if importance is None else importance.to(S.dtype) - R  # Eq. (5): small = redundant, unimportant
-        by_score = torch.sort(sigma, dim=-1, stable=True).indices
-        src, keep = by_score[:, :r], by_score[:, r:].sort(dim=-1).values
-        rows = S[torch.arange(B, device=S.device)[:, None], src]          # sources' rows of the unmasked S
+        S = _similarity(metric, protected, normalized)  # 2 cos: the exact 2x changes no max, order or tie below
+        R = _masked_redundancy(S)           # 2R; protected rows are all -inf, so their sigma below is +inf: never sources
+        # Eq. (5): sigma = I - R, small = redundant, unimportant; sorted as -2 sigma = 2R - 2I (exact), descending
+        neg = R if importance is None else torch.sub(R, importance.to(S.dtype), alpha=2)
+        src, rest = torch.sort(neg, dim=-1, descending=True, stable=True).indices.split([r, N - r], dim=-1)
+        keep = rest.sort(dim=-1).values
+        b = torch.arange(B, device=S.device)[:, None] if batch is None else batch
+        rows = S[b, src]                                                  # sources' rows of the unmasked S
         dst = rows.scatter_(2, src[:, None, :].expand(B, r, r), -math.inf).argmax(dim=-1)  # best non-source (first on ties)
-        if importance is None: alpha = S.new_full((B, r, 2), 0.5)
-        else:
-            I = importance.to(S.dtype)
-            alpha = torch.stack([I.gather(1, src), I.gather(1, dst)], dim=-1).softmax(dim=-1)
-    return Match(src, dst, keep, alpha, N)
+        pairs, b3 = torch.stack([src, dst], dim=-1), b[..., None]         # (B, r, 2), (B, 1, 1)
+        alpha = S.new_full((B, r, 2), 0.5) if importance is None else importance.to(S.dtype)[b3, pairs].softmax(dim=-1)
+    return Match(src, dst, keep, alpha, N, (b, b3, pairs))
 
 # %% ../nbs/10_merge.ipynb #9783d4a4
 def cross_importance(keys:Tensor,  # (B, N, c)
@@ -244,11 +246,13 @@ def merge_ensemble(x:Tensor,              # (B, N, C) tokens (the residual strea
     "Cross-guided weighted ensemble of the matched tokens (Eq. 7); returns merged tokens and sizes."
     if match is None: return x, size
     if size is None: size = torch.ones_like(x[..., :1])
-    b = torch.arange(x.shape[0], device=x.device)[:, None]    # whole rows by (batch, token) indexing: fast on CPU
     src, dst = match.src, match.dst
+    if match.index is None: b = torch.arange(x.shape[0], device=x.device)[:, None]; b3, pairs = b[..., None], torch.stack([src, dst], -1)
+    else: b, b3, pairs = match.index                          # (batch, token) indexing: whole rows
     y = x * size
     w = match.alpha.to(x.dtype) * 2
-    contrib = w[..., :1] * y[b, src] + (w[..., 1:] - 1) * y[b, dst]
+    w[..., 1].sub_(1)                                         # (2 alpha_s, 2 alpha_d - 1), a fresh tensor: in place
+    contrib = (w[..., None] * y[b3, pairs]).sum(2)            # both terms from one gather; a sum of two is exact a + b
     acc = y.index_put_((b, dst), contrib, accumulate=True)[b, match.keep]   # y is our own temporary: in place
     new_size = size.index_put((b, dst), size[b, src], accumulate=True)[b, match.keep]   # plain sums (exact: integers)
     return acc / new_size, new_size
