@@ -18,7 +18,8 @@ __all__ = ['DTYPES', 'RESULTS_SCHEMA', 'seed_everything', 'seed_worker', 'make_g
            'atomic_write_json', 'atomic_torch_save', 'git_commit', 'library_versions', 'write_results', 'read_results',
            'require_inputs', 'rehearsal_active', 'scale_label', 'kill_point', 'PaperNumber', 'register_paper_numbers',
            'paper_numbers', 'compare', 'comparison_table', 'swap_class', 'restore_class', 'replace_module',
-           'find_modules', 'is_patched', 'check_unpatched', 'set_patched', 'get_patch_state', 'clear_patched', 'Timer']
+           'find_modules', 'is_patched', 'check_unpatched', 'set_patched', 'get_patch_state', 'clear_patched',
+           'check_state_dict', 'Timer']
 
 # %% ../nbs/00_core.ipynb #642b09e0
 def seed_everything(seed:int,               # the one seed of the run
@@ -338,6 +339,26 @@ def get_patch_state(model:nn.Module, method:str)->Any:
 def clear_patched(model:nn.Module, method:str)->Any:
     "Forget that `method` is attached to `model`; return its state."
     return model.__dict__.pop(_key(method), None)
+
+# %% ../nbs/00_core.ipynb #e402f8fb
+def check_state_dict(expected:dict,                 # the model's `state_dict()` (name -> tensor)
+                     got:dict,                      # the file's weights, already renamed to the model's names
+                     what:str='the checkpoint',     # how the messages name the file
+                     required:Iterable[str]|None=None, # names the file must hold (None: every expected name)
+                     names:dict|None=None,          # model name -> the file's own name, quoted in the messages
+                     fix_unexpected:str='load it into the model it was saved from',
+                     fix_shape:str="build the model with the checkpoint's sizes",
+                     fix_missing:str='check that it is a checkpoint of this model',
+                    ):
+    "Raise a `ValueError` naming the first weight of `got` that does not fit `expected` (absent, other shape) or a `required` one it lacks."
+    names = names or {}
+    for k, v in got.items():
+        if k not in expected: raise ValueError(f"{names.get(k, k)!r} does not fit this model (no {k}): {fix_unexpected}")
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise ValueError(f"{names.get(k, k)!r} has shape {tuple(v.shape)} in {what} but {tuple(expected[k].shape)} in the "
+                             f"model ({k}): {fix_shape}")
+    lacking = [k for k in (expected if required is None else required) if k not in got]
+    if lacking: raise ValueError(f"{what} lacks {len(lacking)} trained weight(s) of this model, e.g. {lacking[:3]}: {fix_missing}")
 
 # %% ../nbs/00_core.ipynb #546a452b
 class Timer:

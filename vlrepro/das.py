@@ -913,11 +913,7 @@ def variant_rows(backbone:nn.Module, num_answers:int, variants:dict[str, list[in
     return rows, models
 
 # %% ../nbs/20_das.ipynb #187ae199
-_CLIP_RENAMES = [('conv1.weight', 'embeddings.patch_embedding.weight'), ('class_embedding', 'embeddings.class_embedding'),
-                 ('positional_embedding', 'embeddings.position_embedding.weight'), ('ln_pre.', 'pre_layrnorm.'),
-                 ('ln_post.', 'post_layernorm.')]
-_BLOCK_RENAMES = [('attn.out_proj.', 'self_attn.out_proj.'), ('ln_1.', 'layer_norm1.'), ('ln_2.', 'layer_norm2.'),
-                  ('mlp.c_fc.', 'mlp.fc1.'), ('mlp.c_proj.', 'mlp.fc2.')]
+from .models import hf_clip_vision_to_open_clip, open_clip_state_dict_to_hf  # the OpenAI <-> HF CLIP key map
 
 def _resize_pos(pe:Tensor, n_new:int)->Tensor:
     "Bicubic resize of a (1 + g², d) CLIP position embedding to (n_new, d)."
@@ -936,29 +932,15 @@ def convert_meter_checkpoint(ckpt:str|Path|dict,  # path of METER's .ckpt (Light
                                                    "from the zdou0830/METER GitHub release and pass its local path")
         ckpt = torch.load(p, map_location='cpu', weights_only=False)
     sd = ckpt.get('state_dict', ckpt)
-    out, heads = {}, {}
+    out, heads, vis = {}, {}, {}
     for k, v in sd.items():
-        if k.startswith('vit_model.'):
-            k2 = k[len('vit_model.'):]
-            if k2.startswith('visual.'): k2 = k2[len('visual.'):]
-            if k2 == 'proj': continue                                   # CLIP's output projection is not used by METER
-            if k2.startswith('transformer.resblocks.'):
-                i, rest = k2.split('.')[2], '.'.join(k2.split('.')[3:])
-                pre = f'vit_model.encoder.layers.{i}.'
-                if rest.startswith('attn.in_proj_'):
-                    for name, part in zip('qkv', v.chunk(3, dim=0)):
-                        out[pre + f'self_attn.{name}_proj.' + rest.split('_')[-1]] = part
-                    continue
-                for a, b in _BLOCK_RENAMES: rest = rest.replace(a, b)
-                out[pre + rest] = v; continue
-            for a, b in _CLIP_RENAMES:
-                if k2.startswith(a): k2 = b + k2[len(a):]; break
-            out['vit_model.' + k2] = v
+        if k.startswith('vit_model.'): vis[k[len('vit_model.'):]] = v   # CLIP's image tower, OpenAI names
         elif k.startswith('text_transformer.'):
             if '.pooler.' in k or k.endswith('position_ids'): continue   # unused by METER's fusion
             out[k] = v
         elif k.startswith(('cross_modal_', 'token_type_embeddings')): out[k] = v
         else: heads[k] = v
+    if vis: out.update({f'vit_model.{k}': v for k, v in open_clip_state_dict_to_hf(vis, vision_only=True).items()})
     if model is not None:
         want = model.state_dict()
         pe = 'vit_model.embeddings.position_embedding.weight'
@@ -970,24 +952,10 @@ def convert_meter_checkpoint(ckpt:str|Path|dict,  # path of METER's .ckpt (Light
 
 def meter_to_official(model:METER)->dict:
     "The inverse mapping (our `METER` -> METER's checkpoint names); used to test `convert_meter_checkpoint`."
-    sd, out = model.state_dict(), {}
-    for k, v in sd.items():
-        if not k.startswith('vit_model.'): out[k] = v; continue
-        k2 = k[len('vit_model.'):]
-        if k2.startswith('encoder.layers.'):
-            i, rest = k2.split('.')[2], '.'.join(k2.split('.')[3:])
-            if rest.startswith('self_attn.') and rest.split('.')[1] in ('q_proj', 'k_proj', 'v_proj'):
-                if rest.startswith('self_attn.q_proj'):
-                    kind = rest.split('.')[-1]
-                    out[f'vit_model.transformer.resblocks.{i}.attn.in_proj_{kind}'] = torch.cat(
-                        [sd[f'{k[:k.index("self_attn")]}self_attn.{n}_proj.{kind}'] for n in 'qkv'])
-                continue
-            for a, b in _BLOCK_RENAMES: rest = rest.replace(b, a)
-            out[f'vit_model.transformer.resblocks.{i}.{rest}'] = v; continue
-        for a, b in _CLIP_RENAMES:
-            if k2.startswith(b): k2 = a + k2[len(b):]; break
-        out['vit_model.' + k2] = v
-    return {'state_dict': out}
+    sd = model.state_dict()
+    vis = hf_clip_vision_to_open_clip({k[len('vit_model.'):]: v for k, v in sd.items() if k.startswith('vit_model.')})
+    return {'state_dict': {**{k: v for k, v in sd.items() if not k.startswith('vit_model.')},
+                           **{f'vit_model.{k}': v for k, v in vis.items()}}}
 
 # %% ../nbs/20_das.ipynb #d7b37c42
 def _count(m:nn.Module)->int: return sum(p.numel() for p in m.parameters())
