@@ -20,17 +20,17 @@ __all__ = ['ANSWER_STYLES', 'CAPTION_PROMPT', 'IMAGE_PREFIX', 'TEXT_PREFIX', 'PA
            'FULL_INPUTS', 'MME_FOLDERED', 'multiscale_prompt', 'Projector', 'check_drop_ratio', 'drop_count',
            'adaptive_drop', 'fusion_kv', 'fuse', 'ClipAdapter', 'ADEMClipMLP', 'ADEMState', 'ADEMLlamaMLP',
            'visual_context', 'ADEMVL', 'expected_trainable', 'clip_features', 'patch', 'is_patched', 'get_state',
-           'unpatch', 'trainable_parameters', 'adapter_state_dict', 'load_released', 'insert_visual', 'lm_loss',
-           'encode_images', 'forward', 'greedy_generate', 'generate', 'tokenize_example', 'parse_answer', 'pre_caption',
-           'caption_example', 'extract_caption', 'mme_prompt', 'instruction_example', 'write_mme_predictions',
-           'mme_scores', 'effective_lr', 'lr_at', 'clip_hidden', 'TextOnlyVL', 'ADEMVLModel', 'InputSpaceVL',
-           'encoder_of', 'SQAExamples', 'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm',
-           'VisionProbe', 'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost',
-           'bench_main', 'load_clip_vision', 'PairExamples', 'caption_pairs', 'instruction_pairs', 'generate_texts',
-           'read_mme_task', 'read_sqa_captions', 'check_captions', 'train_task', 'run_full_scale', 'full_scale_inputs',
-           'full_scale_label', 'lavin_image', 'convert_lavin_instructions', 'write_meta_llama', 'write_openai_clip',
-           'write_scienceqa_upstream', 'write_karpathy_coco_upstream', 'write_lavin_instructions_upstream',
-           'write_mme_upstream', 'write_released_standin', 'rehearsal']
+           'unpatch', 'trainable_parameters', 'param_group', 'adapter_state_dict', 'load_released', 'insert_visual',
+           'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate', 'tokenize_example', 'parse_answer',
+           'pre_caption', 'caption_example', 'extract_caption', 'mme_prompt', 'instruction_example',
+           'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at', 'clip_hidden', 'TextOnlyVL', 'ADEMVLModel',
+           'InputSpaceVL', 'encoder_of', 'SQAExamples', 'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa',
+           'train_text_llm', 'VisionProbe', 'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost',
+           'fusion_maps', 'layer_cost', 'bench_main', 'load_clip_vision', 'PairExamples', 'caption_pairs',
+           'instruction_pairs', 'generate_texts', 'read_mme_task', 'read_sqa_captions', 'check_captions', 'train_task',
+           'run_full_scale', 'full_scale_inputs', 'full_scale_label', 'lavin_image', 'convert_lavin_instructions',
+           'write_meta_llama', 'write_openai_clip', 'write_scienceqa_upstream', 'write_karpathy_coco_upstream',
+           'write_lavin_instructions_upstream', 'write_mme_upstream', 'write_released_standin', 'rehearsal']
 
 # %% ../nbs/40_ademvl.ipynb #cd7ea183
 def _check_scales(down_sample_num:Sequence[int], # features per scale, e.g. (256, 64)
@@ -225,20 +225,20 @@ def clip_features(vision_tower:nn.Module, # HF CLIPVisionModel (patched or not)
     return post(h)
 
 # %% ../nbs/40_ademvl.ipynb #bd92908c
-def _llm_parts(llm:nn.Module):
+def _llm_parts(model:nn.Module):
     "Locate the decoder layers and the input embedding of a HF `LlamaForCausalLM`."
     from transformers import LlamaForCausalLM
-    if not isinstance(llm, LlamaForCausalLM):
-        raise TypeError(f"ademvl.patch supports Hugging Face LlamaForCausalLM (LLaMA-1/2 layout), got {type(llm).__name__}; "
+    if not isinstance(model, LlamaForCausalLM):
+        raise TypeError(f"ademvl.patch supports Hugging Face LlamaForCausalLM (LLaMA-1/2 layout), got {type(model).__name__}; "
                         "convert Meta consolidated.*.pth weights with ademvl.load_llama(..., llama_format='meta')")
-    return llm.model.layers, llm.get_input_embeddings()
+    return model.model.layers, model.get_input_embeddings()
 
 def _grid(vision_tower:nn.Module)->int:
     cfg = getattr(vision_tower, 'config', None)
     if cfg is None or not hasattr(cfg, 'image_size'): raise TypeError("vision tower has no config.image_size/patch_size; use a HF CLIPVisionModel")
     return cfg.image_size // cfg.patch_size
 
-def patch(llm:nn.Module,                     # HF LlamaForCausalLM, frozen weights loaded
+def patch(model:nn.Module,                   # HF LlamaForCausalLM, frozen weights loaded
           vision_tower:nn.Module,            # HF CLIPVisionModel
           down_sample_num:Sequence[int]=(256, 64), # features per scale; squares, sides at most the patch grid's
           alpha:float=0.1,                   # LLM-side fusion scale; 0 = the frozen LLM
@@ -250,65 +250,64 @@ def patch(llm:nn.Module,                     # HF LlamaForCausalLM, frozen weigh
           clip_adapter_scale:float=0.1,      # CLIP-adapter scale (0.1 hard-coded upstream)
           image_prefix_ids:Sequence[int]=(), # tokenizer ids of "Image: " (no BOS)
           text_prefix_ids:Sequence[int]=(),  # tokenizer ids of "Image: N/A" (no BOS)
-         )->nn.Module:                       # `llm`, patched in place
+         )->nn.Module:                       # `model`, patched in place
     "Attach ADEM-VL to a frozen Llama and its CLIP vision tower in place; only `adapter` parameters stay trainable."
-    layers, emb = _llm_parts(llm)
+    layers, emb = _llm_parts(model)
     vm, _, _, enc, _ = _vision_parts(vision_tower)
-    core.check_unpatched(llm, 'ademvl'); core.check_unpatched(vision_tower, 'ademvl')
+    core.check_unpatched(model, 'ademvl'); core.check_unpatched(vision_tower, 'ademvl')
     sides = _check_scales(down_sample_num, _grid(vision_tower))
     st = ADEMState(alpha=float(alpha), beta=float(beta), drop_ratio=check_drop_ratio(drop_ratio),
                    down_sample_num=tuple(s*s for s in sides), with_cls=bool(with_cls), adapter_dim=int(adapter_dim),
                    hidden_proj=int(hidden_proj), clip_adapter_scale=float(clip_adapter_scale),
                    image_prefix=tuple(int(i) for i in image_prefix_ids), text_prefix=tuple(int(i) for i in text_prefix_ids))
-    st.requires_grad = {id(p): p.requires_grad for m in (llm, vision_tower) for p in m.parameters()}
+    st.requires_grad = {id(p): p.requires_grad for m in (model, vision_tower) for p in m.parameters()}
     D, C = emb.weight.shape[1], vision_tower.config.hidden_size
     dev = emb.weight.device
     for i, layer in enumerate(layers):
         core.replace_module(layer, 'mlp', ADEMLlamaMLP(layer.mlp, st, i))
     for layer in enc.layers:
         core.replace_module(layer, 'mlp', ADEMClipMLP(layer.mlp, C, st.adapter_dim, st.clip_adapter_scale).to(dev))
-    llm.ademvl = ADEMVL(C, D, sum(st.down_sample_num), st.hidden_proj).to(dev).train(llm.training)  # fp32; the LLM's mode
-    llm.ademvl.vision_tower = vision_tower
-    for n, p in llm.named_parameters(): p.requires_grad_('adapter' in n)  # official rule (adem/build.py): trainable iff the name has "adapter"
-    core.set_patched(vision_tower, 'ademvl', st); core.set_patched(llm, 'ademvl', st)
-    return llm
+    model.ademvl = ADEMVL(C, D, sum(st.down_sample_num), st.hidden_proj).to(dev).train(model.training)  # fp32; the LLM's mode
+    model.ademvl.vision_tower = vision_tower
+    for n, p in model.named_parameters(): p.requires_grad_('adapter' in n)  # official rule (adem/build.py): trainable iff the name has "adapter"
+    core.set_patched(vision_tower, 'ademvl', st); core.set_patched(model, 'ademvl', st)
+    return model
 
-def is_patched(llm:nn.Module)->bool:
-    "Is ADEM attached to `llm`?"
-    return core.is_patched(llm, 'ademvl')
+def is_patched(model:nn.Module)->bool:
+    "Is ADEM attached to `model`?"
+    return core.is_patched(model, 'ademvl')
 
-def get_state(llm:nn.Module)->ADEMState:
+def get_state(model:nn.Module)->ADEMState:
     "The shared `ADEMState` of a patched model (change `alpha`, `drop_ratio`, ... here)."
-    return core.get_patch_state(llm, 'ademvl')
+    return core.get_patch_state(model, 'ademvl')
 
-def unpatch(llm:nn.Module)->nn.Module:
-    "Remove ADEM: restore the original FFN and CLIP MLP modules and `requires_grad` flags; return `llm`."
-    st = get_state(llm)
-    vt = llm.ademvl.vision_tower
-    for layer in llm.model.layers:
+def unpatch(model:nn.Module)->nn.Module:
+    "Remove ADEM: restore the original FFN and CLIP MLP modules and `requires_grad` flags; return `model`."
+    st = get_state(model)
+    vt = model.ademvl.vision_tower
+    for layer in model.model.layers:
         if isinstance(layer.mlp, ADEMLlamaMLP): core.replace_module(layer, 'mlp', layer.mlp.base)
     for layer in _vision_parts(vt)[3].layers:
         if isinstance(layer.mlp, ADEMClipMLP): core.replace_module(layer, 'mlp', layer.mlp.base)
-    del llm.ademvl
-    for m in (llm, vt):
+    del model.ademvl
+    for m in (model, vt):
         for p in m.parameters(): p.requires_grad_(st.requires_grad.get(id(p), p.requires_grad))
         core.clear_patched(m, 'ademvl')
-    return llm
+    return model
 
-def trainable_parameters(llm:nn.Module)->dict[str, int]:
-    "Trainable parameter counts of a patched model by group (official rule: name contains `adapter`), plus `total`."
-    get_state(llm)
-    groups = {'adapter_emb1/emb2': 0, 'adapter_proj': 0, 'adapter_proj_cls': 0, 'clip_adapters': 0, 'other': 0}
-    for n, p in llm.named_parameters():
-        if not p.requires_grad: continue
-        g = ('adapter_emb1/emb2' if 'adapter_emb' in n else 'adapter_proj_cls' if 'adapter_proj_cls' in n
-             else 'adapter_proj' if 'adapter_proj' in n else 'clip_adapters' if 'ademvl_adapter' in n else 'other')
-        groups[g] += p.numel()
-    return {**groups, 'total': sum(groups.values())}
+def trainable_parameters(model:nn.Module)->dict[str, nn.Parameter]: # name -> parameter, those with requires_grad
+    "The parameters ADEM trains in a patched model (official rule: the name contains `adapter`)."
+    get_state(model)
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
-def adapter_state_dict(llm:nn.Module)->dict[str, Tensor]:
+def param_group(name:str)->str:
+    "The group of a trainable parameter, for `core.count_parameters(trainable_parameters(model), group=param_group)`."
+    return ('adapter_emb1/emb2' if 'adapter_emb' in name else 'adapter_proj_cls' if 'adapter_proj_cls' in name
+            else 'adapter_proj' if 'adapter_proj' in name else 'clip_adapters' if 'ademvl_adapter' in name else 'other')
+
+def adapter_state_dict(model:nn.Module)->dict[str, Tensor]:
     "The parameters a checkpoint keeps (names containing `adapter`, as upstream `checkpoint-{epoch}.pth`)."
-    return {k: v for k, v in llm.state_dict().items() if 'adapter' in k}
+    return {k: v for k, v in model.state_dict().items() if 'adapter' in k}
 
 # %% ../nbs/40_ademvl.ipynb #674fe81a
 _ADEM_OPTS = (('alpha', 'alpha'), ('beta', 'beta'), ('drop_ratio', 'drop_ratio'), ('adapter_dim', 'adapter_dim'),
@@ -1236,7 +1235,7 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
                 write_mme_predictions(pred_dir, t, [(Path(im).name, q, gt, g) for (im, q, gt), g in zip(rows, gens)])
             sc = mme_scores(pred_dir)
             metrics = {f'LLaMA-{llm} instruction/MME-P': sc['MME-P'], f'LLaMA-{llm} instruction/MME-C': sc['MME-C']}
-    eff = dict(trainable_params=trainable_parameters(llm_m)['total'], train_seconds=res.get('seconds'))
+    eff = dict(trainable_params=core.count_parameters(trainable_parameters(llm_m)), train_seconds=res.get('seconds'))
     return dict(metrics=metrics, efficiency=eff, extra=extra, train=res, model=model, finished=bool(res.get('finished')),
                 global_batch=gb)
 

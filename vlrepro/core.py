@@ -19,7 +19,7 @@ __all__ = ['DTYPES', 'RESULTS_SCHEMA', 'seed_everything', 'seed_worker', 'make_g
            'require_inputs', 'rehearsal_active', 'scale_label', 'kill_point', 'PaperNumber', 'register_paper_numbers',
            'paper_numbers', 'compare', 'comparison_table', 'swap_class', 'restore_class', 'replace_module',
            'find_modules', 'is_patched', 'check_unpatched', 'set_patched', 'get_patch_state', 'clear_patched',
-           'check_state_dict', 'Timer']
+           'count_parameters', 'check_state_dict', 'Timer']
 
 # %% ../nbs/00_core.ipynb #642b09e0
 def seed_everything(seed:int,               # the one seed of the run
@@ -339,6 +339,22 @@ def get_patch_state(model:nn.Module, method:str)->Any:
 def clear_patched(model:nn.Module, method:str)->Any:
     "Forget that `method` is attached to `model`; return its state."
     return model.__dict__.pop(_key(method), None)
+
+# %% ../nbs/00_core.ipynb #36132a8d
+def _numel_of(p:torch.Tensor)->int: return int(getattr(p, 'ds_numel', p.numel()))
+
+def count_parameters(params:nn.Module|dict,      # a module, or {name: parameter} (e.g. a method's `trainable_parameters`)
+                     trainable_only:bool=False,  # count only tensors with `requires_grad`
+                     group:Callable[[str], str]|None=None, # name -> group: return counts per group plus 'total'
+                    )->int|dict[str, int]:       # number of scalars (or {group: scalars, ..., 'total': all})
+    "Count parameters, shared tensors once, optionally per group of names."
+    named = params.named_parameters() if isinstance(params, nn.Module) else params.items()
+    seen, out = set(), {}
+    for n, p in named:
+        if id(p) in seen or (trainable_only and not p.requires_grad): continue
+        seen.add(id(p)); g = group(n) if group else 'total'
+        out[g] = out.get(g, 0) + _numel_of(p)
+    return {**out, 'total': sum(out.values())} if group else out.get('total', 0)
 
 # %% ../nbs/00_core.ipynb #e402f8fb
 def check_state_dict(expected:dict,                 # the model's `state_dict()` (name -> tensor)

@@ -365,9 +365,9 @@ def unpatch(model:nn.Module)->nn.Module:
     clear_patched(model, 'crossget')
     return model
 
-def trainable_parameters(model:nn.Module)->list[nn.Parameter]:
-    "The parameters CrossGET adds (the cross tokens)."
-    return [p for n, p in model.named_parameters() if n.split('.')[-1].startswith('crossget_')]
+def trainable_parameters(model:nn.Module)->dict[str, nn.Parameter]: # name -> parameter, those with requires_grad
+    "The parameters CrossGET adds and trains (the cross tokens)."
+    return {n: p for n, p in model.named_parameters() if n.split('.')[-1].startswith('crossget_') and p.requires_grad}
 
 # %% ../nbs/11_crossget.ipynb #ce8befa1
 @dataclass
@@ -869,7 +869,8 @@ class CoOp(nn.Module):
         super().__init__()
         if not is_patched(clip): patch(clip, rv=0, rl=0)
         self.clip = clip.requires_grad_(False)
-        for p in trainable_parameters(clip): p.requires_grad_(True)              # the cross tokens train
+        for n, p in clip.named_parameters():                                     # the cross tokens train
+            if n.split('.')[-1].startswith('crossget_'): p.requires_grad_(True)
         ids = tokenize([f"{c}{suffix}" if suffix else c for c in classnames])
         T = ids.shape[1]
         n_words = int((ids > 0).sum(1).max())
