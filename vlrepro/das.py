@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_das.ipynb #303b6c4e
 from __future__ import annotations
-import copy, itertools, json, math, time
+import copy, inspect, itertools, json, math, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -25,8 +25,7 @@ __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 
            'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss', 'shapesvqa_tensors',
            'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits', 'variant_rows',
            'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency', 'llama_latency',
-           'bench_main', 'parse_skip_list', 'run_full_scale', 'full_scale_inputs', 'run_data_script', 'standin_path',
-           'rehearsal']
+           'bench_main', 'parse_skip_list', 'pipeline_kwargs', 'run_data_script', 'standin_path', 'rehearsal']
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
@@ -1090,6 +1089,7 @@ PAPER_NUMBERS = core.register_paper_numbers('das', [
 ])
 
 # %% ../nbs/20_das.ipynb #cf57ce4f
+# the module that owns each full-scale model (they import das; das never imports them: the notebook and `vlrepro.rehearse` pick)
 FULL_SCALE = {'vilt': 'vlrepro.das_vl', 'meter': 'vlrepro.das_vl', 'lavin': 'vlrepro.das_lavin', 'llama': 'vlrepro.das_lavin'}
 # notebook parameters whose 0 / '' means "not set": the pipeline's own default applies (others, e.g. warmup_epoch=0, pass as given)
 UNSET_MEANS_DEFAULT = {'vision_ckpt', 'text_ckpt', 'skip_list', 'train_epochs', 'lr', 'batch_size', 'per_gpu_batchsize',
@@ -1110,28 +1110,13 @@ def parse_skip_list(skip_list:str|Sequence[int], # '[24, 27, 25, 22]', '1, 4', '
     if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v): raise ValueError(err)
     return list(v)
 
-def run_full_scale(model:str,     # 'vilt', 'meter' (VQAv2, NLVR2, Flickr30K), 'lavin' (ScienceQA) or 'llama' (BoolQ, CSQA, GSM8K)
-                   **params,      # the notebook's parameters; those the pipeline does not take are ignored
-                  )->dict:        # metrics, efficiency, extra, scale
-    "Run a full-scale DAS reproduction (search, skip-and-retrain, evaluation) with the pipeline of `model`'s family."
-    import importlib, inspect
-    if model not in FULL_SCALE:
-        raise ValueError(f"unknown full-scale model {model!r}; use one of {sorted(FULL_SCALE)} ('tiny-vilt' is the CPU demonstration)")
-    fn = importlib.import_module(FULL_SCALE[model]).run_full_scale
+def pipeline_kwargs(fn:Callable,  # a pipeline's `run_full_scale` or `required_inputs`
+                    params:dict,    # the notebook's parameters
+                   )->dict:         # those `fn` takes; an unset one (0 or '' in UNSET_MEANS_DEFAULT) is left to `fn`'s default
+    "The notebook's parameters a full-scale pipeline function takes, 'unset' values dropped so its own defaults apply."
     sig = inspect.signature(fn).parameters
-    kw = {k: v for k, v in params.items()
-          if k in sig and not (k in UNSET_MEANS_DEFAULT and v in (0, '') and sig[k].default is not inspect.Parameter.empty)}
-    return fn(model=model, **kw)
-
-def full_scale_inputs(model:str,  # 'vilt', 'meter', 'lavin' or 'llama' (anything else: nothing to check)
-                      **params,   # the notebook's parameters
-                     )->dict:     # {what: (path, how to make it)} for `core.require_inputs`
-    "The dataset files a full-scale run derives from `data_root`, each with the data script that makes it."
-    import importlib, inspect
-    if model not in FULL_SCALE: return {}
-    fn = importlib.import_module(FULL_SCALE[model]).required_inputs
-    sig = inspect.signature(fn).parameters
-    return fn(model=model, **{k: v for k, v in params.items() if k in sig and k != 'model'})
+    return {k: v for k, v in params.items()
+            if k in sig and not (k in UNSET_MEANS_DEFAULT and v in (0, '') and sig[k].default is not inspect.Parameter.empty)}
 
 def run_data_script(script:str,        # a file of data_scripts/, e.g. 'convert_vilt_arrow.py'
                     args:Sequence[str], # its command-line arguments
@@ -1157,16 +1142,15 @@ def standin_path(root:Path,   # the rehearsal root
                                                "(ckpt/..., data/...)")
     return Path(root)/p
 
-
 # %% ../nbs/20_das.ipynb #88c2a41a
 def rehearsal(params:dict,            # the parameter set's YAML mapping
               root:Path|None=None,    # rehearsal root for the stand-ins (None: only the plan)
               device:str='cpu',       # 'cpu' or 'cuda'
              )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
-    "The rehearsal plan of a 20_das set: the CPU demonstration at the 'rehearsal' scale, or its full-scale family's plan."
-    import importlib
+    "The rehearsal plan of a 20_das set of the CPU demonstration, at the 'rehearsal' scale (full-scale sets: their family's `rehearsal`)."
     model = params.get('model', 'tiny-vilt')
-    if model in FULL_SCALE: return importlib.import_module(FULL_SCALE[model]).rehearsal(params, root, device=device)
+    if model in FULL_SCALE: raise ValueError(f"model {model!r} is rehearsed by {FULL_SCALE[model]}.rehearsal, the module that owns "
+                                             f"it (`vlrepro.rehearse.plan_function('20_das', params)` picks it)")
     if model != 'tiny-vilt': raise ValueError(f"unknown model {model!r} in the set; use 'tiny-vilt' or one of {sorted(FULL_SCALE)}")
     ov = dict(demo_scale='rehearsal', das_epoch=2, search_epochs=2, latency_batch=8, latency_reps=2, bench_real=False, device=device)
     return dict(overrides=ov, branch='cpu-demo', metric=f"DAS-{int(params.get('skip_num', 2))}/test_acc", nproc=1,
