@@ -56,7 +56,7 @@ def _contract(m, img, txt):
     assert new == {'visual.crossget_cross_image', 'crossget_cross_text'}
     assert {n for n, p in m.named_parameters() if n not in req} == new  # only new parameters are new
     assert all(m.get_parameter(n).requires_grad == r for n, r in req.items())  # the rest untouched
-    assert all((p == 0).all() for p in cg.trainable_parameters(m))
+    assert all((p == 0).all() for p in cg.trainable_parameters(m).values())
     cg.unpatch(m)
     assert set(m.state_dict()) == keys
     with torch.no_grad(): assert torch.equal(m.encode_image(img), ri)
@@ -156,12 +156,12 @@ def test_training_step_and_checkpointing(tiny):
     assert m.logit_scale.item() == pytest.approx(math.log(100))
     loss, parts = cg.retrieval_loss(out, torch.arange(3))
     loss.backward()
-    grads = [p.grad.clone() for p in cg.trainable_parameters(m)]
+    grads = [p.grad.clone() for p in cg.trainable_parameters(m).values()]
     assert all(g.abs().sum() > 0 for g in grads) and set(parts) == {'itc', 'cross'}
     m.zero_grad(); m.set_grad_checkpointing(True)
     loss2, _ = cg.retrieval_loss(m(img, txt, return_cross=True), torch.arange(3)); loss2.backward()
     torch.testing.assert_close(loss2, loss)
-    for p, g in zip(cg.trainable_parameters(m), grads): torch.testing.assert_close(p.grad, g)
+    for p, g in zip(cg.trainable_parameters(m).values(), grads): torch.testing.assert_close(p.grad, g)
 
 
 def test_batch_independence_model(tiny):  # merging is per sample: batch results = single results

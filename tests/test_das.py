@@ -378,7 +378,7 @@ def test_notebook_papermill_smoke(tmp_path):
 
 
 def test_full_scale_dispatch_errors():
-    with pytest.raises(ValueError, match="unknown full-scale model 'vit'"): das.run_full_scale('vit')
+    with pytest.raises(ValueError, match="rehearsed by vlrepro.das_vl.rehearsal"): das.rehearsal({'model': 'vilt'})
 
 
 def test_fit_schedules():
@@ -424,17 +424,19 @@ def test_vilt_from_local_folder_patches(tmp_path):
     torch.testing.assert_close(ref, run_vilt(m, inp).last_hidden_state, rtol=0, atol=0)
 
 
-def test_full_scale_dispatch_passes_parameters(monkeypatch):
-    import types, sys
-    got = {}
-    def fake(model, task, data_root, warmup_epoch=1, lr=1e-4, image_size=384, skip_list=''):
-        got.update(model=model, task=task, data_root=data_root, warmup_epoch=warmup_epoch, lr=lr, image_size=image_size,
-                   skip_list=skip_list)
-        return {}
-    monkeypatch.setitem(sys.modules, 'vlrepro.das_vl', types.SimpleNamespace(run_full_scale=fake))
-    das.run_full_scale('meter', task='nlvr2', data_root='/d', warmup_epoch=0, lr=0.0, image_size=0, skip_list='', demo_scale='x')
+def test_full_scale_dispatch_passes_parameters():
+    def fake(model, task, data_root, warmup_epoch=1, lr=1e-4, image_size=384, skip_list=''): pass
+    kw = das.pipeline_kwargs(fake, dict(task='nlvr2', data_root='/d', warmup_epoch=0, lr=0.0, image_size=0, skip_list='', demo_scale='x'))
     # warmup_epoch=0 is a real value; lr/image_size/skip_list at 0/'' mean "unset"; demo_scale is not the pipeline's
-    assert got == dict(model='meter', task='nlvr2', data_root='/d', warmup_epoch=0, lr=1e-4, image_size=384, skip_list='')
+    assert kw == dict(task='nlvr2', data_root='/d', warmup_epoch=0)
+
+
+def test_das_imports_no_module_above_it():
+    "das dispatches to neither pipeline: no `vlrepro.das_vl` / `das_lavin` in its source, statically or by importlib."
+    import inspect
+    src = inspect.getsource(das)
+    assert 'importlib' not in src and 'import_module' not in src
+    assert not [l for l in src.splitlines() if l.lstrip().startswith(('import', 'from')) and ('das_vl' in l or 'das_lavin' in l)]
 
 
 def test_vqa_mean_loss_weights_batches_by_size():

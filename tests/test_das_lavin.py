@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from vlrepro import das, data, models
+from vlrepro import das, data, metrics, models
 from vlrepro import das_lavin as dl
 
 torch.set_num_threads(1)
@@ -146,15 +146,16 @@ def test_tokenize_pair_labels():
                                          ('The answer is E.', 3, -1), ('', 3, -1), (None, 3, -1), ('B.', 3, 1),
                                          ('A. or B.', 3, -1)])
 def test_parse_choice_malformed(text, n, want):
-    assert dl.parse_choice(text, n) == want
+    assert metrics.parse_choice(text, n, 'lavin') == want   # LaVIN's ScienceQA rule
 
 
 def test_parse_fallback_and_language():
     g = torch.Generator().manual_seed(0)
-    picks = {dl.parse_choice('garbage', 3, fallback='random', generator=g) for _ in range(40)}
+    picks = {metrics.parse_choice('garbage', 3, 'lavin', fallback='random', generator=g) for _ in range(40)}
     assert picks == {0, 1, 2}
-    assert dl.parse_choice('hence the answer is B.', 2, 'boolq') == 1 and dl.parse_choice('Answer: C', 5, 'csqa') == 2
-    with pytest.raises(ValueError, match='fallback'): dl.parse_choice('x', 2, fallback='coin')
+    assert metrics.parse_choice('hence the answer is B.', 2, 'lavin_language') == 1
+    assert metrics.parse_choice('Answer: C', 5, 'lavin_language') == 2
+    with pytest.raises(ValueError, match='fallback'): metrics.parse_choice('x', 2, 'lavin', fallback='coin')
     assert dl.parse_number('so 5+5=10. The answer is 10.') == '10' and dl.parse_number('The answer is 1,234.') == '1234'
     assert dl.parse_number('The answer is -3.5') == '-3.5' and dl.parse_number('none') == ''
 

@@ -258,3 +258,18 @@ def test_pope():
         M.pope_scores(['yes'], ['maybe'])
     with pytest.raises(ValueError, match='answers'):
         M.pope_scores(['yes'], [])
+
+
+def test_parse_choice_styles_follow_each_official_rule():
+    assert [M.parse_choice('B. red', 3, s) for s in M.CHOICE_STYLES] == [1, 1, -1, 1, 1]
+    assert M.parse_choice('The answer is B.', 3, 'lavin') == 1 and M.parse_choice('A. or B.', 3, 'lavin') == -1
+    assert M.parse_choice('The', 3, 'adem') == -1 and M.parse_choice('AB', 3, 'adem') == 0 and M.parse_choice('AB', 3, 'strict') == -1
+    assert M.parse_choice('', 4, 'llava') == -1                      # an empty answer is not option A
+    with pytest.raises(ValueError, match='lavin_language'): M.parse_choice('A', 2, 'lenient')
+
+
+def test_mme_scores_by_hand_both_yes_no_rules():
+    preds, labels, ims = ['Yes', 'No', 'yes, it is', 'I think no'], ['yes', 'no', 'yes', 'no'], ['a', 'a', 'b', 'b']
+    assert M.mme_scores(preds, labels, ims, ['count'] * 4)['count'] == 75 + 50       # 'I think no' does not start with no
+    sc = M.mme_scores(preds, labels, ims, ['count', 'count', 'code_reasoning', 'code_reasoning'], 'adem')
+    assert (sc['count'], sc['code_reasoning'], sc['perception'], sc['cognition']) == (200, 50 + 0, 200, 50)

@@ -34,3 +34,22 @@ def test_crossget_adds_parameters_not_modules():
     n = sum(1 for _ in clip.modules())
     crossget.patch(clip, rv=2)
     assert sum(1 for _ in clip.modules()) == n and _modes(clip) == {False}
+
+
+@pytest.mark.parametrize('mod', ['crossget', 'das', 'laps', 'ademvl', 'vqascore'])
+def test_siblings_share_one_signature_shape(mod):
+    "patch / unpatch / is_patched / trainable_parameters: `model` first; trainable_parameters -> {name: nn.Parameter}."
+    import importlib, inspect
+    m = importlib.import_module(f'vlrepro.{mod}')
+    for fn in ('patch', 'unpatch', 'is_patched', 'trainable_parameters'):
+        if mod == 'vqascore' and fn != 'trainable_parameters': continue   # CLIP-FlanT5 is trained by stages, not patched
+        assert next(iter(inspect.signature(getattr(m, fn)).parameters)) == 'model', (mod, fn)
+    assert inspect.signature(m.trainable_parameters).return_annotation in ('dict[str, nn.Parameter]',), mod
+
+
+def test_trainable_parameters_are_named_parameters_that_train():
+    m = laps.LAPSModel(models.tiny_hf('laps-vit'), models.tiny_hf('laps-bert'), embed_size=16)
+    m.requires_grad_(True); next(iter(m.parameters())).requires_grad_(False)
+    tp = laps.trainable_parameters(m)
+    assert isinstance(tp, dict) and all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in tp.values())
+    assert len(tp) == sum(1 for p in m.parameters()) - 1

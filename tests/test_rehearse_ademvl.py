@@ -102,7 +102,7 @@ def test_get_scienceqa_captions_reach_the_eval_prompt(tmp_path):
     caps = ademvl.read_sqa_captions(src / 'captions.json')
     r = next(r for r in te.rows if r['image'])
     assert r['caption'] == caps[r['id']] and r['caption']
-    assert ademvl.sqa_row_prompt(r, 'QCM-A', use_caption=True)[0].startswith(f"Question: {r['question']}\nContext: {r['caption']}")
+    assert data.sqa_prompt(r, 'QCM-A', use_caption=True)[0].startswith(f"Question: {r['question']}\nContext: {r['caption']}")
     assert {r['subject'] for r in te.rows} == {'natural science', 'social science', 'language science'}
 
 

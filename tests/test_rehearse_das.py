@@ -10,6 +10,7 @@ import yaml
 from vlrepro import core, das, data, models
 from vlrepro import das_lavin as dl
 from vlrepro import das_vl as D
+from vlrepro.rehearse import plan_function
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,10 +217,9 @@ def test_lavin_rows_in_a_rehearsal_are_the_7b_rows(monkeypatch):
 
 def test_required_inputs_name_the_data_script(tmp_path):
     with pytest.raises(FileNotFoundError, match='get_scienceqa.py'):
-        core.require_inputs(das.full_scale_inputs(model='lavin', task='scienceqa', data_root=str(tmp_path/'sqa')))
+        core.require_inputs(dl.required_inputs(model='lavin', task='scienceqa', data_root=str(tmp_path/'sqa')))
     with pytest.raises(FileNotFoundError, match=r"split 'validation'.*convert_lavin_language.py --task csqa"):
-        core.require_inputs(das.full_scale_inputs(model='llama', task='csqa', data_root=str(tmp_path/'c'), eval_split='validation'))
-    assert das.full_scale_inputs(model='tiny-vilt') == {}
+        core.require_inputs(dl.required_inputs(model='llama', task='csqa', data_root=str(tmp_path/'c'), eval_split='validation'))
 
 
 # ---------------------------------------------------------------------------------------------- the sets and their plans
@@ -230,7 +230,7 @@ def test_sets_use_relative_paths_and_honest_batches(path):
         v = p.get(k) or ''
         assert not Path(v).is_absolute(), (k, v)
         if v: assert v.startswith('ckpt/' if k != 'data_root' else 'data/'), (k, v)
-    plan = das.rehearsal(p)
+    plan = plan_function('20_das', p)(p)   # the module that owns the set
     from vlrepro.rehearse import check_recipe_batch
     check_recipe_batch(plan['recipe_batch'])
     if p.get('model') in ('lavin', 'llama'):
@@ -241,8 +241,8 @@ def test_sets_use_relative_paths_and_honest_batches(path):
 def test_a_set_with_the_wrong_batch_fails_the_recipe_check():
     from vlrepro.rehearse import check_recipe_batch
     p = yaml.safe_load((ROOT/'nbs'/'params'/'20_das.lavin_sqa.yaml').read_text())
-    check_recipe_batch(das.rehearsal({**p, 'nproc': 1})['recipe_batch'])        # 1 GPU x 8 accumulation keeps 32
-    with pytest.raises(ValueError, match="recipe's is 32"): check_recipe_batch(das.rehearsal({**p, 'batch_size': 64})['recipe_batch'])
+    check_recipe_batch(dl.rehearsal({**p, 'nproc': 1})['recipe_batch'])        # 1 GPU x 8 accumulation keeps 32
+    with pytest.raises(ValueError, match="recipe's is 32"): check_recipe_batch(dl.rehearsal({**p, 'batch_size': 64})['recipe_batch'])
 
 
 def test_convert_llama_keeps_the_tokenizer_vocabulary(tmp_path):

@@ -16,23 +16,21 @@ from . import core
 from .core import PaperNumber, register_paper_numbers
 
 # %% auto #0
-__all__ = ['SQA_OPTIONS', 'CAPTION_PROMPT', 'MME_PERCEPTION', 'MME_COGNITION', 'IMAGE_PREFIX', 'TEXT_PREFIX', 'PAPER',
-           'PAPER_NUMBERS', 'DEFAULT_DATASETS', 'FULL_INPUTS', 'MME_FOLDERED', 'multiscale_prompt', 'Projector',
-           'check_drop_ratio', 'drop_count', 'adaptive_drop', 'fusion_kv', 'fuse', 'ClipAdapter', 'ADEMClipMLP',
-           'ADEMState', 'ADEMLlamaMLP', 'visual_context', 'ADEMVL', 'expected_trainable', 'clip_features', 'patch',
-           'is_patched', 'get_state', 'unpatch', 'trainable_parameters', 'adapter_state_dict', 'load_released',
-           'insert_visual', 'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate', 'sqa_prompt',
-           'tokenize_example', 'parse_answer', 'pre_caption', 'caption_example', 'extract_caption', 'mme_prompt',
-           'instruction_example', 'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at', 'load_llama',
-           'clip_hidden', 'TextOnlyVL', 'ADEMVLModel', 'InputSpaceVL', 'sqa_row_prompt', 'encoder_of', 'SQAExamples',
-           'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa', 'train_text_llm', 'VisionProbe',
-           'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost', 'fusion_maps', 'layer_cost', 'bench_main',
-           'openai_clip_to_hf', 'load_clip_vision', 'MetaTokenizer', 'load_llama_tokenizer', 'PairExamples',
-           'caption_pairs', 'instruction_pairs', 'generate_texts', 'read_mme_task', 'read_sqa_captions',
-           'check_captions', 'train_task', 'run_full_scale', 'full_scale_inputs', 'full_scale_label', 'lavin_image',
-           'convert_lavin_instructions', 'write_meta_llama', 'write_openai_clip', 'write_scienceqa_upstream',
-           'write_karpathy_coco_upstream', 'write_lavin_instructions_upstream', 'write_mme_upstream',
-           'write_released_standin', 'rehearsal']
+__all__ = ['ANSWER_STYLES', 'CAPTION_PROMPT', 'IMAGE_PREFIX', 'TEXT_PREFIX', 'PAPER', 'PAPER_NUMBERS', 'DEFAULT_DATASETS',
+           'FULL_INPUTS', 'MME_FOLDERED', 'multiscale_prompt', 'Projector', 'check_drop_ratio', 'drop_count',
+           'adaptive_drop', 'fusion_kv', 'fuse', 'ClipAdapter', 'ADEMClipMLP', 'ADEMState', 'ADEMLlamaMLP',
+           'visual_context', 'ADEMVL', 'expected_trainable', 'clip_features', 'patch', 'is_patched', 'get_state',
+           'unpatch', 'trainable_parameters', 'param_group', 'adapter_state_dict', 'load_released', 'insert_visual',
+           'lm_loss', 'encode_images', 'forward', 'greedy_generate', 'generate', 'tokenize_example', 'parse_answer',
+           'pre_caption', 'caption_example', 'extract_caption', 'mme_prompt', 'instruction_example',
+           'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at', 'clip_hidden', 'TextOnlyVL', 'ADEMVLModel',
+           'InputSpaceVL', 'encoder_of', 'SQAExamples', 'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa',
+           'train_text_llm', 'VisionProbe', 'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost',
+           'fusion_maps', 'layer_cost', 'bench_main', 'load_clip_vision', 'PairExamples', 'caption_pairs',
+           'instruction_pairs', 'generate_texts', 'read_mme_task', 'read_sqa_captions', 'check_captions', 'train_task',
+           'run_full_scale', 'full_scale_inputs', 'full_scale_label', 'lavin_image', 'convert_lavin_instructions',
+           'write_meta_llama', 'write_openai_clip', 'write_scienceqa_upstream', 'write_karpathy_coco_upstream',
+           'write_lavin_instructions_upstream', 'write_mme_upstream', 'write_released_standin', 'rehearsal']
 
 # %% ../nbs/40_ademvl.ipynb #cd7ea183
 def _check_scales(down_sample_num:Sequence[int], # features per scale, e.g. (256, 64)
@@ -212,7 +210,7 @@ def _vision_parts(vision_tower:nn.Module):
     parts = [getattr(vm, n, None) for n in ('embeddings', 'pre_layrnorm', 'encoder', 'post_layernorm')]
     if any(p is None for p in parts) or not hasattr(parts[2], 'layers'):
         raise TypeError(f"ademvl supports Hugging Face CLIPVisionModel / CLIPVisionTransformer vision towers, got "
-                        f"{type(vision_tower).__name__}; convert OpenAI weights with ademvl.openai_clip_to_hf")
+                        f"{type(vision_tower).__name__}; load OpenAI weights with ademvl.load_clip_vision")
     return vm, *parts
 
 def clip_features(vision_tower:nn.Module, # HF CLIPVisionModel (patched or not)
@@ -227,20 +225,20 @@ def clip_features(vision_tower:nn.Module, # HF CLIPVisionModel (patched or not)
     return post(h)
 
 # %% ../nbs/40_ademvl.ipynb #bd92908c
-def _llm_parts(llm:nn.Module):
+def _llm_parts(model:nn.Module):
     "Locate the decoder layers and the input embedding of a HF `LlamaForCausalLM`."
     from transformers import LlamaForCausalLM
-    if not isinstance(llm, LlamaForCausalLM):
-        raise TypeError(f"ademvl.patch supports Hugging Face LlamaForCausalLM (LLaMA-1/2 layout), got {type(llm).__name__}; "
+    if not isinstance(model, LlamaForCausalLM):
+        raise TypeError(f"ademvl.patch supports Hugging Face LlamaForCausalLM (LLaMA-1/2 layout), got {type(model).__name__}; "
                         "convert Meta consolidated.*.pth weights with ademvl.load_llama(..., llama_format='meta')")
-    return llm.model.layers, llm.get_input_embeddings()
+    return model.model.layers, model.get_input_embeddings()
 
 def _grid(vision_tower:nn.Module)->int:
     cfg = getattr(vision_tower, 'config', None)
     if cfg is None or not hasattr(cfg, 'image_size'): raise TypeError("vision tower has no config.image_size/patch_size; use a HF CLIPVisionModel")
     return cfg.image_size // cfg.patch_size
 
-def patch(llm:nn.Module,                     # HF LlamaForCausalLM, frozen weights loaded
+def patch(model:nn.Module,                   # HF LlamaForCausalLM, frozen weights loaded
           vision_tower:nn.Module,            # HF CLIPVisionModel
           down_sample_num:Sequence[int]=(256, 64), # features per scale; squares, sides at most the patch grid's
           alpha:float=0.1,                   # LLM-side fusion scale; 0 = the frozen LLM
@@ -252,65 +250,64 @@ def patch(llm:nn.Module,                     # HF LlamaForCausalLM, frozen weigh
           clip_adapter_scale:float=0.1,      # CLIP-adapter scale (0.1 hard-coded upstream)
           image_prefix_ids:Sequence[int]=(), # tokenizer ids of "Image: " (no BOS)
           text_prefix_ids:Sequence[int]=(),  # tokenizer ids of "Image: N/A" (no BOS)
-         )->nn.Module:                       # `llm`, patched in place
+         )->nn.Module:                       # `model`, patched in place
     "Attach ADEM-VL to a frozen Llama and its CLIP vision tower in place; only `adapter` parameters stay trainable."
-    layers, emb = _llm_parts(llm)
+    layers, emb = _llm_parts(model)
     vm, _, _, enc, _ = _vision_parts(vision_tower)
-    core.check_unpatched(llm, 'ademvl'); core.check_unpatched(vision_tower, 'ademvl')
+    core.check_unpatched(model, 'ademvl'); core.check_unpatched(vision_tower, 'ademvl')
     sides = _check_scales(down_sample_num, _grid(vision_tower))
     st = ADEMState(alpha=float(alpha), beta=float(beta), drop_ratio=check_drop_ratio(drop_ratio),
                    down_sample_num=tuple(s*s for s in sides), with_cls=bool(with_cls), adapter_dim=int(adapter_dim),
                    hidden_proj=int(hidden_proj), clip_adapter_scale=float(clip_adapter_scale),
                    image_prefix=tuple(int(i) for i in image_prefix_ids), text_prefix=tuple(int(i) for i in text_prefix_ids))
-    st.requires_grad = {id(p): p.requires_grad for m in (llm, vision_tower) for p in m.parameters()}
+    st.requires_grad = {id(p): p.requires_grad for m in (model, vision_tower) for p in m.parameters()}
     D, C = emb.weight.shape[1], vision_tower.config.hidden_size
     dev = emb.weight.device
     for i, layer in enumerate(layers):
         core.replace_module(layer, 'mlp', ADEMLlamaMLP(layer.mlp, st, i))
     for layer in enc.layers:
         core.replace_module(layer, 'mlp', ADEMClipMLP(layer.mlp, C, st.adapter_dim, st.clip_adapter_scale).to(dev))
-    llm.ademvl = ADEMVL(C, D, sum(st.down_sample_num), st.hidden_proj).to(dev).train(llm.training)  # fp32; the LLM's mode
-    llm.ademvl.vision_tower = vision_tower
-    for n, p in llm.named_parameters(): p.requires_grad_('adapter' in n)  # official rule (adem/build.py): trainable iff the name has "adapter"
-    core.set_patched(vision_tower, 'ademvl', st); core.set_patched(llm, 'ademvl', st)
-    return llm
+    model.ademvl = ADEMVL(C, D, sum(st.down_sample_num), st.hidden_proj).to(dev).train(model.training)  # fp32; the LLM's mode
+    model.ademvl.vision_tower = vision_tower
+    for n, p in model.named_parameters(): p.requires_grad_('adapter' in n)  # official rule (adem/build.py): trainable iff the name has "adapter"
+    core.set_patched(vision_tower, 'ademvl', st); core.set_patched(model, 'ademvl', st)
+    return model
 
-def is_patched(llm:nn.Module)->bool:
-    "Is ADEM attached to `llm`?"
-    return core.is_patched(llm, 'ademvl')
+def is_patched(model:nn.Module)->bool:
+    "Is ADEM attached to `model`?"
+    return core.is_patched(model, 'ademvl')
 
-def get_state(llm:nn.Module)->ADEMState:
+def get_state(model:nn.Module)->ADEMState:
     "The shared `ADEMState` of a patched model (change `alpha`, `drop_ratio`, ... here)."
-    return core.get_patch_state(llm, 'ademvl')
+    return core.get_patch_state(model, 'ademvl')
 
-def unpatch(llm:nn.Module)->nn.Module:
-    "Remove ADEM: restore the original FFN and CLIP MLP modules and `requires_grad` flags; return `llm`."
-    st = get_state(llm)
-    vt = llm.ademvl.vision_tower
-    for layer in llm.model.layers:
+def unpatch(model:nn.Module)->nn.Module:
+    "Remove ADEM: restore the original FFN and CLIP MLP modules and `requires_grad` flags; return `model`."
+    st = get_state(model)
+    vt = model.ademvl.vision_tower
+    for layer in model.model.layers:
         if isinstance(layer.mlp, ADEMLlamaMLP): core.replace_module(layer, 'mlp', layer.mlp.base)
     for layer in _vision_parts(vt)[3].layers:
         if isinstance(layer.mlp, ADEMClipMLP): core.replace_module(layer, 'mlp', layer.mlp.base)
-    del llm.ademvl
-    for m in (llm, vt):
+    del model.ademvl
+    for m in (model, vt):
         for p in m.parameters(): p.requires_grad_(st.requires_grad.get(id(p), p.requires_grad))
         core.clear_patched(m, 'ademvl')
-    return llm
+    return model
 
-def trainable_parameters(llm:nn.Module)->dict[str, int]:
-    "Trainable parameter counts of a patched model by group (official rule: name contains `adapter`), plus `total`."
-    get_state(llm)
-    groups = {'adapter_emb1/emb2': 0, 'adapter_proj': 0, 'adapter_proj_cls': 0, 'clip_adapters': 0, 'other': 0}
-    for n, p in llm.named_parameters():
-        if not p.requires_grad: continue
-        g = ('adapter_emb1/emb2' if 'adapter_emb' in n else 'adapter_proj_cls' if 'adapter_proj_cls' in n
-             else 'adapter_proj' if 'adapter_proj' in n else 'clip_adapters' if 'ademvl_adapter' in n else 'other')
-        groups[g] += p.numel()
-    return {**groups, 'total': sum(groups.values())}
+def trainable_parameters(model:nn.Module)->dict[str, nn.Parameter]: # name -> parameter, those with requires_grad
+    "The parameters ADEM trains in a patched model (official rule: the name contains `adapter`)."
+    get_state(model)
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
-def adapter_state_dict(llm:nn.Module)->dict[str, Tensor]:
+def param_group(name:str)->str:
+    "The group of a trainable parameter, for `core.count_parameters(trainable_parameters(model), group=param_group)`."
+    return ('adapter_emb1/emb2' if 'adapter_emb' in name else 'adapter_proj_cls' if 'adapter_proj_cls' in name
+            else 'adapter_proj' if 'adapter_proj' in name else 'clip_adapters' if 'ademvl_adapter' in name else 'other')
+
+def adapter_state_dict(model:nn.Module)->dict[str, Tensor]:
     "The parameters a checkpoint keeps (names containing `adapter`, as upstream `checkpoint-{epoch}.pth`)."
-    return {k: v for k, v in llm.state_dict().items() if 'adapter' in k}
+    return {k: v for k, v in model.state_dict().items() if 'adapter' in k}
 
 # %% ../nbs/40_ademvl.ipynb #674fe81a
 _ADEM_OPTS = (('alpha', 'alpha'), ('beta', 'beta'), ('drop_ratio', 'drop_ratio'), ('adapter_dim', 'adapter_dim'),
@@ -361,16 +358,12 @@ def load_released(llm:nn.Module,          # a LlamaForCausalLM patched with `pat
             raise ValueError(f"unknown key {k!r} in the ADEM-VL checkpoint: its adapters are adapter_emb1/2, adapter_proj(_cls).fc1/2 "
                              "and backbone.visual.transformer.resblocks.{i}.adapter_mlp.fc1/2 (the LLM-side adapter has no weights); "
                              "is it a checkpoint of ADEM-VL?")
-        if t not in want:
-            raise ValueError(f"{k!r} does not fit this model (no {t}): the vision tower has "
-                             f"{len(_vision_parts(vt)[3].layers)} blocks; build CLIP with the checkpoint's depth (ViT-L/14: 24)")
-        if v.shape != want[t].shape:
-            raise ValueError(f"{k!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(want[t].shape)} in the model: patch "
-                             "with the checkpoint's down_sample_num / adapter_dim / hidden_proj and the LLM/CLIP it was trained on")
         target[t], official[t] = v, k
-    lacking = [n for n, q in llm.named_parameters() if q.requires_grad and n not in target
-               and (st.with_cls or 'adapter_proj_cls' not in n)]
-    if lacking: raise ValueError(f"the checkpoint lacks {len(lacking)} trained weight(s) of this model, e.g. {lacking[:3]}")
+    core.check_state_dict(want, target, names=official,
+        required=[n for n, q in llm.named_parameters() if q.requires_grad and (st.with_cls or 'adapter_proj_cls' not in n)],
+        fix_unexpected=f"the vision tower has {len(_vision_parts(vt)[3].layers)} blocks; build CLIP with the checkpoint's depth (ViT-L/14: 24)",
+        fix_shape="patch with the checkpoint's down_sample_num / adapter_dim / hidden_proj and the LLM/CLIP it was trained on",
+        fix_missing="is it an ADEM-VL checkpoint of this run's options?")
     llm.load_state_dict(target, strict=False)
     return dict(loaded=sorted(official.values()), options=checked)
 
@@ -500,26 +493,7 @@ def generate(llm:nn.Module,                 # patched LLM
         return greedy_generate(llm, inp['inputs_embeds'], inp['attention_mask'], max_gen_len, eos_id)
 
 # %% ../nbs/40_ademvl.ipynb #feb5bc76
-SQA_OPTIONS = 'ABCDE'
-
-def sqa_prompt(question:str,            # the question text
-               choices:Sequence[str],   # the options, in order
-               answer:int|None=None,    # index of the correct option (None: no answer text)
-               hint:str='',             # the context ('' if none)
-               caption:str='',          # the image caption (used when use_caption)
-               fmt:str='CQM-A',         # 'CQM-A' (training as shipped) or 'QCM-A' (evaluation as shipped)
-               use_caption:bool=False,  # append the caption to the context
-               options:str=SQA_OPTIONS, # option letters
-              )->tuple[str, str]:       # (prompt ending in 'Response:', 'The answer is X.')
-    "Build the official ScienceQA prompt and answer (LaVIN `base_prompt`, formats CQM-A / QCM-A)."
-    if fmt not in ('CQM-A', 'QCM-A'): raise ValueError(f"prompt format {fmt!r} is not supported; use 'CQM-A' or 'QCM-A'")
-    if len(choices) > len(options): raise ValueError(f"{len(choices)} choices but only {len(options)} option letters ({options})")
-    context = (hint + (' ' + caption if use_caption and caption else '')).strip() or 'N/A'
-    opts = ' '.join(f'({options[i]}) {c}' for i, c in enumerate(choices))
-    parts = {'C': f'Context: {context}\n', 'Q': f'Question: {question}\n', 'M': f'Options: {opts}\n'}
-    prompt = ''.join(parts[k] for k in fmt.split('-')[0]) + 'Response:'
-    ans = f'The answer is {options[answer]}.' if answer is not None else ''
-    return prompt.replace('  ', ' ').strip(), ans.replace('  ', ' ').strip()
+from .data import SQA_OPTIONS, sqa_prompt  # the official prompt, shared with LaVIN-DAS
 
 def tokenize_example(encode,               # text -> ids, without BOS/EOS
                      prompt:str,           # unsupervised part
@@ -536,22 +510,17 @@ def tokenize_example(encode,               # text -> ids, without BOS/EOS
     return torch.tensor(ids), torch.tensor(lab)
 
 # %% ../nbs/40_ademvl.ipynb #cf5f4474
+from .metrics import parse_choice  # the answer rules of every paper
+
+ANSWER_STYLES = {'official': 'adem', 'strict': 'strict'}  # answer_parsing -> `metrics.parse_choice` style
+
 def parse_answer(text:str,            # the decoded generation
                  n_choices:int,       # options of the question
                  mode:str='strict',   # 'official' (first capital letter) or 'strict' (exactly one option letter)
-                 options:str=SQA_OPTIONS,
                 )->int:               # option index, or -1 (wrong)
-    "Parse a generated answer into an option index; malformed generations give -1, never an error."
-    if not isinstance(text, str): return -1
-    valid = options[:n_choices]
-    if mode == 'official':
-        m = re.search(r'[A-Z]', text)
-        return valid.index(m.group(0)) if m and m.group(0) in valid else -1
-    if mode != 'strict': raise ValueError(f"answer parsing mode {mode!r} unknown; use 'strict' or 'official'")
-    t = re.sub(r'^\s*the answer is\s*', '', text.strip(), flags=re.I)
-    letters = re.findall(r'(?<![A-Za-z])([A-Z])(?![A-Za-z])', t)  # capital letters standing alone
-    if len(set(letters)) != 1: return -1  # none, or two different letters: ambiguous, scored wrong
-    return valid.index(letters[0]) if letters[0] in valid else -1
+    "Parse a generated answer into an option index (`metrics.parse_choice`); malformed generations give -1, never an error."
+    if mode not in ANSWER_STYLES: raise ValueError(f"answer parsing mode {mode!r} unknown; use 'strict' or 'official'")
+    return parse_choice(text, n_choices, ANSWER_STYLES[mode])
 
 # %% ../nbs/40_ademvl.ipynb #62684f89
 CAPTION_PROMPT = 'a picture of'
@@ -584,13 +553,8 @@ def instruction_example(item:dict)->tuple[str, str]:
     return mme_prompt(q), conv[1]['value']
 
 # %% ../nbs/40_ademvl.ipynb #c504b9ed
-MME_PERCEPTION = ('existence', 'count', 'position', 'color', 'posters', 'celebrity', 'scene', 'landmark', 'artwork', 'OCR')
-MME_COGNITION = ('commonsense_reasoning', 'numerical_calculation', 'text_translation', 'code_reasoning')
-
-def _yes_no(pred:str)->str:
-    p = pred.lower().strip()
-    if p in ('yes', 'no'): return p
-    return 'yes' if 'yes' in p[:4] else 'no' if 'no' in p[:4] else 'other'
+from . import metrics
+from .metrics import MME_COGNITION, MME_PERCEPTION
 
 def write_mme_predictions(out_dir:Path|str, task:str, rows:Iterable[tuple[str, str, str, str]])->Path:
     "Write one MME subtask's `image\\tquestion\\tgt\\tprediction` file (newlines removed from predictions)."
@@ -598,15 +562,10 @@ def write_mme_predictions(out_dir:Path|str, task:str, rows:Iterable[tuple[str, s
     return core.atomic_write_text(Path(out_dir)/f'{task}.txt', '\n'.join(lines) + '\n')
 
 def mme_scores(pred_dir:Path|str)->dict:
-    "Score MME prediction files: per-subtask acc + acc+, and the MME-P / MME-C sums."
-    out = {}
-    for f in sorted(Path(pred_dir).glob('*.txt')):
-        rows = [l.split('\t') for l in f.read_text().splitlines() if l.strip()]
-        if not rows: continue
-        right = [_yes_no(r[3]) == r[2].strip().lower() for r in rows]
-        by_img = {}
-        for r, ok in zip(rows, right): by_img.setdefault(r[0], []).append(ok)
-        out[f.stem] = 100 * sum(right) / len(right) + 100 * sum(all(v) for v in by_img.values()) / len(by_img)
+    "Score MME prediction files: per-subtask acc + acc+ (`metrics.mme_scores`, ADEM-VL's yes/no rule), and the MME-P / MME-C sums."
+    rows = [(f.stem, l.split('\t')) for f in sorted(Path(pred_dir).glob('*.txt')) for l in f.read_text().splitlines() if l.strip()]
+    sc = metrics.mme_scores([r[3] for _, r in rows], [r[2] for _, r in rows], [r[0] for _, r in rows], [t for t, _ in rows], 'adem')
+    out = {t: v for t, v in sc.items() if t not in ('perception', 'cognition')}
     out['MME-P'] = sum(out.get(t, 0) for t in MME_PERCEPTION)
     out['MME-C'] = sum(out.get(t, 0) for t in MME_COGNITION)
     return out
@@ -628,42 +587,7 @@ def lr_at(e:float,            # fractional epoch: iteration / iterations_per_epo
 
 # %% ../nbs/40_ademvl.ipynb #fc8e3d55
 from .models import (permute_qk, merge_meta_shards, meta_to_hf, hf_to_meta, llama_config_from_params,  # shared with
-                            llama_ffn_dim as ffn_dim)                                                      # LaVIN-DAS
-
-def load_llama(llama_dir:Path|str,          # HF folder, or Meta `weights/` folder holding <size>/ and tokenizer.model
-               llama_format:str='hf',       # 'hf' or 'meta'
-               size:str='7B',               # Meta sub-folder: '7B' or '13B'
-               dtype:torch.dtype=torch.float16,
-               vocab_size:int=32000,
-              )->nn.Module:                 # a frozen LlamaForCausalLM in eval mode
-    "Load LLaMA from a HF folder or convert Meta `consolidated.*.pth` shards; clear errors when files are missing."
-    from transformers import LlamaForCausalLM
-    d = Path(llama_dir)
-    if not d.is_dir(): raise FileNotFoundError(f"LLaMA weights folder {d} does not exist; set llama_dir to a HF folder "
-                                               f"(e.g. huggyllama/llama-7b) or Meta's weights/ folder (<size>/consolidated.00.pth)")
-    if llama_format == 'hf':
-        if not (d/'config.json').exists(): raise FileNotFoundError(f"{d} has no config.json: not a HF LLaMA folder (use llama_format='meta' for consolidated.*.pth)")
-        m = LlamaForCausalLM.from_pretrained(d, dtype=dtype, local_files_only=True)
-    elif llama_format == 'meta':
-        sd_dir = d/size if (d/size).is_dir() else d
-        shards = sorted(sd_dir.glob('consolidated.*.pth'))
-        if not shards or not (sd_dir/'params.json').exists():
-            raise FileNotFoundError(f"no params.json + consolidated.*.pth in {sd_dir}; expected <llama_dir>/{size}/consolidated.00.pth")
-        params = json.loads((sd_dir/'params.json').read_text())
-        sd = merge_meta_shards([torch.load(s, map_location='cpu', weights_only=True) for s in shards])
-        cfg = llama_config_from_params(params, sd['tok_embeddings.weight'].shape[0])
-        cfg.intermediate_size = sd['layers.0.feed_forward.w1.weight'].shape[0]  # the weights are the authority
-        with torch.device('meta'): m = LlamaForCausalLM(cfg)
-        m.load_state_dict(meta_to_hf(sd, params['n_heads'], params.get('n_kv_heads')), assign=True, strict=False)
-        missing = [n for n, p in m.named_parameters() if p.is_meta]
-        if missing: raise ValueError(f"Meta checkpoint in {sd_dir} lacks {missing[:3]}...; is it a complete LLaMA checkpoint?")
-        m.model.rotary_emb = type(m.model.rotary_emb)(config=cfg)  # buffers were on the meta device
-        m = m.to(dtype)
-    else: raise ValueError(f"llama_format must be 'hf' or 'meta', got {llama_format!r}")
-    for p in m.parameters(): p.requires_grad_(False)
-    return m.eval()
-
-from .models import check_vocab  # shared with LaVIN-DAS
+                            llama_ffn_dim as ffn_dim, load_llama, check_vocab)                             # LaVIN-DAS
 
 # %% ../nbs/40_ademvl.ipynb #76d4fd13
 def clip_hidden(vision_tower:nn.Module, pixel_values:Tensor, post_ln:bool=True)->Tensor:
@@ -738,13 +662,6 @@ class InputSpaceVL(_VLBase):
                              labels, max_seq_len, left_pad), _Null()
 
 # %% ../nbs/40_ademvl.ipynb #2cf8489d
-def sqa_row_prompt(row:dict, fmt:str='CQM-A', use_caption:bool=False, oracle:bool=False)->tuple[str, str]:
-    "Official prompt/answer of a ScienceQA-shaped row; `oracle` prepends the scene description to the context."
-    hint = row.get('hint') or ''
-    if oracle and row.get('description'): hint = (row['description'] + ' ' + hint).strip()
-    return sqa_prompt(row['question'], row['choices'], int(row['answer']), hint=hint, caption=row.get('caption') or '',
-                      fmt=fmt, use_caption=use_caption)
-
 def encoder_of(tokenizer)->Any:
     "text -> ids without special tokens, for a `transformers` tokenizer."
     return lambda s: tokenizer(s, add_special_tokens=False)['input_ids']
@@ -761,7 +678,7 @@ class SQAExamples(torch.utils.data.Dataset):
         self.mcqa, self.rows, self.items, self.images = mcqa, mcqa.rows, [], images
         for r in self.rows:
             oracle = bool(r.get('has_image')) and oracle_p > 0 and float(torch.rand((), generator=g)) < oracle_p
-            p, a = sqa_row_prompt(r, fmt, use_caption, oracle)
+            p, a = sqa_prompt(r, fmt, use_caption, oracle)
             ids, lab = tokenize_example(enc, p, a, max_len)
             if lm_all: lab = torch.where(ids > 0, ids, lab)  # deviation: stage A learns the whole text (see Deviations)
             pid = torch.tensor(([1] + enc(p + 'The answer is'))[:max_len])  # eval input (official eval_sqa.py)
@@ -790,7 +707,7 @@ def demo_tokenizer(rows:Sequence[dict], vocab_size:int=128):
     from vlrepro import models
     texts = [IMAGE_PREFIX, TEXT_PREFIX, 'The answer is A. B. C. D. E.']
     for r in rows:
-        for oracle in (False, True): texts.append(''.join(sqa_row_prompt(r, oracle=oracle)))
+        for oracle in (False, True): texts.append(''.join(sqa_prompt(r, oracle=oracle)))
     return models.build_tokenizer('ademvl', texts, vocab_size=vocab_size)
 
 def sqa_scores(preds:Sequence[int], problems:Sequence[dict])->dict:
@@ -1052,30 +969,8 @@ PAPER_NUMBERS = register_paper_numbers(PAPER, [
 ])
 
 # %% ../nbs/40_ademvl.ipynb #fdc07c68
-def openai_clip_to_hf(sd:dict, n_heads:int|None=None)->tuple[dict, Any]:
-    "Map an OpenAI/open_clip CLIP visual state dict onto HF `CLIPVisionModel` keys; returns (state_dict, config)."
-    from transformers import CLIPVisionConfig
-    if any(k.startswith('visual.') for k in sd):  # a whole CLIP: keep the image tower (the text tower has transformer.* keys too)
-        sd = {k[len('visual.'):]: v for k, v in sd.items() if k.startswith('visual.')}
-    if 'conv1.weight' not in sd: raise KeyError("no visual.conv1.weight: not an OpenAI / open_clip CLIP checkpoint")
-    C, P = sd['conv1.weight'].shape[0], sd['conv1.weight'].shape[-1]
-    n_layers = 1 + max(int(k.split('.')[2]) for k in sd if k.startswith('transformer.resblocks.'))
-    g = math.isqrt(sd['positional_embedding'].shape[0] - 1)
-    cfg = CLIPVisionConfig(hidden_size=C, intermediate_size=sd['transformer.resblocks.0.mlp.c_fc.weight'].shape[0],
-                           num_hidden_layers=n_layers, num_attention_heads=n_heads or C // 64, image_size=g * P, patch_size=P,
-                           hidden_act='quick_gelu', layer_norm_eps=1e-5)
-    out = {'embeddings.patch_embedding.weight': sd['conv1.weight'], 'embeddings.class_embedding': sd['class_embedding'],
-           'embeddings.position_embedding.weight': sd['positional_embedding'],
-           'pre_layrnorm.weight': sd['ln_pre.weight'], 'pre_layrnorm.bias': sd['ln_pre.bias'],
-           'post_layernorm.weight': sd['ln_post.weight'], 'post_layernorm.bias': sd['ln_post.bias']}
-    for i in range(n_layers):
-        s, d = f'transformer.resblocks.{i}.', f'encoder.layers.{i}.'
-        for a, b in (('ln_1', 'layer_norm1'), ('ln_2', 'layer_norm2'), ('mlp.c_fc', 'mlp.fc1'), ('mlp.c_proj', 'mlp.fc2'),
-                     ('attn.out_proj', 'self_attn.out_proj')):
-            out[d + b + '.weight'], out[d + b + '.bias'] = sd[s + a + '.weight'], sd[s + a + '.bias']
-        for n, w, bias in zip('qkv', sd[s + 'attn.in_proj_weight'].chunk(3), sd[s + 'attn.in_proj_bias'].chunk(3)):
-            out[d + f'self_attn.{n}_proj.weight'], out[d + f'self_attn.{n}_proj.bias'] = w, bias
-    return out, cfg
+from .models import clip_vision_config, open_clip_state_dict_to_hf  # the OpenAI -> HF CLIP key map
+from .models import SentencePieceTokenizer, load_llama_tokenizer  # shared with LaVIN-DAS
 
 def load_clip_vision(clip_path:Path|str, dtype:torch.dtype=torch.float16, n_heads:int|None=None)->nn.Module:
     "A frozen HF `CLIPVisionModel` from a HF folder or an OpenAI `ViT-L-14.pt` (JIT archive or state dict)."
@@ -1088,52 +983,11 @@ def load_clip_vision(clip_path:Path|str, dtype:torch.dtype=torch.float16, n_head
         try: sd = torch.jit.load(str(p), map_location='cpu').state_dict()
         except RuntimeError: sd = torch.load(p, map_location='cpu', weights_only=True)
         sd = sd.get('state_dict', sd)
-        hf, cfg = openai_clip_to_hf(sd, n_heads)
-        m = CLIPVisionModel(cfg)
-        m.load_state_dict(hf, strict=True)
+        m = CLIPVisionModel(clip_vision_config(sd, n_heads))
+        m.load_state_dict(open_clip_state_dict_to_hf(sd, vision_only=True), strict=True)
         m = m.to(dtype)
     for q in m.parameters(): q.requires_grad_(False)
     return m.eval()
-
-class MetaTokenizer:
-    "Meta's LLaMA `tokenizer.model` read with sentencepiece, as upstream's `adem/tokenizer.py` does (BOS 1, EOS 2, no pad)."
-    def __init__(self, model_file:Path|str):
-        try: import sentencepiece as spm
-        except ImportError: raise ImportError("Meta's tokenizer.model needs sentencepiece: pip install 'vlrepro[llama]'") from None
-        self.model_file = Path(model_file)
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
-        self.bos_token_id, self.eos_token_id, self.unk_token_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
-    def __len__(self): return self.sp.get_piece_size()
-    def encode(self, text:str, add_special_tokens:bool=False)->list[int]:
-        ids = self.sp.encode(text)
-        return [self.bos_token_id] + ids + [self.eos_token_id] if add_special_tokens else ids
-    def __call__(self, text:str|Sequence[str], add_special_tokens:bool=False)->dict:
-        "`{'input_ids': ids}` like a `transformers` tokenizer (a list of lists for a list of texts)."
-        if isinstance(text, str): return {'input_ids': self.encode(text, add_special_tokens)}
-        return {'input_ids': [self.encode(t, add_special_tokens) for t in text]}
-    def decode(self, ids, skip_special_tokens:bool=False)->str:
-        ids = [int(i) for i in (ids.tolist() if hasattr(ids, 'tolist') else ids)]
-        if skip_special_tokens: ids = [i for i in ids if i not in (self.bos_token_id, self.eos_token_id)]
-        return self.sp.decode([i for i in ids if 0 <= i < len(self)])
-    def convert_ids_to_tokens(self, ids)->list[str]: return [self.sp.id_to_piece(int(i)) for i in ids]
-    def save_pretrained(self, out:Path|str)->Path:
-        "Copy `tokenizer.model` into `out` (a HF LLaMA folder reads it back with `load_llama_tokenizer(out, 'hf')`)."
-        import shutil
-        out = Path(out); out.mkdir(parents=True, exist_ok=True)
-        if (out/'tokenizer.model').resolve() != self.model_file.resolve(): shutil.copyfile(self.model_file, out/'tokenizer.model')
-        return out
-
-def load_llama_tokenizer(llama_dir:Path|str, llama_format:str='hf'):
-    "The LLaMA tokenizer: Meta's `tokenizer.model` through sentencepiece, or a HF folder's tokenizer (BOS/EOS added by `tokenize_example`)."
-    d = Path(llama_dir)
-    if llama_format == 'meta':
-        f = d/'tokenizer.model'
-        if not f.exists(): raise FileNotFoundError(f"{f} is missing: Meta's weights/ folder must hold tokenizer.model")
-        return MetaTokenizer(f)
-    if not d.is_dir(): raise FileNotFoundError(f"tokenizer folder {d} does not exist")
-    if not (d/'tokenizer.json').exists() and (d/'tokenizer.model').exists(): return MetaTokenizer(d/'tokenizer.model')
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(d, legacy=True, local_files_only=True)
 
 class PairExamples(torch.utils.data.Dataset):
     "Tokenised (prompt, target) pairs with one image each, for captions and instructions (same items as `SQAExamples`)."
@@ -1381,7 +1235,7 @@ def run_full_scale(task:str='sqa',                # 'sqa', 'coco_caption' or 'in
                 write_mme_predictions(pred_dir, t, [(Path(im).name, q, gt, g) for (im, q, gt), g in zip(rows, gens)])
             sc = mme_scores(pred_dir)
             metrics = {f'LLaMA-{llm} instruction/MME-P': sc['MME-P'], f'LLaMA-{llm} instruction/MME-C': sc['MME-C']}
-    eff = dict(trainable_params=trainable_parameters(llm_m)['total'], train_seconds=res.get('seconds'))
+    eff = dict(trainable_params=core.count_parameters(trainable_parameters(llm_m)), train_seconds=res.get('seconds'))
     return dict(metrics=metrics, efficiency=eff, extra=extra, train=res, model=model, finished=bool(res.get('finished')),
                 global_batch=gb)
 
@@ -1573,8 +1427,7 @@ def write_scienceqa_upstream(src:str|Path, n:dict|None=None)->list[str]:
     for k, p in problems.items():
         for fmt in ('CQM-A', 'QCM-A'):
             for uc in (False, True):
-                texts.append(''.join(sqa_prompt(p['question'], p['choices'], p['answer'], hint=p['hint'],
-                                                caption=caps.get(k, ''), fmt=fmt, use_caption=uc)) + 'The answer is')
+                texts.append(''.join(sqa_prompt(dict(p, caption=caps.get(k, '')), fmt, uc)) + 'The answer is')
     return texts
 
 def write_karpathy_coco_upstream(src:str|Path, n:dict|None=None)->list[str]:

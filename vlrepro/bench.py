@@ -16,8 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_back
 from .core import find_modules
 
 # %% auto #0
-__all__ = ['FLOP_CONVENTIONS', 'flop_mapping', 'FlopCount', 'count_flops', 'block_macs', 'token_counts', 'count_parameters',
-           'parameter_summary', 'TimeStats', 'time_fn', 'benchmark', 'cuda_graphed', 'peak_memory', 'efficiency_report']
+__all__ = ['FLOP_CONVENTIONS', 'flop_mapping', 'FlopCount', 'count_flops', 'block_macs', 'token_counts', 'parameter_summary',
+           'TimeStats', 'time_fn', 'benchmark', 'cuda_graphed', 'peak_memory', 'efficiency_report']
 
 # %% ../nbs/03_bench.ipynb #bcdd3559
 _aten = torch.ops.aten
@@ -170,13 +170,7 @@ def token_counts(model:nn.Module,          # the model holding the blocks
     return seen
 
 # %% ../nbs/03_bench.ipynb #7dca06af
-def _numel_of(p:torch.Tensor)->int: return int(getattr(p, 'ds_numel', p.numel()))
-
-def count_parameters(model:nn.Module,          # any module
-                     trainable_only:bool=False, # count only tensors with `requires_grad`
-                    )->int:                     # number of scalars
-    "Count the parameters of `model` (shared tensors once)."
-    return sum(_numel_of(p) for p in model.parameters() if p.requires_grad or not trainable_only)
+from .core import _numel_of, count_parameters  # one counter for the workbench and the methods
 
 def parameter_summary(model:nn.Module, # any module
                       depth:int=1,      # name components kept in the prefix ('visual.transformer' is depth 2)

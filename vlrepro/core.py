@@ -18,7 +18,8 @@ __all__ = ['DTYPES', 'RESULTS_SCHEMA', 'seed_everything', 'seed_worker', 'make_g
            'atomic_write_json', 'atomic_torch_save', 'git_commit', 'library_versions', 'write_results', 'read_results',
            'require_inputs', 'rehearsal_active', 'scale_label', 'kill_point', 'PaperNumber', 'register_paper_numbers',
            'paper_numbers', 'compare', 'comparison_table', 'swap_class', 'restore_class', 'replace_module',
-           'find_modules', 'is_patched', 'check_unpatched', 'set_patched', 'get_patch_state', 'clear_patched', 'Timer']
+           'find_modules', 'is_patched', 'check_unpatched', 'set_patched', 'get_patch_state', 'clear_patched',
+           'count_parameters', 'check_state_dict', 'Timer']
 
 # %% ../nbs/00_core.ipynb #642b09e0
 def seed_everything(seed:int,               # the one seed of the run
@@ -338,6 +339,42 @@ def get_patch_state(model:nn.Module, method:str)->Any:
 def clear_patched(model:nn.Module, method:str)->Any:
     "Forget that `method` is attached to `model`; return its state."
     return model.__dict__.pop(_key(method), None)
+
+# %% ../nbs/00_core.ipynb #36132a8d
+def _numel_of(p:torch.Tensor)->int: return int(getattr(p, 'ds_numel', p.numel()))
+
+def count_parameters(params:nn.Module|dict,      # a module, or {name: parameter} (e.g. a method's `trainable_parameters`)
+                     trainable_only:bool=False,  # count only tensors with `requires_grad`
+                     group:Callable[[str], str]|None=None, # name -> group: return counts per group plus 'total'
+                    )->int|dict[str, int]:       # number of scalars (or {group: scalars, ..., 'total': all})
+    "Count parameters, shared tensors once, optionally per group of names."
+    named = params.named_parameters() if isinstance(params, nn.Module) else params.items()
+    seen, out = set(), {}
+    for n, p in named:
+        if id(p) in seen or (trainable_only and not p.requires_grad): continue
+        seen.add(id(p)); g = group(n) if group else 'total'
+        out[g] = out.get(g, 0) + _numel_of(p)
+    return {**out, 'total': sum(out.values())} if group else out.get('total', 0)
+
+# %% ../nbs/00_core.ipynb #e402f8fb
+def check_state_dict(expected:dict,                 # the model's `state_dict()` (name -> tensor)
+                     got:dict,                      # the file's weights, already renamed to the model's names
+                     what:str='the checkpoint',     # how the messages name the file
+                     required:Iterable[str]|None=None, # names the file must hold (None: every expected name)
+                     names:dict|None=None,          # model name -> the file's own name, quoted in the messages
+                     fix_unexpected:str='load it into the model it was saved from',
+                     fix_shape:str="build the model with the checkpoint's sizes",
+                     fix_missing:str='check that it is a checkpoint of this model',
+                    ):
+    "Raise a `ValueError` naming the first weight of `got` that does not fit `expected` (absent, other shape) or a `required` one it lacks."
+    names = names or {}
+    for k, v in got.items():
+        if k not in expected: raise ValueError(f"{names.get(k, k)!r} does not fit this model (no {k}): {fix_unexpected}")
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise ValueError(f"{names.get(k, k)!r} has shape {tuple(v.shape)} in {what} but {tuple(expected[k].shape)} in the "
+                             f"model ({k}): {fix_shape}")
+    lacking = [k for k in (expected if required is None else required) if k not in got]
+    if lacking: raise ValueError(f"{what} lacks {len(lacking)} trained weight(s) of this model, e.g. {lacking[:3]}: {fix_missing}")
 
 # %% ../nbs/00_core.ipynb #546a452b
 class Timer:

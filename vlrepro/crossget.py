@@ -20,7 +20,7 @@ from .merge import (parse_r, token_schedule, clip_r, protected_mask, complete_gr
                            cross_importance, proportional_attention, _unit)
 
 # %% auto #0
-__all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 'GFLOPS_SETTINGS', 'COOP_DATASETS', 'PAPER_NUMBERS', 'CrossGETState', 'RClippedWarning', 'ReduceStep', 'reduce_tokens', 'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text', 'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode', 'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'register_configs', 'meta_clip', 'gflops', 'gflops_table', 'merge_share', 'aten_op_counts', 'graph_breaks', 'throughput', 'bench_main', 'make_tokenize', 'encode_retrieval', 'evaluate_retrieval', 'retrieval_loss_fn', 'retrieval_config', 'train_retrieval', 'convert_state_dict', 'read_checkpoint', 'load_init_checkpoint', 'retrieval_transform', 'train_task', 'CoOp', 'coop_loss', 'coop_accuracy', 'LabelledImages', 'read_coop_context', 'convert_coop', 'MergeTrace', 'tracing', 'trace_merges', 'plot_trace', 'paper_setting', 'write_openai_clip', 'write_authors_checkpoint', 'write_coop_prompt_learner', 'write_karpathy_flickr', 'write_coop_dataset', 'rehearsal_clip', 'unpatch_llava', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'MME_PERCEPTION', 'MME_COGNITION', 'LLAVA_BENCHMARKS', 'LLAVA_BENCH_PRESETS', 'LLAVA_TABLE', 'LLAVA_METRICS', 'LLAVA_PAPER_NUMBERS', 'CIRCULAR', 'LLAVA_EVAL_FILES', 'LLAVA_RECIPE_GLOBAL_BATCH', 'LlavaCrossGETState', 'collect_llava_cross', 'clip_layer_crossget_forward', 'llava_vision_hidden_states', 'llava_classes', 'patch_llava', 'llava_visual_tokens', 'llava_cross_loss', 'llava_prompt', 'parse_short_answer', 'parse_gqa', 'parse_choice', 'parse_mme', 'mme_scores', 'mmbench_circular', 'LlavaBenchmark', 'parse_answer', 'tokenize_llava', 'llava_collate', 'LlavaSFTDataset', 'llava_synthetic', 'llava_tokenizer', 'freeze_for_llava_tuning', 'llava_loss_fn', 'llava_generate', 'llava_score', 'llava_throughput', 'register_llava_numbers', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task', 'load_crossget_llava', 'mix67k', 'llava_benchmark_records', 'score_benchmark', 'llava_upload', 'llava_answers', 'convert_llava_eval', 'write_llava_mix665k', 'write_llava_eval_upstream', 'write_llava_hf', 'rehearsal_llava']
+__all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 'GFLOPS_SETTINGS', 'COOP_DATASETS', 'PAPER_NUMBERS', 'CrossGETState', 'RClippedWarning', 'ReduceStep', 'reduce_tokens', 'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text', 'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode', 'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'register_configs', 'meta_clip', 'gflops', 'gflops_table', 'merge_share', 'aten_op_counts', 'graph_breaks', 'throughput', 'bench_main', 'make_tokenize', 'encode_retrieval', 'evaluate_retrieval', 'retrieval_loss_fn', 'retrieval_config', 'train_retrieval', 'convert_state_dict', 'read_checkpoint', 'load_init_checkpoint', 'retrieval_transform', 'train_task', 'CoOp', 'coop_loss', 'coop_accuracy', 'LabelledImages', 'read_coop_context', 'convert_coop', 'MergeTrace', 'tracing', 'trace_merges', 'plot_trace', 'paper_setting', 'write_openai_clip', 'write_authors_checkpoint', 'write_coop_prompt_learner', 'write_karpathy_flickr', 'write_coop_dataset', 'rehearsal_clip', 'unpatch_llava', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'LLAVA_BENCHMARKS', 'LLAVA_BENCH_PRESETS', 'LLAVA_TABLE', 'LLAVA_METRICS', 'LLAVA_PAPER_NUMBERS', 'CIRCULAR', 'LLAVA_EVAL_FILES', 'LLAVA_RECIPE_GLOBAL_BATCH', 'LlavaCrossGETState', 'collect_llava_cross', 'clip_layer_crossget_forward', 'llava_vision_hidden_states', 'llava_classes', 'patch_llava', 'llava_visual_tokens', 'llava_cross_loss', 'llava_prompt', 'parse_short_answer', 'parse_gqa', 'mmbench_circular', 'LlavaBenchmark', 'parse_answer', 'tokenize_llava', 'llava_collate', 'LlavaSFTDataset', 'llava_synthetic', 'llava_tokenizer', 'freeze_for_llava_tuning', 'llava_loss_fn', 'llava_generate', 'llava_score', 'llava_throughput', 'register_llava_numbers', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task', 'load_crossget_llava', 'mix67k', 'llava_benchmark_records', 'score_benchmark', 'llava_upload', 'llava_answers', 'convert_llava_eval', 'write_llava_mix665k', 'write_llava_eval_upstream', 'write_llava_hf', 'rehearsal_llava']
 
 # %% ../nbs/11_crossget.ipynb #2abeb22a
 METHODS = ('crossget', 'complete', 'tome')
@@ -377,9 +377,9 @@ def unpatch(model:nn.Module)->nn.Module:
     clear_patched(model, 'crossget')
     return model
 
-def trainable_parameters(model:nn.Module)->list[nn.Parameter]:
-    "The parameters CrossGET adds (the cross tokens)."
-    return [p for n, p in model.named_parameters() if n.split('.')[-1].startswith('crossget_')]
+def trainable_parameters(model:nn.Module)->dict[str, nn.Parameter]: # name -> parameter, those with requires_grad
+    "The parameters CrossGET adds and trains (the cross tokens)."
+    return {n: p for n, p in model.named_parameters() if n.split('.')[-1].startswith('crossget_') and p.requires_grad}
 
 # %% ../nbs/11_crossget.ipynb #ce8befa1
 @dataclass
@@ -888,7 +888,8 @@ class CoOp(nn.Module):
         super().__init__()
         if not is_patched(clip): patch(clip, rv=0, rl=0)
         self.clip = clip.requires_grad_(False)
-        for p in trainable_parameters(clip): p.requires_grad_(True)              # the cross tokens train
+        for n, p in clip.named_parameters():                                     # the cross tokens train
+            if n.split('.')[-1].startswith('crossget_'): p.requires_grad_(True)
         ids = tokenize([f"{c}{suffix}" if suffix else c for c in classnames])
         T = ids.shape[1]
         n_words = int((ids > 0).sum(1).max())
@@ -1603,6 +1604,7 @@ def llava_cross_loss(model:nn.Module,   # a patched LLaVA (its projector maps th
 def _llava_inner(model:nn.Module)->nn.Module: return getattr(model, 'model', model)
 
 # %% ../nbs/12_crossget_llava.ipynb #1a27c04c
+from .metrics import MME_COGNITION, MME_PERCEPTION, mme_scores, mme_yes_no, parse_choice  # LLaVA rules: style 'llava'
 LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -1624,43 +1626,6 @@ def parse_short_answer(text:str)->str:
 def parse_gqa(text:str)->str:
     "GQA: lower-case short answer without the trailing period, scored by exact match."
     return parse_short_answer(text).lower().strip()
-
-def parse_choice(text:str,      # the model's answer, e.g. 'B', 'B. red', 'The answer is B.'
-                 num_choices:int, # options offered (A, B, ...)
-                )->int:         # option index, -1 = unparsed
-    "SQA-I / MMBench / MMBench-CN / SEED-I: read the option letter the model chose."
-    letters = 'ABCDEFGHIJ'[:num_choices]
-    t = text.strip()
-    if t in letters: return letters.index(t)
-    if len(t) >= 2 and t[0] in letters and t[1] in '.):,': return letters.index(t[0])
-    found = re.findall(r'The answer is \(?([A-J])\)?', t)
-    if len(found) == 1 and found[0] in letters: return letters.index(found[0])
-    m = re.match(r'^\(?([A-J])\)?(\s|$)', t)
-    return letters.index(m.group(1)) if m and m.group(1) in letters else -1
-
-def parse_mme(text:str)->str:
-    "MME: 'yes' / 'no' when the answer starts with it (case-insensitive), else 'other' (counted wrong)."
-    t = text.strip().lower()
-    return 'yes' if t.startswith('yes') else 'no' if t.startswith('no') else 'other'
-
-MME_PERCEPTION = ('existence', 'count', 'position', 'color', 'posters', 'celebrity', 'scene', 'landmark', 'artwork', 'OCR')
-MME_COGNITION = ('commonsense_reasoning', 'numerical_calculation', 'text_translation', 'code_reasoning')
-
-def mme_scores(preds:list[str],       # free-form answers
-               labels:list[str],      # 'yes' / 'no'
-               images:list[str],      # image id of each question (MME asks two per image)
-               categories:list[str],  # subtask of each question
-              )->dict:                # {'<category>': acc + acc+, 'perception': sum, 'cognition': sum}
-    "MME score per subtask = accuracy + accuracy+ (both questions of an image right), in points (max 200); perception sums every subtask but MME_COGNITION's 4."
-    out, groups = {}, {}
-    for p, y, im, c in zip(preds, labels, images, categories):
-        groups.setdefault(c, {}).setdefault(im, []).append(parse_mme(p) == y.lower())
-    for c, ims in groups.items():
-        flat = [v for vs in ims.values() for v in vs]
-        out[c] = 100.0 * sum(flat) / len(flat) + 100.0 * sum(all(vs) for vs in ims.values()) / len(ims)
-    out['perception'] = sum(v for c, v in out.items() if c not in MME_COGNITION)
-    out['cognition'] = sum(v for c, v in out.items() if c in MME_COGNITION)
-    return out
 
 def mmbench_circular(correct:list[bool], # one entry per (question, rotation of its options)
                      index:list[int],    # question id of each entry
@@ -1707,9 +1672,9 @@ def parse_answer(benchmark:str,        # a key of LLAVA_BENCHMARKS
     p = LLAVA_BENCHMARKS[benchmark].parser
     if p == 'short': return normalize_answer(parse_short_answer(text))
     if p == 'gqa': return parse_gqa(text)
-    if p == 'choice': return parse_choice(text, num_choices)
+    if p == 'choice': return parse_choice(text, num_choices, 'llava')
     if p == 'yesno': return parse_yes_no(text)
-    return parse_mme(text)
+    return mme_yes_no(text, 'llava')
 
 # %% ../nbs/12_crossget_llava.ipynb #b39a6193
 def tokenize_llava(tokenizer,                   # a transformers tokenizer (tiny word-level or LLaVA's Llama)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_das.ipynb #303b6c4e
 from __future__ import annotations
-import copy, itertools, json, math, time
+import copy, inspect, itertools, json, math, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -25,8 +25,7 @@ __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 
            'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss', 'shapesvqa_tensors',
            'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits', 'variant_rows',
            'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency', 'llama_latency',
-           'bench_main', 'parse_skip_list', 'run_full_scale', 'full_scale_inputs', 'run_data_script', 'standin_path',
-           'rehearsal']
+           'bench_main', 'parse_skip_list', 'pipeline_kwargs', 'run_data_script', 'standin_path', 'rehearsal']
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
@@ -913,11 +912,7 @@ def variant_rows(backbone:nn.Module, num_answers:int, variants:dict[str, list[in
     return rows, models
 
 # %% ../nbs/20_das.ipynb #187ae199
-_CLIP_RENAMES = [('conv1.weight', 'embeddings.patch_embedding.weight'), ('class_embedding', 'embeddings.class_embedding'),
-                 ('positional_embedding', 'embeddings.position_embedding.weight'), ('ln_pre.', 'pre_layrnorm.'),
-                 ('ln_post.', 'post_layernorm.')]
-_BLOCK_RENAMES = [('attn.out_proj.', 'self_attn.out_proj.'), ('ln_1.', 'layer_norm1.'), ('ln_2.', 'layer_norm2.'),
-                  ('mlp.c_fc.', 'mlp.fc1.'), ('mlp.c_proj.', 'mlp.fc2.')]
+from .models import hf_clip_vision_to_open_clip, open_clip_state_dict_to_hf  # the OpenAI <-> HF CLIP key map
 
 def _resize_pos(pe:Tensor, n_new:int)->Tensor:
     "Bicubic resize of a (1 + g², d) CLIP position embedding to (n_new, d)."
@@ -936,29 +931,15 @@ def convert_meter_checkpoint(ckpt:str|Path|dict,  # path of METER's .ckpt (Light
                                                    "from the zdou0830/METER GitHub release and pass its local path")
         ckpt = torch.load(p, map_location='cpu', weights_only=False)
     sd = ckpt.get('state_dict', ckpt)
-    out, heads = {}, {}
+    out, heads, vis = {}, {}, {}
     for k, v in sd.items():
-        if k.startswith('vit_model.'):
-            k2 = k[len('vit_model.'):]
-            if k2.startswith('visual.'): k2 = k2[len('visual.'):]
-            if k2 == 'proj': continue                                   # CLIP's output projection is not used by METER
-            if k2.startswith('transformer.resblocks.'):
-                i, rest = k2.split('.')[2], '.'.join(k2.split('.')[3:])
-                pre = f'vit_model.encoder.layers.{i}.'
-                if rest.startswith('attn.in_proj_'):
-                    for name, part in zip('qkv', v.chunk(3, dim=0)):
-                        out[pre + f'self_attn.{name}_proj.' + rest.split('_')[-1]] = part
-                    continue
-                for a, b in _BLOCK_RENAMES: rest = rest.replace(a, b)
-                out[pre + rest] = v; continue
-            for a, b in _CLIP_RENAMES:
-                if k2.startswith(a): k2 = b + k2[len(a):]; break
-            out['vit_model.' + k2] = v
+        if k.startswith('vit_model.'): vis[k[len('vit_model.'):]] = v   # CLIP's image tower, OpenAI names
         elif k.startswith('text_transformer.'):
             if '.pooler.' in k or k.endswith('position_ids'): continue   # unused by METER's fusion
             out[k] = v
         elif k.startswith(('cross_modal_', 'token_type_embeddings')): out[k] = v
         else: heads[k] = v
+    if vis: out.update({f'vit_model.{k}': v for k, v in open_clip_state_dict_to_hf(vis, vision_only=True).items()})
     if model is not None:
         want = model.state_dict()
         pe = 'vit_model.embeddings.position_embedding.weight'
@@ -970,24 +951,10 @@ def convert_meter_checkpoint(ckpt:str|Path|dict,  # path of METER's .ckpt (Light
 
 def meter_to_official(model:METER)->dict:
     "The inverse mapping (our `METER` -> METER's checkpoint names); used to test `convert_meter_checkpoint`."
-    sd, out = model.state_dict(), {}
-    for k, v in sd.items():
-        if not k.startswith('vit_model.'): out[k] = v; continue
-        k2 = k[len('vit_model.'):]
-        if k2.startswith('encoder.layers.'):
-            i, rest = k2.split('.')[2], '.'.join(k2.split('.')[3:])
-            if rest.startswith('self_attn.') and rest.split('.')[1] in ('q_proj', 'k_proj', 'v_proj'):
-                if rest.startswith('self_attn.q_proj'):
-                    kind = rest.split('.')[-1]
-                    out[f'vit_model.transformer.resblocks.{i}.attn.in_proj_{kind}'] = torch.cat(
-                        [sd[f'{k[:k.index("self_attn")]}self_attn.{n}_proj.{kind}'] for n in 'qkv'])
-                continue
-            for a, b in _BLOCK_RENAMES: rest = rest.replace(b, a)
-            out[f'vit_model.transformer.resblocks.{i}.{rest}'] = v; continue
-        for a, b in _CLIP_RENAMES:
-            if k2.startswith(b): k2 = a + k2[len(b):]; break
-        out['vit_model.' + k2] = v
-    return {'state_dict': out}
+    sd = model.state_dict()
+    vis = hf_clip_vision_to_open_clip({k[len('vit_model.'):]: v for k, v in sd.items() if k.startswith('vit_model.')})
+    return {'state_dict': {**{k: v for k, v in sd.items() if not k.startswith('vit_model.')},
+                           **{f'vit_model.{k}': v for k, v in vis.items()}}}
 
 # %% ../nbs/20_das.ipynb #d7b37c42
 def _count(m:nn.Module)->int: return sum(p.numel() for p in m.parameters())
@@ -1122,6 +1089,7 @@ PAPER_NUMBERS = core.register_paper_numbers('das', [
 ])
 
 # %% ../nbs/20_das.ipynb #cf57ce4f
+# the module that owns each full-scale model (they import das; das never imports them: the notebook and `vlrepro.rehearse` pick)
 FULL_SCALE = {'vilt': 'vlrepro.das_vl', 'meter': 'vlrepro.das_vl', 'lavin': 'vlrepro.das_lavin', 'llama': 'vlrepro.das_lavin'}
 # notebook parameters whose 0 / '' means "not set": the pipeline's own default applies (others, e.g. warmup_epoch=0, pass as given)
 UNSET_MEANS_DEFAULT = {'vision_ckpt', 'text_ckpt', 'skip_list', 'train_epochs', 'lr', 'batch_size', 'per_gpu_batchsize',
@@ -1142,28 +1110,13 @@ def parse_skip_list(skip_list:str|Sequence[int], # '[24, 27, 25, 22]', '1, 4', '
     if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v): raise ValueError(err)
     return list(v)
 
-def run_full_scale(model:str,     # 'vilt', 'meter' (VQAv2, NLVR2, Flickr30K), 'lavin' (ScienceQA) or 'llama' (BoolQ, CSQA, GSM8K)
-                   **params,      # the notebook's parameters; those the pipeline does not take are ignored
-                  )->dict:        # metrics, efficiency, extra, scale
-    "Run a full-scale DAS reproduction (search, skip-and-retrain, evaluation) with the pipeline of `model`'s family."
-    import importlib, inspect
-    if model not in FULL_SCALE:
-        raise ValueError(f"unknown full-scale model {model!r}; use one of {sorted(FULL_SCALE)} ('tiny-vilt' is the CPU demonstration)")
-    fn = importlib.import_module(FULL_SCALE[model]).run_full_scale
+def pipeline_kwargs(fn:Callable,  # a pipeline's `run_full_scale` or `required_inputs`
+                    params:dict,    # the notebook's parameters
+                   )->dict:         # those `fn` takes; an unset one (0 or '' in UNSET_MEANS_DEFAULT) is left to `fn`'s default
+    "The notebook's parameters a full-scale pipeline function takes, 'unset' values dropped so its own defaults apply."
     sig = inspect.signature(fn).parameters
-    kw = {k: v for k, v in params.items()
-          if k in sig and not (k in UNSET_MEANS_DEFAULT and v in (0, '') and sig[k].default is not inspect.Parameter.empty)}
-    return fn(model=model, **kw)
-
-def full_scale_inputs(model:str,  # 'vilt', 'meter', 'lavin' or 'llama' (anything else: nothing to check)
-                      **params,   # the notebook's parameters
-                     )->dict:     # {what: (path, how to make it)} for `core.require_inputs`
-    "The dataset files a full-scale run derives from `data_root`, each with the data script that makes it."
-    import importlib, inspect
-    if model not in FULL_SCALE: return {}
-    fn = importlib.import_module(FULL_SCALE[model]).required_inputs
-    sig = inspect.signature(fn).parameters
-    return fn(model=model, **{k: v for k, v in params.items() if k in sig and k != 'model'})
+    return {k: v for k, v in params.items()
+            if k in sig and not (k in UNSET_MEANS_DEFAULT and v in (0, '') and sig[k].default is not inspect.Parameter.empty)}
 
 def run_data_script(script:str,        # a file of data_scripts/, e.g. 'convert_vilt_arrow.py'
                     args:Sequence[str], # its command-line arguments
@@ -1189,16 +1142,15 @@ def standin_path(root:Path,   # the rehearsal root
                                                "(ckpt/..., data/...)")
     return Path(root)/p
 
-
 # %% ../nbs/20_das.ipynb #88c2a41a
 def rehearsal(params:dict,            # the parameter set's YAML mapping
               root:Path|None=None,    # rehearsal root for the stand-ins (None: only the plan)
               device:str='cpu',       # 'cpu' or 'cuda'
              )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
-    "The rehearsal plan of a 20_das set: the CPU demonstration at the 'rehearsal' scale, or its full-scale family's plan."
-    import importlib
+    "The rehearsal plan of a 20_das set of the CPU demonstration, at the 'rehearsal' scale (full-scale sets: their family's `rehearsal`)."
     model = params.get('model', 'tiny-vilt')
-    if model in FULL_SCALE: return importlib.import_module(FULL_SCALE[model]).rehearsal(params, root, device=device)
+    if model in FULL_SCALE: raise ValueError(f"model {model!r} is rehearsed by {FULL_SCALE[model]}.rehearsal, the module that owns "
+                                             f"it (`vlrepro.rehearse.plan_function('20_das', params)` picks it)")
     if model != 'tiny-vilt': raise ValueError(f"unknown model {model!r} in the set; use 'tiny-vilt' or one of {sorted(FULL_SCALE)}")
     ov = dict(demo_scale='rehearsal', das_epoch=2, search_epochs=2, latency_batch=8, latency_reps=2, bench_real=False, device=device)
     return dict(overrides=ov, branch='cpu-demo', metric=f"DAS-{int(params.get('skip_num', 2))}/test_acc", nproc=1,

@@ -16,15 +16,13 @@ from . import core, das
 
 # %% auto #0
 __all__ = ['IMAGE_PREFIX', 'TEXT_PREFIX', 'LANG_TASKS', 'MAX_NEW_TOKENS', 'PAPER_INFERENCE_S', 'lavin_attention_mask',
-           'llama_config_from_params', 'llama_depth', 'load_llama', 'save_meta_llama', 'SentencePieceTokenizer',
-           'load_llama_tokenizer', 'check_vocab', 'ClipLNRouter', 'patch_clip', 'cls_layers', 'clip_cls_features',
-           'LaVIN', 'llama_7b_config', 'clip_l14_config', 'trainable_count', 'meta_count', 'released_skip',
+           'save_meta_llama', 'check_vocab', 'ClipLNRouter', 'patch_clip', 'cls_layers', 'clip_cls_features', 'LaVIN',
+           'llama_7b_config', 'clip_l14_config', 'trainable_count', 'meta_count', 'released_skip',
            'load_das_checkpoint', 'image_tokens', 'build_inputs', 'lm_loss', 'generate', 'sqa_qcm_ale', 'tokenize_pair',
            'normalize_language_row', 'language_prompt', 'read_language_split', 'convert_language_task', 'LaVINExamples',
-           'collate_lavin', 'parse_choice', 'parse_number', 'evaluate', 'lavin_latency', 'parse_skip_list',
-           'setting_name', 'build', 'train_task', 'required_inputs', 'run_search', 'run_full_scale', 'tiny_checkpoints',
-           'write_scienceqa_raw', 'write_language_raw', 'write_meta_llama', 'write_clip_folder', 'write_standins',
-           'rehearsal']
+           'collate_lavin', 'parse_number', 'evaluate', 'lavin_latency', 'parse_skip_list', 'setting_name', 'build',
+           'train_task', 'required_inputs', 'run_search', 'run_full_scale', 'tiny_checkpoints', 'write_scienceqa_raw',
+           'write_language_raw', 'write_meta_llama', 'write_clip_folder', 'write_standins', 'rehearsal']
 
 # %% ../nbs/22_das_lavin.ipynb #066868d5
 def lavin_attention_mask(mask:Tensor,        # (B, L) 1 = real token, 0 = padding (left or right)
@@ -46,54 +44,10 @@ def lavin_attention_mask(mask:Tensor,        # (B, L) 1 = real token, 0 = paddin
 
 # %% ../nbs/22_das_lavin.ipynb #ffdb56ed
 from . import models as _models
-from .models import permute_qk, meta_to_hf, hf_to_meta, merge_meta_shards as merge_shards  # shared with ADEM-VL
-
-def llama_config_from_params(params:dict,      # Meta's params.json
-                             vocab_size:int,   # rows of tok_embeddings (params.json says -1)
-                             ffn:int,          # rows of feed_forward.w1 (the weights are the authority)
-                            ):
-    "A `LlamaConfig` from Meta's `params.json`, sized by the weights, pad id 0 as LaVIN."
-    return _models.llama_config_from_params(params, vocab_size, ffn, pad_token_id=0)
-
+from .models import (permute_qk, meta_to_hf, hf_to_meta, merge_meta_shards as merge_shards,  # shared with ADEM-VL
+                            llama_depth, load_llama, SentencePieceTokenizer, load_llama_tokenizer)
 
 # %% ../nbs/22_das_lavin.ipynb #48972861
-def _meta_dir(path:Path)->Path|None:
-    for d in (path, path/'7B', path/'13B'):
-        if (d/'params.json').is_file() and any(d.glob('consolidated.*.pth')): return d
-    return None
-
-def llama_depth(path:str|Path)->tuple[int, int]:
-    "(decoder blocks, width) of the LLaMA in `path`, read from config.json or params.json only."
-    p = Path(path)
-    if (p/'config.json').is_file():
-        c = json.loads((p/'config.json').read_text()); return int(c['num_hidden_layers']), int(c['hidden_size'])
-    d = _meta_dir(p)
-    if d is None: raise FileNotFoundError(f"{p} holds neither a Hugging Face LLaMA (config.json) nor Meta's original layout "
-                                          "(params.json + consolidated.00.pth); set ckpt to the LLaMA-7B folder")
-    c = json.loads((d/'params.json').read_text()); return int(c['n_layers']), int(c['dim'])
-
-def load_llama(path:str|Path,                  # HF folder, or Meta folder with params.json + consolidated.*.pth
-               dtype:torch.dtype=torch.float32, # weights dtype (fp16 on a GPU)
-              )->nn.Module:                    # a frozen LlamaForCausalLM in eval mode
-    "Load LLaMA from a HF folder, or convert Meta's original `consolidated.*.pth` on the fly."
-    from transformers import LlamaForCausalLM
-    p = Path(path)
-    if not p.is_dir(): raise FileNotFoundError(f"LLaMA folder {p} does not exist; set ckpt to a HF LLaMA-7B folder or Meta's "
-                                               "original 7B/ folder (consolidated.00.pth, params.json, tokenizer.model)")
-    if (p/'config.json').is_file(): m = LlamaForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
-    else:
-        d = _meta_dir(p)
-        if d is None: llama_depth(p)   # raises the error naming both layouts
-        params = json.loads((d/'params.json').read_text())
-        sd = merge_shards([torch.load(s, map_location='cpu', weights_only=True) for s in sorted(d.glob('consolidated.*.pth'))])
-        cfg = llama_config_from_params(params, sd['tok_embeddings.weight'].shape[0], sd['layers.0.feed_forward.w1.weight'].shape[0])
-        with torch.device('meta'): m = LlamaForCausalLM(cfg)
-        m.load_state_dict(meta_to_hf(sd, params['n_heads'], params.get('n_kv_heads')), assign=True, strict=True)
-        m.model.rotary_emb = type(m.model.rotary_emb)(config=cfg)   # its buffers were created on the meta device
-        m = m.to(dtype)
-    for q in m.parameters(): q.requires_grad_(False)
-    return m.eval()
-
 def save_meta_llama(model:nn.Module, out_dir:str|Path)->Path:
     "Write a `LlamaForCausalLM` in Meta's original layout (params.json + consolidated.00.pth), e.g. for tests."
     c, out = model.config, Path(out_dir)
@@ -105,36 +59,6 @@ def save_meta_llama(model:nn.Module, out_dir:str|Path)->Path:
     return out
 
 # %% ../nbs/22_das_lavin.ipynb #4ed9afb7
-class SentencePieceTokenizer:
-    "Meta's `tokenizer.model` read with sentencepiece, as LaVIN's own `Tokenizer` reads it (BOS/EOS ids from the model)."
-    def __init__(self, path:str|Path):
-        try: import sentencepiece as spm
-        except ImportError as e: raise ImportError("reading Meta's tokenizer.model needs sentencepiece (pip install vlrepro[llama])") from e
-        self.path, self.sp = str(path), spm.SentencePieceProcessor(model_file=str(path))
-        self.bos_token_id, self.eos_token_id, self.pad_token_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
-    def __len__(self)->int: return self.sp.get_piece_size()
-    def encode(self, text:str, add_special_tokens:bool=True)->list[int]:
-        "Token ids of `text` (with BOS first when `add_special_tokens`, as a HF LLaMA tokenizer)."
-        ids = self.sp.encode(text)
-        return [self.bos_token_id] + ids if add_special_tokens else ids
-    def decode(self, ids:Sequence[int], skip_special_tokens:bool=True)->str:
-        special = {self.bos_token_id, self.eos_token_id, self.pad_token_id}
-        return self.sp.decode([int(i) for i in ids if 0 <= int(i) < len(self) and not (skip_special_tokens and int(i) in special)])
-    def __getstate__(self): return dict(path=self.path)
-    def __setstate__(self, s): self.__init__(s['path'])
-    def __repr__(self): return f"SentencePieceTokenizer({self.path!r}, {len(self)} ids)"
-
-def load_llama_tokenizer(path:str|Path)->Any:
-    "The LLaMA tokenizer of a folder: HF tokenizer files, or Meta's tokenizer.model (here or one level up)."
-    p = Path(path)
-    for f in (p/'tokenizer.model', p.parent/'tokenizer.model'):
-        if f.is_file() and not (p/'tokenizer.json').is_file() and not (p/'tokenizer_config.json').is_file():
-            # transformers 5 cannot build LlamaTokenizer(vocab_file=...) from a bare tokenizer.model (an empty 3-token
-            # tokenizer without protobuf), so the file is read with sentencepiece directly, as LaVIN does
-            return SentencePieceTokenizer(f)
-    from vlrepro import models
-    return models.load_tokenizer(p)
-
 def check_vocab(tokenizer, llm:nn.Module):
     "Raise if the tokenizer's ids do not fit the LLaMA's embedding table (`vlrepro.models.check_vocab`)."
     _models.check_vocab(tokenizer, llm, hint=" or pass text_ckpt=<its folder>")
@@ -308,17 +232,13 @@ def load_das_checkpoint(model:LaVIN,             # built with the checkpoint's s
                     "LaVIN-DAS checkpoints hold layers.{i}.adapter_attn / replaced_adapter, the CLIP adapters, adapter_proj "
                     "and adapter_modality_embedding")
             raise ValueError(f"unknown key {k!r} in the LaVIN-DAS checkpoint: {hint}")
-        if t not in want:
-            if t.startswith('llm.model.layers.'): unused.append(k); continue   # an adapter this skip set never runs
-            raise ValueError(f"{k!r} does not fit this model ({'language-only' if not model.multimodal else 'multimodal'} "
-                             f"LaVIN has no {t}): build the model the checkpoint was trained for (multimodal or not, same depth)")
-        if v.shape != want[t].shape:
-            raise ValueError(f"{k!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(want[t].shape)} in the model: "
-                             "build LaVIN with the checkpoint's adapter_dim / hidden_proj and LLaMA/CLIP sizes")
+        if t not in want and t.startswith('llm.model.layers.'): unused.append(k); continue   # an adapter this skip set never runs
         target[t], official[t] = v, k
-    lacking = [n for n, q in model.named_parameters() if q.requires_grad and n not in target]
-    if lacking: raise ValueError(f"the checkpoint lacks {len(lacking)} trained weight(s) of this model, e.g. {lacking[:3]}: "
-                                 "is it a LaVIN-DAS checkpoint of this kind (multimodal / language-only) and depth?")
+    core.check_state_dict(want, target, names=official, required=[n for n, q in model.named_parameters() if q.requires_grad],
+        fix_unexpected=f"this {'language-only' if not model.multimodal else 'multimodal'} LaVIN has no such weight; build the "
+                       "model the checkpoint was trained for (multimodal or not, same depth)",
+        fix_shape="build LaVIN with the checkpoint's adapter_dim / hidden_proj and LLaMA/CLIP sizes",
+        fix_missing="is it a LaVIN-DAS checkpoint of this kind (multimodal / language-only) and depth?")
     model.load_state_dict(target, strict=False)
     return dict(skip=S, loaded=sorted(official.values()), unused=sorted(unused))
 
@@ -601,25 +521,7 @@ def collate_lavin(batch:list[dict])->dict:
     return out
 
 # %% ../nbs/22_das_lavin.ipynb #6cdc4011
-def parse_choice(text:str,                # the generation
-                 n_choices:int,           # options of the question
-                 task:str='scienceqa',    # 'scienceqa' or 'boolq' / 'csqa' (patterns of the official evaluation scripts)
-                 fallback:str='wrong',    # 'wrong' (-1) or 'random' (official ScienceQA: a random option)
-                 generator:torch.Generator|None=None,
-                )->int:                   # option index, or -1
-    "Option index of a generated answer; malformed generations give -1 (or a random option), never an error."
-    if fallback not in ('wrong', 'random'): raise ValueError(f"fallback must be 'wrong' or 'random', got {fallback!r}")
-    pats = ([r'The answer is ([A-Z])\s*\.', r'([A-E])\s*\.'] if task == 'scienceqa' else [r'answer is ([A-Z])\s*\.', r'Answer: ([A-Z])'])
-    text = text if isinstance(text, str) else ''
-    for pat in pats:
-        found = set(re.findall(pat, text))
-        if len(found) == 1:
-            j = ord(found.pop()) - 65
-            if 0 <= j < n_choices: return j
-            break
-        if len(found) > 1: break                  # ambiguous: two different letters
-    if fallback == 'random' and n_choices > 0: return int(torch.randint(n_choices, (1,), generator=generator))
-    return -1
+from .metrics import parse_choice  # styles 'lavin' (ScienceQA) and 'lavin_language' (BoolQ, CSQA)
 
 def parse_number(text:str)->str:
     "GSM8K: the number after 'answer is' (commas and a trailing dot stripped), '' if none."
@@ -648,7 +550,7 @@ def evaluate(model:LaVIN, examples:LaVINExamples, batch_size:int=8, max_new_toke
         preds = [parse_number(t) for t in texts]
         scores = {'accuracy': 100.0 * sum(p == str(r['answer']) for p, r in zip(preds, rows)) / max(len(rows), 1)}
     else:
-        preds = [parse_choice(t, len(r['choices']), task, fallback, g) for t, r in zip(texts, rows)]
+        preds = [parse_choice(t, len(r['choices']), 'lavin' if task == 'scienceqa' else 'lavin_language', fallback, g) for t, r in zip(texts, rows)]
         if task == 'scienceqa': scores = metrics.scienceqa_accuracy(preds, rows)
         else: scores = {'accuracy': 100.0 * sum(p == int(r['answer']) for p, r in zip(preds, rows)) / max(len(rows), 1)}
     return dict(scores=scores, preds=preds, texts=texts, seconds=secs, seconds_per_example=secs / max(len(rows), 1))
@@ -753,7 +655,7 @@ def build(model:str, task:str, data_root:str, ckpt:str, vision_ckpt:str='', text
     from vlrepro import data
     dev = core.get_device(device)
     half = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision, torch.float32) if dev.type == 'cuda' else torch.float32
-    llm = load_llama(ckpt, half)
+    llm = load_llama(ckpt, dtype=half, pad_token_id=0)   # LaVIN: pad id 0
     tok = load_llama_tokenizer(text_ckpt or ckpt)
     check_vocab(tok, llm)
     enc = lambda s: tok.encode(s, add_special_tokens=False)
@@ -811,25 +713,14 @@ def required_inputs(model:str, task:str, data_root:str, eval_split:str='test',
     return out
 
 # %% ../nbs/22_das_lavin.ipynb #410d1042
-class _EpochBatches:
-    "Re-iterable training micro-batches for `das.search`: len() and epoch -> batches, moved to the device."
-    def __init__(self, ds, batch_size:int, seed:int, device, limit:int=0):
-        from vlrepro.train import epoch_batches
-        self.ds, self.bs, self.seed, self.device = ds, batch_size, seed, device
-        self.n = len(epoch_batches(len(ds), batch_size, 0, seed))
-        if limit: self.n = min(self.n, limit)
-    def __len__(self): return self.n
-    def __call__(self, epoch:int):
-        from vlrepro.train import epoch_batches, to_device
-        for idx in epoch_batches(len(self.ds), self.bs, epoch, self.seed)[:self.n]:
-            yield to_device(collate_lavin([self.ds[i] for i in idx]), self.device)
+from .train import EpochBatches  # the search's batches, in the Trainer's order
 
 def run_search(b:dict, k:int, das_epoch:int, das_step:int, das_turn:int, warmup_epoch:int, eta:float, lr:float,
                per_gpu_batchsize:int, seed:int, reward_mode:str, out_dir:Path, max_steps:int=0,
                weight_decay:float=0.02, grad_accum:int=1)->das.SearchResult:
     "LaVIN's DAS search (as the official `LaVIN-DAS/engine.py`) on a model built with `search=True`; reuses a finished `out_dir/search.json`."
     from vlrepro.train import to_device
-    batches = _EpochBatches(b['train'], per_gpu_batchsize, seed, b['device'], max_steps)
+    batches = EpochBatches(b['train'], collate_lavin, per_gpu_batchsize, seed, max_steps, b['device'])
     turn = das_turn or max(1, len(batches) // 150)
     cfg = das.SearchConfig(k=k, das_epoch=das_epoch, das_step=das_step, das_turn=turn, warmup_epoch=warmup_epoch, eta=eta,
                            reset_each_epoch=True, seed=seed)

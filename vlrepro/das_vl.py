@@ -435,10 +435,7 @@ def load_das_checkpoint(model:DASVLTask,           # the task model (patched her
     for k, v in [*(('backbone.' + k, v) for k, v in conv.items()), *(('backbone.' + k, v) for k, v in ad.items())]:
         t = _patched_key(k, st.names)
         src = off_ad.get(k[len('backbone.'):], k[len('backbone.'):])
-        if t not in want:
-            if '.das_' in t: unused.append(src); continue             # an adapter this skip set never runs
-            raise ValueError(f"unknown key {src!r} in the DAS {fam} checkpoint: this {fam} model has no weight for it; "
-                             f"build the model with the checkpoint's sizes (same depth and fusion layers)")
+        if t not in want and '.das_' in t: unused.append(src); continue   # an adapter this skip set never runs
         target[t], official[t] = v, src
     for k, v in heads.items():
         if k in want: target[k], official[k] = v, k
@@ -447,14 +444,11 @@ def load_das_checkpoint(model:DASVLTask,           # the task model (patched her
                                f"DAS {fam}; remove it from the state dict or convert the checkpoint of that model instead")
     pe = 'backbone.vit_model.embeddings.position_embedding.weight'
     if pe in target and target[pe].shape != want[pe].shape: target[pe] = das._resize_pos(target[pe], want[pe].shape[0])
-    for t, v in target.items():
-        if v.shape != want[t].shape:
-            raise ValueError(f"{official[t]!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(want[t].shape)} in the "
-                             f"model ({t}): build the model for this checkpoint's task and sizes (e.g. num_answers="
-                             f"{v.shape[0] if t.endswith('vqa_classifier.3.bias') else '…'})")
-    lacking = [n for n, p in model.named_parameters() if p.requires_grad and n not in target]
-    if lacking: raise ValueError(f"the checkpoint lacks {len(lacking)} trained weight(s) of this model, e.g. {lacking[:3]}: it was "
-                                 f"not fine-tuned for task {model.task!r} with skip set {S}; check the task and skip=")
+    nb = target.get('backbone.vqa_classifier.3.bias', target.get('vqa_classifier.3.bias'))
+    core.check_state_dict(want, target, names=official, required=[n for n, p in model.named_parameters() if p.requires_grad],
+        fix_unexpected=f"this {fam} model has no weight for it; build the model with the checkpoint's sizes (same depth and fusion layers)",
+        fix_shape=f"build the model for this checkpoint's task and sizes (e.g. num_answers={nb.shape[0] if nb is not None else '…'})",
+        fix_missing=f"it was not fine-tuned for task {model.task!r} with skip set {S}; check the task and skip=")
     model.load_state_dict(target, strict=False)
     t4c = heads.get('token4classifier')
     if fam == 'meter' and t4c is not None and hasattr(model.backbone, 'token4classifier'):
@@ -808,15 +802,7 @@ def _tokenizer_dir(model:str, ckpt:str, text_ckpt:str)->Path:
                      f"{'bert-base-uncased' if model == 'vilt' else 'roberta-base'} tokenizer")
 
 # %% ../nbs/21_das_vl.ipynb #59b32787
-class _EpochBatches:
-    "Re-iterable seeded batches for `das.search`: `len` without loading data, `(epoch)` -> that epoch's batches."
-    def __init__(self, ds, collate, batch_size:int, seed:int, max_batches:int=0, num_workers:int=0):
-        self.ds, self.collate, self.bs, self.seed, self.max, self.workers = ds, collate, batch_size, seed, max_batches, num_workers
-    def __len__(self): n = math.ceil(len(self.ds) / self.bs); return min(n, self.max) if self.max else n
-    def __call__(self, epoch:int):
-        from vlrepro.train import SeededDataset
-        dl = _loader(SeededDataset(self.ds, self.seed, epoch), self.collate, self.bs, True, self.seed + epoch, self.workers)
-        return itertools.islice(dl, len(self))
+from .train import EpochBatches as _EpochBatches  # the search's batches, in the Trainer's order
 
 def _reward_batches(ds, collate, batch_size:int, seed:int, mode:str):
     "The official fixed reward batch (first batch of a seeded shuffle), or, for mode 'eval', update i -> batch i (cycling)."

@@ -19,8 +19,8 @@ from .core import atomic_write_json, atomic_write_text
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'MAKE_HINT', 'CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TRAIN_AUGMENTATIONS',
-           'COLORS', 'SHAPES', 'PATTERNS', 'DEFAULT_OPTIONS', 'PRESETS', 'VQA_TEMPLATES', 'SUBJECTS', 'IMAGE_FIELDS',
-           'VQAV2_SPLITS', 'default_root', 'dataset_dir', 'read_jsonl', 'write_jsonl', 'write_manifest',
+           'COLORS', 'SHAPES', 'PATTERNS', 'DEFAULT_OPTIONS', 'PRESETS', 'VQA_TEMPLATES', 'SUBJECTS', 'SQA_OPTIONS',
+           'IMAGE_FIELDS', 'VQAV2_SPLITS', 'default_root', 'dataset_dir', 'read_jsonl', 'write_jsonl', 'write_manifest',
            'read_manifest', 'load_image', 'to_tensor', 'expand2square', 'ImageTransform', 'image_transform',
            'RandomAugment', 'train_transform', 'cell_name', 'shape_mask', 'pattern_mask', 'preset_options',
            'sample_scene', 'render_scene', 'paraphrases', 'vqa_answers', 'tile_patch_mask', 'describe_scene',
@@ -609,20 +609,27 @@ def _task_sciqa(rng, o, split):
     raise ValueError(f"unknown item kind {kind!r} in item_mix; use 'IMG', 'TXT', 'NO'")
 
 # %% ../nbs/01_data.ipynb #bd89fc9b
-def sqa_prompt(row:dict,            # a multiple-choice row
-               fmt:str='CQM-A',     # 'CQM-A' (Context, Question, Options) or 'QCM-A' (Question first)
-               use_caption:bool=False, # append row['caption'] to the context
-              )->tuple[str, str]:   # (prompt ending in 'Response:', answer 'The answer is X.')
-    "ScienceQA prompt and target text, as LaVIN/ADEM-VL format them."
+SQA_OPTIONS = 'ABCDE'
+
+def sqa_prompt(row:dict,                # question, choices, answer (None: no answer text), hint, caption, description
+               fmt:str='CQM-A',         # 'CQM-A' (Context, Question, Options: training as shipped) or 'QCM-A' (evaluation)
+               use_caption:bool=False,  # append row['caption'] to the context
+               oracle:bool=False,       # prepend row['description'] (the synthetic scene) to the context
+               options:str=SQA_OPTIONS, # option letters
+              )->tuple[str, str]:       # (prompt ending in 'Response:', answer 'The answer is X.')
+    """ScienceQA prompt and target text, as LaVIN/ADEM-VL format them (official `util/base_prompt.py`): the context is
+    the hint (+ ' ' + caption), 'N/A' if empty; double spaces become single with one `str.replace('  ', ' ')`, as there."""
+    if fmt not in ('CQM-A', 'QCM-A'): raise ValueError(f"unknown prompt format {fmt!r}; use 'CQM-A' or 'QCM-A'")
+    if len(row['choices']) > len(options): raise ValueError(f"{len(row['choices'])} choices but only {len(options)} option letters ({options})")
     context = row.get('hint') or ''
+    if oracle and row.get('description'): context = (row['description'] + ' ' + context).strip()
     if use_caption and row.get('caption'): context = f"{context} {row['caption']}"
     context = context.strip() or 'N/A'
-    choices = ' '.join(f'({chr(65 + i)}) {c}' for i, c in enumerate(row['choices']))
+    choices = ' '.join(f'({options[i]}) {c}' for i, c in enumerate(row['choices']))
     parts = {'C': f'Context: {context}\n', 'Q': f"Question: {row['question']}\n", 'M': f'Options: {choices}\n'}
-    if fmt not in ('CQM-A', 'QCM-A'): raise ValueError(f"unknown prompt format {fmt!r}; use 'CQM-A' or 'QCM-A'")
     prompt = ''.join(parts[c] for c in fmt.split('-')[0]) + 'Response:'
-    clean = lambda s: re.sub(' {2,}', ' ', s).strip()
-    return clean(prompt), clean(f"The answer is {chr(65 + int(row['answer']))}.")
+    ans = f"The answer is {options[int(row['answer'])]}." if row.get('answer') is not None else ''
+    return prompt.replace('  ', ' ').strip(), ans.replace('  ', ' ').strip()
 
 def sqa_tags(row:dict)->list[str]:
     "ScienceQA reporting categories of a row, e.g. ['NAT', 'IMG', 'G1-6']."

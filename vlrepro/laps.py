@@ -526,9 +526,9 @@ def laps_parameters(model:LAPSModel)->list[nn.Parameter]:
     "The weights `patch` added (prefixed `laps_`)."
     return [p for n, p in model.named_parameters() if n.startswith('laps_')]
 
-def trainable_parameters(model:LAPSModel)->list[nn.Parameter]:
+def trainable_parameters(model:nn.Module)->dict[str, nn.Parameter]: # name -> parameter, those with requires_grad
     "Everything LAPS trains: both backbones (fine-tuned), projections and the head (nothing is frozen)."
-    return [p for p in model.parameters() if p.requires_grad]
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 def param_groups(model:LAPSModel,          # the (patched) model
                  learning_rate:float=2e-4, # base lr: projections and LAPS head

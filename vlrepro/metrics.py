@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SQA_CATEGORIES', 'caption_owner', 'retrieval_ranks', 'recall_at_k', 'recall_at_k_folds', 'normalize_answer',
-           'vqa_soft_score', 'vqa_accuracy', 'vqa_score', 'scienceqa_categories', 'category_accuracy',
-           'scienceqa_accuracy', 'parse_yes_no', 'pope_scores', 'simple_ptb_tokenize', 'java_available',
-           'caption_scores', 'winoground_scores', 'pearson', 'kendall_tau_b', 'pairwise_accuracy', 'roc_auc',
-           'preference_accuracy', 'rank_accuracy']
+__all__ = ['SQA_CATEGORIES', 'CHOICE_STYLES', 'MME_PERCEPTION', 'MME_COGNITION', 'caption_owner', 'retrieval_ranks',
+           'recall_at_k', 'recall_at_k_folds', 'normalize_answer', 'vqa_soft_score', 'vqa_accuracy', 'vqa_score',
+           'scienceqa_categories', 'category_accuracy', 'scienceqa_accuracy', 'parse_yes_no', 'pope_scores',
+           'parse_choice', 'mme_yes_no', 'mme_scores', 'simple_ptb_tokenize', 'java_available', 'caption_scores',
+           'winoground_scores', 'pearson', 'kendall_tau_b', 'pairwise_accuracy', 'roc_auc', 'preference_accuracy',
+           'rank_accuracy']
 
 # %% ../nbs/05_metrics.ipynb #04462df8
 def _as_scores(x)->torch.Tensor:
@@ -233,6 +234,68 @@ def pope_scores(preds:Sequence[str],  # free-form answers (parsed with `parse_ye
     f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
     return {'accuracy': 100.0 * float((p == y).mean()), 'precision': 100.0 * prec, 'recall': 100.0 * rec,
             'f1': 100.0 * f1, 'yes_ratio': 100.0 * float(p.mean())}
+
+# %% ../nbs/05_metrics.ipynb #9c1dc68f
+CHOICE_STYLES = ('llava', 'lavin', 'lavin_language', 'adem', 'strict')
+
+def parse_choice(text:str,                    # the generation, e.g. 'B', 'B. red', 'The answer is B.'
+                 n_choices:int,               # options offered (A, B, ...)
+                 style:str='llava',           # the paper's rule: 'llava', 'lavin', 'lavin_language', 'adem', 'strict'
+                 fallback:str='wrong',        # unparsed: 'wrong' (-1) or 'random' (LaVIN's ScienceQA: a random option)
+                 generator:torch.Generator|None=None, # for fallback='random'
+                )->int:                       # option index, -1 = unparsed (never an error on malformed text)
+    "Read the option letter a model chose, with the rule of the paper's official evaluation (`style`, see above)."
+    if style not in CHOICE_STYLES: raise ValueError(f"unknown answer style {style!r}; use one of {CHOICE_STYLES}")
+    if fallback not in ('wrong', 'random'): raise ValueError(f"fallback must be 'wrong' or 'random', got {fallback!r}")
+    letters, t, j = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[:n_choices], text.strip() if isinstance(text, str) else '', -1
+    if style == 'llava':
+        m = re.match(r'^\(?([A-J])\)?(\s|$)', t); found = re.findall(r'The answer is \(?([A-J])\)?', t)
+        if t in letters and t: j = letters.index(t)
+        elif len(t) >= 2 and t[0] in letters and t[1] in '.):,': j = letters.index(t[0])
+        elif len(found) == 1 and found[0] in letters: j = letters.index(found[0])
+        elif m and m.group(1) in letters: j = letters.index(m.group(1))
+    elif style in ('lavin', 'lavin_language'):
+        pats = [r'The answer is ([A-Z])\s*\.', r'([A-E])\s*\.'] if style == 'lavin' else [r'answer is ([A-Z])\s*\.', r'Answer: ([A-Z])']
+        for pat in pats:
+            found = set(re.findall(pat, text if isinstance(text, str) else ''))
+            if len(found) == 1: j = ord(found.pop()) - 65; j = j if 0 <= j < n_choices else -1; break
+            if len(found) > 1: break                   # ambiguous: two different letters
+    elif style == 'adem':
+        m = re.search(r'[A-Z]', t)
+        j = letters.index(m.group(0)) if m and m.group(0) in letters else -1
+    else:
+        found = set(re.findall(r'(?<![A-Za-z])([A-Z])(?![A-Za-z])', re.sub(r'^\s*the answer is\s*', '', t, flags=re.I)))
+        j = letters.index(found.pop()) if len(found) == 1 and next(iter(found)) in letters else -1
+    if j < 0 and fallback == 'random' and n_choices > 0: return int(torch.randint(n_choices, (1,), generator=generator))
+    return j
+
+MME_PERCEPTION = ('existence', 'count', 'position', 'color', 'posters', 'celebrity', 'scene', 'landmark', 'artwork', 'OCR')
+MME_COGNITION = ('commonsense_reasoning', 'numerical_calculation', 'text_translation', 'code_reasoning')
+
+def mme_yes_no(text:str, style:str='llava')->str:
+    "'yes' / 'no' / 'other' of an MME answer: 'llava' (starts with yes/no) or 'adem' (exactly, else within the first 4 characters)."
+    t = text.strip().lower()
+    if style == 'llava': return 'yes' if t.startswith('yes') else 'no' if t.startswith('no') else 'other'
+    if style != 'adem': raise ValueError(f"unknown MME answer style {style!r}; use 'llava' or 'adem'")
+    if t in ('yes', 'no'): return t
+    return 'yes' if 'yes' in t[:4] else 'no' if 'no' in t[:4] else 'other'
+
+def mme_scores(preds:Sequence[str],       # free-form answers
+               labels:Sequence[str],      # 'yes' / 'no'
+               images:Sequence[str],      # image id of each question (MME asks two per image)
+               categories:Sequence[str],  # subtask of each question
+               style:str='llava',         # answer rule: 'llava' or 'adem' (`mme_yes_no`)
+              )->dict:                    # {'<category>': acc + acc+, 'perception': sum, 'cognition': sum}
+    "MME score per subtask = accuracy + accuracy+ (both questions of an image right), in points; perception sums every subtask but MME_COGNITION's 4."
+    out, groups = {}, {}
+    for p, y, im, c in zip(preds, labels, images, categories):
+        groups.setdefault(c, {}).setdefault(im, []).append(mme_yes_no(p, style) == y.strip().lower())
+    for c, ims in groups.items():
+        flat = [v for vs in ims.values() for v in vs]
+        out[c] = 100.0 * sum(flat) / len(flat) + 100.0 * sum(all(vs) for vs in ims.values()) / len(ims)
+    out['perception'] = sum(v for c, v in out.items() if c not in MME_COGNITION)
+    out['cognition'] = sum(v for c, v in out.items() if c in MME_COGNITION)
+    return out
 
 # %% ../nbs/05_metrics.ipynb #b94a1e13
 _PTB_DROP = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";", '"'}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #aaaca613
 from __future__ import annotations
-import copy, json, logging, math, os, re, tempfile
+import copy, json, logging, math, os, re, shutil, tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -18,10 +18,12 @@ if TYPE_CHECKING:  # annotations only; nothing heavy is imported at run time
 
 # %% auto #0
 __all__ = ['OPEN_CLIP_CONFIGS', 'HF_KINDS', 'HF_SIZES', 'HF_HUB_IDS', 'MODEL_PRESETS', 'META_TO_HF_NAMES', 'TOKENIZER_PRESETS',
-           'register_open_clip_configs', 'create_open_clip', 'save_open_clip', 'open_clip_tokenizer', 'hf_config',
-           'build_hf', 'tiny_hf', 'example_inputs', 'load_hf', 'open_clip_state_dict_to_hf', 'open_clip_to_hf',
-           'permute_qk', 'merge_meta_shards', 'llama_ffn_dim', 'llama_config_from_params', 'meta_to_hf', 'hf_to_meta',
-           'check_vocab', 'train_tokenizer', 'build_tokenizer', 'load_tokenizer']
+           'LLAMA_FORMATS', 'register_open_clip_configs', 'create_open_clip', 'save_open_clip', 'open_clip_tokenizer',
+           'hf_config', 'build_hf', 'tiny_hf', 'example_inputs', 'load_hf', 'open_clip_state_dict_to_hf',
+           'hf_clip_vision_to_open_clip', 'clip_vision_config', 'open_clip_to_hf', 'permute_qk', 'merge_meta_shards',
+           'llama_ffn_dim', 'llama_config_from_params', 'meta_to_hf', 'hf_to_meta', 'check_vocab', 'train_tokenizer',
+           'build_tokenizer', 'load_tokenizer', 'llama_depth', 'load_llama', 'SentencePieceTokenizer',
+           'load_llama_tokenizer']
 
 # %% ../nbs/02_models.ipynb #36a04e3d
 OPEN_CLIP_CONFIGS: dict[str, dict] = {
@@ -464,9 +466,18 @@ def load_hf(name:str,      # the kind (or a preset, for its kind) of model class
     return getattr(transformers, HF_KINDS[kind][1]).from_pretrained(str(p), **kwargs).eval()
 
 # %% ../nbs/02_models.ipynb #5fb2b765
-def open_clip_state_dict_to_hf(sd:dict[str, torch.Tensor] # open_clip / OpenAI CLIP state_dict
-                              )->dict[str, torch.Tensor]:  # the same weights under `transformers.CLIPModel` names
-    "Rename (and split) an OpenAI-layout CLIP state_dict into `transformers.CLIPModel` keys."
+def open_clip_state_dict_to_hf(sd:dict[str, torch.Tensor], # open_clip / OpenAI CLIP state_dict
+                               vision_only:bool=False,      # keep the image tower only, named as `CLIPVisionModel`
+                              )->dict[str, torch.Tensor]:   # the same weights under `transformers.CLIPModel` names
+    """Rename (and split) an OpenAI-layout CLIP state_dict into `transformers.CLIPModel` keys.
+    With `vision_only` the keys may come with or without `visual.` (a whole CLIP keeps its `visual.*` keys: the text
+    tower has `transformer.*` keys too); the text tower and `visual.proj` are dropped and the result has
+    `CLIPVisionModel` names (`embeddings.*`, `encoder.layers.*`, `pre_layrnorm.*`, `post_layernorm.*`)."""
+    if vision_only:
+        if any(k.startswith('visual.') for k in sd): sd = {k[len('visual.'):]: v for k, v in sd.items() if k.startswith('visual.')}
+        if 'conv1.weight' not in sd: raise KeyError("no visual.conv1.weight: not an OpenAI / open_clip CLIP checkpoint")
+        out = open_clip_state_dict_to_hf({f'visual.{k}': v for k, v in sd.items() if k != 'proj'})
+        return {k[len('vision_model.'):]: v for k, v in out.items()}
     out, blocks = {}, re.compile(r'^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$')
     top = {'visual.class_embedding': 'vision_model.embeddings.class_embedding',
            'visual.positional_embedding': 'vision_model.embeddings.position_embedding.weight',
@@ -495,6 +506,44 @@ def open_clip_state_dict_to_hf(sd:dict[str, torch.Tensor] # open_clip / OpenAI C
         else: raise ValueError(f"cannot convert {k!r}: only OpenAI-style CLIP (open_clip.CLIP, no timm/HF towers, "
                                f"no layer scale or attentional pooling) is supported")
     return out
+
+_HF_VISION_TOP = {'embeddings.class_embedding': 'class_embedding', 'embeddings.position_embedding.weight': 'positional_embedding',
+                  'embeddings.patch_embedding.weight': 'conv1.weight', 'pre_layrnorm.weight': 'ln_pre.weight',
+                  'pre_layrnorm.bias': 'ln_pre.bias', 'post_layernorm.weight': 'ln_post.weight', 'post_layernorm.bias': 'ln_post.bias'}
+_HF_BLOCK_BACK = {'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2', 'mlp.fc1': 'mlp.c_fc', 'mlp.fc2': 'mlp.c_proj',
+                  'self_attn.out_proj': 'attn.out_proj'}
+
+def hf_clip_vision_to_open_clip(sd:dict[str, torch.Tensor] # `CLIPVisionModel` state_dict (embeddings.*, encoder.layers.*, ...)
+                               )->dict[str, torch.Tensor]: # OpenAI's visual tower names (conv1, transformer.resblocks.*, ...), no `visual.`
+    "The inverse of `open_clip_state_dict_to_hf(sd, vision_only=True)`: q/k/v fused back into `attn.in_proj_*`."
+    out = {}
+    for k, v in sd.items():
+        if k.endswith('position_ids'): continue
+        if k in _HF_VISION_TOP: out[_HF_VISION_TOP[k]] = v; continue
+        m = re.match(r'^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$', k)
+        i, mod, kind = m.groups() if m else (None, None, None)
+        pre = f'transformer.resblocks.{i}'
+        if mod == 'self_attn.q_proj':
+            out[f'{pre}.attn.in_proj_{kind}'] = torch.cat([sd[f'encoder.layers.{i}.self_attn.{n}_proj.{kind}'] for n in 'qkv'])
+        elif mod in ('self_attn.k_proj', 'self_attn.v_proj'): continue
+        elif mod in _HF_BLOCK_BACK: out[f'{pre}.{_HF_BLOCK_BACK[mod]}.{kind}'] = v
+        else: raise ValueError(f"cannot convert {k!r}: not a CLIPVisionModel weight (embeddings, pre/post layer norms, "
+                               f"encoder.layers.*)")
+    return out
+
+def clip_vision_config(sd:dict[str, torch.Tensor], # OpenAI visual tower weights (`visual.` prefix or not)
+                       n_heads:int|None=None,      # attention heads (None: width // 64, as OpenAI's ViTs)
+                      )->PreTrainedConfig:         # the matching `transformers.CLIPVisionConfig` (QuickGELU, eps 1e-5)
+    "The `CLIPVisionConfig` of an OpenAI CLIP image tower, read off its weight shapes."
+    from transformers import CLIPVisionConfig  # transformers is an optional, heavy import
+    if any(k.startswith('visual.') for k in sd): sd = {k[len('visual.'):]: v for k, v in sd.items() if k.startswith('visual.')}
+    if 'conv1.weight' not in sd: raise KeyError("no visual.conv1.weight: not an OpenAI / open_clip CLIP checkpoint")
+    C, P = sd['conv1.weight'].shape[0], sd['conv1.weight'].shape[-1]
+    n_layers = 1 + max(int(k.split('.')[2]) for k in sd if k.startswith('transformer.resblocks.'))
+    g = math.isqrt(sd['positional_embedding'].shape[0] - 1)
+    return CLIPVisionConfig(hidden_size=C, intermediate_size=sd['transformer.resblocks.0.mlp.c_fc.weight'].shape[0],
+                            num_hidden_layers=n_layers, num_attention_heads=n_heads or C // 64, image_size=g * P, patch_size=P,
+                            hidden_act='quick_gelu', layer_norm_eps=1e-5)
 
 # %% ../nbs/02_models.ipynb #7fbb3c20
 def _hf_clip_config_from_open_clip(model:nn.Module)->PreTrainedConfig:
@@ -740,3 +789,108 @@ def load_tokenizer(path:str|Path, # folder from `save_pretrained`, or a real mod
         return AutoTokenizer.from_pretrained(str(p), **kwargs)
     raise FileNotFoundError(f"no tokenizer.json or tokenizer_config.json in {p}; save one with "
                             f"tokenizer.save_pretrained({str(p)!r}), or copy the tokenizer files of the checkpoint there")
+
+# %% ../nbs/02_models.ipynb #6f15c499
+LLAMA_FORMATS = ('auto', 'hf', 'meta')
+
+def _check_llama_format(llama_format:str):
+    if llama_format not in LLAMA_FORMATS:
+        raise ValueError(f"llama_format must be one of {LLAMA_FORMATS} ('hf': config.json + weights; 'meta': params.json + "
+                         f"consolidated.*.pth), got {llama_format!r}")
+
+def _meta_dir(path:Path, size:str='')->Path|None:
+    "The folder holding params.json + consolidated.*.pth: `path/size`, `path`, or `path/7B`, `path/13B` without a size."
+    for d in ([path/size, path] if size else [path, path/'7B', path/'13B']):
+        if (d/'params.json').is_file() and any(d.glob('consolidated.*.pth')): return d
+    return None
+
+def llama_depth(path:str|Path)->tuple[int, int]:
+    "(decoder blocks, width) of the LLaMA in `path`, read from config.json or params.json only."
+    p = Path(path)
+    if (p/'config.json').is_file():
+        c = json.loads((p/'config.json').read_text()); return int(c['num_hidden_layers']), int(c['hidden_size'])
+    d = _meta_dir(p)
+    if d is None: raise FileNotFoundError(f"{p} holds neither a Hugging Face LLaMA (config.json) nor Meta's original layout "
+                                          "(params.json + consolidated.00.pth); give the LLaMA-7B folder")
+    c = json.loads((d/'params.json').read_text()); return int(c['n_layers']), int(c['dim'])
+
+def load_llama(path:str|Path,                   # HF folder, or Meta's `weights/` (or `weights/<size>/`) folder
+               llama_format:str='auto',         # 'hf', 'meta', or 'auto' (HF when `config.json` is there)
+               size:str='',                     # Meta sub-folder to read ('7B', '13B'); '' finds it
+               dtype:torch.dtype=torch.float32, # weights dtype (fp16 on a GPU)
+               pad_token_id:int|None=None,      # the config's pad id for Meta weights (LaVIN: 0; ADEM-VL: none)
+              )->nn.Module:                     # a frozen LlamaForCausalLM in eval mode
+    "Load LLaMA from a HF folder, or convert Meta's `consolidated.*.pth` shards on the fly; errors name the missing files."
+    from transformers import LlamaForCausalLM  # transformers model classes are heavy and optional
+    _check_llama_format(llama_format)
+    p = Path(path)
+    if not p.is_dir(): raise FileNotFoundError(f"LLaMA folder {p} does not exist; give a HF LLaMA folder (e.g. huggyllama/llama-7b) "
+                                               "or Meta's weights/ folder (<size>/consolidated.00.pth, params.json, tokenizer.model)")
+    if llama_format == 'hf' or (llama_format == 'auto' and (p/'config.json').is_file()):
+        if not (p/'config.json').is_file():
+            raise FileNotFoundError(f"{p} has no config.json: not a HF LLaMA folder (use llama_format='meta' for consolidated.*.pth)")
+        m = LlamaForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
+    else:
+        d = _meta_dir(p, size)
+        if d is None: raise FileNotFoundError(f"no params.json + consolidated.*.pth in {p/size if size else p} (nor in "
+                                              f"{'its parent' if size else '7B/ or 13B/ below it'}); expected <path>/{size or '7B'}/consolidated.00.pth, "
+                                              "or a HF folder with config.json")
+        params = json.loads((d/'params.json').read_text())
+        sd = merge_meta_shards([torch.load(s, map_location='cpu', weights_only=True) for s in sorted(d.glob('consolidated.*.pth'))])
+        cfg = llama_config_from_params(params, sd['tok_embeddings.weight'].shape[0],  # the weights are the authority
+                                       sd['layers.0.feed_forward.w1.weight'].shape[0], pad_token_id=pad_token_id)
+        with torch.device('meta'): m = LlamaForCausalLM(cfg)
+        m.load_state_dict(meta_to_hf(sd, params['n_heads'], params.get('n_kv_heads')), assign=True, strict=False)
+        missing = [n for n, q in m.named_parameters() if q.is_meta]
+        if missing: raise ValueError(f"Meta checkpoint in {d} lacks {missing[:3]}...; is it a complete LLaMA checkpoint?")
+        m.model.rotary_emb = type(m.model.rotary_emb)(config=cfg)   # its buffers were created on the meta device
+        m = m.to(dtype)
+    for q in m.parameters(): q.requires_grad_(False)
+    return m.eval()
+
+class SentencePieceTokenizer:
+    "Meta's LLaMA `tokenizer.model` read with sentencepiece (BOS/EOS ids from the model), called like a `transformers` tokenizer."
+    def __init__(self, path:str|Path):
+        try: import sentencepiece as spm  # optional (the `llama` extra)
+        except ImportError as e: raise ImportError("reading Meta's tokenizer.model needs sentencepiece (pip install 'vlrepro[llama]')") from e
+        self.path, self.sp = str(path), spm.SentencePieceProcessor(model_file=str(path))
+        self.bos_token_id, self.eos_token_id = self.sp.bos_id(), self.sp.eos_id()
+        self.pad_token_id, self.unk_token_id = self.sp.pad_id(), self.sp.unk_id()
+    def __len__(self)->int: return self.sp.get_piece_size()
+    def encode(self, text:str, add_special_tokens:bool=True)->list[int]:
+        "Token ids of `text`, BOS first when `add_special_tokens` (as a HF LLaMA tokenizer; no EOS)."
+        ids = self.sp.encode(text)
+        return [self.bos_token_id] + ids if add_special_tokens else ids
+    def __call__(self, text:str|Sequence[str], add_special_tokens:bool=True)->dict:
+        "`{'input_ids': ids}` like a `transformers` tokenizer (a list of lists for a list of texts)."
+        if isinstance(text, str): return {'input_ids': self.encode(text, add_special_tokens)}
+        return {'input_ids': [self.encode(t, add_special_tokens) for t in text]}
+    def decode(self, ids:Sequence[int], skip_special_tokens:bool=False)->str:
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, 'tolist') else ids)]
+        special = {self.bos_token_id, self.eos_token_id, self.pad_token_id} if skip_special_tokens else set()
+        return self.sp.decode([i for i in ids if 0 <= i < len(self) and i not in special])
+    def convert_ids_to_tokens(self, ids)->list[str]: return [self.sp.id_to_piece(int(i)) for i in ids]
+    def save_pretrained(self, out:str|Path)->Path:
+        "Copy `tokenizer.model` into `out` (`load_llama_tokenizer(out)` reads it back)."
+        out = Path(out); out.mkdir(parents=True, exist_ok=True)
+        if (out/'tokenizer.model').resolve() != Path(self.path).resolve(): shutil.copyfile(self.path, out/'tokenizer.model')
+        return out
+    def __getstate__(self): return dict(path=self.path)
+    def __setstate__(self, s): self.__init__(s['path'])
+    def __repr__(self): return f"SentencePieceTokenizer({self.path!r}, {len(self)} ids)"
+
+def load_llama_tokenizer(path:str|Path,          # HF folder, or Meta's `weights/` or `weights/<size>/` folder
+                         llama_format:str='auto', # 'hf', 'meta' or 'auto'
+                        )->Any:                  # `SentencePieceTokenizer` or a `transformers` tokenizer
+    "The LLaMA tokenizer of a folder: Meta's `tokenizer.model` (here or one level up) without HF tokenizer files, else the HF files."
+    _check_llama_format(llama_format)
+    p = Path(path)
+    if not p.is_dir(): raise FileNotFoundError(f"tokenizer folder {p} does not exist; give the LLaMA folder")
+    # transformers 5 cannot build LlamaTokenizer(vocab_file=...) from a bare tokenizer.model (an empty 3-token tokenizer
+    # without protobuf), so the file is read with sentencepiece directly, as LaVIN and ADEM-VL do
+    if llama_format == 'meta' or not (p/'tokenizer.json').is_file():
+        for f in (p/'tokenizer.model', p.parent/'tokenizer.model'):
+            if f.is_file(): return SentencePieceTokenizer(f)
+        if llama_format == 'meta':
+            raise FileNotFoundError(f"{p/'tokenizer.model'} is missing: Meta's weights/ folder must hold tokenizer.model")
+    return load_tokenizer(p)

@@ -20,8 +20,9 @@ from .core import atomic_torch_save, atomic_write_json, atomic_write_text, get_d
 
 # %% auto #0
 __all__ = ['ZERO2', 'ZERO3', 'TrainConfig', 'make_param_groups', 'lr_multiplier', 'warmup_steps', 'epoch_batches',
-           'SeededDataset', 'dist_env', 'unwrap', 'to_device', 'preserve_rng', 'StepInfo', 'Trainer', 'demo_task',
-           'deepspeed_config', 'write_deepspeed_config', 'load_task', 'run_cli', 'main', 'launch_command', 'launch']
+           'SeededDataset', 'dist_env', 'unwrap', 'to_device', 'preserve_rng', 'EpochBatches', 'StepInfo', 'Trainer',
+           'demo_task', 'deepspeed_config', 'write_deepspeed_config', 'load_task', 'run_cli', 'main', 'launch_command',
+           'launch']
 
 # %% ../nbs/04_train.ipynb #c0bc9e41
 @dataclass
@@ -225,6 +226,24 @@ def preserve_rng(device:torch.device|str='cpu'):
     device = torch.device(device); s = _rng_state(device)
     try: yield
     finally: _set_rng_state(s, device)
+
+# %% ../nbs/04_train.ipynb #1eedbad8
+class EpochBatches:
+    "Re-iterable seeded micro-batches: `len` without loading data, `(epoch)` -> that epoch's collated batches."
+    def __init__(self, dataset:Dataset,                   # map-style training set
+                 collate:Callable,                       # list of items -> batch
+                 batch_size:int, seed:int=0,
+                 limit:int=0,                            # at most this many batches per epoch (0: all)
+                 device:torch.device|str|None=None):     # move each batch there (None: leave it where collate put it)
+        self.ds, self.collate, self.bs, self.seed, self.device = dataset, collate, batch_size, seed, device
+        self.n = len(epoch_batches(len(dataset), batch_size, 0, seed))
+        if limit: self.n = min(self.n, limit)
+    def __len__(self)->int: return self.n
+    def __call__(self, epoch:int)->Iterable:
+        ds = SeededDataset(self.ds, self.seed, epoch)
+        for idx in epoch_batches(len(self.ds), self.bs, epoch, self.seed)[:self.n]:
+            b = self.collate([ds[i] for i in idx])
+            yield b if self.device is None else to_device(b, torch.device(self.device))
 
 # %% ../nbs/04_train.ipynb #0ec1f67a
 @dataclass(frozen=True)

@@ -458,12 +458,9 @@ def set_stage(model:CLIPFlanT5, stage:int)->CLIPFlanT5:
     if stage == 2: model.t5.requires_grad_(True)
     return model
 
-def trainable_parameters(model:nn.Module)->dict[str, int]:
-    "Trainable parameter counts by top-level part, and the total."
-    out = {}
-    for n, p in model.named_parameters():
-        if p.requires_grad: out[n.split('.')[0]] = out.get(n.split('.')[0], 0) + p.numel()
-    return {**out, 'total': sum(out.values())}
+def trainable_parameters(model:nn.Module)->dict[str, nn.Parameter]: # name -> parameter, those with requires_grad
+    "The parameters the current stage trains (`core.count_parameters(..., group=lambda n: n.split('.')[0])` counts them per part)."
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 # %% ../nbs/50_vqascore.ipynb #fb5d26ea
 _MM_FIELDS = ('mm_vision_tower', 'mm_hidden_size', 'mm_projector_type', 'mm_vision_select_layer',
