@@ -1,0 +1,86 @@
+"Typed pipeline configs: one class per notebook's parameters, checked once; vlrepro run checks YAMLs against it."
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlrepro import core, run as R
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / 'nbs'
+PIPELINES = sorted(R.CONFIGS)
+
+
+def _type_str(cls, name):
+    import typing
+    return core._type_name(typing.get_type_hints(cls)[name]).replace(' ', '')
+
+
+@pytest.mark.parametrize('stem', PIPELINES)
+def test_config_fields_are_the_parameters_cell(stem):
+    "Names, defaults and types of the config are exactly the notebook's parameters cell (so every YAML keeps working)."
+    cls, params = R.config_class(stem), R.notebook_parameters(NBS / f'{stem}.ipynb')
+    assert cls.names() == list(params)
+    default = cls()
+    for n, p in params.items():
+        assert getattr(default, n) == p.default, n
+        assert _type_str(cls, n) == p.type, n
+
+
+@pytest.mark.parametrize('path', [p for s in PIPELINES for p in sorted((NBS / 'params').glob(f'{s}.*.yaml'))], ids=lambda p: p.name)
+def test_every_param_set_round_trips(path):
+    "Each YAML set builds its config; asdict gives the set's values back (ints of float fields as floats)."
+    raw = yaml.safe_load(path.read_text())
+    cfg = R.config_class(path.name.split('.')[0]).from_params(raw, f' in {path.name}')
+    d = cfg.asdict()
+    assert {k: d[k] for k in raw} == raw
+    assert type(cfg).from_params(d) == cfg
+
+
+@pytest.mark.parametrize('stem', PIPELINES)
+def test_unknown_key_and_bad_type(stem):
+    cls = R.config_class(stem)
+    name = cls.names()[2]
+    with pytest.raises(ValueError, match=f"unknown parameter '{name}x' in s.yaml \\(did you mean '{name}'\\?\\)"):
+        cls.from_params({name + 'x': 1}, ' in s.yaml')
+    f = next(f for f in dataclasses.fields(cls) if _type_str(cls, f.name) == 'int')
+    with pytest.raises(ValueError, match=f"parameter '{f.name}' must be int, got 'two'"):
+        cls.from_params({f.name: 'two'})
+
+
+def test_laps_values_name_the_field():
+    from vlrepro import laps
+    with pytest.raises(ValueError, match=r"sparse_ratio must lie in \(0, 1\], got 1.5"): laps.Config(sparse_ratio=1.5)
+    with pytest.raises(ValueError, match="vit_type must be 'vit' or 'swin', got 'vitt'"): laps.Config(vit_type='vitt')
+    with pytest.raises(ValueError, match="select_on must be 'test' or 'val'"): laps.Config(select_on='train')
+    with pytest.raises(ValueError, match="set data_root to the folder holding coco/"): laps.Config(dataset='coco')
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"): laps.Config(batch_size=0)
+
+
+def _bad_set(tmp_path, stem, **kw):
+    good = sorted((NBS / 'params').glob(f'{stem}.*.yaml'))[0]
+    p = tmp_path / f'{stem}.bad.yaml'
+    p.write_text(yaml.safe_dump({**yaml.safe_load(good.read_text()), **kw}))
+    return p
+
+
+@pytest.mark.parametrize('stem', PIPELINES)
+def test_run_checks_a_set_against_the_config_before_a_kernel(tmp_path, stem):
+    "A wrong key, type or value in a set fails in `vlrepro run --dry-run` with the notebook config's own message."
+    cls = R.config_class(stem)
+    name = cls.names()[2]
+    for kw in ({name + 'x': 1}, {next(n for n in cls.names() if _type_str(cls, n) == 'int'): 'two'}):
+        p = _bad_set(tmp_path, stem, **kw)
+        with pytest.raises(ValueError) as want: cls.from_params(yaml.safe_load(p.read_text()), f' in {p}')
+        with pytest.raises(ValueError) as got: R.run_notebook(stem, param_file=p, dry_run=True)
+        assert str(got.value) == str(want.value)
+
+
+def test_run_checks_laps_values_and_p_overrides(tmp_path):
+    p = _bad_set(tmp_path, '30_laps', sparse_ratio=2.0)
+    with pytest.raises(ValueError, match=r"sparse_ratio must lie in \(0, 1\], got 2.0; e.g. sparse_ratio=0.5 in "): R.run_notebook('30_laps', param_file=p, dry_run=True)
+    with pytest.raises(ValueError, match=r"unknown parameter 'sparse_ration' given with -p \(did you mean 'sparse_ratio'\?\)"):
+        R.run_notebook('30_laps', params={'sparse_ration': '0.3'}, dry_run=True)
+    with pytest.raises(ValueError, match=r"select_on must be 'test' or 'val', got 'train' given with -p"):
+        R.run_notebook('30_laps', params={'select_on': 'train'}, dry_run=True)
