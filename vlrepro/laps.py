@@ -307,9 +307,9 @@ class LAPSHead(nn.Module):
         super().__init__()
         if selection not in ('topk', 'gumbel'): raise ValueError(f"selection must be 'topk' or 'gumbel', got {selection!r}")
         self.embed_size, self.num_patches, self.has_cls = embed_size, num_patches, has_cls
-        self.sparse_ratio, self.aggr_ratio = check_ratio('sparse_ratio', sparse_ratio), check_ratio('aggr_ratio', aggr_ratio)
-        self.keep = num_kept(num_patches, sparse_ratio)
+        self.keep = num_kept(num_patches, sparse_ratio)                          # both ratios are checked here
         self.num_out = num_aggregated(num_patches, sparse_ratio, aggr_ratio)
+        self.sparse_ratio, self.aggr_ratio = float(sparse_ratio), float(aggr_ratio)
         self.selection, self.attention_weight, self.tau, self.pair_chunk = selection, attention_weight, tau, pair_chunk
         self.aggregation = TokenAggregation(embed_size, self.num_out, hidden_ratio) if aggregate else None
         self.score_predictor = (nn.Sequential(nn.LayerNorm(embed_size), nn.Linear(embed_size, max(1, embed_size // 4)), nn.GELU(),
