@@ -473,7 +473,7 @@ def test_demo_pipeline_smoke(tmp_path):
     m = ademvl.ADEMVLModel(llm)
     assert core.count_parameters(ademvl.trainable_parameters(llm)) == ademvl.expected_trainable(96, 64, 80, 32, 3, 12)
     before = llm.ademvl.adapter_emb2.detach().clone()
-    ademvl._fit(m, train, steps=2, batch_size=8, lr=1e-3, weight_decay=0.02)
+    ademvl._fit(m, train, ademvl.fit_config(steps=2, batch_size=8, lr=1e-3, weight_decay=0.02))
     assert not torch.equal(before, llm.ademvl.adapter_emb2)
     ev = ademvl.evaluate_sqa(m, test, tok, batch_size=8)
     assert set(ev['scores']) >= {'NAT', 'SOC', 'LAN', 'TXT', 'IMG', 'NO', 'G1-6', 'G7-12', 'Avg'}

@@ -371,8 +371,9 @@ def test_train_laps_recipe():
     tok = models.build_tokenizer('laps', ds.captions)
     v, t = laps.build_encoders('laps-vit', 'laps-bert', vocab_size=len(tok), seed=0)
     m = laps.patch(LAPSModel(v, t, 64))
-    res = laps.train_laps(m, ds.caption_view('all'), tok, '', epochs=2, batch_size=16, learning_rate=5e-4,
-                          backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, progress=False, log_every=1, lr_schedules=(1,))
+    rec = laps.Recipe(batch_size=16, learning_rate=5e-4, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, progress=False,
+                      log_every=1, lr_schedules=[1])
+    res = laps.train_laps(m, ds.caption_view('all'), tok, rec, '', epochs=2)
     hist = [r for r in res['history'] if r['kind'] == 'train']
     assert res['finished'] and len(hist) == 10 and hist[0]['alpha'] == 0.0 and hist[-1]['alpha'] == 1.0
     assert hist[0]['kept_fraction'] == 0.5
@@ -396,10 +397,10 @@ def test_torchrun_two_processes_global_batch(tmp_path):
     """2 CPU processes under torchrun: each scores the gathered global batch (2 x 8 pairs); weights come back."""
     import json
     from vlrepro.train import launch
-    cfg = laps.train_config(str(tmp_path / 'run'), epochs=1, batch_size=8, learning_rate=5e-4, lr_schedules=(),
-                            progress=False, log_every=1)
+    cfg = laps.train_config(laps.Recipe(batch_size=8, learning_rate=5e-4, lr_schedules=[], progress=False, log_every=1),
+                            str(tmp_path / 'run'), epochs=1)
     res = launch('vlrepro.laps:train_task', cfg, nproc=2, launcher='torchrun', quiet=True, timeout=600,
-                 task_args=dict(train_images=8, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, learning_rate=5e-4))
+                 task_args=dict(config=dict(train_images=8, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, learning_rate=5e-4)))
     assert res['finished']
     recs = [json.loads(l) for l in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
     train = [r for r in recs if r['kind'] == 'train']

@@ -212,13 +212,14 @@ def test_resume_with_caption_augmentation_is_exact(tmp_path):
     def fresh():
         v, t = laps.build_encoders('laps-vit', 'laps-bert', vocab_size=len(tok), seed=0)
         torch.manual_seed(0); return laps.patch(LAPSModel(v, t, 32))
-    kw = dict(epochs=2, batch_size=20, learning_rate=5e-4, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, size_augment=True,
-              progress=False, lr_schedules=())
-    a = fresh(); torch.manual_seed(1); laps.train_laps(a, ds.caption_view('all'), tok, str(tmp_path/'a'), **kw)
+    rec = laps.Recipe(batch_size=20, learning_rate=5e-4, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, size_augment=True,
+                      progress=False, lr_schedules=[])
+    kw = dict(epochs=2)
+    a = fresh(); torch.manual_seed(1); laps.train_laps(a, ds.caption_view('all'), tok, rec, str(tmp_path/'a'), **kw)
     b = fresh(); torch.manual_seed(1)
-    r1 = laps.train_laps(b, ds.caption_view('all'), tok, str(tmp_path/'b'), stop_epoch=1, **kw)
+    r1 = laps.train_laps(b, ds.caption_view('all'), tok, rec, str(tmp_path/'b'), stop_epoch=1, **kw)
     assert not r1['finished'] and r1['step'] == 2
     b = fresh(); torch.manual_seed(7)                                   # a new process: other RNG state, fresh collate
-    r2 = laps.train_laps(b, ds.caption_view('all'), tok, str(tmp_path/'b'), **kw)
+    r2 = laps.train_laps(b, ds.caption_view('all'), tok, rec, str(tmp_path/'b'), **kw)
     assert r2['finished'] and r2['step'] == 4
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()): torch.testing.assert_close(x, y, msg=k)

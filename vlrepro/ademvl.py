@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from . import core
 from .core import PaperNumber, register_paper_numbers
+from .train import Trainer, TrainConfig
 
 # %% auto #0
 __all__ = ['ANSWER_STYLES', 'CAPTION_PROMPT', 'IMAGE_PREFIX', 'TEXT_PREFIX', 'PAPER', 'PAPER_NUMBERS', 'DEFAULT_DATASETS',
-           'FULL_INPUTS', 'MME_FOLDERED', 'multiscale_prompt', 'Projector', 'check_drop_ratio', 'drop_count',
+           'FULL_INPUTS', 'MME_FOLDERED', 'PRESETS', 'multiscale_prompt', 'Projector', 'check_drop_ratio', 'drop_count',
            'adaptive_drop', 'fusion_kv', 'fuse', 'ClipAdapter', 'ADEMClipMLP', 'ADEMState', 'ADEMLlamaMLP',
            'visual_context', 'ADEMVL', 'expected_trainable', 'clip_features', 'patch', 'is_patched', 'get_state',
            'unpatch', 'trainable_parameters', 'param_group', 'adapter_state_dict', 'load_released', 'insert_visual',
@@ -25,12 +26,13 @@ __all__ = ['ANSWER_STYLES', 'CAPTION_PROMPT', 'IMAGE_PREFIX', 'TEXT_PREFIX', 'PA
            'pre_caption', 'caption_example', 'extract_caption', 'mme_prompt', 'instruction_example',
            'write_mme_predictions', 'mme_scores', 'effective_lr', 'lr_at', 'clip_hidden', 'TextOnlyVL', 'ADEMVLModel',
            'InputSpaceVL', 'encoder_of', 'SQAExamples', 'collate_sqa', 'demo_tokenizer', 'sqa_scores', 'evaluate_sqa',
-           'train_text_llm', 'VisionProbe', 'cell_targets', 'probe_accuracy', 'train_vision', 'method_cost',
-           'fusion_maps', 'layer_cost', 'bench_main', 'load_clip_vision', 'PairExamples', 'caption_pairs',
-           'instruction_pairs', 'generate_texts', 'read_mme_task', 'read_sqa_captions', 'check_captions', 'train_task',
-           'run_full_scale', 'full_scale_inputs', 'full_scale_label', 'lavin_image', 'convert_lavin_instructions',
-           'write_meta_llama', 'write_openai_clip', 'write_scienceqa_upstream', 'write_karpathy_coco_upstream',
-           'write_lavin_instructions_upstream', 'write_mme_upstream', 'write_released_standin', 'rehearsal']
+           'fit_config', 'train_text_llm', 'VisionProbe', 'cell_targets', 'probe_accuracy', 'train_vision',
+           'method_cost', 'fusion_maps', 'layer_cost', 'bench_main', 'load_clip_vision', 'PairExamples',
+           'caption_pairs', 'instruction_pairs', 'generate_texts', 'read_mme_task', 'read_sqa_captions',
+           'check_captions', 'train_task', 'run_full_scale', 'full_scale_inputs', 'full_scale_label', 'lavin_image',
+           'convert_lavin_instructions', 'write_meta_llama', 'write_openai_clip', 'write_scienceqa_upstream',
+           'write_karpathy_coco_upstream', 'write_lavin_instructions_upstream', 'write_mme_upstream',
+           'write_released_standin', 'rehearsal', 'Config']
 
 # %% ../nbs/40_ademvl.ipynb #cd7ea183
 def _check_scales(down_sample_num:Sequence[int], # features per scale, e.g. (256, 64)
@@ -736,18 +738,23 @@ def evaluate_sqa(method:nn.Module,         # TextOnlyVL / ADEMVLModel / InputSpa
     return dict(scores=sqa_scores(preds, data.rows), preds=preds, mean_len=sum(lens) / len(lens))
 
 # %% ../nbs/40_ademvl.ipynb #1dc1a40f
-def _fit(model:nn.Module, data, steps:int, batch_size:int, lr:float, seed:int=0, weight_decay:float=0.0,
-         warmup_ratio:float=0.05, device:str='cpu', loss_fn=None, collate_fn=collate_sqa, betas=(0.9, 0.999),
-         out_dir:str='',                  # checkpoint here and resume from it on a rerun ('' = keep nothing)
-         save_trainable_only:bool=False)->dict:
-    "Train `model`'s trainable parameters for `steps` optimizer steps with the workbench Trainer."
-    from vlrepro.train import Trainer, TrainConfig
+def fit_config(steps:int,                   # optimizer steps
+               batch_size:int, lr:float, seed:int=0, weight_decay:float=0.0,
+               warmup_ratio:float=0.05,      # cosine schedule after this share of the steps
+               device:str='cpu',
+               out_dir:str='',               # checkpoint here and resume from it on a rerun ('' = keep nothing)
+               save_trainable_only:bool=False,
+              )->TrainConfig:
+    "The `TrainConfig` of the demonstration's stages: AdamW, warm-up + cosine, fp32, logged five times."
+    return TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                       warmup_ratio=warmup_ratio, schedule='cosine', device=device, seed=seed, log_every=max(1, steps // 5),
+                       progress=False, resume=bool(out_dir), precision='fp32', out_dir=str(out_dir),
+                       save_trainable_only=save_trainable_only)
+
+def _fit(model:nn.Module, data, cfg:TrainConfig, loss_fn=None, collate_fn=collate_sqa)->dict:
+    "Train `model`'s trainable parameters with the workbench Trainer under `cfg` (`fit_config`)."
     if loss_fn is None:
         loss_fn = lambda m, b: m(b['input_ids'], b['pixel_values'], b['has_image'], b['labels'])['loss']
-    cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      warmup_ratio=warmup_ratio, schedule='cosine', device=device, seed=seed, log_every=max(1, steps // 5),
-                      progress=False, resume=bool(out_dir), betas=betas, precision='fp32', out_dir=str(out_dir),
-                      save_trainable_only=save_trainable_only)
     with core.Timer() as t: res = Trainer(model, loss_fn, data, cfg, collate_fn=collate_fn).fit()
     res['train_seconds'] = t.seconds
     return res
@@ -758,7 +765,7 @@ def train_text_llm(llm:nn.Module, data:SQAExamples, tokenizer, steps:int=300, ba
     ip, tp = encoder_of(tokenizer)(IMAGE_PREFIX), encoder_of(tokenizer)(TEXT_PREFIX)
     m = TextOnlyVL(llm, ip, tp).train()
     for p in llm.parameters(): p.requires_grad_(True)
-    res = _fit(m, data, steps, batch_size, lr, seed, device=device, warmup_ratio=warmup_ratio, out_dir=out_dir)
+    res = _fit(m, data, fit_config(steps, batch_size, lr, seed, device=device, warmup_ratio=warmup_ratio, out_dir=out_dir))
     for p in llm.parameters(): p.requires_grad_(False)
     llm.eval()
     return res
@@ -828,8 +835,8 @@ def train_vision(vision_tower:nn.Module, mcqa, steps:int=300, batch_size:int=64,
     def loss_fn(m, b):
         c, s = m(b['pixel_values'])
         return F.cross_entropy(c.flatten(0, 1), b['color'].flatten()) + F.cross_entropy(s.flatten(0, 1), b['shape'].flatten())
-    res = _fit(probe, _ProbeData(mcqa, colors, shapes), steps, batch_size, lr, seed, device=device, loss_fn=loss_fn,
-               collate_fn=None, out_dir=out_dir)
+    res = _fit(probe, _ProbeData(mcqa, colors, shapes), fit_config(steps, batch_size, lr, seed, device=device, out_dir=out_dir),
+               loss_fn=loss_fn, collate_fn=None)
     for p in vision_tower.parameters(): p.requires_grad_(False)
     vision_tower.eval()
     return res
@@ -1513,21 +1520,22 @@ def _official_adem_name(n:str)->str:
     q = n.split('.')
     return f"backbone.visual.transformer.resblocks.{q[q.index('layers') + 1]}.adapter_mlp.{q[-2]}.weight"
 
-def write_released_standin(path:str|Path,         # where the checkpoint goes (the set's released_ckpt)
-                           llama_dir:str|Path, llama_format:str, llm:str, clip_path:str|Path, # the stand-in backbones
-                           down_sample_num:Sequence[int]=(256, 64), adapter_dim:int=12, hidden_proj:int=128,
-                           alpha:float=0.1, beta:float=0.01, drop_ratio:float=0.1, with_cls:bool=True,
+def write_released_standin(path:str|Path,          # where the checkpoint goes (the set's released_ckpt)
+                           cfg:Config,               # the run's config: llama_format, llm and the method's hyperparameters
+                           llama_dir:str|Path,       # the stand-in LLaMA
+                           clip_path:str|Path,       # the stand-in CLIP
                            seed:int=0)->Path:
     "ADEM-VL's released checkpoint in miniature: `checkpoint-19.pth` in the official layout, sized for the stand-in LLaMA / CLIP."
     import argparse
-    llm_m = load_llama(llama_dir, llama_format, llm, dtype=torch.float32)
-    patch(llm_m, load_clip_vision(clip_path, dtype=torch.float32), down_sample_num=down_sample_num, alpha=alpha, beta=beta,
-          drop_ratio=drop_ratio, adapter_dim=adapter_dim, hidden_proj=hidden_proj, with_cls=with_cls)
+    c = cfg
+    llm_m = load_llama(llama_dir, c.llama_format, c.llm, dtype=torch.float32)
+    patch(llm_m, load_clip_vision(clip_path, dtype=torch.float32), down_sample_num=c.down_sample_num, alpha=c.alpha, beta=c.beta,
+          drop_ratio=c.drop_ratio, adapter_dim=c.adapter_dim, hidden_proj=c.hidden_proj, with_cls=c.with_cls)
     g = torch.Generator().manual_seed(seed)
     sd = {_official_adem_name(n): 0.02 * torch.randn(p.shape, generator=g) for n, p in llm_m.named_parameters()
-          if p.requires_grad and (with_cls or 'adapter_proj_cls' not in n)}
-    args = argparse.Namespace(alpha=alpha, beta=beta, drop_ratio=drop_ratio, down_sample_num=list(down_sample_num),
-                              adapter_dim=adapter_dim, hidden_proj=hidden_proj, no_cls=not with_cls, llm_model=llm)
+          if p.requires_grad and (c.with_cls or 'adapter_proj_cls' not in n)}
+    args = argparse.Namespace(alpha=c.alpha, beta=c.beta, drop_ratio=c.drop_ratio, down_sample_num=list(c.down_sample_num),
+                              adapter_dim=c.adapter_dim, hidden_proj=c.hidden_proj, no_cls=not c.with_cls, llm_model=c.llm)
     return core.atomic_torch_save({'model': sd, 'optimizer': {}, 'epoch': 19, 'scaler': None, 'args': args}, path)
 
 def rehearsal(params:dict,              # the parameter set's YAML mapping, as in the file
@@ -1589,8 +1597,100 @@ def rehearsal(params:dict,              # the parameter set's YAML mapping, as i
             CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=1,
                                              image_size=32, patch_size=4, hidden_act='quick_gelu')).save_pretrained(clip)
     if released:   # the authors' adapters, sized for these stand-ins and the plan's overrides
-        q = {**params, **ov}
-        write_released_standin(root/_relative(params, 'released_ckpt'), llama, q.get('llama_format', 'hf'), llm, clip,
-                               q['down_sample_num'], int(q.get('adapter_dim', 12)), int(q['hidden_proj']), float(q.get('alpha', 0.1)),
-                               float(q.get('beta', 0.01)), float(q.get('drop_ratio', 0.1)), bool(q.get('with_cls', True)))
+        write_released_standin(root/_relative(params, 'released_ckpt'), Config.from_params({**params, **ov}), llama, clip)
     return plan
+
+# %% ../nbs/40_ademvl.ipynb #df341780
+PRESETS = {'cpu-demo': dict(steps_c=1000, latency_repeats=5),   # a preset sets these knobs (over the set's values)
+           'smoke': dict(steps_a=10, steps_b=10, steps_c=10, n_train=256, n_test=64, latency_repeats=1, bench_repeats=1,
+                         bench_text_len=4, bench_visual_tokens=8, layer_bench=False)}
+
+@dataclass
+class Config(core.Config):
+    """The parameters of the ADEM-VL pipeline (the CPU demonstration, and with `data_root` set the full-scale recipe;
+    `nbs/params/40_ademvl.*.yaml`), checked once. The comment gives the official README / `train.py` value."""
+    preset:str = ''                   # '', 'cpu-demo' or 'smoke' (sets the knobs of `PRESETS`)
+    device:str = 'cpu'                # 'cpu', 'cuda' or 'auto'
+    seed:int = 0                      # global seed
+    out_dir:str = '_runs/40_ademvl'   # results.json and the stage A/B cache
+    data_root:str = ''                # data root ('' = the synthetic demonstration)
+    task:str = 'sqa'                  # 'sqa', 'coco_caption' or 'instruction'
+    n_train:int = 4000                # synthetic train items
+    n_test:int = 600                  # synthetic test items
+    steps_a:int = 1000                # stage A (text LLM) steps
+    steps_b:int = 300                 # stage B (vision probe) steps
+    steps_c:int = 500                 # stage C steps per method
+    batch_size:int = 32               # stage A and C batch (full scale: per process, 2 x 8 GPUs x accumulation 2 = 32)
+    batch_size_b:int = 64             # stage B batch
+    lr_a:float = 4e-3                 # stage A learning rate
+    init_a:float = 0.1                # stage A init std of the LLM
+    lm_all_a:bool = True              # stage A: LM loss on the whole text
+    warmup_a:float = 0.1              # stage A warmup share
+    lr_b:float = 3e-3                 # stage B learning rate
+    lr_c:float = 3e-3                 # stage C learning rate
+    weight_decay:float = 0.02         # AdamW weight decay (0.02)
+    oracle_p:float = 0.8              # stage A: share of IMG items with the scene description
+    down_sample_num:list[int] = field(default_factory=lambda: [64, 16])  # features per scale ([256, 64])
+    alpha:float = 0.1                 # LLM-side fusion scale (0.1)
+    beta:float = 0.01                 # visual feature scale (0.01)
+    drop_ratio:float = 0.1            # adaptive drop share in [0, 1) (0.1)
+    adapter_dim:int = 12              # CLIP-adapter rank (12)
+    hidden_proj:int = 32              # projector hidden size (128)
+    with_cls:bool = True              # "Image: " + [CLS] in the LLM input (True)
+    clip_adapter_scale:float = 0.1    # CLIP-adapter scale (0.1)
+    train_prompt_format:str = 'CQM-A' # training prompt order (CQM-A)
+    eval_prompt_format:str = 'CQM-A'  # evaluation prompt order (QCM-A)
+    eval_use_caption:bool = False     # captions in the eval context (True)
+    answer_parsing:str = 'strict'     # 'strict' or 'official'
+    ablations:bool = True             # also run drop 0 / 0.3, single scale, no CLS
+    llava_unfreeze:bool = False       # also run the input-space baseline with the LLM unfrozen
+    latency_repeats:int = 3           # timed repeats of the inference latency benchmark
+    layer_bench:bool = True           # time one LLaMA-7B-sized layer
+    bench_text_len:int = 16           # text tokens for the timed 7B layer
+    bench_visual_tokens:int = 64      # tokens the timed input-space layer prepends
+    bench_repeats:int = 2             # timed repeats per 7B-layer variant
+    llm:str = '7B'                    # '7B' or '13B'
+    llama_dir:str = ''                # Meta weights/ folder or a HF LLaMA folder
+    llama_format:str = 'hf'           # 'hf' or 'meta'
+    clip_path:str = ''                # OpenAI ViT-L-14.pt or a HF CLIPVisionModel folder
+    dataset:str = ''                  # dataset folder under data_root ('' = by task)
+    epochs:int = 20                   # full-scale epochs (20 SQA, 5 COCO, 15 instruction)
+    warmup_epochs:float = 2.0         # full-scale warmup epochs (2, 0.1, 0.2)
+    blr:float = 9e-3                  # base lr; lr = blr * effective batch / 256 (9e-3)
+    accum_iter:int = 16               # gradient accumulation
+    max_seq_len:int = 512             # LLM sequence limit (512)
+    train_use_caption:bool = False    # captions in the training context (False)
+    caption_file:str = ''             # LaVIN's captions.json under data_root
+    eval_split:str = ''               # '' = test (SQA) / val (COCO)
+    eval_batch_size:int = 4           # evaluation batch
+    precision:str = 'fp16'            # frozen-weight precision on GPU (fp16)
+    backend:str = 'auto'              # 'auto', 'single', 'ddp' or 'deepspeed'
+    max_steps:int = 0                 # cap the optimizer steps (0: epochs)
+    stop_step:int = 0                 # end this run's training after this step (0: to the end)
+    limit_train:int = 0               # training items (0: all)
+    limit_eval:int = 0                # evaluation items (0: all)
+    mme_root:str = ''                 # MME_Benchmark_release_version under data_root (instruction)
+    nproc:int = 0                     # 0: train in this process; N: launch N processes (8)
+    launcher:str = 'torchrun'         # with nproc: 'torchrun' or 'deepspeed'
+    released_ckpt:str = ''            # the authors' adapter checkpoint to evaluate ('' = train)
+
+    def validate(self):
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; use '', " + ', '.join(map(repr, PRESETS)))
+        for k, v in PRESETS.get(self.preset, {}).items(): object.__setattr__(self, k, v)
+        check_drop_ratio(self.drop_ratio)
+        if self.demo: _check_scales(self.down_sample_num, 8)
+        elif self.task not in FULL_INPUTS: raise ValueError(f"task must be one of {sorted(FULL_INPUTS)}, got {self.task!r}")
+        for name, ok in (('answer_parsing', ('strict', 'official')), ('llm', ('7B', '13B')), ('llama_format', ('hf', 'meta')),
+                         ('precision', ('fp16', 'bf16', 'fp32')), ('backend', ('auto', 'single', 'ddp', 'deepspeed')),
+                         ('launcher', ('torchrun', 'deepspeed'))):
+            if getattr(self, name) not in ok:
+                raise ValueError(f"{name} must be {' or '.join(map(repr, ok))}, got {getattr(self, name)!r}")
+        for name in ('n_train', 'n_test', 'steps_a', 'steps_b', 'steps_c', 'epochs', 'max_steps', 'stop_step', 'limit_train',
+                     'limit_eval', 'nproc'):
+            if getattr(self, name) < 0: raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ('batch_size', 'batch_size_b', 'accum_iter', 'eval_batch_size', 'max_seq_len'):
+            if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def demo(self)->bool: return not self.data_root   # '' = the synthetic CPU demonstration

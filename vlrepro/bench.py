@@ -36,11 +36,13 @@ def _mha_flop(query, key, value, embed_dim, num_head, *args, out_shape=None, **k
     lk = key[-2]
     return 2*b*lq*e*e*2 + 2*b*lk*e*e*2 + 4*b*lq*lk*e
 
-def _encoder_layer_flop(src, embed_dim, num_heads, qkv_w, qkv_b, proj_w, proj_b, use_gelu, norm_first, eps,
-                        nw1, nb1, nw2, nb2, ffn_w1, *args, out_shape=None, **kwargs)->int:
-    "FLOPs of the `nn.TransformerEncoderLayer` fast path: attention block plus the two FFN matmuls."
+_FFN_W1 = 13   # position of the first FFN weight among the op's arguments after `src` (embed_dim, num_heads, qkv_w, qkv_b,
+               # proj_w, proj_b, use_gelu, norm_first, eps, norm1 w/b, norm2 w/b, ffn_w1, ...)
+
+def _encoder_layer_flop(src, *args, out_shape=None, **kwargs)->int:
+    "FLOPs of the `nn.TransformerEncoderLayer` fast path (`aten._transformer_encoder_layer_fwd`): attention block plus the two FFN matmuls."
     b, l, e = src
-    return 8*b*l*e*e + 4*b*l*l*e + 4*b*l*e*ffn_w1[0]
+    return 8*b*l*e*e + 4*b*l*l*e + 4*b*l*e*args[_FFN_W1][0]
 
 def _numel(shape)->int: return math.prod(shape) if shape is not None else 0
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #12c41f10
 from __future__ import annotations
-import dataclasses, json, os, platform, random, re, subprocess, sys, tempfile, time
+import dataclasses, difflib, json, os, platform, random, re, subprocess, sys, tempfile, time, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -16,10 +16,10 @@ from torch import nn
 # %% auto #0
 __all__ = ['DTYPES', 'RESULTS_SCHEMA', 'seed_everything', 'seed_worker', 'make_generator', 'get_device', 'atomic_write_text',
            'atomic_write_json', 'atomic_torch_save', 'git_commit', 'library_versions', 'write_results', 'read_results',
-           'require_inputs', 'rehearsal_active', 'scale_label', 'kill_point', 'PaperNumber', 'register_paper_numbers',
-           'paper_numbers', 'compare', 'comparison_table', 'swap_class', 'restore_class', 'replace_module',
-           'find_modules', 'is_patched', 'check_unpatched', 'set_patched', 'get_patch_state', 'clear_patched',
-           'count_parameters', 'check_state_dict', 'Timer']
+           'require_inputs', 'rehearsal_active', 'scale_label', 'kill_point', 'Config', 'PaperNumber',
+           'register_paper_numbers', 'paper_numbers', 'compare', 'comparison_table', 'swap_class', 'restore_class',
+           'replace_module', 'find_modules', 'is_patched', 'check_unpatched', 'set_patched', 'get_patch_state',
+           'clear_patched', 'count_parameters', 'check_state_dict', 'Timer']
 
 # %% ../nbs/00_core.ipynb #642b09e0
 def seed_everything(seed:int,               # the one seed of the run
@@ -211,6 +211,87 @@ def kill_point(what:str=''):
     sys.stdout.flush()
     import signal
     os.kill(os.getpid(), signal.SIGKILL)
+
+# %% ../nbs/00_core.ipynb #615e9116
+def _type_name(t)->str:
+    "'int', 'list[int]', 'str|None' for a resolved annotation."
+    args = getattr(t, '__args__', ())
+    if getattr(t, '__origin__', None) is not None and args: return f"{t.__origin__.__name__}[{', '.join(map(_type_name, args))}]"
+    if args: return '|'.join(map(_type_name, args))            # X | Y
+    return 'None' if t is type(None) else getattr(t, '__name__', str(t))
+
+def _coerce(v:Any, t)->tuple[bool, Any]:
+    "(fits, value) of `v` for annotation `t`: ints pass as floats, lists and tuples as either."
+    origin, args = getattr(t, '__origin__', None), getattr(t, '__args__', ())
+    if t is Any: return True, v
+    if t is type(None): return v is None, v
+    if origin is None and args:                                 # X | Y
+        for a in args:
+            ok, w = _coerce(v, a)
+            if ok: return True, w
+        return False, v
+    if t is bool: return isinstance(v, bool), v
+    if t is int: return isinstance(v, int) and not isinstance(v, bool), v
+    if t is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return ok, float(v) if ok else v
+    if t is str: return isinstance(v, str), v
+    if origin in (list, tuple):
+        if not isinstance(v, (list, tuple)): return False, v
+        inner = args[0] if args else Any
+        out = [_coerce(x, inner) for x in v]
+        return all(ok for ok, _ in out), origin(w for _, w in out)
+    if origin is dict or t is dict: return isinstance(v, dict), v
+    return isinstance(v, t) if isinstance(t, type) else True, v
+
+@dataclass
+class Config:
+    """Base of a pipeline's typed parameters: subclasses are dataclasses whose fields are the notebook's parameters.
+    Built once where the values enter (`from_params`, `from_globals`); types are checked, then `validate` checks values."""
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            ok, w = _coerce(v, hints[f.name])
+            if not ok:
+                raise ValueError(f"parameter {f.name!r} must be {_type_name(hints[f.name])}, got {v!r} "
+                                 f"({type(self).__module__}.{type(self).__qualname__})")
+            object.__setattr__(self, f.name, w)
+        self.validate()
+
+    def validate(self):
+        "Check the values together (subclasses); raise `ValueError` naming the field and the fix."
+
+    @classmethod
+    def names(cls)->list[str]: return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def check_names(cls, keys:Iterable[str], where:str=''):
+        "Refuse a key that is not a field, with the closest field name."
+        names = cls.names()
+        for k in keys:
+            if k not in names:
+                close = difflib.get_close_matches(k, names, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ''
+                raise ValueError(f"unknown parameter {k!r}{where}{hint}; {cls.__module__}.{cls.__qualname__} has: "
+                                 f"{', '.join(names)}")
+
+    @classmethod
+    def from_params(cls, params:dict, where:str=''):
+        "The config of `params` (name -> value; missing names keep their defaults), checked once."
+        cls.check_names(params, where)
+        try: return cls(**params)
+        except ValueError as e:
+            if not where: raise
+            raise ValueError(f"{e}{where}") from None
+
+    @classmethod
+    def from_globals(cls, g:dict):
+        "The config of a notebook's parameters: the fields picked out of `globals()` after papermill's injection."
+        return cls(**{k: g[k] for k in cls.names() if k in g})
+
+    def asdict(self)->dict: return dataclasses.asdict(self)
+    def replace(self, **kw): return dataclasses.replace(self, **kw)
 
 # %% ../nbs/00_core.ipynb #40aa1255
 @dataclass(frozen=True)

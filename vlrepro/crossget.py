@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_crossget.ipynb #934db50b
 from __future__ import annotations
-import contextlib, functools, json, math, time, warnings
+import contextlib, dataclasses, functools, json, math, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -14,13 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import (swap_class, restore_class, check_unpatched, set_patched, clear_patched,
-                          is_patched as core_is_patched, PaperNumber, register_paper_numbers)
+                          is_patched as core_is_patched, PaperNumber, register_paper_numbers, Config as BaseConfig)
+from .data import collate
+from .train import TrainConfig, Trainer
 from .merge import (parse_r, token_schedule, clip_r, protected_mask, complete_graph_soft_matching,
                            bipartite_soft_matching, Match, merge_wavg, merge_ensemble, merge_token_ids, merge_plain,
                            cross_importance, proportional_attention, _unit)
 
 # %% auto #0
-__all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 'GFLOPS_SETTINGS', 'COOP_DATASETS', 'PAPER_NUMBERS', 'CrossGETState', 'RClippedWarning', 'ReduceStep', 'reduce_tokens', 'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text', 'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode', 'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'register_configs', 'meta_clip', 'gflops', 'gflops_table', 'merge_share', 'aten_op_counts', 'graph_breaks', 'throughput', 'bench_main', 'make_tokenize', 'encode_retrieval', 'evaluate_retrieval', 'retrieval_loss_fn', 'retrieval_config', 'train_retrieval', 'convert_state_dict', 'read_checkpoint', 'load_init_checkpoint', 'retrieval_transform', 'train_task', 'CoOp', 'coop_loss', 'coop_accuracy', 'LabelledImages', 'read_coop_context', 'convert_coop', 'MergeTrace', 'tracing', 'trace_merges', 'plot_trace', 'paper_setting', 'write_openai_clip', 'write_authors_checkpoint', 'write_coop_prompt_learner', 'write_karpathy_flickr', 'write_coop_dataset', 'rehearsal_clip', 'unpatch_llava', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'LLAVA_BENCHMARKS', 'LLAVA_BENCH_PRESETS', 'LLAVA_TABLE', 'LLAVA_METRICS', 'LLAVA_PAPER_NUMBERS', 'CIRCULAR', 'LLAVA_EVAL_FILES', 'LLAVA_RECIPE_GLOBAL_BATCH', 'LlavaCrossGETState', 'collect_llava_cross', 'clip_layer_crossget_forward', 'llava_vision_hidden_states', 'llava_classes', 'patch_llava', 'llava_visual_tokens', 'llava_cross_loss', 'llava_prompt', 'parse_short_answer', 'parse_gqa', 'mmbench_circular', 'LlavaBenchmark', 'parse_answer', 'tokenize_llava', 'llava_collate', 'LlavaSFTDataset', 'llava_synthetic', 'llava_tokenizer', 'freeze_for_llava_tuning', 'llava_loss_fn', 'llava_generate', 'llava_score', 'llava_throughput', 'register_llava_numbers', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task', 'load_crossget_llava', 'mix67k', 'llava_benchmark_records', 'score_benchmark', 'llava_upload', 'llava_answers', 'convert_llava_eval', 'write_llava_mix665k', 'write_llava_eval_upstream', 'write_llava_hf', 'rehearsal_llava']
+__all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 'GFLOPS_SETTINGS', 'COOP_DATASETS', 'PAPER_NUMBERS', 'PRESETS', 'CrossGETState', 'RClippedWarning', 'ReduceStep', 'reduce_tokens', 'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text', 'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode', 'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'register_configs', 'meta_clip', 'gflops', 'gflops_table', 'merge_share', 'aten_op_counts', 'graph_breaks', 'throughput', 'bench_main', 'make_tokenize', 'encode_retrieval', 'evaluate_retrieval', 'retrieval_loss_fn', 'retrieval_config', 'train_retrieval', 'convert_state_dict', 'read_checkpoint', 'load_init_checkpoint', 'retrieval_transform', 'train_task', 'CoOp', 'coop_loss', 'coop_accuracy', 'LabelledImages', 'read_coop_context', 'convert_coop', 'MergeTrace', 'tracing', 'trace_merges', 'plot_trace', 'paper_setting', 'Config', 'write_openai_clip', 'write_authors_checkpoint', 'write_coop_prompt_learner', 'write_karpathy_flickr', 'write_coop_dataset', 'rehearsal_clip', 'unpatch_llava', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'LLAVA_BENCHMARKS', 'LLAVA_BENCH_PRESETS', 'LLAVA_TABLE', 'LLAVA_METRICS', 'LLAVA_PAPER_NUMBERS', 'CIRCULAR', 'LLAVA_EVAL_FILES', 'LLAVA_RECIPE_GLOBAL_BATCH', 'LlavaCrossGETState', 'collect_llava_cross', 'clip_layer_crossget_forward', 'llava_vision_hidden_states', 'llava_classes', 'patch_llava', 'llava_visual_tokens', 'llava_cross_loss', 'llava_prompt', 'parse_short_answer', 'parse_gqa', 'mmbench_circular', 'LlavaBenchmark', 'parse_answer', 'tokenize_llava', 'llava_collate', 'LlavaSFTDataset', 'llava_synthetic', 'llava_tokenizer', 'freeze_for_llava_tuning', 'llava_loss_fn', 'llava_generate', 'llava_score', 'llava_throughput', 'register_llava_numbers', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task', 'load_crossget_llava', 'mix67k', 'llava_benchmark_records', 'score_benchmark', 'llava_upload', 'llava_answers', 'convert_llava_eval', 'write_llava_mix665k', 'write_llava_eval_upstream', 'write_llava_hf', 'rehearsal_llava']
 
 # %% ../nbs/11_crossget.ipynb #2abeb22a
 METHODS = ('crossget', 'complete', 'tome')
@@ -81,13 +83,13 @@ class ReduceStep:
 
 def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual stream after attention)
                   size:Tensor|None,           # (B, N, 1) sizes; None = all ones
-                  q:Tensor, k:Tensor,         # (B, N, C) this block's queries and keys, full width, with bias
+                  q:Tensor, k:Tensor,         # (B, N, C) this block's queries and keys, full width, with bias (method='tome': k is
+                                              # ToMe's metric, the keys averaged over heads, (B, N, C // heads))
                   r:int,                      # tokens to remove (clipped to (N - P) // 2)
                   protected:tuple|Tensor=(0, -1), # fixed positions (CLS, cross token) or a (B, N) bool mask (text: + EOT)
                   guide:int|Tensor|None=-1,   # the guiding query: a position (vision: the cross token, -1), (B,) positions (text: EOT), None = no guidance
                   token_id:Tensor|None=None,  # (B, N) float token ids to carry (text), or None
                   method:str='crossget',      # 'crossget' / 'complete' (complete graph) or 'tome' (bipartite, CLS protected)
-                  num_heads:int=1,            # heads of the block (ToMe's head-mean keys)
                   num_protected:int|None=None, # P when `protected` is a mask (saves a host sync)
                   normalized:bool=False,      # `q` and `k` rows are unit vectors already (the block normalises both in one call)
                   batch:Tensor|None=None,     # (B, 1) `arange(B)[:, None]`, made once per forward by the caller; None = made here
@@ -95,7 +97,7 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
     "One CrossGET merge step (official `CLIP/clip/reducer.py`, `TokenReduction`): importance from the guiding query, complete-graph matching, ensemble."
     B, N, C = x.shape
     if method == 'tome':
-        merge = bipartite_soft_matching(k.view(B, N, num_heads, C // num_heads).mean(2), r, class_token=True)[0]
+        merge = bipartite_soft_matching(k, r, class_token=True)[0]
         return ReduceStep(*merge_wavg(merge, x, size), token_id, merge, None)
     with torch.no_grad():
         kn = k if normalized else _unit(k)                      # normalised once: importance and similarity
@@ -110,7 +112,8 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
 def _reduce(x:Tensor, size:Tensor, token_id:Tensor|None, q:Tensor, k:Tensor, r:int, side:str,
             state:CrossGETState, num_heads:int, normalized:bool=False, batch:Tensor|None=None)->ReduceStep:
     "The family's choices for `reduce_tokens`: vision protects CLS (+ cross token), text also the EOT, whose query guides."
-    kw = dict(method=state.method, num_heads=num_heads, num_protected=1 + state.cross + (side == 'text'),
+    if state.method == 'tome': k = k.view(*k.shape[:2], num_heads, -1).mean(2)   # ToMe's metric: head-mean keys
+    kw = dict(method=state.method, num_protected=1 + state.cross + (side == 'text'),
               normalized=normalized, batch=batch)
     if side == 'text':
         eot = token_id.argmax(-1)
@@ -773,7 +776,6 @@ def retrieval_config(steps:int=0,           # optimizer steps (0: `epochs` passe
                     ): # vlrepro.train.TrainConfig
     "The TrainConfig of CLIP retrieval fine-tuning: AdamW on every parameter, warm-up + cosine, drop-last batches."
     # by epochs (full scale): the official cosine_lr_schedule, set once per epoch; by steps (the demo): per step
-    from vlrepro.train import TrainConfig
     if steps <= 0 and epochs <= 0: raise ValueError("give steps > 0 or epochs > 0")
     return TrainConfig(out_dir=out_dir, max_steps=max(steps, 0), epochs=max(epochs, 1), batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, no_decay_1d=False, warmup_steps=warmup_steps,
@@ -784,24 +786,13 @@ def retrieval_config(steps:int=0,           # optimizer steps (0: `epochs` passe
 def train_retrieval(model:nn.Module,      # a patched open_clip CLIP (patch with rv=rl=0 for the baseline)
                     ds,                   # the train `RetrievalDataset`
                     tokenize:Callable,    # texts -> ids
-                    steps:int,            # optimizer steps (0: `epochs` passes)
-                    lr:float=1e-4,        # peak learning rate
-                    weight_decay:float=0.05, # on every parameter, as the official code
-                    batch_size:int=128,   # pairs per step
-                    warmup_steps:int=0,   # linear warm-up, then cosine
+                    config:TrainConfig,   # the optimisation recipe (`retrieval_config`)
                     w:float=0.5,          # cross-loss weight
-                    seed:int=0,
-                    device:str='cpu',
-                    out_dir:str='',       # Trainer run folder ('' = keep nothing); a rerun into it resumes
-                    epochs:int=0,         # passes over the training view when `steps` is 0
                     view:str='random',    # 'random' (one caption per image per pass) or 'all' (every pair once per epoch)
-                    **config,             # more TrainConfig fields (precision, backend, stop_step, ...)
                    )->dict:               # the Trainer's result (loss history, ...)
     "Fine-tune CLIP for retrieval with `vlrepro.train.Trainer`."
-    from vlrepro.train import Trainer
-    from vlrepro.data import collate
-    cfg = retrieval_config(steps, epochs, lr, weight_decay, batch_size, warmup_steps, seed, device, out_dir, **config)
-    return Trainer(model, retrieval_loss_fn(tokenize, w), ds.caption_view(view, seed=seed), cfg, collate_fn=collate).fit()
+    return Trainer(model, retrieval_loss_fn(tokenize, w), ds.caption_view(view, seed=config.seed), config, collate_fn=collate).fit()
+
 
 # %% ../nbs/11_crossget.ipynb #12eba4f7
 _METADATA_KEYS = ('input_resolution', 'context_length', 'vocab_size')  # OpenAI's archive metadata, not weights
@@ -1186,6 +1177,86 @@ def paper_setting(rv:int, # vision tokens removed per block
     "The registry row of a fine-tuned CLIP CrossGET run: 'CLIP CrossGET rv=16', '... rl=6' or '... rv=16, rl=6' ('CLIP' without reduction)."
     parts = [f'rv={rv}'] * bool(rv) + [f'rl={rl}'] * bool(rl)
     return 'CLIP CrossGET ' + ', '.join(parts) if parts else 'CLIP'
+
+# %% ../nbs/11_crossget.ipynb #78691ef6
+PRESETS = {'default': {}, 'cpu-demo': dict(base_steps=600, finetune_steps=150, coop_steps=150), 'full': {}}  # knobs a preset fills
+
+@dataclass
+class Config(BaseConfig):
+    """The parameters of the CrossGET CLIP pipeline (retrieval and CoOp; `nbs/params/11_crossget.*.yaml`), checked once.
+    Defaults are the CPU demonstration; the comment gives the official recipe's value (retrieval_flickr_clip.yaml, CoOp train.sh).
+    A `preset` fills the knobs still at their defaults (values given in a set or with -p win)."""
+    preset:str = 'default'            # 'default', 'cpu-demo' or 'full' (real data)
+    model:str = 'vlrepro-tiny-clip'   # open_clip model name ('ViT-B-16')
+    pretrained:str = ''               # OpenAI's ViT-B-16.pt or an open_clip state_dict ('' = random init)
+    init_checkpoint:str = ''          # retrieval-fine-tuned CLIP, the authors' checkpoint_best.pth ('' = train the base here)
+    data_root:str = ''                # data root holding <dataset>/ and <coop_dataset>/ ('' = synthetic scenes)
+    dataset:str = 'flickr30k'         # retrieval dataset folder under data_root (flickr30k)
+    augment:bool = True               # the recipes' train augmentation (True)
+    n_train:int = 4000                # synthetic training images
+    n_test:int = 500                  # synthetic test images
+    finetunes:list[str] = field(default_factory=lambda: ['crossget:16:0', 'crossget:16:4', 'tome:16:0', 'complete:16:0'])  # 'method:rv:rl' (crossget:16:0)
+    eval_rs:list[int] = field(default_factory=lambda: [8, 16, 24])  # r of the off-the-shelf evaluations ([16])
+    cross_loss_weight:float = 0.5     # w in (1 - w) L_itc + w L_cross (0.5)
+    base_steps:int = 150              # base-model training steps (0: the fine-tuned checkpoint is the baseline)
+    base_lr:float = 1e-3              # base-model learning rate
+    finetune_steps:int = 30           # fine-tune steps per method (full scale: epochs instead)
+    epochs:int = 0                    # fine-tuning epochs over every pair (12)
+    lr:float = 1e-4                   # fine-tune learning rate (1e-5)
+    weight_decay:float = 0.05         # AdamW weight decay (0.05)
+    batch_size:int = 128              # pairs per step and process (64 per GPU)
+    nproc:int = 1                     # training processes (8 GPUs)
+    recipe_batch:int = 0              # the recipe's global batch (512; 0: not stated)
+    warmup_steps:int = 20             # base-model warm-up steps
+    stop_step:int = 0                 # end every training after this step (0: to the end)
+    precision:str = 'fp32'            # 'fp32', 'bf16', 'fp16' or 'auto' (fp16)
+    coop_dataset:str = ''             # CoOp dataset folder under data_root, e.g. coop/dtd ('' = the synthetic stand-in)
+    coop_init_prompt:str = ''         # trained ordinary-CoOp context ('' = train CoOp first)
+    coop_shots:int = 16               # CoOp shots per class (16)
+    coop_steps:int = 40               # CoOp steps per run (full scale: coop_epochs)
+    coop_epochs:int = 0               # CoOp epochs (200 for 16 shots)
+    coop_batch_size:int = 32          # CoOp images per step (32)
+    coop_cross_factor:float = 10.0    # CoOp loss (CE + factor * L_cross) / 2 (10)
+    coop_lr:float = 5e-3              # CoOp learning rate (SGD 0.002 x batch/32 in the sets: 0.05)
+    coop_n_ctx:int = 4                # CoOp context vectors (16)
+    coop_rv:int = 16                  # rv of the CoOp + CrossGET run (8, 12, 16)
+    bench_model:str = 'ViT-B-16'      # throughput benchmark model (random init)
+    bench_batch:int = 2               # images per forward in the benchmark (32)
+    bench_repeats:int = 3             # interleaved timed rounds (10)
+    bench_threads:int = 0             # torch threads for the benchmark (0: as set)
+    device:str = 'cpu'                # 'cpu', 'cuda' or 'auto'
+    seed:int = 0                      # global seed (42)
+    out_dir:str = '_runs/11_crossget' # results.json and the trainings go here
+
+    def validate(self):
+        if self.preset not in PRESETS: raise ValueError(f"preset must be one of {list(PRESETS)}, got {self.preset!r}")
+        if self.preset == 'full' and not self.data_root:
+            raise ValueError("preset='full' needs real data: pass -p data_root /path (see data_scripts/get_flickr30k.py)")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for k, v in PRESETS[self.preset].items():   # the preset fills what is still at the default
+            if getattr(self, k) == defaults[k]: object.__setattr__(self, k, v)
+        for spec in self.finetunes: self._finetune_spec(spec)
+        if self.precision not in ('fp32', 'bf16', 'fp16', 'auto'):
+            raise ValueError(f"precision must be 'fp32', 'bf16', 'fp16' or 'auto', got {self.precision!r}")
+        for name in ('batch_size', 'nproc', 'coop_batch_size', 'coop_n_ctx', 'coop_shots', 'bench_batch', 'bench_repeats'):
+            if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ('n_train', 'n_test', 'base_steps', 'finetune_steps', 'epochs', 'warmup_steps', 'stop_step', 'coop_steps',
+                     'coop_epochs', 'coop_rv', 'recipe_batch', 'bench_threads'):
+            if getattr(self, name) < 0: raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if any(r < 0 for r in self.eval_rs): raise ValueError(f"eval_rs must be r >= 0 per entry, got {self.eval_rs}")
+
+    @staticmethod
+    def _finetune_spec(spec:str)->tuple[str, int, int]:
+        parts = spec.split(':')
+        if len(parts) != 3 or parts[0] not in METHODS or not all(p.isdigit() for p in parts[1:]):
+            raise ValueError(f"finetunes entries are 'method:rv:rl' with method in {METHODS} and rv, rl >= 0, got {spec!r}: "
+                             "e.g. 'crossget:16:0'")
+        return parts[0], int(parts[1]), int(parts[2])
+
+    @property
+    def finetune_specs(self)->list[tuple[str, int, int]]:
+        "(method, rv, rl) of each fine-tune."
+        return [self._finetune_spec(s) for s in self.finetunes]
 
 # %% ../nbs/11_crossget.ipynb #adf0682f
 def write_openai_clip(path:str|Path, name:str=REHEARSAL_CLIP, seed:int=0)->Path:

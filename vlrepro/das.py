@@ -25,7 +25,7 @@ __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 
            'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss', 'shapesvqa_tensors',
            'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits', 'variant_rows',
            'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency', 'llama_latency',
-           'bench_main', 'parse_skip_list', 'pipeline_kwargs', 'run_data_script', 'standin_path', 'rehearsal']
+           'bench_main', 'parse_skip_list', 'pipeline_kwargs', 'run_data_script', 'standin_path', 'Config', 'rehearsal']
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
@@ -1141,6 +1141,85 @@ def standin_path(root:Path,   # the rehearsal root
     if Path(p).is_absolute(): raise ValueError(f"{what} {p!r} is absolute; make the set's paths relative to the run root "
                                                "(ckpt/..., data/...)")
     return Path(root)/p
+
+# %% ../nbs/20_das.ipynb #edeb0b05
+@dataclass
+class Config(core.Config):
+    """The parameters of the 20_das notebook (the CPU demonstration and, with `model` a real backbone, the full-scale
+    pipelines of `das_vl` / `das_lavin`; `nbs/params/20_das.*.yaml`), checked once. 0 / '' of a name in
+    `UNSET_MEANS_DEFAULT` means the pipeline's own default (the official scripts' value, in the comment)."""
+    demo_scale:str = 'default'        # 'default', 'long', 'smoke', 'rehearsal' (the CPU demonstration's size)
+    model:str = 'tiny-vilt'           # 'tiny-vilt' (demonstration), 'vilt', 'meter', 'lavin' or 'llama'
+    task:str = 'shapesvqa'            # 'shapesvqa'; 'vqav2', 'nlvr2', 'f30k'; 'scienceqa'; 'boolq', 'csqa', 'gsm8k'
+    data_root:str = ''                # converted dataset folder ('' = synthetic ShapesVQA)
+    ckpt:str = ''                     # the pre-trained backbone
+    vision_ckpt:str = ''              # CLIP folder (METER ViT-B/16, LaVIN ViT-L/14)
+    text_ckpt:str = ''                # text encoder / tokenizer folder
+    skip_list:str = ''                # a skip set like '[1, 4]' skips the search ('' = search)
+    skip_num:int = 2                  # k (ViLT 1, METER 4, LaVIN 2/4/6, LLaMA 4)
+    das_epoch:int = 3                 # search epochs with sampled sub-networks (ViLT/METER 3, LaVIN 10)
+    das_step:int = 3                  # candidates per gate update (3)
+    das_turn:int = 2                  # forwards between gate updates (ViLT/METER 10; LaVIN len/150)
+    warmup_epoch:int = 1              # search epochs without updates (ViLT/METER 1, LaVIN 5)
+    search_epochs:int = 3             # epochs of the search run (= das_epoch)
+    eta:float = 1.0                   # gate step size (ViLT/METER 1.0, LaVIN 0.05)
+    train_epochs:int = 0              # adapter-training epochs (0: the pipeline's / demo_scale's)
+    pretrain_epochs:int = 0           # stand-in pre-training epochs (0: from demo_scale)
+    n_train:int = 0                   # training questions (0: from demo_scale)
+    lr:float = 0.0                    # AdamW learning rate (0: the pipeline's / demo_scale's)
+    batch_size:int = 0                # batch size (0: the pipeline's / demo_scale's; ViLT/METER 256, LaVIN 32)
+    per_gpu_batchsize:int = 0         # micro-batch (0: the pipeline's)
+    lr_mult_head:float = 1.0          # lr multiplier of the task head (ViLT/METER 10)
+    lr_mult_cross_modal:float = 1.0   # lr multiplier of METER's cross_modal_* parameters (METER 5)
+    precision:str = 'fp32'            # 'fp32', 'bf16' or 'fp16' (ViLT, LaVIN fp16)
+    max_steps:int = 0                 # cap on optimizer steps per stage (0: the epochs)
+    limit_train:int = 0               # first N training examples (0: all)
+    limit_eval:int = 0                # first N evaluation examples (0: all)
+    image_size:int = 0                # image side (0: the task's default)
+    max_text_len:int = 0              # text tokens (0: the model's default)
+    nproc:int = 0                     # 0 trains in this process; N launches N processes
+    launcher:str = 'torchrun'         # with nproc: 'torchrun', 'deepspeed' or 'python'
+    lr_warmup_epochs:float = -1.0     # LaVIN/LLaMA warm-up epochs of the retraining (negative: the pipeline's)
+    weight_decay:float = 0.0          # LaVIN/LLaMA AdamW weight decay (0: the pipeline's, 0.02)
+    temperature:float = 0.0           # LaVIN/LLaMA generation temperature (0 greedy; LaVIN's scripts 0.1)
+    top_p:float = 0.75                # nucleus mass when temperature is positive (0.75)
+    answer_fallback:str = 'wrong'     # unparseable answers: 'wrong' or 'random' (the official ScienceQA script)
+    eval_batch_size:int = 0           # LaVIN/LLaMA generation batch (0: the pipeline's)
+    prompt_style:str = 'official'     # LLaMA language tasks: 'official' or 'unified'
+    eval_split:str = 'test'           # split evaluated at the end
+    reward_mode:str = 'official'      # 'official' (train mode, fixed batch) or 'eval'
+    latency_batch:int = 256           # batch of the tiny-model latency measurement
+    latency_reps:int = 20             # timed repetitions
+    bench_real:bool = True            # also time ViLT-B/32-sized encoders
+    device:str = 'cpu'                # 'cpu', 'cuda' or 'auto'
+    seed:int = 0                      # global seed
+    out_dir:str = '_runs/20_das'      # run folder
+
+    def validate(self):
+        if self.model != 'tiny-vilt' and self.model not in FULL_SCALE:
+            raise ValueError(f"model must be 'tiny-vilt' (the CPU demonstration) or one of {sorted(FULL_SCALE)}, got {self.model!r}")
+        if self.search_epochs != self.das_epoch:
+            raise ValueError(f"search_epochs={self.search_epochs} must equal das_epoch={self.das_epoch} "
+                             "(the official scripts use 3 and 3)")
+        if self.demo and (self.data_root or self.ckpt or self.task != 'shapesvqa'):
+            raise ValueError("model='tiny-vilt' runs the synthetic ShapesVQA demonstration only (leave data_root, ckpt and task at "
+                             "their defaults); for a real run set model to 'vilt', 'meter', 'lavin' or 'llama' with a YAML of "
+                             "nbs/params/20_das.*")
+        if self.demo_scale not in DEMO_SCALES:
+            raise ValueError(f"unknown demo_scale {self.demo_scale!r}; use one of {list(DEMO_SCALES)}")
+        parse_skip_list(self.skip_list)      # ValueError: "skip_list must be a list of block indices like '[1, 4]'"
+        for name, ok in (('precision', ('fp32', 'bf16', 'fp16')), ('reward_mode', ('official', 'eval')),
+                         ('launcher', ('torchrun', 'deepspeed', 'python')), ('answer_fallback', ('wrong', 'random')),
+                         ('prompt_style', ('official', 'unified'))):
+            if getattr(self, name) not in ok:
+                raise ValueError(f"{name} must be {' or '.join(map(repr, ok))}, got {getattr(self, name)!r}")
+        for name in ('skip_num', 'das_epoch', 'das_step', 'warmup_epoch', 'train_epochs', 'pretrain_epochs', 'n_train',
+                     'batch_size', 'per_gpu_batchsize', 'max_steps', 'limit_train', 'limit_eval', 'image_size', 'max_text_len',
+                     'nproc', 'eval_batch_size', 'latency_batch', 'latency_reps'):
+            if getattr(self, name) < 0: raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+
+    @property
+    def demo(self)->bool: return self.model == 'tiny-vilt'
 
 # %% ../nbs/20_das.ipynb #88c2a41a
 def rehearsal(params:dict,            # the parameter set's YAML mapping

@@ -4,7 +4,7 @@
 
 # %% ../nbs/22_das_lavin.ipynb #43369ece
 from __future__ import annotations
-import json, math, re, time
+import dataclasses, json, math, re, time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -715,19 +715,19 @@ def required_inputs(model:str, task:str, data_root:str, eval_split:str='test',
 # %% ../nbs/22_das_lavin.ipynb #410d1042
 from .train import EpochBatches  # the search's batches, in the Trainer's order
 
-def run_search(b:dict, k:int, das_epoch:int, das_step:int, das_turn:int, warmup_epoch:int, eta:float, lr:float,
-               per_gpu_batchsize:int, seed:int, reward_mode:str, out_dir:Path, max_steps:int=0,
+def run_search(b:dict,                    # from `build(..., search=True)`
+               search:das.SearchConfig,    # k and the search schedule; das_turn 0 = len(train_loader) // 150
+               lr:float, per_gpu_batchsize:int, reward_mode:str, out_dir:Path, max_steps:int=0,
                weight_decay:float=0.02, grad_accum:int=1)->das.SearchResult:
     "LaVIN's DAS search (as the official `LaVIN-DAS/engine.py`) on a model built with `search=True`; reuses a finished `out_dir/search.json`."
     from vlrepro.train import to_device
+    seed = search.seed
     batches = EpochBatches(b['train'], collate_lavin, per_gpu_batchsize, seed, max_steps, b['device'])
-    turn = das_turn or max(1, len(batches) // 150)
-    cfg = das.SearchConfig(k=k, das_epoch=das_epoch, das_step=das_step, das_turn=turn, warmup_epoch=warmup_epoch, eta=eta,
-                           reset_each_epoch=True, seed=seed)
+    cfg = dataclasses.replace(search, das_turn=search.das_turn or max(1, len(batches) // 150), reset_each_epoch=True)
     done = out_dir/'search.json'
     if done.exists():
         res = das.SearchResult.load(done)
-        if res.config == __import__('dataclasses').asdict(cfg): return res
+        if res.config == dataclasses.asdict(cfg): return res
     rw, n_rw = b['reward'], 4 * per_gpu_batchsize
     def reward_batch(u:int)->dict:
         g = core.make_generator(seed * 100_003 + u)
@@ -805,8 +805,9 @@ def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, Scie
     if S is None and skip_num:
         core.seed_everything(seed)
         b = build(**bk, search=True)
-        res = run_search(b, int(skip_num), min(das_epoch, search_epochs), das_step, das_turn, warmup_epoch, eta, lr,
-                         per_gpu_batchsize, seed, reward_mode, out, max_steps, weight_decay,
+        sc = das.SearchConfig(k=int(skip_num), das_epoch=min(das_epoch, search_epochs), das_step=das_step, das_turn=das_turn,
+                              warmup_epoch=warmup_epoch, eta=eta, seed=seed)
+        res = run_search(b, sc, lr, per_gpu_batchsize, reward_mode, out, max_steps, weight_decay,
                          grad_accum=max(1, batch_size // per_gpu_batchsize))
         S = list(res.skip)
         extra.update(search=dict(skip=S, gates=res.gates, updates=len(res.trajectory), trajectory=res.trajectory,

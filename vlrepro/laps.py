@@ -4,8 +4,8 @@
 
 # %% ../nbs/30_laps.ipynb #ea88f354
 from __future__ import annotations
-import logging, math, time
-from dataclasses import dataclass
+import copy, dataclasses, functools, logging, math, time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import PaperNumber, register_paper_numbers
+from . import data
+from .core import Config as BaseConfig, PaperNumber, atomic_torch_save, register_paper_numbers
+from .train import TrainConfig, Trainer, unwrap
 
 _log = logging.getLogger(__name__)
 
@@ -27,8 +29,8 @@ __all__ = ['AUTHORS_PREFIXES', 'PAPER_NUMBERS', 'DATA_SCRIPTS', 'PAPER_SPLITS', 
            'load_authors_checkpoint', 'sharded_similarity', 'check_caption_ids', 'truncate_captions',
            'retrieval_metrics', 'augment_caption', 'tokenize', 'AugmentSeeds', 'PairCollate', 'encode_split',
            'evaluate', 'selection_coverage', 'random_features', 'build_encoders', 'build_tokenizer', 'gather_batch',
-           'make_loss_fn', 'train_config', 'train_laps', 'train_task', 'data_command', 'paper_setting',
-           'paper_scale_gaps', 'rehearsal']
+           'make_loss_fn', 'Recipe', 'train_config', 'train_laps', 'train_task', 'data_command', 'paper_setting',
+           'paper_scale_gaps', 'Config', 'rehearsal']
 
 # %% ../nbs/30_laps.ipynb #52bd65f7
 def check_ratio(name:str,    # parameter name, for the message
@@ -305,9 +307,9 @@ class LAPSHead(nn.Module):
         super().__init__()
         if selection not in ('topk', 'gumbel'): raise ValueError(f"selection must be 'topk' or 'gumbel', got {selection!r}")
         self.embed_size, self.num_patches, self.has_cls = embed_size, num_patches, has_cls
-        self.sparse_ratio, self.aggr_ratio = check_ratio('sparse_ratio', sparse_ratio), check_ratio('aggr_ratio', aggr_ratio)
-        self.keep = num_kept(num_patches, sparse_ratio)
+        self.keep = num_kept(num_patches, sparse_ratio)                          # both ratios are checked here
         self.num_out = num_aggregated(num_patches, sparse_ratio, aggr_ratio)
+        self.sparse_ratio, self.aggr_ratio = float(sparse_ratio), float(aggr_ratio)
         self.selection, self.attention_weight, self.tau, self.pair_chunk = selection, attention_weight, tau, pair_chunk
         self.aggregation = TokenAggregation(embed_size, self.num_out, hidden_ratio) if aggregate else None
         self.score_predictor = (nn.Sequential(nn.LayerNorm(embed_size), nn.Linear(embed_size, max(1, embed_size // 4)), nn.GELU(),
@@ -844,55 +846,66 @@ def make_loss_fn(margin:float=0.2, ratio_weight:float=2.0, vse_mean_warmup_epoch
         return loss, logs
     return loss_fn
 
-def train_config(out_dir:str='', epochs:int=30, batch_size:int=64, learning_rate:float=2e-4, weight_decay:float=1e-4,
-                 grad_clip:float=2.0, lr_schedules:Iterable[int]=(9, 15, 20, 25), decay_rate:float=0.3, device:str='cpu',
-                 seed:int=0, precision:str='fp32', progress:bool=True, log_every:int=20, num_workers:int=0):
+@dataclass
+class Recipe(BaseConfig):
+    "The released optimisation recipe of one LAPS training (`train_laps`, `train_config`); paper values in the comments."
+    batch_size:int = 64               # pairs per step (64)
+    learning_rate:float = 2e-4        # base lr: projections and LAPS head (2e-4)
+    backbone_lr_mult:float = 0.1      # ViT/Swin and BERT lr multiplier (0.1)
+    weight_decay:float = 1e-4         # AdamW weight decay on every parameter (1e-4)
+    grad_clip:float = 2.0             # global grad-norm clip (2)
+    lr_schedules:list[int] = field(default_factory=lambda: [9, 15, 20, 25])  # epochs of the step decay (9, 15, 20, 25)
+    decay_rate:float = 0.3            # step decay factor (0.3)
+    margin:float = 0.2                # hinge margin (0.2)
+    ratio_weight:float = 2.0          # weight of (mean(D) - rho)^2 (2)
+    vse_mean_warmup_epochs:int = 1    # hardest negatives from this epoch (1)
+    embedding_warmup_epochs:int = 0   # epoch with the loss ramp alpha (0; -1: none)
+    max_violation:bool = False        # hardest negatives before `vse_mean_warmup_epochs` too (False)
+    size_augment:bool = False         # released caption augmentation (True)
+    device:str = 'cpu'
+    seed:int = 0
+    precision:str = 'fp32'            # the released runs: fp32
+    progress:bool = True
+    log_every:int = 20
+    num_workers:int = 0
+
+def train_config(recipe:Recipe,     # the optimisation recipe
+                 out_dir:str='',    # Trainer run folder ('' = nothing written, no resume)
+                 epochs:int=30,     # passes over all (image, caption) pairs
+                )->TrainConfig:
     "`vlrepro.train.TrainConfig` of the released recipe: AdamW with decay on all parameters, epoch step decay, clip."
-    from vlrepro.train import TrainConfig
-    ms = [int(e) for e in lr_schedules]
-    return TrainConfig(out_dir=out_dir, epochs=epochs, batch_size=batch_size, drop_last=True, lr=learning_rate,
-                       weight_decay=weight_decay, no_decay_1d=False, clip_grad=grad_clip,
-                       schedule='step' if ms else 'constant', milestones=ms, decay_rate=decay_rate,
-                       precision=precision, device=device, seed=seed, log_every=log_every, resume=bool(out_dir),
-                       progress=progress, num_workers=num_workers, eval_every=0)
+    r, ms = recipe, [int(e) for e in recipe.lr_schedules]
+    return TrainConfig(out_dir=out_dir, epochs=epochs, batch_size=r.batch_size, drop_last=True, lr=r.learning_rate,
+                       weight_decay=r.weight_decay, no_decay_1d=False, clip_grad=r.grad_clip,
+                       schedule='step' if ms else 'constant', milestones=ms, decay_rate=r.decay_rate,
+                       precision=r.precision, device=r.device, seed=r.seed, log_every=r.log_every, resume=bool(out_dir),
+                       progress=r.progress, num_workers=r.num_workers, eval_every=0)
 
 # %% ../nbs/30_laps.ipynb #d3f89943
 def train_laps(model:LAPSModel,       # dense or patched model (trained in place)
                train_data,            # caption-level dataset: items {'image', 'caption', 'index'}
                tokenizer,             # caption tokenizer (pad id 0)
+               recipe:Recipe|None=None, # the optimisation recipe (None: the released one)
                out_dir:str='',        # Trainer run folder ('' = nothing written, no resume)
                epochs:int=30,         # passes over all (image, caption) pairs
                stop_epoch:int=0,      # stop after this many epochs of the run (checkpointed; rerun to continue); 0 = all
-               batch_size:int=64,
-               learning_rate:float=2e-4, backbone_lr_mult:float=0.1, weight_decay:float=1e-4, grad_clip:float=2.0,
-               margin:float=0.2, ratio_weight:float=2.0,
-               vse_mean_warmup_epochs:int=1,  # hardest negatives from this epoch
-               embedding_warmup_epochs:int=0, # epoch with the loss ramp α (−1: none)
-               max_violation:bool=False,      # hardest negatives before `vse_mean_warmup_epochs` too
-               lr_schedules:Iterable[int]=(9, 15, 20, 25), decay_rate:float=0.3,
-               size_augment:bool=False,       # released caption augmentation
                eval_fn:Callable|None=None,    # eval_fn(model) -> metrics with 'rsum', after every epoch
                keep_best:bool=False,          # reload the best-rsum weights at the end (released model selection)
-               device:str='cpu', seed:int=0, precision:str='fp32', progress:bool=True, log_every:int=20, num_workers:int=0,
               )->dict:                        # the Trainer's summary (+ 'best_rsum')
     "Train a `LAPSModel` with the released LAPS/VSE++ recipe on `vlrepro.train.Trainer` (rerun into `out_dir`: resumes)."
-    import copy, dataclasses, functools
-    from pathlib import Path
-    from vlrepro.core import atomic_torch_save
-    from vlrepro.train import Trainer, unwrap
+    r = recipe or Recipe()
     max_len = getattr(model.text.config, 'max_position_embeddings', 512)
-    cfg = train_config(out_dir, epochs, batch_size, learning_rate, weight_decay, grad_clip, lr_schedules, decay_rate,
-                       device, seed, precision, progress, log_every, num_workers)
     best = {'rsum': float('-inf'), 'state': None}
     best_path = Path(out_dir) / 'model_best.pt' if out_dir else None
-    loss_fn = make_loss_fn(margin, ratio_weight, vse_mean_warmup_epochs, embedding_warmup_epochs, max_violation)
+    loss_fn = make_loss_fn(r.margin, r.ratio_weight, r.vse_mean_warmup_epochs, r.embedding_warmup_epochs, r.max_violation)
     def on_record(trainer, rec):   # released model selection; the best weights go to disk at once so a rerun keeps them
         if rec['kind'] == 'eval' and rec.get('rsum', float('-inf')) > best['rsum']:
             best['rsum'], best['state'] = rec['rsum'], copy.deepcopy(unwrap(trainer.model).state_dict())
             if best_path is not None: atomic_torch_save(dict(rsum=rec['rsum'], step=rec['step'], model=best['state']), best_path)
-    if size_augment: train_data = AugmentSeeds(train_data)   # augmentation drawn per (epoch, item): resumes exactly
-    tr = Trainer(model, loss_fn, train_data, cfg, collate_fn=PairCollate(tokenizer, max_len, size_augment, seed), eval_fn=eval_fn,
-                 param_groups=functools.partial(param_groups, learning_rate=learning_rate, backbone_lr_mult=backbone_lr_mult),
+    if r.size_augment: train_data = AugmentSeeds(train_data)   # augmentation drawn per (epoch, item): resumes exactly
+    tr = Trainer(model, loss_fn, train_data, train_config(r, out_dir, epochs),
+                 collate_fn=PairCollate(tokenizer, max_len, r.size_augment, r.seed), eval_fn=eval_fn,
+                 param_groups=functools.partial(param_groups, learning_rate=r.learning_rate, backbone_lr_mult=r.backbone_lr_mult),
                  callbacks=[on_record])
     tr.config = dataclasses.replace(tr.config, eval_every=tr.steps_per_epoch if eval_fn is not None else 0,
                                     stop_step=stop_epoch * tr.steps_per_epoch if stop_epoch else 0,
@@ -908,34 +921,32 @@ def train_laps(model:LAPSModel,       # dense or patched model (trained in place
     return res
 
 # %% ../nbs/30_laps.ipynb #70112685
-def train_task(data_root:str='', dataset:str='tiles', vision_model:str='laps-vit', text_model:str='laps-bert',
-               embed_size:int=64, sparse_ratio:float=0.5, aggr_ratio:float=0.4, aggr_hidden_ratio:float=0.2,
-               selection:str='topk', img_res:int=32, train_images:int=1000, max_train_captions:int=0, init:str='',
-               margin:float=0.2, ratio_weight:float=2.0, vse_mean_warmup_epochs:int=1, embedding_warmup_epochs:int=0,
-               learning_rate:float=2e-4, backbone_lr_mult:float=0.1, size_augment:bool=False, seed:int=0)->dict:
-    "The LAPS training task for `vlrepro.train.launch` (called in every process); `init`: a state dict to start from."
-    import functools
-    from vlrepro import data
-    if data_root:
+def train_task(config:dict|None=None,  # `laps.Config` fields (a dict: the task arguments travel as JSON); missing: defaults
+               init:str='',            # a state dict to start from ('' = the fresh patched model)
+              )->dict:
+    "The LAPS training task for `vlrepro.train.launch` (called in every process): model, data, loss and lr groups of `config`."
+    c = Config.from_params(config or {})
+    if c.data_root:
         from torchvision import transforms as T
-        tf = T.Compose([T.RandomResizedCrop(img_res, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        tf = T.Compose([T.RandomResizedCrop(c.img_res, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
                         T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
-        ds = data.RetrievalDataset(Path(data_root) / dataset, 'train', transform=tf)
+        ds = data.RetrievalDataset(Path(c.data_root) / c.dataset, 'train', transform=tf)
     else:
-        ds = data.RetrievalDataset(data.generate('tiles', train_images, seed=seed, split='train'),
+        ds = data.RetrievalDataset(data.generate('tiles', c.train_images, seed=c.seed, split='train'),
                                    transform=data.image_transform(mean=(0.5,) * 3, std=(0.5,) * 3))
     pairs = ds.caption_view('all')
-    if max_train_captions: pairs = torch.utils.data.Subset(pairs, range(min(max_train_captions, len(pairs))))
-    if size_augment: pairs = AugmentSeeds(pairs)
-    tok = build_tokenizer(text_model, ds.captions)
-    torch.manual_seed(seed)
-    model = patch(LAPSModel(*build_encoders(vision_model, text_model, vocab_size=len(tok), seed=seed), embed_size),
-                  sparse_ratio, aggr_ratio, selection=selection, hidden_ratio=aggr_hidden_ratio)
+    if c.max_train_captions: pairs = torch.utils.data.Subset(pairs, range(min(c.max_train_captions, len(pairs))))
+    if c.size_augment: pairs = AugmentSeeds(pairs)
+    tok = build_tokenizer(c.text_name, ds.captions)
+    torch.manual_seed(c.seed)
+    model = patch(LAPSModel(*build_encoders(c.vision_name, c.text_name, vocab_size=len(tok), seed=c.seed), c.embed_size),
+                  c.sparse_ratio, c.aggr_ratio, selection=c.selection, hidden_ratio=c.aggr_hidden_ratio)
     if init: model.load_state_dict(torch.load(init, map_location='cpu'))
     model.gather_batch = True
-    return dict(model=model, train_data=pairs, param_groups=functools.partial(param_groups, learning_rate=learning_rate, backbone_lr_mult=backbone_lr_mult),
-                loss_fn=make_loss_fn(margin, ratio_weight, vse_mean_warmup_epochs, embedding_warmup_epochs),
-                collate_fn=PairCollate(tok, getattr(model.text.config, 'max_position_embeddings', 512), size_augment, seed))
+    return dict(model=model, train_data=pairs,
+                param_groups=functools.partial(param_groups, learning_rate=c.learning_rate, backbone_lr_mult=c.backbone_lr_mult),
+                loss_fn=make_loss_fn(c.margin, c.ratio_weight, c.vse_mean_warmup_epochs, c.embedding_warmup_epochs),
+                collate_fn=PairCollate(tok, getattr(model.text.config, 'max_position_embeddings', 512), c.size_augment, c.seed))
 
 # %% ../nbs/30_laps.ipynb #90236fd1
 _T = 'official README "Performances"'
@@ -987,6 +998,88 @@ def paper_scale_gaps(model:LAPSModel,      # the trained model (its encoders' co
     if img_res != 224: gaps.append(f"img_res {img_res} (paper: 224)")
     if num_epochs < 30 or dense_epochs: gaps.append(f"{dense_epochs} dense + {num_epochs} LAPS epochs (paper: 0 + 30)")
     return gaps
+
+# %% ../nbs/30_laps.ipynb #61034511
+@dataclass
+class Config(BaseConfig):
+    """The parameters of the LAPS pipeline (the notebook's parameters cell; `nbs/params/30_laps.*.yaml`), checked once.
+    Defaults are the CPU demonstration; the comment gives the official recipe's value (`arguments.py`, README)."""
+    dataset:str = 'tiles'             # 'tiles' (synthetic, with data_root ''), else a folder under data_root (flickr30k, coco)
+    data_root:str = ''                # folder holding <dataset>/; '' is synthetic (data)
+    vit_type:str = 'vit'              # 'vit' or 'swin': names the paper row, picks the tiny preset when vision_model is ''
+    vision_model:str = ''             # local ViT/Swin folder (ckpt/vit-base-patch16-224-in21k); '' is the tiny preset
+    text_model:str = ''               # local BERT folder (ckpt/bert-base-uncased); '' is the tiny preset
+    init_checkpoint:str = ''          # the authors' model_best.pth to start from ('' = none)
+    img_res:int = 32                  # image side (224)
+    embed_size:int = 64               # joint dimension d (512)
+    sparse_ratio:float = 0.5          # rho (ViT 0.5, Swin 0.8)
+    aggr_ratio:float = 0.4            # lambda (ViT 0.4, Swin 0.6)
+    aggr_hidden_ratio:float = 0.2     # aggregation MLP width ratio (0.2)
+    selection:str = 'topk'            # 'topk' (released) or 'gumbel' (paper-only variant)
+    margin:float = 0.2                # hinge margin (0.2)
+    ratio_weight:float = 2.0          # weight of (mean(D) - rho)^2 (2)
+    batch_size:int = 64               # pairs per step (64 per GPU)
+    dense_epochs:int = 1              # dense epochs before LAPS (0)
+    num_epochs:int = 1                # LAPS epochs (30)
+    baseline:bool = True              # also train the dense baseline (False)
+    learning_rate:float = 5e-4        # base lr (2e-4)
+    backbone_lr_mult:float = 1.0      # backbone lr multiplier (0.1)
+    weight_decay:float = 1e-4         # AdamW weight decay (1e-4)
+    lr_schedules:list[int] = field(default_factory=lambda: [9, 15, 20, 25])  # step-decay epochs (9, 15, 20, 25)
+    decay_rate:float = 0.3            # step decay factor (0.3)
+    grad_clip:float = 2.0             # grad-norm clip (2)
+    vse_mean_warmup_epochs:int = 1000 # hardest negatives from this epoch (1)
+    embedding_warmup_epochs:int = 0   # epoch with the loss ramp (0)
+    size_augment:bool = False         # caption augmentation (True)
+    train_images:int = 200            # synthetic train images (1000 in the cpu-demo recipe)
+    test_images:int = 50              # synthetic test images (100 in the cpu-demo recipe)
+    max_train_captions:int = 0        # first N training pairs only (0 = all)
+    shard_size:int = 256              # evaluation block (256)
+    max_word:int = 90                 # test-time word buffer (90)
+    coco_folds:bool = False           # COCO 1K 5-fold average (True for the COCO-1K rows)
+    eval_every_epoch:bool = False     # per-epoch model selection (True, released)
+    select_on:str = 'test'            # 'test' (released) or 'val'
+    stop_epoch:int = 0                # stop the LAPS run after this epoch (0 = run to the end)
+    efficiency:bool = True            # similarity cost at ViT-B/16 + BERT-base dimensions
+    eff_images:int = 4                # images timed there
+    eff_cap_len:int = 16              # caption length assumed there
+    num_workers:int = 0               # DataLoader workers
+    amp:bool = False                  # bf16 autocast on GPU (False, released fp32)
+    device:str = 'cpu'                # 'cpu', 'cuda' or 'auto'
+    seed:int = 0                      # global seed
+    nproc:int = 1                     # training processes (over 1: torchrun)
+    threads:int = 1                   # torch CPU threads
+    progress:bool = False             # progress bars
+    out_dir:str = '_runs/30_laps'     # run folder
+
+    def validate(self):
+        check_ratio('sparse_ratio', self.sparse_ratio); check_ratio('aggr_ratio', self.aggr_ratio)
+        for name, ok in (('vit_type', ('vit', 'swin')), ('selection', ('topk', 'gumbel')), ('select_on', ('test', 'val'))):
+            if getattr(self, name) not in ok:
+                raise ValueError(f"{name} must be {' or '.join(map(repr, ok))}, got {getattr(self, name)!r}")
+        if not self.data_root and self.dataset != 'tiles':
+            raise ValueError(f"dataset must be 'tiles' (synthetic) with data_root '', got {self.dataset!r}: "
+                             f"set data_root to the folder holding {self.dataset}/")
+        for name in ('batch_size', 'nproc', 'threads', 'img_res', 'embed_size'):
+            if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ('dense_epochs', 'num_epochs', 'stop_epoch', 'max_train_captions', 'num_workers'):
+            if getattr(self, name) < 0: raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+
+    @property
+    def synthetic(self)->bool: return self.data_root == ''
+    @property
+    def vision_name(self)->str: return self.vision_model or f'laps-{self.vit_type}'   # '' = the tiny random-init preset
+    @property
+    def text_name(self)->str: return self.text_model or 'laps-bert'
+
+    def recipe(self, device:str='', precision:str='')->Recipe:
+        "The optimisation recipe of the run's trainings (`device` and `precision` as resolved by the notebook)."
+        return Recipe(batch_size=self.batch_size, learning_rate=self.learning_rate, backbone_lr_mult=self.backbone_lr_mult,
+                      weight_decay=self.weight_decay, grad_clip=self.grad_clip, lr_schedules=list(self.lr_schedules),
+                      decay_rate=self.decay_rate, margin=self.margin, ratio_weight=self.ratio_weight,
+                      vse_mean_warmup_epochs=self.vse_mean_warmup_epochs, embedding_warmup_epochs=self.embedding_warmup_epochs,
+                      size_augment=self.size_augment, device=device or self.device, seed=self.seed,
+                      precision=precision or ('auto' if self.amp else 'fp32'), progress=self.progress, num_workers=self.num_workers)
 
 # %% ../nbs/30_laps.ipynb #a0a1b022
 _ROW_METRICS = ('i2t_r1', 'i2t_r5', 't2i_r1', 't2i_r5')

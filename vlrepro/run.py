@@ -12,12 +12,12 @@ from typing import Any
 # vlrepro.core (and torch) are imported by the commands that need them, so `vlrepro --help` answers at once
 
 # %% auto #0
-__all__ = ['PAPERS', 'PAPER_TITLES', 'SCALES', 'BENCH_ALL', 'EXPECTED_S', 'find_nbs', 'list_notebooks', 'resolve_notebook',
-           'Param', 'notebook_parameters', 'check_parameters', 'load_param_set', 'RunFailed', 'RunInterrupted',
-           'default_run_dir', 'path_kind', 'resolve_paths', 'run_notebook', 'find_results', 'registry', 'comparable',
-           'report_rows', 'paper_tables', 'claims_rows', 'efficiency_rows', 'markdown_table', 'tradeoff_points',
-           'report', 'bench_all', 'longest_first', 'make_readme', 'jupyter_metadata', 'clean_notebooks', 'site_order',
-           'build_site', 'parser', 'main', 'console']
+__all__ = ['PAPERS', 'CONFIGS', 'PAPER_TITLES', 'SCALES', 'BENCH_ALL', 'EXPECTED_S', 'find_nbs', 'list_notebooks',
+           'resolve_notebook', 'Param', 'notebook_parameters', 'check_parameters', 'load_param_set', 'RunFailed',
+           'RunInterrupted', 'default_run_dir', 'path_kind', 'resolve_paths', 'config_class', 'run_notebook',
+           'find_results', 'registry', 'comparable', 'report_rows', 'paper_tables', 'claims_rows', 'efficiency_rows',
+           'markdown_table', 'tradeoff_points', 'report', 'bench_all', 'longest_first', 'make_readme',
+           'jupyter_metadata', 'clean_notebooks', 'site_order', 'build_site', 'parser', 'main', 'console']
 
 # %% ../nbs/06_run.ipynb #cdb52257
 PAPERS = ('crossget', 'das', 'laps', 'ademvl', 'vqascore')
@@ -175,6 +175,16 @@ def _input_checks(values:dict, params:dict[str, Param])->dict:
     return {k: (v, re.sub(r'^\s*\[(path|data)\]\s*', '', params[k].help)) for k, v in values.items()
             if k in params and path_kind(params[k]) and isinstance(v, str) and v}
 
+# %% ../nbs/06_run.ipynb #e5238030
+CONFIGS = {'11_crossget': 'vlrepro.crossget:Config', '20_das': 'vlrepro.das:Config', '30_laps': 'vlrepro.laps:Config',
+           '40_ademvl': 'vlrepro.ademvl:Config'}   # notebook stem -> the typed config (a `vlrepro.core.Config`) of its parameters
+
+def config_class(stem:str)->type|None:
+    "The config class that checks notebook `stem`'s parameters (None: the notebook has none; its parameters cell alone)."
+    if stem not in CONFIGS: return None
+    mod, name = CONFIGS[stem].split(':')
+    return getattr(importlib.import_module(mod), name)
+
 # %% ../nbs/06_run.ipynb #a7c3e9d1
 def run_notebook(name:str,                     # notebook stem, module name or path
                  params:dict|None=None,        # parameter overrides (strings are parsed by type)
@@ -193,9 +203,11 @@ def run_notebook(name:str,                     # notebook stem, module name or p
     nb = resolve_notebook(name)
     valid = notebook_parameters(nb)
     if not valid: raise ValueError(f"{nb.name} has no parameters cell, so it is not runnable with vlrepro run")
-    given, set_name = {}, ''
+    given, set_name, cc = {}, '', config_class(nb.stem)
     if param_file:
-        given.update(check_parameters(load_param_set(param_file, nb.stem), valid, f" in {param_file}"))
+        raw = load_param_set(param_file, nb.stem)
+        if cc is not None: cc.from_params(raw, f" in {param_file}")   # names, types, values: the notebook's own check
+        given.update(check_parameters(raw, valid, f" in {param_file}"))
         set_name = Path(param_file).stem.split('.', 1)[-1] if '.' in Path(param_file).stem else Path(param_file).stem
     extra = dict(params or {})
     if 'preset' in extra and 'preset' not in valid:
@@ -203,6 +215,9 @@ def run_notebook(name:str,                     # notebook stem, module name or p
         if cand.exists():
             raise ValueError(f"{nb.stem} has no 'preset' parameter; {extra['preset']!r} is one of its parameter sets: "
                              f"use --params {cand.relative_to(nb.parent.parent)}")
+    if cc is not None and extra:   # the set with the -p values on top, as the notebook's config will see them
+        cc.check_names(extra, " given with -p")
+        cc.from_params({**given, **{k: _parse_value(v, valid[k].type) for k, v in extra.items()}}, " given with -p")
     given.update(check_parameters(extra, valid, " given with -p"))
     given = resolve_paths(given, valid, root)
     from .core import require_inputs
