@@ -971,8 +971,8 @@ PAPER_NUMBERS = register_paper_numbers(PAPER, [
     PaperNumber(PAPER, 'seed README model zoo', 'LLaMA-7B COCO caption', 'CIDEr', 130.1),
     PaperNumber(PAPER, 'seed README model zoo', 'LLaMA-7B instruction', 'MME-P', 969.7, unit='score'),
     PaperNumber(PAPER, 'seed README model zoo', 'LLaMA-7B instruction', 'MME-C', 258.9, unit='score'),
-    PaperNumber(PAPER, 'spec §2.7 (from the code)', 'LLaMA-7B', 'trainable params (M)', 4.53, unit='M'),
-    PaperNumber(PAPER, 'spec §2.7 (from the code)', 'LLaMA-13B', 'trainable params (M)', 5.45, unit='M'),
+    PaperNumber(PAPER, 'official code (trainable parameters)', 'LLaMA-7B', 'trainable params (M)', 4.53, unit='M'),
+    PaperNumber(PAPER, 'official code (trainable parameters)', 'LLaMA-13B', 'trainable params (M)', 5.45, unit='M'),
 ])
 
 # %% ../nbs/40_ademvl.ipynb #fdc07c68

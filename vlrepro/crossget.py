@@ -1153,8 +1153,8 @@ _COOP_ROWS = {'CoOp': [71.1, 95.4, 93.3, 77.5, 95.6, 86.5, 37.3, 75.1, 65.8, 82.
 _RET_KEYS = ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10']
 _RET_ROWS = {'CLIP': ([92.1, 99.1, 99.7, 79.3, 95.7, 98.0], 20.57, ''),
              'CLIP CrossGET rv=16': ([92.1, 99.7, 99.8, 79.6, 95.7, 98.0], 12.04, ''),
-             'CLIP CrossGET rl=6': ([92.8, 99.2, 99.7, 80.42, 95.86, 98.06], 19.27, 'released log, not in the seed table'),
-             'CLIP CrossGET rv=16, rl=6': ([91.4, 99.2, 99.8, 78.34, 95.26, 97.82], 10.61, 'released log, not in the seed table')}
+             'CLIP CrossGET rl=6': ([92.8, 99.2, 99.7, 80.42, 95.86, 98.06], 19.27, "released log, not in the paper's table"),
+             'CLIP CrossGET rv=16, rl=6': ([91.4, 99.2, 99.8, 78.34, 95.26, 97.82], 10.61, "released log, not in the paper's table")}
 _GFLOPS_ROWS = {'CLIP baseline': 20.567, 'cross tokens only': 20.699, 'rv=8': 16.460, 'rv=12': 14.215, 'rv=16': 12.036,
                 'rl=6': 19.275, 'rv=16, rl=6': 10.612}
 
@@ -1163,7 +1163,7 @@ def _paper_rows()->list[PaperNumber]:
     for setting, (vals, g, note) in _RET_ROWS.items():
         rows += [PaperNumber('crossget', _F30K, setting, k, v, '%', note) for k, v in zip(_RET_KEYS, vals)]
         rows.append(PaperNumber('crossget', _F30K, setting, 'gflops', g, 'GFLOPs', note))
-    rows += [PaperNumber('crossget', 'spec §4.4 GFLOPs (fvcore, ViT-B/16 image + 77-token caption)', f'ViT-B/16 {s}',
+    rows += [PaperNumber('crossget', 'GFLOPs (fvcore, ViT-B/16 image + 77-token caption)', f'ViT-B/16 {s}',
                          'gflops', v, 'GFLOPs', 'official count') for s, v in _GFLOPS_ROWS.items()]
     rows += [PaperNumber('crossget', _COOP, setting, f'acc_{d}', v, '%')
              for setting, vals in _COOP_ROWS.items() for d, v in zip(_COOP_DATASETS, vals)]
@@ -1974,7 +1974,7 @@ def llava_throughput(preset:str='tiny',       # a key of LLAVA_BENCH_PRESETS
                 batch_size=batch_size, new_tokens=new_tokens, device=str(dev), dtype=dtype, times=times)
 
 # %% ../nbs/12_crossget_llava.ipynb #8a69bd87
-LLAVA_TABLE = 'Table: LLaVA-1.5 (seed tables; r=13, mix67k, 1 epoch)'
+LLAVA_TABLE = "Table: LLaVA-1.5 (the paper's LLaVA table; r=13, mix67k, 1 epoch)"
 LLAVA_METRICS = ['vqav2', 'gqa', 'vizwiz', 'sqa', 'textvqa', 'pope', 'mme', 'mmbench', 'mmbench_cn', 'seed']
 _LLAVA_ROWS = {
     'LLaVA-1.5-7B':   [78.5, 62.0, 50.0, 66.8, 58.2, 85.9, 1510.7, 64.3, 58.3, 66.2],

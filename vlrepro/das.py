@@ -1078,7 +1078,7 @@ _SQA = {'LaVIN-7B': (3.8, 3.70, (89.25, 94.94, 85.24, 88.51, 87.46, 88.08, 90.16
         'DAS2-7B': (4.2, 3.44, (88.68, 94.94, 86.45, 88.03, 86.81, 88.92, 90.20, 88.00, 89.41)),
         'DAS4-7B': (4.6, 3.23, (88.99, 94.60, 85.09, 87.88, 86.51, 88.36, 89.72, 88.13, 89.15)),
         'DAS6-7B': (5.0, 3.06, (87.30, 93.36, 82.36, 86.12, 85.97, 85.71, 88.18, 85.70, 87.29))}
-_T = 'Seed table (ScienceQA test, LLaMA-7B)'
+_T = 'Paper table (ScienceQA test, LLaMA-7B)'
 PAPER_NUMBERS = core.register_paper_numbers('das', [
     *[core.PaperNumber('das', _T, s, c, v) for s, (_, _, vals) in _SQA.items() for c, v in zip(_SQA_COLS, vals)],
     *[core.PaperNumber('das', _T, s, 'update_params_M', p, 'M') for s, (p, _, _) in _SQA.items()],
