@@ -610,8 +610,11 @@ def longest_first(notebooks:list[Path],       # the notebooks to run
                   runs:Path|None=None,         # a folder of earlier runs (results.json with wall_time_s), e.g. nbs/_runs
                  )->list[Path]:
     "The notebooks ordered by expected run time, longest first (earlier default runs here, else `EXPECTED_S`)."
-    seen = {}
-    for f in (find_results([runs]) if runs is not None and Path(runs).is_dir() else []):
+    seen, found = {}, []
+    if runs is not None and Path(runs).is_dir():
+        try: found = find_results([runs])
+        except FileNotFoundError: pass   # an empty runs folder: no earlier timings
+    for f in found:
         try: r = json.loads(f.read_text())
         except (OSError, ValueError): continue
         if r.get('param_set', '') == '' and r.get('wall_time_s') and r.get('status', 'complete') == 'complete':
