@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build CrossGET's LLaVA-1.5 training subset mix67k (every 10th record of llava_v1_5_mix665k.json, spec §3.3)
+"""Build CrossGET's LLaVA-1.5 training subset mix67k (every 10th record of llava_v1_5_mix665k.json)
 and convert it into vlrepro's instruction format.
 
 --src holds llava_v1_5_mix665k.json (--json) and the images its "image" paths are relative to (--images; default SRC:
