@@ -12,7 +12,7 @@ def test_saved_outputs_were_made_by_the_current_code():
                        '\n'.join(f'  {n}: {why}' for n, why in stale))
 
 def test_every_paper_notebook_shows_a_figure_or_table_without_running():
-    for p in sorted(NBS.glob('[1-5][0-9]_*.ipynb')):
+    for p in [NBS/f'{n}.ipynb' for n in ('11_crossget', '12_crossget_llava', '20_das', '30_laps', '40_ademvl', '50_vqascore')]:
         outs = [o for c in json.loads(p.read_text())['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', [])]
         kinds = {k for o in outs for k in o.get('data', {})}
         assert kinds & {'image/png', 'text/html'}, f"{p.name} has no saved figure or table"
