@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlrepro import core, run as R
+from vlrepro import cli as C, core, run as R
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / 'nbs'
-PIPELINES = sorted(R.CONFIGS)
+PIPELINES = sorted(C.CONFIGS)
 
 
 def _type_str(cls, name):
@@ -20,7 +20,7 @@ def _type_str(cls, name):
 @pytest.mark.parametrize('stem', PIPELINES)
 def test_config_fields_are_the_parameters_cell(stem):
     "Names, defaults and types of the config are exactly the notebook's parameters cell (so every YAML keeps working)."
-    cls, params = R.config_class(stem), R.notebook_parameters(NBS / f'{stem}.ipynb')
+    cls, params = C.config_class(stem), R.notebook_parameters(NBS / f'{stem}.ipynb')
     assert cls.names() == list(params)
     default = cls()
     for n, p in params.items():
@@ -32,7 +32,7 @@ def test_config_fields_are_the_parameters_cell(stem):
 def test_every_param_set_round_trips(path):
     "Each YAML set builds its config; asdict gives the set's values back (ints of float fields as floats)."
     raw = yaml.safe_load(path.read_text())
-    cfg = R.config_class(path.name.split('.')[0]).from_params(raw, f' in {path.name}')
+    cfg = C.config_class(path.name.split('.')[0]).from_params(raw, f' in {path.name}')
     d = cfg.asdict()
     assert {k: d[k] for k in raw} == raw
     assert type(cfg).from_params(d) == cfg
@@ -40,7 +40,7 @@ def test_every_param_set_round_trips(path):
 
 @pytest.mark.parametrize('stem', PIPELINES)
 def test_unknown_key_and_bad_type(stem):
-    cls = R.config_class(stem)
+    cls = C.config_class(stem)
     name = cls.names()[2]
     with pytest.raises(ValueError, match=f"unknown parameter '{name}x' in s.yaml \\(did you mean '{name}'\\?\\)"):
         cls.from_params({name + 'x': 1}, ' in s.yaml')
@@ -68,22 +68,22 @@ def _bad_set(tmp_path, stem, **kw):
 @pytest.mark.parametrize('stem', PIPELINES)
 def test_run_checks_a_set_against_the_config_before_a_kernel(tmp_path, stem):
     "A wrong key, type or value in a set fails in `vlrepro run --dry-run` with the notebook config's own message."
-    cls = R.config_class(stem)
+    cls = C.config_class(stem)
     name = cls.names()[2]
     for kw in ({name + 'x': 1}, {next(n for n in cls.names() if _type_str(cls, n) == 'int'): 'two'}):
         p = _bad_set(tmp_path, stem, **kw)
         with pytest.raises(ValueError) as want: cls.from_params(yaml.safe_load(p.read_text()), f' in {p}')
-        with pytest.raises(ValueError) as got: R.run_notebook(stem, param_file=p, dry_run=True)
+        with pytest.raises(ValueError) as got: R.run_notebook(stem, param_file=p, dry_run=True, config_of=C.config_class)
         assert str(got.value) == str(want.value)
 
 
 def test_run_checks_laps_values_and_p_overrides(tmp_path):
     p = _bad_set(tmp_path, '30_laps', sparse_ratio=2.0)
-    with pytest.raises(ValueError, match=r"sparse_ratio must lie in \(0, 1\], got 2.0; e.g. sparse_ratio=0.5 in "): R.run_notebook('30_laps', param_file=p, dry_run=True)
+    with pytest.raises(ValueError, match=r"sparse_ratio must lie in \(0, 1\], got 2.0; e.g. sparse_ratio=0.5 in "): R.run_notebook('30_laps', param_file=p, dry_run=True, config_of=C.config_class)
     with pytest.raises(ValueError, match=r"unknown parameter 'sparse_ration' given with -p \(did you mean 'sparse_ratio'\?\)"):
-        R.run_notebook('30_laps', params={'sparse_ration': '0.3'}, dry_run=True)
+        R.run_notebook('30_laps', params={'sparse_ration': '0.3'}, dry_run=True, config_of=C.config_class)
     with pytest.raises(ValueError, match=r"select_on must be 'test' or 'val', got 'train' given with -p"):
-        R.run_notebook('30_laps', params={'select_on': 'train'}, dry_run=True)
+        R.run_notebook('30_laps', params={'select_on': 'train'}, dry_run=True, config_of=C.config_class)
 
 
 def test_crossget_das_ademvl_values_name_the_field():

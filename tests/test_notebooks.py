@@ -2,7 +2,7 @@
 import json, os
 from pathlib import Path
 import pytest
-from vlrepro import run as R
+from vlrepro import cli as C, run as R
 from vlrepro.core import read_results
 
 NBS = Path(__file__).resolve().parents[1]/'nbs'
@@ -18,7 +18,7 @@ PAPER_NBS = [s for s in ALL_PAPER_NBS if s not in OWN_SMOKE_TEST and s not in RE
 
 def test_every_paper_has_a_runnable_notebook():
     have = {s.split('_', 1)[1].split('_')[0] for s in ALL_PAPER_NBS}
-    missing = set(R.PAPERS) - have
+    missing = set(C.PAPERS) - have
     assert not missing, f"paper notebooks without a parameters cell: {missing}"
 
 @pytest.mark.parametrize('stem', PAPER_NBS)
@@ -26,7 +26,7 @@ def test_papermill_defaults_write_results(stem, tmp_path, monkeypatch):
     monkeypatch.setenv('VLREPRO_NBS', str(NBS))
     rd = R.run_notebook(stem, out=tmp_path/stem, progress=False)
     rec = read_results(rd)
-    assert rec['paper'] in R.PAPERS and rec['scale'] == 'tiny-synthetic'
+    assert rec['paper'] in C.PAPERS and rec['scale'] == 'tiny-synthetic'
     assert rec['metrics'], 'a default run must measure something'
     assert all(isinstance(v, (int, float, str, bool, type(None), list, dict)) for v in rec['metrics'].values())
     assert (rd/f'{stem}.ipynb').exists()

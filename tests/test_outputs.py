@@ -22,6 +22,6 @@ def test_check_command_fails_on_a_stale_notebook(tmp_path):
           'metadata': {outputs.STAMP_KEY: {'outputs_code': '0' * 64}}, 'nbformat': 4, 'nbformat_minor': 5}
     (tmp_path/'settings.ini').write_text('[DEFAULT]\n'); (tmp_path/'nbs').mkdir()
     (tmp_path/'nbs'/'01_x.ipynb').write_text(json.dumps(nb))
-    r = subprocess.run([sys.executable, '-m', 'vlrepro.run', 'outputs', '--check'], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, '-m', 'vlrepro.cli', 'outputs', '--check'], capture_output=True, text=True,
                        env={**os.environ, 'VLREPRO_NBS': str(tmp_path/'nbs')}, cwd=tmp_path)
     assert r.returncode == 1 and '01_x.ipynb: outputs made by other code' in r.stdout and 'vlrepro outputs' in r.stderr, r

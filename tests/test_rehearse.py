@@ -2,7 +2,7 @@
 import json, os, subprocess, sys
 from pathlib import Path
 import pytest
-from vlrepro import rehearse as H, run as R
+from vlrepro import cli as C, rehearse as H, run as R
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = sorted((ROOT/'nbs'/'params').glob('*.yaml'))
@@ -80,7 +80,7 @@ def test_missing_input_is_named_before_the_kernel_starts(toy, tmp_path):
     assert not (tmp_path/'run').exists()
 
 def test_cli_lines_and_closing_count(toy, tmp_path, capsys):
-    assert R.main(['rehearse', 'toy', '--out', str(tmp_path/'reh'), '--compare', 'none']) == 1   # nockpt fails
+    assert C.main(['rehearse', 'toy', '--out', str(tmp_path/'reh'), '--compare', 'none']) == 1   # nockpt fails
     out = capsys.readouterr().out.splitlines()
     assert any(l.startswith('ok  99_toy.full') and 'loss=' in l and '1 rows (base)' in l for l in out), out
     assert any(l.startswith('FAIL 99_toy.nockpt') and 'no kill point' in l for l in out), out
@@ -101,7 +101,7 @@ def test_every_set_has_a_plan_that_only_shrinks(path):
 
 def _rehearse(tmp_path, *args):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'VLREPRO_NBS': str(ROOT/'nbs')}
-    p = subprocess.run([sys.executable, '-m', 'vlrepro.run', 'rehearse', *args, '--out', str(tmp_path/'reh'), '--jobs', '2'],
+    p = subprocess.run([sys.executable, '-m', 'vlrepro.cli', 'rehearse', *args, '--out', str(tmp_path/'reh'), '--jobs', '2'],
                        capture_output=True, text=True, env=env, cwd=ROOT)
     return p, p.stdout.strip().splitlines()
 

@@ -2,7 +2,7 @@
 import json, os, subprocess, sys
 from pathlib import Path
 import pytest
-from vlrepro import run as R
+from vlrepro import cli as C, run as R
 from vlrepro.core import write_results, register_paper_numbers, PaperNumber, compare
 
 TOY_PARAMS = ("epochs: int = 1   # passes over the data\nlr: float = 0.001   # learning rate\n"
@@ -49,7 +49,7 @@ def test_unknown_and_mistyped_parameters_fail_before_running(nbs, tmp_path):
 
 def test_failing_cell_keeps_executed_notebook_and_exits_nonzero(nbs, tmp_path):
     out = tmp_path/'fail'
-    p = subprocess.run([sys.executable, '-m', 'vlrepro.run', 'run', 'bad', '--out', str(out), '-q'],
+    p = subprocess.run([sys.executable, '-m', 'vlrepro.cli', 'run', 'bad', '--out', str(out), '-q'],
                        capture_output=True, text=True, env={**__import__('os').environ, 'VLREPRO_NBS': str(nbs)})
     assert p.returncode == 1, p.stderr
     assert 'boom in cell' in p.stderr and (out/'98_bad.ipynb').exists()
@@ -57,10 +57,10 @@ def test_failing_cell_keeps_executed_notebook_and_exits_nonzero(nbs, tmp_path):
     assert any(o.get('ename') == 'RuntimeError' for c in executed['cells'] for o in c.get('outputs', []))
 
 def test_cli_list_and_exit_codes(nbs, capsys):
-    assert R.main(['list']) == 0
+    assert C.main(['list']) == 0
     out = capsys.readouterr().out
     assert '99_toy' in out and 'epochs: int = 1  # passes over the data' in out and 'params/99_toy.big.yaml' in out
-    assert R.main(['run', 'toy', '-p', 'nope', '1']) == 2
+    assert C.main(['run', 'toy', '-p', 'nope', '1']) == 2
     assert "unknown parameter 'nope'" in capsys.readouterr().err
 
 def test_report_table_and_plots(tmp_path):
@@ -83,44 +83,44 @@ def test_report_marks_partial_runs(tmp_path):
 def test_train_and_bench_pass_options_through(tmp_path, capsys):
     cfg = tmp_path/'cfg.json'
     cfg.write_text(json.dumps({'out_dir': str(tmp_path/'t'), 'epochs': 1, 'batch_size': 8, 'progress': False}))
-    assert R.main(['train', '--task', 'vlrepro.train:demo_task', '--config', str(cfg)]) == 0
+    assert C.main(['train', '--task', 'vlrepro.train:demo_task', '--config', str(cfg)]) == 0
     assert (tmp_path/'t'/'model.pt').exists()
-    assert R.main(['bench', 'nope', '--texts', '2']) == 2 and "unknown paper 'nope'" in capsys.readouterr().err
+    assert C.main(['bench', 'nope', '--texts', '2']) == 2 and "unknown paper 'nope'" in capsys.readouterr().err
 
 def _cli(*args, env=None, **kw):
-    return subprocess.run([sys.executable, '-m', 'vlrepro.run', *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, '-m', 'vlrepro.cli', *args], capture_output=True, text=True,
                           env={**__import__('os').environ, **(env or {})}, **kw)
 
 def test_cli_rough_edges(nbs, tmp_path, capsys):
-    assert R.main(['list', 'toy']) == 0 and capsys.readouterr().out.startswith('99_toy')
-    assert R.main(['run', 'tyo']) == 2 and "did you mean 'toy'?" in capsys.readouterr().err
-    assert R.main(['run', 'toy', '-p', 'epoch', '2']) == 2 and "(did you mean 'epochs'?)" in capsys.readouterr().err
+    assert C.main(['list', 'toy']) == 0 and capsys.readouterr().out.startswith('99_toy')
+    assert C.main(['run', 'tyo']) == 2 and "did you mean 'toy'?" in capsys.readouterr().err
+    assert C.main(['run', 'toy', '-p', 'epoch', '2']) == 2 and "(did you mean 'epochs'?)" in capsys.readouterr().err
     (nbs/'params'/'98_bad.other.yaml').write_text("epochs: 2\n")
-    assert R.main(['run', 'toy', '--params', str(nbs/'params'/'98_bad.other.yaml')]) == 2
+    assert C.main(['run', 'toy', '--params', str(nbs/'params'/'98_bad.other.yaml')]) == 2
     assert 'is a parameter set of 98_bad, not of 99_toy: run `vlrepro run 98_bad --params' in capsys.readouterr().err
     (nbs/'params'/'99_toy.cpu-demo.yaml').write_text("epochs: 2\n")
-    assert R.main(['run', 'toy', '-p', 'preset', 'cpu-demo']) == 2
+    assert C.main(['run', 'toy', '-p', 'preset', 'cpu-demo']) == 2
     assert "'cpu-demo' is one of its parameter sets: use --params nbs/params/99_toy.cpu-demo.yaml" in capsys.readouterr().err
     (tmp_path/'afile').write_text('x')
-    assert R.main(['run', 'toy', '--out', str(tmp_path/'afile')]) == 2
+    assert C.main(['run', 'toy', '--out', str(tmp_path/'afile')]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'is a file; give a folder' in err
-    assert R.main(['report', str(tmp_path/'runs'), '--out', str(tmp_path/'afile')]) == 2
-    assert R.main(['bench', 'lapz']) == 2 and "did you mean 'laps'?" in capsys.readouterr().err
-    assert R.main(['run', 'toy', '--dry-run', '-p', 'epochs', '3']) == 0 and 'epochs = 3' in capsys.readouterr().out
+    assert C.main(['report', str(tmp_path/'runs'), '--out', str(tmp_path/'afile')]) == 2
+    assert C.main(['bench', 'lapz']) == 2 and "did you mean 'laps'?" in capsys.readouterr().err
+    assert C.main(['run', 'toy', '--dry-run', '-p', 'epochs', '3']) == 0 and 'epochs = 3' in capsys.readouterr().out
 
 def test_cli_is_light_and_every_argument_has_help():
     p = _cli('--help')
     assert p.returncode == 0
-    code = "import sys, vlrepro.run as r; r.parser(); print('torch' in sys.modules, 'papermill' in sys.modules)"
+    code = "import sys, vlrepro.cli as c; c.parser(); print('torch' in sys.modules, 'papermill' in sys.modules)"
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout.split() == ['False', 'False']
-    for name, sp in R.parser()._subparsers._group_actions[0].choices.items():
+    for name, sp in C.parser()._subparsers._group_actions[0].choices.items():
         for a in sp._actions:
             if a.dest != 'help': assert a.help, f"vlrepro {name}: argument {a.dest} has no help text"
 
 def test_closed_pipe_gives_one_line(nbs):
     import os
-    p = subprocess.Popen([sys.executable, '-m', 'vlrepro.run', 'list'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, '-m', 'vlrepro.cli', 'list'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env={**os.environ, 'VLREPRO_NBS': str(nbs)}, text=True)
     p.stdout.readline(); p.stdout.close()   # `vlrepro list | head -1`
     err = p.stderr.read(); p.wait()
@@ -130,7 +130,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     import os, signal, time
     d = tmp_path/'nbs'; d.mkdir()
     toy_nb(d/'99_toy.ipynb', body="import pathlib, time\npathlib.Path('kernel-up').touch()\ntime.sleep(60)")   # runs in nbs/
-    p = subprocess.Popen([sys.executable, '-m', 'vlrepro.run', 'run', 'toy', '--out', str(tmp_path/'r'), '-q'],
+    p = subprocess.Popen([sys.executable, '-m', 'vlrepro.cli', 'run', 'toy', '--out', str(tmp_path/'r'), '-q'],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'VLREPRO_NBS': str(d)})
     for _ in range(240):   # wait until the kernel runs the sleeping cell (papermill saves outputs only between cells)
         time.sleep(0.25)
@@ -151,11 +151,11 @@ def test_readme_examples_are_valid(capsys):
     for c in sorted(cmds):
         argv = shlex.split(c)[1:]
         if argv[0] == 'run':
-            rc = R.main(argv + ['--dry-run'])
+            rc = C.main(argv + ['--dry-run'])
             err = capsys.readouterr().err
             assert rc == 0 or 'missing inputs' in err, (c, err)   # a full-scale example may name data this machine lacks
         elif argv[0] in ('train', 'bench'): continue            # their options belong to the entry point
-        else: R.parser().parse_args(argv)
+        else: C.parser().parse_args(argv)
 
 def test_reproduce_runs_two_at_once_with_progress(tmp_path):
     "Two notebooks run side by side; a long cell is never silent for longer than the heartbeat; then a report."
@@ -175,11 +175,11 @@ def test_reproduce_runs_two_at_once_with_progress(tmp_path):
 def test_bench_for_every_paper(tmp_path, capsys):
     "`vlrepro bench PAPER` exists for all five papers; the cheap ones run through the CLI and write their table."
     import importlib, json
-    assert all(hasattr(importlib.import_module(f'vlrepro.{p}'), 'bench_main') for p in R.PAPERS), R.PAPERS
-    assert R.main(['bench', 'ademvl', '--flops-only', '--out', str(tmp_path/'a.json')]) == 0
+    assert all(hasattr(importlib.import_module(f'vlrepro.{p}'), 'bench_main') for p in C.PAPERS), C.PAPERS
+    assert C.main(['bench', 'ademvl', '--flops-only', '--out', str(tmp_path/'a.json')]) == 0
     rows = json.loads((tmp_path/'a.json').read_text())['rows']
     assert [r['variant'] for r in rows] == ['text only', 'ADEM (embedded)', 'input-space (prepend)']
-    assert R.main(['bench', 'laps', '--images', '2', '--captions', '3', '--embed', '16', '--repeats', '1',
+    assert C.main(['bench', 'laps', '--images', '2', '--captions', '3', '--embed', '16', '--repeats', '1',
                    '--out', str(tmp_path/'l.json')]) == 0
     rows = json.loads((tmp_path/'l.json').read_text())['rows']
     assert rows[0]['tokens'] == 197 and [r['tokens'] for r in rows[1:]] == [laps_tokens(r) for r in (0.7, 0.5, 0.3)]
@@ -192,10 +192,10 @@ def laps_tokens(r):
 def test_bench_all_on_cpu_writes_records_and_report(tmp_path):
     # `vlrepro bench all` at its reduced CPU sizes: every paper's table, one results record each, claims, a report
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    p = subprocess.run([sys.executable, '-m', 'vlrepro.run', 'bench', 'all', '--out', str(tmp_path/'b')],
+    p = subprocess.run([sys.executable, '-m', 'vlrepro.cli', 'bench', 'all', '--out', str(tmp_path/'b')],
                        capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    for paper in R.PAPERS:
+    for paper in C.PAPERS:
         rec = json.loads((tmp_path/'b'/f'bench-{paper}'/'results.json').read_text())
         assert rec['paper'] == paper and rec['scale'] == 'architecture-reduced' and rec['claims'], rec
         assert rec['extra']['command'].startswith(f'vlrepro bench {paper} ') and rec['efficiency']

@@ -27,7 +27,7 @@ def test_site_of_the_notebooks(tmp_path):
 def _check_site(tmp_path, nbs):
     shutil.copy(ROOT / 'settings.ini', tmp_path)
     t0 = time.time()
-    r = subprocess.run([sys.executable, '-m', 'vlrepro.run', 'site', '--out', str(tmp_path / 'site')], cwd=nbs,
+    r = subprocess.run([sys.executable, '-m', 'vlrepro.cli', 'site', '--out', str(tmp_path / 'site')], cwd=nbs,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     print(f'site built in {time.time() - t0:.0f} s')

@@ -4,17 +4,21 @@
 
 # %% ../nbs/09_outputs.ipynb #d6949769
 from __future__ import annotations
-import base64, hashlib, io, json, os, subprocess, sys, time
+import argparse, base64, hashlib, io, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
+
+from PIL import Image
 
 import vlrepro
 from .core import atomic_write_text
 
 # %% auto #0
-__all__ = ['STAMP_KEY', 'code_stamp', 'save_outputs', 'notebooks', 'stale_notebooks', 'regenerate', 'main']
+__all__ = ['STAMP_KEY', 'TOOLING', 'code_stamp', 'fresh_copy', 'clean_like_nbdev', 'save_outputs', 'notebooks', 'stale_notebooks',
+           'regenerate', 'main']
 
 # %% ../nbs/09_outputs.ipynb #6710daac
 STAMP_KEY = 'vlrepro'
+TOOLING = ('outputs', 'run', 'rehearse', 'cli')   # modules that run notebooks but do not shape their outputs
 
 def _lib_dir()->Path: return Path(vlrepro.__file__).resolve().parent
 
@@ -22,20 +26,27 @@ def _code_cells(nb:dict)->list[str]:
     return [c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
             for c in nb['cells'] if c['cell_type'] == 'code']
 
+def _exported_module(nb:dict)->str:
+    "The module a notebook exports (its `#| default_exp`), or ''."
+    for src in _code_cells(nb):
+        m = re.search(r'^#\s*\|\s*default_exp\s+(\S+)', src, re.M)
+        if m: return m.group(1)
+    return ''
+
 def code_stamp(nb_path:Path|str,          # the notebook
                lib:Path|str|None=None,    # the library folder (default: this installed vlrepro)
               )->str:                     # sha256 hex digest of the library code and the notebook's code cells
-    "Hash of the code whose run a notebook's saved outputs show: every library module and the notebook's code cells."
-    h = hashlib.sha256()
+    "Hash of the code whose run a notebook's saved outputs show: the library modules (tooling aside) and the notebook's code cells."
+    h, nb = hashlib.sha256(), json.loads(Path(nb_path).read_text())
+    own = _exported_module(nb)
     for f in sorted(Path(lib or _lib_dir()).glob('*.py')):
-        if f.name == '_modidx.py': continue
+        if f.name == '_modidx.py' or (f.stem in TOOLING and f.stem != own): continue
         h.update(f.name.encode() + b'\0' + f.read_bytes() + b'\0')
-    for src in _code_cells(json.loads(Path(nb_path).read_text())): h.update(src.strip().encode() + b'\0')
+    for src in _code_cells(nb): h.update(src.strip().encode() + b'\0')
     return h.hexdigest()
 
 # %% ../nbs/09_outputs.ipynb #71941c19
 def _shrink_png(b64:str, max_width:int)->str:
-    from PIL import Image
     im = Image.open(io.BytesIO(base64.b64decode(b64)))
     if im.width <= max_width: return b64
     im = im.resize((max_width, round(im.height * max_width / im.width)), Image.LANCZOS)
@@ -57,49 +68,83 @@ def _shrink(outputs:list, max_width:int=900, max_lines:int=60)->list:
     return outputs
 
 # %% ../nbs/09_outputs.ipynb #c4733c1e
-def _config(nb_path:Path):
-    "The nbdev settings of the project holding `nb_path` (else of this library's checkout)."
-    from nbdev.config import get_config
-    here = nb_path.parent if any((d/'settings.ini').exists() for d in [nb_path.parent, *nb_path.parents]) else _lib_dir().parent
-    return get_config(path=here)
+def _project(nb_path:Path)->Path:
+    "The project holding `nb_path` (the folder with its settings.ini), else this library's checkout."
+    return next((d for d in [nb_path.parent, *nb_path.parents] if (d/'settings.ini').exists()), _lib_dir().parent)
 
+def fresh_copy(nb_path:Path,  # the notebook
+               dest:Path,     # an empty folder: the temporary project
+              )->Path:        # the notebook's copy
+    "The notebook's folder copied to `dest` (its `_`/`.` entries left out), beside links to the project's other files."
+    nb_path = Path(nb_path).resolve(); nbs, project = nb_path.parent, _project(nb_path)
+    skip = lambda d, names: [n for n in names if n.startswith(('_', '.'))]
+    shutil.copytree(nbs, dest/nbs.name, ignore=skip, symlinks=True)
+    if nbs.parent == project:   # the project's other files (settings.ini, data_scripts/, ...) where the notebooks find them
+        for f in project.iterdir():
+            if f.name != nbs.name and not f.name.startswith('.'): (dest/f.name).symlink_to(f)
+    return dest/nbs.name/nb_path.name
+
+def clean_like_nbdev(nb_path:Path):
+    "Clean a notebook with `nbdev_clean` itself, under its project's settings (nbdev reads them from the current folder)."
+    from nbdev.clean import nbdev_clean
+    cwd = os.getcwd()
+    try: os.chdir(_project(Path(nb_path).resolve())); nbdev_clean.__wrapped__(fname=str(Path(nb_path).resolve()))
+    finally: os.chdir(cwd)
+
+# %% ../nbs/09_outputs.ipynb #14911d30
+def _execute(nb_path:Path, nb)->float:
+    "Run the parsed notebook `nb` of `nb_path` in a fresh copy of its folder, in this process, as `nbdev_test` would."
+    from execnb.shell import CaptureShell          # IPython and nbdev load only when a notebook is run
+    flags = set(_config(nb_path).get('tst_flags', '').split())
+    def no_eval(cell):
+        if cell.cell_type != 'code': return True
+        d = getattr(cell, 'directives_', {}) or {}
+        return d.get('eval:', [''])[0].lower() == 'false' or bool(flags & d.keys())
+    t0, cwd, env = time.time(), os.getcwd(), {k: os.environ.get(k) for k in ('IN_TEST', 'VLREPRO_NBS')}
+    with tempfile.TemporaryDirectory(prefix='vlrepro-outputs-') as d:
+        copy = fresh_copy(nb_path, Path(d))
+        os.environ.update(IN_TEST='1', VLREPRO_NBS=str(copy.parent))   # as under nbdev_test; the copy's nbs/
+        shell = CaptureShell(copy, mpl_format='png')
+        try:
+            os.chdir(copy.parent)
+            shell.run_all(nb, exc_stop=True, preproc=no_eval)
+        except Exception as e:
+            raise RuntimeError(f"{nb_path.name} failed, outputs not saved:\n{shell.prettytb(fname=nb_path)}") from e
+        finally:
+            os.chdir(cwd)
+            for k, v in env.items():
+                if v is None: os.environ.pop(k, None)
+                else: os.environ[k] = v
+    return time.time() - t0
+
+def _config(nb_path:Path):
+    "The nbdev settings of the project holding `nb_path`."
+    from nbdev.config import get_config
+    return get_config(path=_project(nb_path))
+
+# %% ../nbs/09_outputs.ipynb #4cc3a4ef
 def save_outputs(nb_path:Path|str,   # the notebook; rewritten in place with outputs and the stamp
                  max_width:int=900,  # widest saved figure, in pixels
                  max_lines:int=60,   # longest saved log, in lines
                 )->float:            # seconds the notebook took
-    "Execute a notebook as `nbdev_test` does and save its outputs, stamped with `code_stamp`; nothing is written on error."
-    from execnb.shell import CaptureShell          # IPython, nbdev and PIL load only when a notebook is run
+    "Execute a fresh copy of a notebook as `nbdev_test` does and save its outputs, stamped with `code_stamp`; nothing is written on error."
     from nbdev.process import NBProcessor
     from nbdev.frontmatter import FrontmatterProc
-    from nbdev.clean import clean_nb
     from execnb.nbio import nb2str
     nb_path = Path(nb_path).resolve()
     raw = json.loads(nb_path.read_text())
     nb = NBProcessor(nb_path, procs=FrontmatterProc, process=True).nb
     if len(nb.cells) != len(raw['cells']):
         raise ValueError(f"{nb_path.name}: nbdev's reader sees {len(nb.cells)} cells, the file has {len(raw['cells'])}")
-    cfg = _config(nb_path); flags = set(cfg.get('tst_flags', '').split())
-    def no_eval(cell):
-        if cell.cell_type != 'code': return True
-        d = getattr(cell, 'directives_', {}) or {}
-        return d.get('eval:', [''])[0].lower() == 'false' or bool(flags & d.keys())
-    os.environ['IN_TEST'] = '1'   # as under nbdev_test
-    shell, t0, cwd = CaptureShell(nb_path, mpl_format='png'), time.time(), os.getcwd()
-    try:
-        os.chdir(nb_path.parent)
-        shell.run_all(nb, exc_stop=True, preproc=no_eval)
-    except Exception as e:
-        raise RuntimeError(f"{nb_path.name} failed, outputs not saved:\n{shell.prettytb(fname=nb_path)}") from e
-    finally: os.chdir(cwd)
+    dt = _execute(nb_path, nb)
     for c, r in zip(nb.cells, raw['cells']):
         if r['cell_type'] != 'code': continue
         r['outputs'] = _shrink(json.loads(json.dumps(c.get('outputs', []))), max_width, max_lines)
         r['execution_count'] = None
     raw.setdefault('metadata', {})[STAMP_KEY] = {'outputs_code': code_stamp(nb_path), 'made_by': 'vlrepro outputs'}
-    clean_nb(raw, False, cfg.get('allowed_metadata_keys', '').split(),    # as nbdev_clean does with the project's
-             cfg.get('allowed_cell_metadata_keys', '').split(), cfg.clean_ids) # settings (they keep the stamp's key)
     atomic_write_text(nb_path, nb2str(raw))
-    return time.time() - t0
+    clean_like_nbdev(nb_path)   # settings.ini keeps the stamp's key (allowed_metadata_keys)
+    return dt
 
 # %% ../nbs/09_outputs.ipynb #21d4dac8
 def notebooks(nbs:Path|str)->list[Path]:
@@ -142,7 +187,6 @@ def regenerate(paths:list[Path],   # notebooks, in the order to start them
 # %% ../nbs/09_outputs.ipynb #6e33a380
 def main(argv:list[str]|None=None)->int:
     "`python -m vlrepro.outputs save NB [--max-width W --max-lines L]`: one notebook, in this process."
-    import argparse
     ap = argparse.ArgumentParser(prog='python -m vlrepro.outputs', description=save_outputs.__doc__)
     sub = ap.add_subparsers(dest='cmd', required=True)
     s = sub.add_parser('save', help='execute one notebook and save its outputs')
