@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #12c41f10
 from __future__ import annotations
-import dataclasses, difflib, json, os, platform, random, re, subprocess, sys, tempfile, time, typing
+import dataclasses, difflib, importlib.metadata, json, os, platform, random, re, signal, subprocess, sys, tempfile, time, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -129,11 +129,10 @@ def git_commit(path:Path|str|None=None)->str:
 def library_versions(names:Iterable[str]=('torch','transformers','open_clip_torch','deepspeed','numpy','papermill')
                     )->dict[str,str]:
     "Installed versions of the libraries that shape a result ('' when one is not installed)."
-    from importlib.metadata import version, PackageNotFoundError
     out = {'python': platform.python_version()}
     for n in names:
-        try: out[n] = version(n)
-        except PackageNotFoundError: out[n] = ''
+        try: out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError: out[n] = ''
     return out
 
 def _device_description(device:str|torch.device='')->str:
@@ -209,7 +208,6 @@ def kill_point(what:str=''):
     os.write(fd, f"{what} pid={os.getpid()}\n".encode()); os.close(fd)
     print(f"vlrepro rehearsal: killing process {os.getpid()} at {what}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    import signal
     os.kill(os.getpid(), signal.SIGKILL)
 
 # %% ../nbs/00_core.ipynb #615e9116

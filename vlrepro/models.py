@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #aaaca613
 from __future__ import annotations
-import copy, json, logging, math, os, re, shutil, tempfile
+import contextlib, copy, difflib, inspect, json, logging, math, os, re, shutil, tempfile, warnings, zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -46,7 +46,7 @@ def register_open_clip_configs(configs:dict[str, dict]|None=None # name -> open_
     if isinstance(registry, dict):  # the factory's registry; rebinding-safe because we look it up each call
         for name, cfg in configs.items(): registry[name] = copy.deepcopy(cfg)
     else:  # fall back on the public file-based API
-        import json, open_clip
+        import open_clip
         d = Path(tempfile.mkdtemp(prefix='vlrepro_open_clip_'))
         for name, cfg in configs.items(): (d/f'{name}.json').write_text(json.dumps(cfg))
         open_clip.add_model_config(d)
@@ -98,13 +98,11 @@ def create_open_clip(name:str='vlrepro-tiny-clip',     # open_clip model name (o
 # %% ../nbs/02_models.ipynb #22ee0919
 def _is_torchscript(path:str|Path)->bool:
     "Whether `path` is a TorchScript archive (a zip with `constants.pkl`), as OpenAI's CLIP checkpoints are."
-    import zipfile
     if not zipfile.is_zipfile(path): return False
     with zipfile.ZipFile(path) as z: return any(n.endswith('constants.pkl') for n in z.namelist())
 
 def _load_torchscript_weights(model:nn.Module, path:str|Path)->nn.Module:
     "Copy the weights of a TorchScript CLIP archive into `model` (as open_clip's OpenAI loader, without JIT-loading it twice)."
-    import warnings
     with warnings.catch_warnings():  # torch 2.x flags torch.jit as deprecated; it is the only reader of this format
         warnings.simplefilter('ignore', FutureWarning)
         sd = torch.jit.load(str(path), map_location='cpu').state_dict()
@@ -344,7 +342,6 @@ _GENERIC_CONFIG_KEYS = {'decoder_start_token_id', 'sep_token_id', 'num_labels', 
 
 def _check_keys(cls:type, args:dict)->dict:
     "Raise ValueError for config arguments `cls` does not know (transformers would silently keep a typo)."
-    import difflib, inspect
     default = cls()
     known = set(inspect.signature(cls.__init__).parameters) | set(getattr(cls, 'attribute_map', {})) | _GENERIC_CONFIG_KEYS
     bad = [k for k in args if k not in known and not hasattr(default, k)]
@@ -389,7 +386,7 @@ def build_hf(name:str,                          # a kind or a preset name
              **overrides,                       # config overrides, e.g. num_hidden_layers=2
             )->PreTrainedModel:                 # a random-init `transformers` model in eval mode
     "Build a random-init Hugging Face model of a kind at a size, or of a preset."
-    import contextlib, transformers
+    import transformers
     kind, _, kwargs = _resolve(name, size)
     config = hf_config(name, size, **overrides)
     cls = getattr(transformers, HF_KINDS[kind][1])
