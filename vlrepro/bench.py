@@ -46,6 +46,7 @@ def _encoder_layer_flop(src, *args, out_shape=None, **kwargs)->int:
     b, l, e = src
     return 8*b*l*e*e + 4*b*l*l*e + 4*b*l*e*args[_FFN_W1][0]
 
+# %% ../nbs/03_bench.ipynb #ea6e0147
 def _numel(shape)->int: return math.prod(shape) if shape is not None else 0
 
 def _layer_norm_elems(input, normalized_shape, weight=None, bias=None, *args, out_shape=None, **kwargs)->int:
