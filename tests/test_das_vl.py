@@ -55,7 +55,7 @@ def vqa_arrows(folder, n_images=6, splits=('train', 'trainable_val', 'rest_val',
 def word_tokenizer(texts, roberta=False, max_len=12):
     sp = ('<s>', '<pad>', '</s>', '<unk>') if roberta else ('[PAD]', '[UNK]', '[CLS]', '[SEP]')
     tpl = '<s> $A </s>' if roberta else '[CLS] $A [SEP]'
-    return models.train_tokenizer(texts, specials=sp, lowercase=True, template=tpl, vocab_size=64, model_max_length=max_len)
+    return models.train_tokenizer(texts, specials=sp, normalize=('lowercase',), template=tpl, vocab_size=64, model_max_length=max_len)
 
 
 QUESTION_WORDS = ['what color is the square circle triangle ? shape in top left right bottom how many red green blue '

@@ -13,7 +13,9 @@ from torch import nn
 from fastcore.basics import patch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
 
-from .core import find_modules
+from .core import _numel_of, count_parameters, find_modules  # one parameter counter for the workbench and the methods
+try: import resource  # POSIX only: `rss_bytes`' fallback where /proc is missing
+except ImportError: resource = None
 
 # %% auto #0
 __all__ = ['FLOP_CONVENTIONS', 'flop_mapping', 'FlopCount', 'count_flops', 'block_macs', 'token_counts', 'parameter_summary',
@@ -44,6 +46,7 @@ def _encoder_layer_flop(src, *args, out_shape=None, **kwargs)->int:
     b, l, e = src
     return 8*b*l*e*e + 4*b*l*l*e + 4*b*l*e*args[_FFN_W1][0]
 
+# %% ../nbs/03_bench.ipynb #ea6e0147
 def _numel(shape)->int: return math.prod(shape) if shape is not None else 0
 
 def _layer_norm_elems(input, normalized_shape, weight=None, bias=None, *args, out_shape=None, **kwargs)->int:
@@ -172,8 +175,6 @@ def token_counts(model:nn.Module,          # the model holding the blocks
     return seen
 
 # %% ../nbs/03_bench.ipynb #7dca06af
-from .core import _numel_of, count_parameters  # one counter for the workbench and the methods
-
 def parameter_summary(model:nn.Module, # any module
                       depth:int=1,      # name components kept in the prefix ('visual.transformer' is depth 2)
                      ):                 # pandas.DataFrame: prefix, total, trainable, frozen (+ a 'total' row)
@@ -291,7 +292,7 @@ def _rss_bytes()->int:
     try:
         with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
     except (OSError, ValueError, IndexError):
-        import resource
+        if resource is None: raise
         r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return r if sys.platform == 'darwin' else r * 1024
 

@@ -127,8 +127,8 @@ def bench_all(device:str='cpu',            # 'cpu' (reduced sizes) or 'cuda' (th
                 eff, claims, vs_paper = _bench_figures(paper, table)
                 cmp = [r for r in compare(paper, vs_paper, scale=scale) if r['this_run'] is not None] if vs_paper else []
                 write_results(root/name, paper, dict(bench_argv=argv), {}, eff, started=t0, device=dev, scale=scale,
-                              claims=claims, comparison=cmp,
-                              extra=dict(table=table, command=f"vlrepro bench {paper} {' '.join(argv)}"))
+                              comparison=cmp,
+                              extra=dict(claims=claims, table=table, command=f"vlrepro bench {paper} {' '.join(argv)}"))
                 held = sum(c['holds'] for c in claims)
                 print(f"[{name}] {held}/{len(claims)} claims hold; {root/name/'results.json'} "
                       f"({time.time() - t0:.0f} s)\n", flush=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #12c41f10
 from __future__ import annotations
-import dataclasses, difflib, json, os, platform, random, re, subprocess, sys, tempfile, time, typing
+import dataclasses, difflib, importlib.metadata, json, os, platform, random, re, signal, subprocess, sys, tempfile, time, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -90,6 +90,7 @@ def atomic_write_text(path:Path|str, # target file
     "Write `text` to `path` atomically (temporary file + rename)."
     return _atomic_write(path, lambda f: f.write(text))
 
+# %% ../nbs/00_core.ipynb #da461f29
 def _json_default(o):
     if isinstance(o, (np.integer,)): return int(o)
     if isinstance(o, (np.floating,)): return float(o)
@@ -129,11 +130,10 @@ def git_commit(path:Path|str|None=None)->str:
 def library_versions(names:Iterable[str]=('torch','transformers','open_clip_torch','deepspeed','numpy','papermill')
                     )->dict[str,str]:
     "Installed versions of the libraries that shape a result ('' when one is not installed)."
-    from importlib.metadata import version, PackageNotFoundError
     out = {'python': platform.python_version()}
     for n in names:
-        try: out[n] = version(n)
-        except PackageNotFoundError: out[n] = ''
+        try: out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError: out[n] = ''
     return out
 
 def _device_description(device:str|torch.device='')->str:
@@ -153,18 +153,20 @@ def write_results(out_dir:Path|str,           # the run folder; results.json is 
                   device:str|torch.device='', # device the run used
                   scale:str='tiny-synthetic', # 'tiny-synthetic', 'full', ...: may this number be set beside the paper's?
                   comparison:list|None=None,  # rows from `compare`: paper vs this run
-                  extra:dict|None=None,       # anything else worth keeping (tables, per-layer counts)
+                  extra:dict|None=None,       # anything else worth keeping (tables, per-layer counts); extra['claims'],
+                                              # the paper's claims this run checked [dict(claim=, measured=, holds=)],
+                                              # becomes the record's top-level `claims`
                   status:str='complete',      # 'complete', or 'partial' for a run stopped early (stop_epoch, a budget)
-                  claims:list|None=None,      # the paper's claims this run checked: dict(claim=, measured=, holds=)
                  )->Path:                     # path of the written results.json
     "Write the run's `results.json` atomically, with provenance (commit, versions, device, wall time)."
     if not paper: raise ValueError("write_results needs the paper key, e.g. paper='crossget'")
     if not isinstance(metrics, dict): raise TypeError(f"metrics must be a dict name -> value, got {type(metrics).__name__}")
     if status not in ('complete', 'partial'): raise ValueError(f"status must be 'complete' or 'partial', got {status!r}")
+    extra = dict(extra or {}); claims = extra.pop('claims', None) or []
     rec = dict(schema=RESULTS_SCHEMA, paper=paper, param_set=param_set, scale=scale, status=status, params=dict(params),
                metrics=dict(metrics), efficiency=dict(efficiency or {}), comparison=list(comparison or []),
-               claims=[dict(c, holds=bool(c['holds'])) for c in claims or []],
-               extra=dict(extra or {}), git_commit=git_commit(), versions=library_versions(),
+               claims=[dict(c, holds=bool(c['holds'])) for c in claims],
+               extra=extra, git_commit=git_commit(), versions=library_versions(),
                device=_device_description(device), wall_time_s=(time.time() - started) if started else None,
                finished_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     return atomic_write_json(Path(out_dir)/'results.json', rec)
@@ -209,7 +211,6 @@ def kill_point(what:str=''):
     os.write(fd, f"{what} pid={os.getpid()}\n".encode()); os.close(fd)
     print(f"vlrepro rehearsal: killing process {os.getpid()} at {what}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    import signal
     os.kill(os.getpid(), signal.SIGKILL)
 
 # %% ../nbs/00_core.ipynb #615e9116

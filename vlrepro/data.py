@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #e577b6bf
 from __future__ import annotations
-import hashlib, itertools, json, math, os, re, shutil, zlib
+import argparse, hashlib, itertools, json, math, os, random, re, shutil, sys, urllib.request, zipfile, zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -13,7 +13,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance, ImageOps
 from torch.utils.data import Dataset
+try: import fcntl  # POSIX only: the manifest lock is a no-op where it is missing
+except ImportError: fcntl = None
 
 from .core import atomic_write_json, atomic_write_text
 
@@ -114,7 +118,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def load_image(path:str|Path):
     "Open an image file as an RGB PIL image."
-    from PIL import Image
     with Image.open(path) as im: return im.convert('RGB')
 
 def to_tensor(img)->torch.Tensor:
@@ -157,7 +160,6 @@ class ImageTransform:
         x = to_tensor(img)
         if self.pad_to_square: x = expand2square(x, self.fill)
         if self.size is not None and tuple(x.shape[1:]) != (self.size, self.size):
-            import torch.nn.functional as F
             h, w = x.shape[1:]
             if self.crop: s = self.size/min(h, w); hw = (max(self.size, round(h*s)), max(self.size, round(w*s)))
             else: hw = (self.size, self.size)
@@ -190,7 +192,6 @@ class RandomAugment:
         self.n, self.m, self.ops, self.p, self.fill = n, m, tuple(ops), p, tuple(fill)
     def apply(self, op:str, img, sign:int=1):
         "One operation on a PIL image at this magnitude (`sign` ±1 for the signed geometric ones)."
-        from PIL import Image, ImageEnhance, ImageOps
         lv = self.m / 10
         if op == 'Identity': return img
         if op == 'AutoContrast': return ImageOps.autocontrast(img)
@@ -201,7 +202,6 @@ class RandomAugment:
              'TranslateX': (1, 0, sign * 10 * lv, 0, 1, 0), 'TranslateY': (1, 0, 0, 0, 1, sign * 10 * lv)}[op]
         return img.transform(img.size, Image.AFFINE, a, resample=Image.BILINEAR, fillcolor=self.fill)
     def __call__(self, img):
-        import random
         for op in random.choices(self.ops, k=self.n):
             if random.random() < self.p: img = self.apply(op, img, 1 if random.random() < 0.5 else -1)
         return img
@@ -766,13 +766,11 @@ class _lock:
     def __init__(self, path:Path): self.path = path
     def __enter__(self):
         self.f = open(self.path, 'a')
-        try: import fcntl; fcntl.flock(self.f, fcntl.LOCK_EX)
-        except ImportError: pass
+        if fcntl is not None: fcntl.flock(self.f, fcntl.LOCK_EX)
         return self
     def __exit__(self, *exc): self.f.close()
 
 def _write_synthetic(out:Path, preset, splits:dict, seed:int, gen:dict, o:dict, overrides:dict)->Path:
-    from PIL import Image
     img_dir = out/'images'; img_dir.mkdir(parents=True, exist_ok=True)
     old = read_manifest(out)
     stale = set(old['counts']) if old and 'generator' in old else set()   # splits an earlier, different run generated here
@@ -1129,7 +1127,6 @@ def download(url:str,                  # what to fetch
              sha256:str|None=None,     # expected digest; None = not pinned (the digest is printed)
             )->Path:
     "Download `url` to `dest` (atomically), checking its sha256 when known."
-    import urllib.request
     dest = Path(dest)
     if dest.is_file() and (sha256 is None or sha256_file(dest) == sha256): return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -1148,7 +1145,6 @@ def script_parser(description:str, # the script's docstring
                   src_help:str='folder with the downloaded raw files',
                  ):
     "The argparse parser every `data_scripts/get_*.py` starts from."
-    import argparse
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--root', type=Path, default=default_root(), help='data root (default: $VLREPRO_DATA, else data/)')
     p.add_argument('--name', default=name, help=f'dataset folder under the root (default: {name})')
@@ -1163,7 +1159,6 @@ def fetch(downloads:dict[str, tuple[str, str|None]], # file name -> (url, sha256
           dest:str|Path,                              # folder to download (and unzip) into
          )->Path:
     "Download (and unzip) the official files into `dest`; files already there are kept."
-    import zipfile
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     for fname, (url, sha) in downloads.items():
         f = download(url, dest/fname, sha)
@@ -1186,7 +1181,6 @@ def resolve_src(args, downloads:dict[str, tuple[str, str|None]])->Path:
 
 def script_main(main:Callable[[list[str]|None], Any], argv:list[str]|None=None)->int:
     "Run a script's `main`, turning data errors into one 'error: ...' line and exit status 2."
-    import sys
     try: main(argv)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr); return 2

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_metrics.ipynb #872d0204
 from __future__ import annotations
-import contextlib, io, math, os, re, shutil, string
+import contextlib, io, math, os, re, shutil, string, subprocess
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -333,7 +333,6 @@ def _coco_inputs(preds, refs)->tuple[dict, dict]:
 
 def _ptb_java(lines:list[str])->list[str]:
     "Tokenize with Stanford CoreNLP's PTBTokenizer (the jar shipped with pycocoevalcap), one call for all lines."
-    import subprocess
     from pycocoevalcap.tokenizer import ptbtokenizer as ptb
     jar = os.path.join(os.path.dirname(os.path.abspath(ptb.__file__)), ptb.STANFORD_CORENLP_3_4_1_JAR)
     cmd = ['java', '-cp', jar, 'edu.stanford.nlp.process.PTBTokenizer', '-preserveLines', '-lowerCase']

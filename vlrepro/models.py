@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #aaaca613
 from __future__ import annotations
-import copy, json, logging, math, os, re, shutil, tempfile
+import contextlib, copy, difflib, inspect, json, logging, math, os, re, shutil, tempfile, warnings, zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -17,13 +17,13 @@ if TYPE_CHECKING:  # annotations only; nothing heavy is imported at run time
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 # %% auto #0
-__all__ = ['OPEN_CLIP_CONFIGS', 'HF_KINDS', 'HF_SIZES', 'HF_HUB_IDS', 'MODEL_PRESETS', 'META_TO_HF_NAMES', 'TOKENIZER_PRESETS',
-           'LLAMA_FORMATS', 'register_open_clip_configs', 'create_open_clip', 'save_open_clip', 'open_clip_tokenizer',
-           'hf_config', 'build_hf', 'tiny_hf', 'example_inputs', 'load_hf', 'open_clip_state_dict_to_hf',
-           'hf_clip_vision_to_open_clip', 'clip_vision_config', 'open_clip_to_hf', 'permute_qk', 'merge_meta_shards',
-           'llama_ffn_dim', 'llama_config_from_params', 'meta_to_hf', 'hf_to_meta', 'check_vocab', 'train_tokenizer',
-           'build_tokenizer', 'load_tokenizer', 'llama_depth', 'load_llama', 'SentencePieceTokenizer',
-           'load_llama_tokenizer']
+__all__ = ['OPEN_CLIP_CONFIGS', 'HF_KINDS', 'HF_SIZES', 'HF_HUB_IDS', 'MODEL_PRESETS', 'META_TO_HF_NAMES', 'NORMALIZERS',
+           'TOKENIZER_PRESETS', 'LLAMA_FORMATS', 'register_open_clip_configs', 'create_open_clip', 'save_open_clip',
+           'open_clip_tokenizer', 'hf_config', 'build_hf', 'tiny_hf', 'example_inputs', 'load_hf',
+           'open_clip_state_dict_to_hf', 'hf_clip_vision_to_open_clip', 'clip_vision_config', 'open_clip_to_hf',
+           'permute_qk', 'merge_meta_shards', 'llama_ffn_dim', 'llama_config_from_params', 'meta_to_hf', 'hf_to_meta',
+           'check_vocab', 'train_tokenizer', 'build_tokenizer', 'load_tokenizer', 'llama_depth', 'load_llama',
+           'SentencePieceTokenizer', 'load_llama_tokenizer']
 
 # %% ../nbs/02_models.ipynb #36a04e3d
 OPEN_CLIP_CONFIGS: dict[str, dict] = {
@@ -46,7 +46,7 @@ def register_open_clip_configs(configs:dict[str, dict]|None=None # name -> open_
     if isinstance(registry, dict):  # the factory's registry; rebinding-safe because we look it up each call
         for name, cfg in configs.items(): registry[name] = copy.deepcopy(cfg)
     else:  # fall back on the public file-based API
-        import json, open_clip
+        import open_clip
         d = Path(tempfile.mkdtemp(prefix='vlrepro_open_clip_'))
         for name, cfg in configs.items(): (d/f'{name}.json').write_text(json.dumps(cfg))
         open_clip.add_model_config(d)
@@ -98,13 +98,11 @@ def create_open_clip(name:str='vlrepro-tiny-clip',     # open_clip model name (o
 # %% ../nbs/02_models.ipynb #22ee0919
 def _is_torchscript(path:str|Path)->bool:
     "Whether `path` is a TorchScript archive (a zip with `constants.pkl`), as OpenAI's CLIP checkpoints are."
-    import zipfile
     if not zipfile.is_zipfile(path): return False
     with zipfile.ZipFile(path) as z: return any(n.endswith('constants.pkl') for n in z.namelist())
 
 def _load_torchscript_weights(model:nn.Module, path:str|Path)->nn.Module:
     "Copy the weights of a TorchScript CLIP archive into `model` (as open_clip's OpenAI loader, without JIT-loading it twice)."
-    import warnings
     with warnings.catch_warnings():  # torch 2.x flags torch.jit as deprecated; it is the only reader of this format
         warnings.simplefilter('ignore', FutureWarning)
         sd = torch.jit.load(str(path), map_location='cpu').state_dict()
@@ -344,7 +342,6 @@ _GENERIC_CONFIG_KEYS = {'decoder_start_token_id', 'sep_token_id', 'num_labels', 
 
 def _check_keys(cls:type, args:dict)->dict:
     "Raise ValueError for config arguments `cls` does not know (transformers would silently keep a typo)."
-    import difflib, inspect
     default = cls()
     known = set(inspect.signature(cls.__init__).parameters) | set(getattr(cls, 'attribute_map', {})) | _GENERIC_CONFIG_KEYS
     bad = [k for k in args if k not in known and not hasattr(default, k)]
@@ -389,7 +386,7 @@ def build_hf(name:str,                          # a kind or a preset name
              **overrides,                       # config overrides, e.g. num_hidden_layers=2
             )->PreTrainedModel:                 # a random-init `transformers` model in eval mode
     "Build a random-init Hugging Face model of a kind at a size, or of a preset."
-    import contextlib, transformers
+    import transformers
     kind, _, kwargs = _resolve(name, size)
     config = hf_config(name, size, **overrides)
     cls = getattr(transformers, HF_KINDS[kind][1])
@@ -681,6 +678,7 @@ _ROLE_NAMES = {'pad_token': ('<pad>', '[PAD]', '[pad]'), 'unk_token': ('<unk>', 
                'cls_token': ('[CLS]', '[cls]'), 'sep_token': ('[SEP]', '[sep]'), 'mask_token': ('[MASK]', '[mask]'),
                'bos_token': ('<s>', '<sot>', '<bos>', '<|startoftext|>'),
                'eos_token': ('</s>', '<eot>', '<eos>', '<|endoftext|>')}
+NORMALIZERS = ('collapse_whitespace', 'lowercase')   # the text normalizers `train_tokenizer(normalize=...)` knows
 
 def _pre_tokenizer(spec:str)->Any:
     "Build a `tokenizers` pre-tokenizer from a short name or 'regex:<pattern>' (the matches are the pieces)."
@@ -692,14 +690,39 @@ def _pre_tokenizer(spec:str)->Any:
     raise ValueError(f"unknown pre_tokenizer {spec!r}; use 'whitespace_split', 'whitespace', 'metaspace' or "
                      f"'regex:<pattern>'")
 
-def _normalizer(lowercase:bool, collapse_whitespace:bool)->Any:
-    "Build the normalizer: newlines to spaces, runs of spaces collapsed and stripped, then lowercase."
+def _normalizer(normalize:Iterable[str])->Any:
+    "Build the normalizer from names applied in the order given: 'collapse_whitespace' (newlines to spaces, runs of spaces collapsed, stripped), 'lowercase'."
     from tokenizers import normalizers, Regex
+    normalize = [normalize] if isinstance(normalize, str) else list(normalize)
+    unknown = [n for n in normalize if n not in NORMALIZERS]
+    if unknown: raise ValueError(f"unknown normalizer(s) {unknown}; use any of {NORMALIZERS}, e.g. normalize=('lowercase',)")
     steps = []
-    if collapse_whitespace: steps += [normalizers.Replace('\n', ' '), normalizers.Replace(Regex(' {2,}'), ' '),
-                                      normalizers.Strip()]
-    if lowercase: steps.append(normalizers.Lowercase())
+    for n in normalize:
+        if n == 'collapse_whitespace': steps += [normalizers.Replace('\n', ' '), normalizers.Replace(Regex(' {2,}'), ' '),
+                                                 normalizers.Strip()]
+        else: steps.append(normalizers.Lowercase())
     return normalizers.Sequence(steps) if steps else None
+
+# %% ../nbs/02_models.ipynb #2b6ddabb
+def _wordlevel_vocab(texts:list[str], norm, pre, specials:list[str], specials_end:list[str], words, vocab_size:int)->list[str]:
+    "The word-level vocabulary: `specials`, the fixed `words`, the other corpus words sorted, <extra_i> padding, `specials_end`."
+    seen = {piece for t in texts for piece, _ in pre.pre_tokenize_str(norm.normalize_str(t) if norm else t)}
+    fixed = list(dict.fromkeys(words or []))
+    vocab = specials + [w for w in fixed if w not in specials_end] + sorted(seen - set(fixed) - set(specials) - set(specials_end))
+    if vocab_size:
+        n_pad = vocab_size - len(vocab) - len(specials_end)
+        if n_pad < 0: raise ValueError(f"vocab_size={vocab_size} < {len(vocab) + len(specials_end)} tokens needed")
+        vocab += [f'<extra_{i}>' for i in range(n_pad)]
+    return vocab + specials_end
+
+def _template_processor(tok, template:str)->Any:
+    "The post-processor of `template` ('[CLS] $A [SEP]', ...), checking its tokens are special tokens of `tok`."
+    from tokenizers import processors
+    used = [p.split(':')[0] for p in template.split() if not p.startswith('$')]
+    missing = [p for p in used if tok.token_to_id(p) is None]
+    if missing: raise ValueError(f"template {template!r} uses {missing}, which are not special tokens")
+    return processors.TemplateProcessing(single=template, pair=template.replace('$A', '$A $B'),
+                                         special_tokens=[(p, tok.token_to_id(p)) for p in dict.fromkeys(used)])
 
 # %% ../nbs/02_models.ipynb #b6769d5c
 def train_tokenizer(texts:Iterable[str],                 # training corpus (e.g. the synthetic captions)
@@ -709,34 +732,24 @@ def train_tokenizer(texts:Iterable[str],                 # training corpus (e.g.
                     vocab_size:int=0,                    # bpe: target size; wordlevel: pad with <extra_i> to this size
                     words:Iterable[str]|None=None,       # wordlevel: fixed word order (other corpus words follow, sorted)
                     pre_tokenizer:str='whitespace_split',# 'whitespace_split', 'whitespace', 'metaspace', 'regex:<re>'
-                    lowercase:bool=False,                # lowercase before splitting
-                    collapse_whitespace:bool=False,      # newline -> space, collapse runs of spaces, strip
+                    normalize:Iterable[str]=(),          # before splitting, in order: 'collapse_whitespace', 'lowercase'
                     template:str='',                     # post-processor, e.g. '[CLS] $A [SEP]' or '$A </s>'
                     roles:dict[str, str]|None=None,      # transformers role -> token, beyond those found by name
                     min_frequency:int=1,                 # bpe: minimum pair count to merge
                     model_max_length:int=512,            # tokenizer's max length
                    )->PreTrainedTokenizerFast:           # the trained tokenizer, ready for `transformers`
     "Train a deterministic word-level or BPE tokenizer offline and wrap it for `transformers`."
-    from tokenizers import Tokenizer, models, processors, trainers, decoders
+    from tokenizers import Tokenizer, models, trainers, decoders
     from transformers import PreTrainedTokenizerFast
     texts, specials, specials_end = list(texts), list(specials), list(specials_end)
     if len(set(specials + specials_end)) != len(specials + specials_end): raise ValueError("duplicate special tokens")
+    if model not in ('wordlevel', 'bpe'): raise ValueError(f"model must be 'wordlevel' or 'bpe', got {model!r}")
     roles = {**{r: t for r, names in _ROLE_NAMES.items() for t in specials + specials_end if t in names}, **(roles or {})}
-    norm, pre = _normalizer(lowercase, collapse_whitespace), _pre_tokenizer(pre_tokenizer)
+    norm, pre = _normalizer(normalize), _pre_tokenizer(pre_tokenizer)
     if model == 'wordlevel':
-        seen = {piece for t in texts for piece, _ in pre.pre_tokenize_str(norm.normalize_str(t) if norm else t)}
-        fixed = list(dict.fromkeys(words or []))
-        vocab = specials + [w for w in fixed if w not in specials_end] \
-            + sorted(seen - set(fixed) - set(specials) - set(specials_end))
-        if vocab_size:
-            n_pad = vocab_size - len(vocab) - len(specials_end)
-            if n_pad < 0: raise ValueError(f"vocab_size={vocab_size} < {len(vocab) + len(specials_end)} tokens needed")
-            vocab += [f'<extra_{i}>' for i in range(n_pad)]
-        vocab += specials_end
+        vocab = _wordlevel_vocab(texts, norm, pre, specials, specials_end, words, vocab_size)
         tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=roles.get('unk_token', '<unk>')))
-    elif model == 'bpe':
-        tok = Tokenizer(models.BPE(unk_token=roles.get('unk_token')))
-    else: raise ValueError(f"model must be 'wordlevel' or 'bpe', got {model!r}")
+    else: tok = Tokenizer(models.BPE(unk_token=roles.get('unk_token')))
     if norm: tok.normalizer = norm
     tok.pre_tokenizer = pre
     if model == 'bpe':
@@ -745,26 +758,21 @@ def train_tokenizer(texts:Iterable[str],                 # training corpus (e.g.
                                                            min_frequency=min_frequency, show_progress=False))
         if specials_end: tok.add_special_tokens(specials_end)
     tok.add_special_tokens(specials + specials_end)
-    if template:
-        used = [p.split(':')[0] for p in template.split() if not p.startswith('$')]
-        missing = [p for p in used if tok.token_to_id(p) is None]
-        if missing: raise ValueError(f"template {template!r} uses {missing}, which are not special tokens")
-        tok.post_processor = processors.TemplateProcessing(single=template, pair=template.replace('$A', '$A $B'),
-            special_tokens=[(p, tok.token_to_id(p)) for p in dict.fromkeys(used)])
+    if template: tok.post_processor = _template_processor(tok, template)
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **roles)
 
 # %% ../nbs/02_models.ipynb #49ca1656
 TOKENIZER_PRESETS: dict[str, dict] = {
-    'crossget': dict(model='wordlevel', specials=('<pad>',), specials_end=('<sot>', '<eot>'), lowercase=True,
+    'crossget': dict(model='wordlevel', specials=('<pad>',), specials_end=('<sot>', '<eot>'), normalize=('lowercase',),
                      template='<sot> $A <eot>', model_max_length=24),   # crossget: <eot> is the largest id (open_clip pools at argmax)
-    'laps': dict(model='wordlevel', specials=('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'), lowercase=True,
+    'laps': dict(model='wordlevel', specials=('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'), normalize=('lowercase',),
                  template='[CLS] $A [SEP]', model_max_length=40),        # laps
-    'das': dict(model='wordlevel', specials=('[pad]', '[cls]', '[sep]'), lowercase=True,
+    'das': dict(model='wordlevel', specials=('[pad]', '[cls]', '[sep]'), normalize=('lowercase',),
                 template='[cls] $A [sep]', model_max_length=12),         # das
     'ademvl': dict(model='wordlevel', specials=('<pad>', '<s>', '</s>', '<unk>'), pre_tokenizer=r'regex:\w+|[^\w\s]|\n',
                    template='', model_max_length=512),                   # ademvl: 0 pad, 1 BOS, 2 EOS, no template
     'vqascore': dict(model='bpe', specials=('<pad>', '</s>', '<unk>'), pre_tokenizer='metaspace',
-                     collapse_whitespace=True, vocab_size=200, template='$A </s>', model_max_length=2048),  # vqascore
+                     normalize=('collapse_whitespace',), vocab_size=200, template='$A </s>', model_max_length=2048),  # vqascore
 }
 
 def build_tokenizer(preset:str,           # a key of TOKENIZER_PRESETS

@@ -4,7 +4,8 @@
 
 # %% ../nbs/04_train.ipynb #bfc20220
 from __future__ import annotations
-import argparse, copy, dataclasses, hashlib, importlib, inspect, json, math, os, random, shutil, socket, subprocess, sys, time, warnings
+import argparse, copy, dataclasses, hashlib, importlib, inspect, json, math, os, random, re, shutil, socket, subprocess, sys, time, warnings
+from collections import deque
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -12,10 +13,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn, Tensor
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from fastcore.basics import patch
+from tqdm.auto import tqdm
 from .core import atomic_torch_save, atomic_write_json, atomic_write_text, get_device, kill_point, seed_everything, seed_worker
 
 # %% auto #0
@@ -106,7 +110,6 @@ def make_param_groups(model:nn.Module|dict,     # a model (its trainable paramet
                       no_decay:Callable|None=None, # no_decay(name, param) -> True: no weight decay either (a recipe's own rule)
                      )->list[dict]:             # AdamW param groups with `lr`, `weight_decay`, `lr_mult`, `group`
     "Group the trainable parameters of `model` by lr multiplier and weight decay."
-    import re
     pats = [(re.compile(k), float(v)) for k, v in (lr_mults or {}).items()]
     named = model.items() if isinstance(model, dict) else ((n, p) for n, p in model.named_parameters() if p.requires_grad)
     groups: dict[tuple, dict] = {}
@@ -306,7 +309,6 @@ def _setup_processes(self:Trainer):
     if device.type == 'cuda': torch.cuda.set_device(device)
     self.device, self._owns_group = device, False
     if self.backend in ('ddp', 'deepspeed'):
-        import torch.distributed as dist
         if not dist.is_initialized():
             if 'MASTER_ADDR' not in os.environ:   # not launched: a one-process group (e.g. DeepSpeed in a notebook)
                 os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(_free_port()), RANK='0', LOCAL_RANK='0', WORLD_SIZE='1')
@@ -367,7 +369,6 @@ def _setup_model(self:Trainer, model:nn.Module, param_groups):
                                                                              lr_scheduler=sched, config=ds_cfg)
         self.ds_config = ds_cfg
     elif self.backend == 'ddp':
-        from torch.nn.parallel import DistributedDataParallel as DDP
         ids = [self.device.index] if self.device.type == 'cuda' else None
         self.model = DDP(model, device_ids=ids, find_unused_parameters=c.find_unused_parameters)
         self.optimizer, self.scheduler = opt, sched
@@ -454,7 +455,6 @@ def _progress_line(self:Trainer, t0:float, start:int)->float:
 @patch
 def fit(self:Trainer)->dict:
     "Train to `total_steps` (or `stop_step`), logging, evaluating and checkpointing; return a summary."
-    from tqdm.auto import tqdm
     c, t0 = self.config, time.time()
     stop = min(self.total_steps, c.stop_step) if c.stop_step > 0 else self.total_steps
     if self.is_main and self.step == 0:
@@ -494,7 +494,6 @@ def fit(self:Trainer)->dict:
 @patch
 def _all_mean(self:Trainer, values:list[float])->list[float]:
     if self.world_size == 1: return values
-    import torch.distributed as dist
     t = torch.tensor(values, dtype=torch.float64, device=self.device if dist.get_backend() == 'nccl' else 'cpu')
     dist.all_reduce(t); return (t / self.world_size).tolist()
 
@@ -539,7 +538,6 @@ def _gather_local(self:Trainer)->list[dict]:
     "Every process's RNG states and unlogged step stats, gathered (for the checkpoint)."
     s = dict(rng=_rng_state(self.device), window={k: [float(v) for v in vs] for k, vs in self._window.items()})
     if self.world_size == 1: return [s]
-    import torch.distributed as dist
     out = [None] * self.world_size
     dist.all_gather_object(out, s); return out
 
@@ -572,7 +570,6 @@ def save_checkpoint(self:Trainer)->Path|None:
 @patch
 def _barrier(self:Trainer):
     if self.world_size > 1:
-        import torch.distributed as dist
         dist.barrier()
 
 @patch
@@ -792,7 +789,6 @@ def run_cli(argv:Sequence[str]|None=None)->dict:
     if trainer.is_main and trainer.out_dir:
         atomic_write_json(trainer.out_dir / 'summary.json', {k: v for k, v in res.items() if k != 'history'})
     if trainer._owns_group:
-        import torch.distributed as dist
         dist.destroy_process_group()
     return res
 
@@ -838,7 +834,6 @@ def launch(task:str,                         # module:function of the task
     e.setdefault('OMP_NUM_THREADS', '1')
     if launcher == 'deepspeed' and not torch.cuda.is_available(): e.setdefault('DS_ACCELERATOR', 'cpu')
     cmd = launch_command(task, cfg_path, nproc, launcher, task_args)
-    from collections import deque
     tail, t0 = deque(maxlen=40), time.time()
     with subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
         try:
