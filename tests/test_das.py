@@ -452,15 +452,15 @@ def test_vqa_mean_loss_weights_batches_by_size():
 
 def test_search_grad_accum_and_lr_mults(tmp_path):
     m, b, rb = _search_setup()
-    r1 = das.search(m, das.vqa_loss, b, rb, CFG, grad_accum=4, lr_mults={'vqa_classifier': 10.0})
+    r1 = das.search(m, das.vqa_loss, b, rb, CFG, das.SearchOptim(grad_accum=4, lr_mults={'vqa_classifier': 10.0}))
     assert len(r1.trajectory) == das.num_updates(6, 2, 2, 1)      # the gate counter counts micro-batches, not steps
     opt = das.make_optimizer({n: p for n, p in m.named_parameters() if p.requires_grad}, 1e-3, 0.01, lr_mults={'vqa_classifier': 10.0})
     lrs = sorted({g['lr'] for g in opt.param_groups})
     assert lrs == pytest.approx([1e-3, 1e-2]) and all(g['weight_decay'] in (0.0, 0.01) for g in opt.param_groups)
     # interrupted in the middle of an accumulation cycle, resumed: the same trajectory
     m, b, rb = _search_setup()
-    das.search(m, das.vqa_loss, b, rb, CFG, grad_accum=4, state_path=tmp_path/'s.pt', stop_after=2)
-    m, b, rb = _search_setup(); r3 = das.search(m, das.vqa_loss, b, rb, CFG, grad_accum=4, state_path=tmp_path/'s.pt')
-    m, b, rb = _search_setup(); r2 = das.search(m, das.vqa_loss, b, rb, CFG, grad_accum=4)
+    das.search(m, das.vqa_loss, b, rb, CFG, das.SearchOptim(grad_accum=4), state_path=tmp_path/'s.pt', stop_after=2)
+    m, b, rb = _search_setup(); r3 = das.search(m, das.vqa_loss, b, rb, CFG, das.SearchOptim(grad_accum=4), state_path=tmp_path/'s.pt')
+    m, b, rb = _search_setup(); r2 = das.search(m, das.vqa_loss, b, rb, CFG, das.SearchOptim(grad_accum=4))
     assert r3.trajectory == r2.trajectory and r3.skip == r2.skip
-    with pytest.raises(ValueError, match='grad_accum'): das.search(*_search_setup()[:1], das.vqa_loss, b, rb, CFG, grad_accum=0)
+    with pytest.raises(ValueError, match='grad_accum'): das.search(*_search_setup()[:1], das.vqa_loss, b, rb, CFG, das.SearchOptim(grad_accum=0))
