@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from vlrepro import core, das
+from vlrepro import das_vl as D
 
 torch.set_num_threads(1)
 
@@ -318,13 +319,13 @@ def test_meter_stream_independence():
 # ---------------------------------------------------------------- converters, paper numbers
 def test_meter_checkpoint_converter_round_trip(tmp_path):
     m, inp = das.tiny_meter().eval(), meter_inputs()
-    ck = das.meter_to_official(m); ck['state_dict']['vqa_classifier.0.weight'] = torch.zeros(2, 2)
+    ck = D.meter_to_official(m); ck['state_dict']['vqa_classifier.0.weight'] = torch.zeros(2, 2)
     torch.save(ck, tmp_path/'meter.ckpt')
-    sd, heads = das.convert_meter_checkpoint(tmp_path/'meter.ckpt', m)
+    sd, heads = D.convert_meter_checkpoint(tmp_path/'meter.ckpt', m)
     assert 'vqa_classifier.0.weight' in heads
     m2 = das.tiny_meter(); m2.load_state_dict(sd, strict=False)
     torch.testing.assert_close(m2.eval()(**inp)['cls_feats'], m(**inp)['cls_feats'])
-    with pytest.raises(FileNotFoundError, match='METER checkpoint'): das.convert_meter_checkpoint(tmp_path/'nope.ckpt')
+    with pytest.raises(FileNotFoundError, match='METER checkpoint'): D.convert_meter_checkpoint(tmp_path/'nope.ckpt')
 
 def test_position_embedding_resize():
     pe = torch.randn(1 + 18 * 18, 8)

@@ -139,7 +139,7 @@ def meter_folders(root, d=32, seed=0):
     torch.manual_seed(seed)
     m = das.tiny_meter(d=d)
     m.vit_model.save_pretrained(root/'clip'); m.text_transformer.save_pretrained(root/'roberta')
-    ck = das.meter_to_official(m)
+    ck = D.meter_to_official(m)
     ck['state_dict'].update({'itm_score.fc.weight': torch.randn(2, 2 * d), 'itm_score.fc.bias': torch.randn(2)})
     torch.save(ck, root/'meter.ckpt')
     return m

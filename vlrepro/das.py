@@ -26,9 +26,8 @@ __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 
            'SearchOptim', 'search', 'vilt_block_macs', 'skip_adapter_macs', 'meter_layer_macs', 'vilt_macs',
            'meter_macs', 'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss',
            'shapesvqa_tensors', 'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits',
-           'variant_rows', 'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency',
-           'llama_latency', 'bench_main', 'parse_skip_list', 'pipeline_kwargs', 'run_data_script', 'standin_path',
-           'Config', 'rehearsal']
+           'variant_rows', 'das_adapter_params', 'vilt_latency', 'llama_latency', 'bench_main', 'parse_skip_list',
+           'pipeline_kwargs', 'run_data_script', 'standin_path', 'Config', 'rehearsal']
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
@@ -913,51 +912,6 @@ def variant_rows(backbone:nn.Module, num_answers:int, variants:dict[str, list[in
         rows.append(dict(variant=name, skipped=sorted(S), test_acc=test(m), trainable_params=used))
         models[name] = m
     return rows, models
-
-# %% ../nbs/20_das.ipynb #187ae199
-from .models import hf_clip_vision_to_open_clip, open_clip_state_dict_to_hf  # the OpenAI <-> HF CLIP key map
-
-def _resize_pos(pe:Tensor, n_new:int)->Tensor:
-    "Bicubic resize of a (1 + g², d) CLIP position embedding to (n_new, d)."
-    g_old, g_new = int(math.isqrt(pe.shape[0] - 1)), int(math.isqrt(n_new - 1))
-    grid = pe[1:].reshape(1, g_old, g_old, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=(g_new, g_new), mode='bicubic', align_corners=False).to(pe.dtype)
-    return torch.cat([pe[:1], grid.permute(0, 2, 3, 1).reshape(g_new * g_new, -1)])
-
-def convert_meter_checkpoint(ckpt:str|Path|dict,  # path of METER's .ckpt (Lightning: {'state_dict': ...}) or a state dict
-                             model:METER|None=None, # target, to resize the position embedding and check the keys
-                            )->tuple[dict, dict]:  # (state dict for `METER`, the task heads' weights: vqa_classifier, itm_score, ...)
-    "Map a released METER checkpoint onto `METER` (Hugging Face CLIP vision + RoBERTa + BertLayer fusion)."
-    if not isinstance(ckpt, dict):
-        p = Path(ckpt)
-        if not p.exists(): raise FileNotFoundError(f"no METER checkpoint at {p}; download meter_clip16_288_roberta_pretrain.ckpt "
-                                                   "from the zdou0830/METER GitHub release and pass its local path")
-        ckpt = torch.load(p, map_location='cpu', weights_only=False)
-    sd = ckpt.get('state_dict', ckpt)
-    out, heads, vis = {}, {}, {}
-    for k, v in sd.items():
-        if k.startswith('vit_model.'): vis[k[len('vit_model.'):]] = v   # CLIP's image tower, OpenAI names
-        elif k.startswith('text_transformer.'):
-            if '.pooler.' in k or k.endswith('position_ids'): continue   # unused by METER's fusion
-            out[k] = v
-        elif k.startswith(('cross_modal_', 'token_type_embeddings')): out[k] = v
-        else: heads[k] = v
-    if vis: out.update({f'vit_model.{k}': v for k, v in open_clip_state_dict_to_hf(vis, vision_only=True).items()})
-    if model is not None:
-        want = model.state_dict()
-        pe = 'vit_model.embeddings.position_embedding.weight'
-        if pe in out and out[pe].shape != want[pe].shape: out[pe] = _resize_pos(out[pe], want[pe].shape[0])
-        missing = [k for k in want if k not in out and not k.endswith(('position_ids', 'das_'))]
-        if missing: raise ValueError(f"the METER checkpoint lacks {len(missing)} weights of this model, e.g. {missing[:3]}; "
-                                     "build METER with the checkpoint's sizes (clip16 + roberta-base, 6 fusion layers)")
-    return out, heads
-
-def meter_to_official(model:METER)->dict:
-    "The inverse mapping (our `METER` -> METER's checkpoint names); used to test `convert_meter_checkpoint`."
-    sd = model.state_dict()
-    vis = hf_clip_vision_to_open_clip({k[len('vit_model.'):]: v for k, v in sd.items() if k.startswith('vit_model.')})
-    return {'state_dict': {**{k: v for k, v in sd.items() if not k.startswith('vit_model.')},
-                           **{f'vit_model.{k}': v for k, v in vis.items()}}}
 
 # %% ../nbs/20_das.ipynb #d7b37c42
 def _count(m:nn.Module)->int: return sum(p.numel() for p in m.parameters())

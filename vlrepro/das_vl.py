@@ -16,19 +16,20 @@ from PIL import Image
 
 from . import core, data, das, metrics, models, train
 from .das import run_data_script, standin_path
+from .models import hf_clip_vision_to_open_clip, open_clip_state_dict_to_hf  # the OpenAI <-> HF CLIP key map
 from .train import SeededDataset, Trainer, TrainConfig, to_device, unwrap
 
 # %% auto #0
 __all__ = ['TASKS', 'TASK_NAMES', 'ARROW_PREFIX', 'ARROW_SPLITS', 'SPLITS', 'EVAL_SPLITS', 'IMAGE_SIZE', 'MAX_TEXT_LEN', 'RECIPE',
            'RECIPE_BATCH', 'split_das_adapters', 'das_adapters_to_official', 'convert_vilt_checkpoint',
-           'vilt_to_official', 'vilt_config_from_state_dict', 'load_vilt', 'METERT4C', 'load_meter', 'task_head',
-           'grow_token_types', 'init_rank_output', 'DASVLTask', 'model_inputs', 'task_loss', 'released_skip',
-           'load_das_checkpoint', 'pixelbert_size', 'VLTransform', 'pad_images', 'vilt_vqa_score', 'VQATargets',
-           'NLVR2Dataset', 'F30KTrainDataset', 'VLCollate', 'convert_nlvr2', 'convert_vilt_arrow', 'evaluate_vqa',
-           'evaluate_nlvr2', 'retrieval_scores', 'evaluate_f30k', 'task_splits', 'parse_skip_list', 'build_task_model',
-           'task_dataset', 'train_task', 'config', 'run_full_scale', 'required_inputs', 'write_vilt_arrows',
-           'write_nlvr2_json', 'write_bert_folder', 'write_vilt_ckpt', 'write_roberta_folder', 'write_meter_standin',
-           'write_standins', 'rehearsal']
+           'vilt_to_official', 'vilt_config_from_state_dict', 'load_vilt', 'convert_meter_checkpoint',
+           'meter_to_official', 'METERT4C', 'load_meter', 'task_head', 'grow_token_types', 'init_rank_output',
+           'DASVLTask', 'model_inputs', 'task_loss', 'released_skip', 'load_das_checkpoint', 'pixelbert_size',
+           'VLTransform', 'pad_images', 'vilt_vqa_score', 'VQATargets', 'NLVR2Dataset', 'F30KTrainDataset', 'VLCollate',
+           'convert_nlvr2', 'convert_vilt_arrow', 'evaluate_vqa', 'evaluate_nlvr2', 'retrieval_scores', 'evaluate_f30k',
+           'task_splits', 'parse_skip_list', 'build_task_model', 'task_dataset', 'train_task', 'config',
+           'run_full_scale', 'required_inputs', 'write_vilt_arrows', 'write_nlvr2_json', 'write_bert_folder',
+           'write_vilt_ckpt', 'write_roberta_folder', 'write_meter_standin', 'write_standins', 'rehearsal']
 
 # %% ../nbs/21_das_vl.ipynb #9f6463e1
 _VILT_BLOCK = (('norm1.', 'layernorm_before.'), ('attn.proj.', 'attention.output.dense.'), ('norm2.', 'layernorm_after.'),
@@ -126,7 +127,7 @@ def convert_vilt_checkpoint(ckpt:str|Path|dict, # the original `vilt_200k_mlm_it
         else: heads[k] = v
     if 'embeddings.cls_token' not in out and not any('.das_' in k for k in out):
         raise ValueError("no transformer.cls_token and no DAS adapter in this checkpoint: it is not an original ViLT "
-                         "checkpoint (for METER use das.convert_meter_checkpoint)")
+                         "checkpoint (for METER use convert_meter_checkpoint)")
     return out, heads
 
 def vilt_to_official(model:nn.Module|dict, # a `ViltModel` (or its state dict)
@@ -200,6 +201,49 @@ def load_vilt(ckpt:str|Path,   # a local HF ViLT folder, the original `vilt_200k
         raise ValueError(f"{p} does not fit a ViltModel: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return m, heads
 
+# %% ../nbs/21_das_vl.ipynb #187ae199
+def _resize_pos(pe:Tensor, n_new:int)->Tensor:
+    "Bicubic resize of a (1 + g², d) CLIP position embedding to (n_new, d)."
+    g_old, g_new = int(math.isqrt(pe.shape[0] - 1)), int(math.isqrt(n_new - 1))
+    grid = pe[1:].reshape(1, g_old, g_old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(g_new, g_new), mode='bicubic', align_corners=False).to(pe.dtype)
+    return torch.cat([pe[:1], grid.permute(0, 2, 3, 1).reshape(g_new * g_new, -1)])
+
+def convert_meter_checkpoint(ckpt:str|Path|dict,  # path of METER's .ckpt (Lightning: {'state_dict': ...}) or a state dict
+                             model:das.METER|None=None, # target, to resize the position embedding and check the keys
+                            )->tuple[dict, dict]:  # (state dict for `METER`, the task heads' weights: vqa_classifier, itm_score, ...)
+    "Map a released METER checkpoint onto `das.METER` (Hugging Face CLIP vision + RoBERTa + BertLayer fusion)."
+    if not isinstance(ckpt, dict):
+        p = Path(ckpt)
+        if not p.exists(): raise FileNotFoundError(f"no METER checkpoint at {p}; download meter_clip16_288_roberta_pretrain.ckpt "
+                                                   "from the zdou0830/METER GitHub release and pass its local path")
+        ckpt = torch.load(p, map_location='cpu', weights_only=False)
+    sd = ckpt.get('state_dict', ckpt)
+    out, heads, vis = {}, {}, {}
+    for k, v in sd.items():
+        if k.startswith('vit_model.'): vis[k[len('vit_model.'):]] = v   # CLIP's image tower, OpenAI names
+        elif k.startswith('text_transformer.'):
+            if '.pooler.' in k or k.endswith('position_ids'): continue   # unused by METER's fusion
+            out[k] = v
+        elif k.startswith(('cross_modal_', 'token_type_embeddings')): out[k] = v
+        else: heads[k] = v
+    if vis: out.update({f'vit_model.{k}': v for k, v in open_clip_state_dict_to_hf(vis, vision_only=True).items()})
+    if model is not None:
+        want = model.state_dict()
+        pe = 'vit_model.embeddings.position_embedding.weight'
+        if pe in out and out[pe].shape != want[pe].shape: out[pe] = _resize_pos(out[pe], want[pe].shape[0])
+        missing = [k for k in want if k not in out and not k.endswith(('position_ids', 'das_'))]
+        if missing: raise ValueError(f"the METER checkpoint lacks {len(missing)} weights of this model, e.g. {missing[:3]}; "
+                                     "build METER with the checkpoint's sizes (clip16 + roberta-base, 6 fusion layers)")
+    return out, heads
+
+def meter_to_official(model:das.METER)->dict:
+    "The inverse mapping (`das.METER` -> METER's checkpoint names); used to test `convert_meter_checkpoint`."
+    sd = model.state_dict()
+    vis = hf_clip_vision_to_open_clip({k[len('vit_model.'):]: v for k, v in sd.items() if k.startswith('vit_model.')})
+    return {'state_dict': {**{k: v for k, v in sd.items() if not k.startswith('vit_model.')},
+                           **{f'vit_model.{k}': v for k, v in vis.items()}}}
+
 # %% ../nbs/21_das_vl.ipynb #df91f073
 class METERT4C(das.METER):
     "`das.METER` with METER/DAS's `token4classifier` (first text token after the projection) and a selectable image token type."
@@ -255,7 +299,7 @@ def load_meter(ckpt:str|Path|dict,  # METER's checkpoint (meter_clip16_288_rober
     raw = _state_dict(ckpt, 'METER checkpoint', 'download meter_clip16_288_roberta_pretrain.ckpt (zdou0830/METER release) '
                       'and pass its local path')
     raw, _ = split_das_adapters(raw, 'meter')   # a DAS fine-tuned checkpoint: `load_das_checkpoint` loads the adapters
-    conv, _ = das.convert_meter_checkpoint(raw)
+    conv, _ = convert_meter_checkpoint(raw)
     if 'cross_modal_text_transform.weight' not in conv:
         raise ValueError("the checkpoint has no cross_modal_* weights: it is not a METER checkpoint")
     vcfg = CLIPVisionConfig.from_pretrained(str(vdir), local_files_only=True); vcfg.image_size = image_size
@@ -267,7 +311,7 @@ def load_meter(ckpt:str|Path|dict,  # METER's checkpoint (meter_clip16_288_rober
                  das.fusion_config(d, tcfg.num_attention_heads, ffn))
     n_tt = conv['token_type_embeddings.weight'].shape[0]          # 3 in an NLVR2 fine-tuned checkpoint
     if n_tt != m.token_type_embeddings.num_embeddings: m.token_type_embeddings = nn.Embedding(n_tt, d)
-    conv, heads = das.convert_meter_checkpoint(raw, m)
+    conv, heads = convert_meter_checkpoint(raw, m)
     missing, unexpected = m.load_state_dict(conv, strict=False)
     missing = [k for k in missing if not k.endswith('position_ids')]
     if missing or unexpected: raise ValueError(f"the METER checkpoint does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -429,7 +473,7 @@ def load_das_checkpoint(model:DASVLTask,           # the task model (patched her
     if fam == 'vilt':
         conv, heads = convert_vilt_checkpoint({k: v for k, v in rest.items()})
     else:
-        conv, heads = das.convert_meter_checkpoint(rest)
+        conv, heads = convert_meter_checkpoint(rest)
         if not conv and not ad: raise ValueError("no METER or DAS weight in this checkpoint: is it a DAS METER checkpoint?")
     conv = {k: v for k, v in conv.items() if '.das_' not in k}
     st = das.das_state(model)
@@ -1190,7 +1234,7 @@ def write_meter_standin(ckpt:str|Path, vision_dir:str|Path, text_dir:str|Path, t
                              vision_config=dict(vkw, image_size=32), projection_dim=d)).save_pretrained(vision_dir)
         m = das.METER(CLIPVisionModel(CLIPVisionConfig(**vkw, image_size=48)), RobertaModel(tcfg), fusion_layers,
                       das.fusion_config(d, 2, 4 * d))   # pre-trained at 48 px (the release: 288), run at the set's size
-        ck = das.meter_to_official(m)
+        ck = meter_to_official(m)
         ck['state_dict'].update({'itm_score.fc.weight': 0.02 * torch.randn(2, 2 * d), 'itm_score.fc.bias': torch.zeros(2),
                                  'mlm_score.bias': torch.zeros(tcfg.vocab_size)})
     return core.atomic_torch_save({**ck, 'epoch': 9, 'global_step': 100_000}, ckpt)
