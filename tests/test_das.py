@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from vlrepro import core, das
+from vlrepro import das_vl as D
 
 torch.set_num_threads(1)
 
@@ -318,13 +319,13 @@ def test_meter_stream_independence():
 # ---------------------------------------------------------------- converters, paper numbers
 def test_meter_checkpoint_converter_round_trip(tmp_path):
     m, inp = das.tiny_meter().eval(), meter_inputs()
-    ck = das.meter_to_official(m); ck['state_dict']['vqa_classifier.0.weight'] = torch.zeros(2, 2)
+    ck = D.meter_to_official(m); ck['state_dict']['vqa_classifier.0.weight'] = torch.zeros(2, 2)
     torch.save(ck, tmp_path/'meter.ckpt')
-    sd, heads = das.convert_meter_checkpoint(tmp_path/'meter.ckpt', m)
+    sd, heads = D.convert_meter_checkpoint(tmp_path/'meter.ckpt', m)
     assert 'vqa_classifier.0.weight' in heads
     m2 = das.tiny_meter(); m2.load_state_dict(sd, strict=False)
     torch.testing.assert_close(m2.eval()(**inp)['cls_feats'], m(**inp)['cls_feats'])
-    with pytest.raises(FileNotFoundError, match='METER checkpoint'): das.convert_meter_checkpoint(tmp_path/'nope.ckpt')
+    with pytest.raises(FileNotFoundError, match='METER checkpoint'): D.convert_meter_checkpoint(tmp_path/'nope.ckpt')
 
 def test_position_embedding_resize():
     pe = torch.randn(1 + 18 * 18, 8)
@@ -452,15 +453,15 @@ def test_vqa_mean_loss_weights_batches_by_size():
 
 def test_search_grad_accum_and_lr_mults(tmp_path):
     m, b, rb = _search_setup()
-    r1 = das.search(m, das.vqa_loss, b, rb, CFG, grad_accum=4, lr_mults={'vqa_classifier': 10.0})
+    r1 = das.search(m, das.vqa_loss, b, rb, CFG, das.SearchOptim(grad_accum=4, lr_mults={'vqa_classifier': 10.0}))
     assert len(r1.trajectory) == das.num_updates(6, 2, 2, 1)      # the gate counter counts micro-batches, not steps
     opt = das.make_optimizer({n: p for n, p in m.named_parameters() if p.requires_grad}, 1e-3, 0.01, lr_mults={'vqa_classifier': 10.0})
     lrs = sorted({g['lr'] for g in opt.param_groups})
     assert lrs == pytest.approx([1e-3, 1e-2]) and all(g['weight_decay'] in (0.0, 0.01) for g in opt.param_groups)
     # interrupted in the middle of an accumulation cycle, resumed: the same trajectory
     m, b, rb = _search_setup()
-    das.search(m, das.vqa_loss, b, rb, CFG, grad_accum=4, state_path=tmp_path/'s.pt', stop_after=2)
-    m, b, rb = _search_setup(); r3 = das.search(m, das.vqa_loss, b, rb, CFG, grad_accum=4, state_path=tmp_path/'s.pt')
-    m, b, rb = _search_setup(); r2 = das.search(m, das.vqa_loss, b, rb, CFG, grad_accum=4)
+    das.search(m, das.vqa_loss, b, rb, CFG, das.SearchOptim(grad_accum=4), state_path=tmp_path/'s.pt', stop_after=2)
+    m, b, rb = _search_setup(); r3 = das.search(m, das.vqa_loss, b, rb, CFG, das.SearchOptim(grad_accum=4), state_path=tmp_path/'s.pt')
+    m, b, rb = _search_setup(); r2 = das.search(m, das.vqa_loss, b, rb, CFG, das.SearchOptim(grad_accum=4))
     assert r3.trajectory == r2.trajectory and r3.skip == r2.skip
-    with pytest.raises(ValueError, match='grad_accum'): das.search(*_search_setup()[:1], das.vqa_loss, b, rb, CFG, grad_accum=0)
+    with pytest.raises(ValueError, match='grad_accum'): das.search(*_search_setup()[:1], das.vqa_loss, b, rb, CFG, das.SearchOptim(grad_accum=0))

@@ -224,8 +224,8 @@ SMALL = dict(das_epoch=2, search_epochs=2, warmup_epoch=1, das_turn=1, train_epo
 
 def test_run_full_scale_lavin(tiny_setup, tmp_path):
     s = tiny_setup
-    r = dl.run_full_scale('lavin', 'scienceqa', s['sq'], s['ckpt'], s['vision_ckpt'], skip_num=2, out_dir=str(tmp_path/'run'),
-                          limit_eval=6, **SMALL)
+    r = dl.run_full_scale(dl.config('lavin', 'scienceqa', s['sq'], s['ckpt'], s['vision_ckpt'], skip_num=2, out_dir=str(tmp_path/'run'),
+                          limit_eval=6, **SMALL))
     assert set(r) >= {'metrics', 'efficiency', 'extra', 'scale', 'status'} and (r['scale'], r['status']) == ('real-data', 'complete')
     S = r['extra']['skip']
     assert len(S) == 2 and all(0 <= i < 4 for i in S) and r['extra']['search']['updates'] >= 1
@@ -237,8 +237,8 @@ def test_run_full_scale_lavin(tiny_setup, tmp_path):
     assert e['trainable_params'] == dl.trainable_count(r['model']) and e['skipped_blocks'] == 2 and e['inference_s_per_example'] > 0
     assert r['extra']['n_eval'] == 6 and r['extra']['train_steps'] == 2 and r['extra']['train_finished']
     # resume: the finished search and training are reused, the evaluation is the same
-    r2 = dl.run_full_scale('lavin', 'scienceqa', s['sq'], s['ckpt'], s['vision_ckpt'], skip_num=2, out_dir=str(tmp_path/'run'),
-                           limit_eval=6, **SMALL)
+    r2 = dl.run_full_scale(dl.config('lavin', 'scienceqa', s['sq'], s['ckpt'], s['vision_ckpt'], skip_num=2, out_dir=str(tmp_path/'run'),
+                           limit_eval=6, **SMALL))
     assert r2['extra']['skip'] == S and r2['extra']['train_steps'] == 2 and json.dumps(r2['metrics']) == json.dumps(r['metrics'])
     sd = torch.load(tmp_path/'run'/'train'/'model.pt', weights_only=True)
     for n, p in r2['model'].named_parameters():
@@ -247,7 +247,7 @@ def test_run_full_scale_lavin(tiny_setup, tmp_path):
 
 def test_run_full_scale_llama_boolq(tiny_setup, tmp_path):
     s = tiny_setup
-    r = dl.run_full_scale('llama', 'boolq', s['boolq'], s['ckpt'], skip_list='[3, 1]', out_dir=str(tmp_path/'b'), **SMALL)
+    r = dl.run_full_scale(dl.config('llama', 'boolq', s['boolq'], s['ckpt'], skip_list='[3, 1]', out_dir=str(tmp_path/'b'), **SMALL))
     assert r['extra']['skip'] == [1, 3] and 'search' not in r['extra']
     assert list(r['metrics']) == ['DAS2-4L64d BoolQ/accuracy'] and 0 <= r['metrics']['DAS2-4L64d BoolQ/accuracy'] <= 100
     assert r['extra']['eval_split'] == 'validation' and r['extra']['n_eval'] == 6
@@ -258,8 +258,8 @@ def test_run_full_scale_llama_boolq(tiny_setup, tmp_path):
 
 def test_run_full_scale_errors(tiny_setup, tmp_path):
     s, o = tiny_setup, str(tmp_path/'e')
-    run = lambda **kw: dl.run_full_scale(**{**dict(model='lavin', task='scienceqa', data_root=s['sq'], ckpt=s['ckpt'],
-                                                   vision_ckpt=s['vision_ckpt'], out_dir=o, skip_num=2), **SMALL, **kw})
+    run = lambda **kw: dl.run_full_scale(dl.config(**{**dict(model='lavin', task='scienceqa', data_root=s['sq'], ckpt=s['ckpt'],
+                                                   vision_ckpt=s['vision_ckpt'], out_dir=o, skip_num=2), **SMALL, **kw}))
     with pytest.raises(ValueError, match="'lavin'.*'llama'"): run(model='vilt')
     with pytest.raises(ValueError, match='unknown task'): run(task='vqav2')
     with pytest.raises(ValueError, match="does not run task"): run(task='boolq')
@@ -289,7 +289,7 @@ def test_convert_language_script(tiny_setup, tmp_path):
 
 def test_yamls_match_signature():
     import inspect, yaml
-    sig = set(inspect.signature(dl.run_full_scale).parameters)
+    sig = set(dl.das.Config.names())   # run_full_scale(cfg) takes a das.Config
     nbs = Path(__file__).parents[1]/'nbs'/'params'
     for name, model in (('lavin_sqa', 'lavin'), ('llama_boolq', 'llama'), ('llama_csqa', 'llama'), ('llama_gsm8k', 'llama')):
         d = yaml.safe_load((nbs/f'20_das.{name}.yaml').read_text())
@@ -300,8 +300,8 @@ def test_yamls_match_signature():
 
 def test_run_full_scale_launched(tiny_setup, tmp_path):
     s = tiny_setup      # one process under vlrepro.train.launch ('python'); adapters read back from model.pt
-    r = dl.run_full_scale('llama', 'boolq', s['boolq'], s['ckpt'], skip_list='[2]', out_dir=str(tmp_path/'l'), nproc=1,
-                          launcher='python', **SMALL)
+    r = dl.run_full_scale(dl.config('llama', 'boolq', s['boolq'], s['ckpt'], skip_list='[2]', out_dir=str(tmp_path/'l'), nproc=1,
+                          launcher='python', **SMALL))
     assert r['extra']['train_steps'] == 2 and r['extra']['skip'] == [2]
     sd = torch.load(tmp_path/'l'/'train'/'model.pt', weights_only=True)
     for n, p in r['model'].named_parameters():

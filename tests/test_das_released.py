@@ -23,7 +23,7 @@ def _official_vl(task_model, S, heads, extra=None):
     adapters = {k[len('backbone.'):]: v.clone() for k, v in sd.items() if '.das_' in k}
     head = {k: v.clone() for k, v in sd.items() if not k.startswith('backbone.')}
     das.unpatch(task_model)
-    off = D.vilt_to_official(task_model.backbone) if fam == 'vilt' else das.meter_to_official(task_model.backbone)
+    off = D.vilt_to_official(task_model.backbone) if fam == 'vilt' else D.meter_to_official(task_model.backbone)
     off['state_dict'].update(D.das_adapters_to_official(adapters, fam)); off['state_dict'].update(head)
     off['state_dict'].update(heads); off['state_dict'].update(extra or {})
     off['hyper_parameters'] = {'config': {'skip_module': list(S), 'skip_num': len(S)}}
@@ -135,7 +135,7 @@ def meter_release(tmp_path, task='vqav2', S=(1, 4), n_ans=5):
     torch.manual_seed(0)
     m0 = das.tiny_meter(d=32, fusion_layers=3)
     m0.vit_model.save_pretrained(tmp_path/'clip'); m0.text_transformer.save_pretrained(tmp_path/'roberta')
-    pre = das.meter_to_official(m0)
+    pre = D.meter_to_official(m0)
     pre['state_dict'].update({'itm_score.fc.weight': torch.randn(2, 64), 'itm_score.fc.bias': torch.randn(2)})
     torch.save(pre, tmp_path/'meter.ckpt')
     bb, heads = D.load_meter(tmp_path/'meter.ckpt', tmp_path/'clip', tmp_path/'roberta', image_size=32)

@@ -139,7 +139,7 @@ def meter_folders(root, d=32, seed=0):
     torch.manual_seed(seed)
     m = das.tiny_meter(d=d)
     m.vit_model.save_pretrained(root/'clip'); m.text_transformer.save_pretrained(root/'roberta')
-    ck = das.meter_to_official(m)
+    ck = D.meter_to_official(m)
     ck['state_dict'].update({'itm_score.fc.weight': torch.randn(2, 2 * d), 'itm_score.fc.bias': torch.randn(2)})
     torch.save(ck, root/'meter.ckpt')
     return m
@@ -272,7 +272,7 @@ def test_run_full_scale_vilt_vqa_and_resume(tmp_path):
     vqa_setup(tmp_path)
     args = dict(model='vilt', task='vqav2', data_root=str(tmp_path/'vqa'), ckpt=str(tmp_path/'vilt'), skip_num=2,
                 out_dir=str(tmp_path/'run'), eval_split='rest_val,test', **KW)
-    r = D.run_full_scale(**args)
+    r = D.run_full_scale(D.config(**args))
     assert set(r) == {'metrics', 'efficiency', 'extra', 'scale', 'status'} and (r['scale'], r['status']) == ('real-data', 'complete')
     x = r['extra']
     assert len(x['skip']) == 2 and x['search'] == 'ran' and x['search_updates'] >= 1 and x['train_steps_run'] == 2
@@ -288,10 +288,10 @@ def test_run_full_scale_vilt_vqa_and_resume(tmp_path):
     assert e['adapter_params'] == 6 * 2 * das._count(das.DASAdapter(64, 8)) + 2 * das._count(das.DASAdapter(64, 16))
     assert e['trainable_params'] > e['adapter_params']
     assert json.loads((tmp_path/'run'/'full_scale.json').read_text())['metrics'] == r['metrics']
-    r2 = D.run_full_scale(**args)            # resume: search.json and the finished training checkpoint are reused
+    r2 = D.run_full_scale(D.config(**args))            # resume: search.json and the finished training checkpoint are reused
     assert r2['extra']['search'] == 'loaded from search.json' and r2['extra']['train_steps_run'] == 0
     assert r2['extra']['skip'] == x['skip'] and r2['metrics'] == pytest.approx(r['metrics'])
-    r3 = D.run_full_scale(**{**args, 'skip_list': '[0, 7]', 'out_dir': str(tmp_path/'run3'), 'eval_split': 'rest_val'})
+    r3 = D.run_full_scale(D.config(**{**args, 'skip_list': '[0, 7]', 'out_dir': str(tmp_path/'run3'), 'eval_split': 'rest_val'}))
     assert r3['extra']['skip'] == [0, 7] and r3['extra']['search'].startswith('skipped')
 
 
@@ -300,8 +300,8 @@ def test_run_full_scale_meter_nlvr2(tmp_path):
     D.convert_nlvr2(raw/'json', raw/'images', tmp_path/'nlvr2')
     meter_folders(tmp_path)
     word_tokenizer(['the left image has more shapes there is a red shape'], roberta=True).save_pretrained(tmp_path/'roberta')
-    r = D.run_full_scale('meter', 'nlvr2', str(tmp_path/'nlvr2'), str(tmp_path/'meter.ckpt'), str(tmp_path/'clip'),
-                         str(tmp_path/'roberta'), skip_num=2, out_dir=str(tmp_path/'run'), precision='fp32', **KW)
+    r = D.run_full_scale(D.config('meter', 'nlvr2', str(tmp_path/'nlvr2'), str(tmp_path/'meter.ckpt'), str(tmp_path/'clip'),
+                         str(tmp_path/'roberta'), skip_num=2, out_dir=str(tmp_path/'run'), precision='fp32', **KW))
     assert len(r['extra']['skip']) == 2 and r['extra']['num_blocks'] == 4 and all(0 <= i < 4 for i in r['extra']['skip'])
     for sp in ('dev', 'test1'): assert 0 <= r['metrics'][f'METER DAS-2 NLVR2 {sp}/accuracy'] <= 100
     assert r['extra']['max_text_len'] == 12 and 0 < r['efficiency']['flops_reduction'] < 1
@@ -314,8 +314,8 @@ def test_run_full_scale_vilt_f30k_fixed_skip(tmp_path):
     tiny_vilt().save_pretrained(tmp_path/'vilt'); word_tokenizer(caps).save_pretrained(tmp_path/'vilt')
     itm = tiny_vilt()
     torch.save(D.vilt_to_official(itm, {'itm_score.fc.weight': torch.randn(2, 64), 'itm_score.fc.bias': torch.randn(2)}), tmp_path/'v.ckpt')
-    r = D.run_full_scale('vilt', 'f30k', str(tmp_path/'f30k'), str(tmp_path/'vilt'), skip_list='[3]', out_dir=str(tmp_path/'run'),
-                         limit_eval=3, **{**KW, 'per_gpu_batchsize': 2, 'batch_size': 2})
+    r = D.run_full_scale(D.config('vilt', 'f30k', str(tmp_path/'f30k'), str(tmp_path/'vilt'), skip_list='[3]', out_dir=str(tmp_path/'run'),
+                         limit_eval=3, **{**KW, 'per_gpu_batchsize': 2, 'batch_size': 2}))
     m = r['metrics']
     assert {f'ViLT DAS-1 Flickr30K test/{k}' for k in ('TR@1', 'TR@5', 'TR@10', 'IR@1', 'IR@5', 'IR@10', 'rsum')} | {'train/loss'} == set(m)
     assert m['ViLT DAS-1 Flickr30K test/TR@10'] == 100.0 and 0 <= m['ViLT DAS-1 Flickr30K test/IR@1'] <= 100   # 3 images: R@10 = 100
@@ -326,17 +326,17 @@ def test_run_full_scale_errors(tmp_path):
     (tmp_path/'d').mkdir(); tiny_vilt().save_pretrained(tmp_path/'vilt')
     word_tokenizer(QUESTION_WORDS).save_pretrained(tmp_path/'vilt')
     ok = dict(data_root=str(tmp_path/'d'), ckpt=str(tmp_path/'vilt'), out_dir=str(tmp_path/'run'), **KW)
-    with pytest.raises(ValueError, match="model must be 'vilt' or 'meter'"): D.run_full_scale('blip', 'vqav2', **ok)
-    with pytest.raises(ValueError, match='task must be one of'): D.run_full_scale('vilt', 'gqa', **ok)
-    with pytest.raises(FileNotFoundError, match='convert the data first'): D.run_full_scale('vilt', 'vqav2', **{**ok, 'data_root': str(tmp_path/'no')})
-    with pytest.raises(FileNotFoundError, match='vilt_200k_mlm_itm.ckpt'): D.run_full_scale('vilt', 'vqav2', **{**ok, 'ckpt': str(tmp_path/'no.ckpt')})
-    with pytest.raises(FileNotFoundError, match='vision_ckpt'): D.run_full_scale('meter', 'vqav2', **ok)
-    with pytest.raises(ValueError, match='multiple of per_gpu_batchsize'): D.run_full_scale('vilt', 'vqav2', **{**ok, 'batch_size': 6})
-    with pytest.raises(FileNotFoundError, match="lacks the split"): D.run_full_scale('vilt', 'vqav2', **ok)
+    with pytest.raises(ValueError, match="model must be 'vilt' or 'meter'"): D.run_full_scale(D.config('blip', 'vqav2', **ok))
+    with pytest.raises(ValueError, match='task must be one of'): D.run_full_scale(D.config('vilt', 'gqa', **ok))
+    with pytest.raises(FileNotFoundError, match='convert the data first'): D.run_full_scale(D.config('vilt', 'vqav2', **{**ok, 'data_root': str(tmp_path/'no')}))
+    with pytest.raises(FileNotFoundError, match='vilt_200k_mlm_itm.ckpt'): D.run_full_scale(D.config('vilt', 'vqav2', **{**ok, 'ckpt': str(tmp_path/'no.ckpt')}))
+    with pytest.raises(FileNotFoundError, match='vision_ckpt'): D.run_full_scale(D.config('meter', 'vqav2', **ok))
+    with pytest.raises(ValueError, match='multiple of per_gpu_batchsize'): D.run_full_scale(D.config('vilt', 'vqav2', **{**ok, 'batch_size': 6}))
+    with pytest.raises(FileNotFoundError, match="lacks the split"): D.run_full_scale(D.config('vilt', 'vqav2', **ok))
     vqa_arrows(tmp_path/'arrows', n_images=2); D.convert_vilt_arrow(tmp_path/'arrows', tmp_path/'d', 'vqav2')
-    with pytest.raises(ValueError, match='8 candidate blocks'): D.run_full_scale('vilt', 'vqav2', **{**ok, 'skip_list': '[2, 11]'})
-    with pytest.raises(ValueError, match="like '\\[1, 4\\]'"): D.run_full_scale('vilt', 'vqav2', **{**ok, 'skip_list': 'first'})
-    with pytest.raises(ValueError, match='text positions'): D.run_full_scale('vilt', 'vqav2', **{**ok, 'max_text_len': 40})
+    with pytest.raises(ValueError, match='8 candidate blocks'): D.run_full_scale(D.config('vilt', 'vqav2', **{**ok, 'skip_list': '[2, 11]'}))
+    with pytest.raises(ValueError, match="like '\\[1, 4\\]'"): D.run_full_scale(D.config('vilt', 'vqav2', **{**ok, 'skip_list': 'first'}))
+    with pytest.raises(ValueError, match='text positions'): D.run_full_scale(D.config('vilt', 'vqav2', **{**ok, 'max_text_len': 40}))
     assert not (tmp_path/'run'/'train').exists()            # nothing trained
 
 
@@ -364,8 +364,8 @@ def test_data_scripts(tmp_path, capsys):
 def test_run_full_scale_launched_training(tmp_path):
     "nproc=1: the skip-and-retrain step runs in a fresh process (vlrepro.train.launch) and its weights are read back."
     vqa_setup(tmp_path)
-    r = D.run_full_scale('vilt', 'vqav2', str(tmp_path/'vqa'), str(tmp_path/'vilt'), skip_list='[2]', out_dir=str(tmp_path/'run'),
-                         eval_split='rest_val', nproc=1, launcher='python', **KW)
+    r = D.run_full_scale(D.config('vilt', 'vqav2', str(tmp_path/'vqa'), str(tmp_path/'vilt'), skip_list='[2]', out_dir=str(tmp_path/'run'),
+                         eval_split='rest_val', nproc=1, launcher='python', **KW))
     assert r['extra']['skip'] == [2] and 0 <= r['metrics']['ViLT DAS-1 VQAv2 rest_val/vqa_score'] <= 100
     summary = json.loads((tmp_path/'run'/'train'/'summary.json').read_text())
     assert summary['step'] == 2 and summary['finished']

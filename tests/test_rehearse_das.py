@@ -181,13 +181,13 @@ def test_vl_grad_accum_counts_the_processes(tmp_path, monkeypatch):
     p = yaml.safe_load((ROOT/'nbs'/'params'/'20_das.vilt_vqa.yaml').read_text())
     D.write_standins(p, tmp_path)
     with pytest.raises(Stop):
-        D.run_full_scale('vilt', 'vqav2', str(tmp_path/p['data_root']), str(tmp_path/p['ckpt']), text_ckpt=str(tmp_path/p['text_ckpt']),
+        D.run_full_scale(D.config('vilt', 'vqav2', str(tmp_path/p['data_root']), str(tmp_path/p['ckpt']), text_ckpt=str(tmp_path/p['text_ckpt']),
                          skip_list='[1]', per_gpu_batchsize=2, batch_size=8, nproc=2, image_size=64, device='cpu',
-                         out_dir=str(tmp_path/'run'), max_steps=1)
+                         out_dir=str(tmp_path/'run'), max_steps=1))
     assert seen['nproc'] == 2 and seen['cfg'].grad_accum == 2 and seen['cfg'].batch_size == 2    # 2 x 2 x 2 = 8
     with pytest.raises(ValueError, match=r'multiple of per_gpu_batchsize=2 x 2'):
-        D.run_full_scale('vilt', 'vqav2', str(tmp_path/p['data_root']), str(tmp_path/p['ckpt']), text_ckpt=str(tmp_path/p['text_ckpt']),
-                         per_gpu_batchsize=2, batch_size=6, nproc=2, out_dir=str(tmp_path/'run2'))
+        D.run_full_scale(D.config('vilt', 'vqav2', str(tmp_path/p['data_root']), str(tmp_path/p['ckpt']), text_ckpt=str(tmp_path/p['text_ckpt']),
+                         per_gpu_batchsize=2, batch_size=6, nproc=2, out_dir=str(tmp_path/'run2')))
 
 
 def test_meter_vqa_fills_the_flops_row_with_whole_model_flops(tmp_path, monkeypatch):
@@ -196,7 +196,7 @@ def test_meter_vqa_fills_the_flops_row_with_whole_model_flops(tmp_path, monkeypa
     D.write_standins(p, tmp_path)
     kw = dict(vision_ckpt=str(tmp_path/p['vision_ckpt']), text_ckpt=str(tmp_path/p['text_ckpt']), skip_list='[0, 3, 4, 5]',
               per_gpu_batchsize=2, batch_size=4, image_size=64, device='cpu', max_steps=1, limit_eval=2, eval_split='test')
-    r = D.run_full_scale('meter', 'vqav2', str(tmp_path/p['data_root']), str(tmp_path/p['ckpt']), out_dir=str(tmp_path/'run'), **kw)
+    r = D.run_full_scale(D.config('meter', 'vqav2', str(tmp_path/p['data_root']), str(tmp_path/p['ckpt']), out_dir=str(tmp_path/'run'), **kw))
     assert (r['scale'], r['status']) == ('real-data', 'complete')
     assert r['extra']['global_batch'] == dict(per_process=2, processes=1, grad_accum=2, global_=4, recipe=4)
     e = r['efficiency']

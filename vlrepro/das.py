@@ -4,16 +4,18 @@
 
 # %% ../nbs/20_das.ipynb #303b6c4e
 from __future__ import annotations
-import copy, inspect, itertools, json, math, time
+import argparse, ast, copy, inspect, itertools, json, math, os, subprocess, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 
-from . import core
+from . import bench, core, data, models
+from .train import make_param_groups
 
 # %% auto #0
 __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 'DASAdapter', 'RouterAdapter', 'PlainAdapter',
@@ -21,11 +23,11 @@ __all__ = ['DEMO_SCALES', 'PAPER_NUMBERS', 'FULL_SCALE', 'UNSET_MEANS_DEFAULT', 
            'update_schedule', 'num_updates', 'DASState', 'DASViltLayer', 'fusion_config', 'METER', 'tiny_meter',
            'DASMETERLayer', 'DASLlamaLayer', 'patch', 'is_patched', 'unpatch', 'das_state', 'set_skip', 'das_blocks',
            'trainable_parameters', 'tiny_vilt_config', 'SearchConfig', 'SearchResult', 'GateSearch', 'make_optimizer',
-           'search', 'vilt_block_macs', 'skip_adapter_macs', 'meter_layer_macs', 'vilt_macs', 'meter_macs',
-           'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss', 'shapesvqa_tensors',
-           'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits', 'variant_rows',
-           'convert_meter_checkpoint', 'meter_to_official', 'das_adapter_params', 'vilt_latency', 'llama_latency',
-           'bench_main', 'parse_skip_list', 'pipeline_kwargs', 'run_data_script', 'standin_path', 'Config', 'rehearsal']
+           'SearchOptim', 'search', 'vilt_block_macs', 'skip_adapter_macs', 'meter_layer_macs', 'vilt_macs',
+           'meter_macs', 'counted_encoder_macs', 'ViltVQA', 'vqa_loss', 'vqa_accuracy', 'vqa_mean_loss',
+           'shapesvqa_tensors', 'batch_iter', 'fit', 'oracle_scores', 'spearman', 'shapesvqa_vocab', 'shapesvqa_splits',
+           'variant_rows', 'das_adapter_params', 'vilt_latency', 'llama_latency', 'bench_main', 'parse_skip_list',
+           'pipeline_kwargs', 'run_data_script', 'standin_path', 'Config', 'rehearsal']
 
 # %% ../nbs/20_das.ipynb #1b9406ad
 class DASAdapter(nn.Module):
@@ -507,7 +509,6 @@ def trainable_parameters(model:nn.Module,     # a patched model
 # %% ../nbs/20_das.ipynb #8692358d
 def tiny_vilt_config(**overrides):
     "The tiny `ViltConfig` of the CPU demonstration (`vlrepro.models` preset 'das-vilt': width 64, 8 blocks, 4 heads, MLP 256, 32×32, patch 8)."
-    from vlrepro import models
     kw = dict(max_image_length=-1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     kw.update(overrides)
     return models.hf_config('das-vilt', **kw)
@@ -625,7 +626,6 @@ def _set_rng_state(s):
 
 def _kill_due()->bool:
     "Inside a rehearsal whose kill has not happened yet (`core.kill_point` would fire): worth saving a checkpoint first."
-    import os
     m = os.environ.get('VLREPRO_REHEARSE_KILL')
     return bool(m) and not Path(m).exists()
 
@@ -633,8 +633,15 @@ def make_optimizer(params:dict[str, nn.Parameter], lr:float=1e-3, weight_decay:f
                    lr_mults:dict|None=None, # {regex on parameter name: lr multiplier}, first match wins (ViLT/METER heads)
                   ):
     "AdamW as ViLT/METER: no weight decay on biases and LayerNorm / 1-d parameters; optional lr multipliers by name."
-    from vlrepro.train import make_param_groups  # the workbench's grouping, with ViLT's name rule for LayerNorms
     return torch.optim.AdamW(make_param_groups(params, lr, weight_decay, lr_mults, no_decay=_vilt_no_decay), lr=lr, betas=betas)
+
+@dataclass
+class SearchOptim:
+    "The AdamW of the search's super-network (its adapters and head)."
+    lr:float=1e-3                   # AdamW learning rate
+    weight_decay:float=0.01         # AdamW weight decay
+    grad_accum:int=1                # micro-batches per optimizer step (the gate counter still counts micro-batches)
+    lr_mults:dict|None=None         # {regex on parameter name: lr multiplier} (official head / cross-modal groups)
 
 def search(model:nn.Module,                 # patched with `das.patch(model, search=True)` (patched here if not patched)
            loss_fn:Callable,                # loss_fn(model, batch) -> scalar task loss (e.g. ViLT's BCE·num_answers)
@@ -642,11 +649,8 @@ def search(model:nn.Module,                 # patched with `das.patch(model, sea
            reward_batch:Any,                # batch rewards are computed on: fixed (ViLT/METER: first val batch) or a
                                             # callable update_index -> batch (LaVIN: a different val batch per update)
            config:SearchConfig,             # k, das_epoch, das_step, das_turn, warmup_epoch, eta, seed
-           lr:float=1e-3,                   # AdamW learning rate of the super-network's adapters/head
-           weight_decay:float=0.01,         # AdamW weight decay
+           optim:SearchOptim|None=None,     # lr, weight decay, accumulation, lr multipliers (default `SearchOptim()`)
            params:dict|None=None,           # parameters to train (default `trainable_parameters(model)`)
-           grad_accum:int=1,                # micro-batches per optimizer step (the gate counter still counts micro-batches)
-           lr_mults:dict|None=None,         # {regex on parameter name: lr multiplier} (official head / cross-modal groups)
            reward_mode:str='official',      # 'official': train mode (dropout on); 'eval': eval mode for reward passes
            state_path:str|Path='',          # save the search state here after every update; resume from it if present
            resume:bool=True,                # continue a saved search (ValueError if its settings differ)
@@ -658,10 +662,12 @@ def search(model:nn.Module,                 # patched with `das.patch(model, sea
     if not is_patched(model): patch(model, search=True)
     st = das_state(model)
     if not st.search: raise ValueError("search needs every adapter: patch the model with das.patch(model, search=True)")
+    optim = optim or SearchOptim()
+    grad_accum = optim.grad_accum
     if not isinstance(grad_accum, int) or grad_accum < 1: raise ValueError(f"grad_accum must be a positive int, got {grad_accum!r}")
     gs = GateSearch(st.num_blocks, config)
     params = params if params is not None else trainable_parameters(model)
-    opt = make_optimizer(params, lr, weight_decay, lr_mults=lr_mults)
+    opt = make_optimizer(params, optim.lr, optim.weight_decay, lr_mults=optim.lr_mults)
     opt.zero_grad(set_to_none=True)
     n_batches = len(train_data) if hasattr(train_data, '__len__') else sum(1 for _ in _batches(train_data, 0))
     sched = _linear_schedule(opt, math.ceil(n_batches / grad_accum) * config.das_epoch)
@@ -740,7 +746,6 @@ def counted_encoder_macs(model:nn.Module, # a patched ViLT (ViltModel or a model
                          B:int=1,         # batch
                         )->int:           # MACs per sample counted by vlrepro.bench.count_flops
     "Count the MACs of the ViLT encoder of a patched model on random (B, N, d) hidden states."
-    from vlrepro import bench
     from transformers.models.vilt.modeling_vilt import ViltEncoder
     (_, enc), = _find(model, ViltEncoder)
     d = enc.config.hidden_size
@@ -788,7 +793,6 @@ def vqa_mean_loss(model:nn.Module, batches:Iterable[dict])->float:
 # %% ../nbs/20_das.ipynb #09a407f1
 def shapesvqa_tensors(split, vocab:dict[str, int], answers:Sequence[str], text_len:int=12)->dict[str, Tensor]:
     "Tensors of a ShapesVQA split: pixel_values, input_ids ([cls] words [sep] [pad]...), attention_mask, label, target."
-    import numpy as np
     imgs = torch.as_tensor(np.asarray(split.images)).permute(0, 3, 1, 2).float() / 255.0
     rows = split.rows
     ids = torch.zeros(len(rows), text_len, dtype=torch.long)
@@ -888,7 +892,6 @@ def shapesvqa_vocab(rows:Iterable[dict])->dict[str, int]:
 
 def shapesvqa_splits(n_train:int=6000, n_val:int=1000, n_test:int=2000, seed:int=0)->tuple[dict, list[str], dict]:
     "ShapesVQA train/val/test tensors from `vlrepro.data.generate('shapesvqa', ...)` (split seeds 1/2/3)."
-    from vlrepro import data
     o = data.preset_options('shapesvqa')
     sp = {s: data.generate('shapesvqa', n, seed=seed, split=s) for s, n in (('train', n_train), ('val', n_val), ('test', n_test))}
     vocab, answers = shapesvqa_vocab(sp['train'].rows), data.vqa_answers(o)
@@ -899,7 +902,6 @@ def variant_rows(backbone:nn.Module, num_answers:int, variants:dict[str, list[in
                  train:Callable,    # train(model) or train(model, variant name) (e.g. to checkpoint each variant apart)
                  test:Callable, seed:int=0)->tuple[list[dict], dict]:
     "Skip-and-retrain (as the official `run_train.py`): a fresh copy of the frozen backbone per variant, patched with its skip set, trained, tested."
-    import inspect
     rows, models = [], {}
     named = len(inspect.signature(train).parameters) > 1
     for name, S in variants.items():
@@ -910,51 +912,6 @@ def variant_rows(backbone:nn.Module, num_answers:int, variants:dict[str, list[in
         rows.append(dict(variant=name, skipped=sorted(S), test_acc=test(m), trainable_params=used))
         models[name] = m
     return rows, models
-
-# %% ../nbs/20_das.ipynb #187ae199
-from .models import hf_clip_vision_to_open_clip, open_clip_state_dict_to_hf  # the OpenAI <-> HF CLIP key map
-
-def _resize_pos(pe:Tensor, n_new:int)->Tensor:
-    "Bicubic resize of a (1 + g², d) CLIP position embedding to (n_new, d)."
-    g_old, g_new = int(math.isqrt(pe.shape[0] - 1)), int(math.isqrt(n_new - 1))
-    grid = pe[1:].reshape(1, g_old, g_old, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=(g_new, g_new), mode='bicubic', align_corners=False).to(pe.dtype)
-    return torch.cat([pe[:1], grid.permute(0, 2, 3, 1).reshape(g_new * g_new, -1)])
-
-def convert_meter_checkpoint(ckpt:str|Path|dict,  # path of METER's .ckpt (Lightning: {'state_dict': ...}) or a state dict
-                             model:METER|None=None, # target, to resize the position embedding and check the keys
-                            )->tuple[dict, dict]:  # (state dict for `METER`, the task heads' weights: vqa_classifier, itm_score, ...)
-    "Map a released METER checkpoint onto `METER` (Hugging Face CLIP vision + RoBERTa + BertLayer fusion)."
-    if not isinstance(ckpt, dict):
-        p = Path(ckpt)
-        if not p.exists(): raise FileNotFoundError(f"no METER checkpoint at {p}; download meter_clip16_288_roberta_pretrain.ckpt "
-                                                   "from the zdou0830/METER GitHub release and pass its local path")
-        ckpt = torch.load(p, map_location='cpu', weights_only=False)
-    sd = ckpt.get('state_dict', ckpt)
-    out, heads, vis = {}, {}, {}
-    for k, v in sd.items():
-        if k.startswith('vit_model.'): vis[k[len('vit_model.'):]] = v   # CLIP's image tower, OpenAI names
-        elif k.startswith('text_transformer.'):
-            if '.pooler.' in k or k.endswith('position_ids'): continue   # unused by METER's fusion
-            out[k] = v
-        elif k.startswith(('cross_modal_', 'token_type_embeddings')): out[k] = v
-        else: heads[k] = v
-    if vis: out.update({f'vit_model.{k}': v for k, v in open_clip_state_dict_to_hf(vis, vision_only=True).items()})
-    if model is not None:
-        want = model.state_dict()
-        pe = 'vit_model.embeddings.position_embedding.weight'
-        if pe in out and out[pe].shape != want[pe].shape: out[pe] = _resize_pos(out[pe], want[pe].shape[0])
-        missing = [k for k in want if k not in out and not k.endswith(('position_ids', 'das_'))]
-        if missing: raise ValueError(f"the METER checkpoint lacks {len(missing)} weights of this model, e.g. {missing[:3]}; "
-                                     "build METER with the checkpoint's sizes (clip16 + roberta-base, 6 fusion layers)")
-    return out, heads
-
-def meter_to_official(model:METER)->dict:
-    "The inverse mapping (our `METER` -> METER's checkpoint names); used to test `convert_meter_checkpoint`."
-    sd = model.state_dict()
-    vis = hf_clip_vision_to_open_clip({k[len('vit_model.'):]: v for k, v in sd.items() if k.startswith('vit_model.')})
-    return {'state_dict': {**{k: v for k, v in sd.items() if not k.startswith('vit_model.')},
-                           **{f'vit_model.{k}': v for k, v in vis.items()}}}
 
 # %% ../nbs/20_das.ipynb #d7b37c42
 def _count(m:nn.Module)->int: return sum(p.numel() for p in m.parameters())
@@ -984,7 +941,6 @@ def vilt_latency(skips:dict[str, list[int]],  # variant name -> skip set
                 ):                            # DataFrame: name, median_s, ..., analytic_gflops, flops_reduction, latency_reduction
     "Median latency of a random-init ViLT encoder per skip set, with the analytic FLOPs, interleaved."
     from transformers import ViltConfig, ViltModel
-    from vlrepro import bench
     cfg = config or ViltConfig()
     dev = core.get_device(device)
     with torch.device(dev): m = ViltModel(cfg).eval(); patch(m, search=True)   # built where it runs
@@ -1016,7 +972,6 @@ def llama_latency(skips:dict[str, list[int]],  # variant name -> skip set (indic
                  ):
     "Median prefill latency of a few random-init LLaMA-7B-sized blocks with LaVIN-DAS adapters, per skip set."
     from transformers import LlamaConfig, LlamaModel
-    from vlrepro import bench
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                       num_hidden_layers=layers, vocab_size=256, max_position_embeddings=max(seq, 128))
     dev = core.get_device(device)
@@ -1036,7 +991,6 @@ def llama_latency(skips:dict[str, list[int]],  # variant name -> skip set (indic
 # %% ../nbs/20_das.ipynb #6ab93aca
 def bench_main(argv:list[str]|None=None)->int:
     "`vlrepro bench das [--model vilt|llama --skip 0 2 4 6 --batch 1 --repeats 10 --out f.json]`: latency vs skipped blocks."
-    import argparse
     ap = argparse.ArgumentParser(prog='vlrepro bench das', description=(
         "Median latency of a random-init ViLT-B/32 encoder (12 blocks, 185 tokens: a VQA input at 384 px), or of a few "
         "LLaMA-7B-sized decoder blocks with LaVIN-DAS adapters (a prefill), against the number k of skipped blocks; "
@@ -1089,8 +1043,9 @@ PAPER_NUMBERS = core.register_paper_numbers('das', [
 ])
 
 # %% ../nbs/20_das.ipynb #cf57ce4f
-# the module that owns each full-scale model (they import das; das never imports them: the notebook and `vlrepro.rehearse` pick)
-FULL_SCALE = {'vilt': 'vlrepro.das_vl', 'meter': 'vlrepro.das_vl', 'lavin': 'vlrepro.das_lavin', 'llama': 'vlrepro.das_lavin'}
+# the full-scale models; their pipelines (ViLT/METER, LaVIN/LLaMA) import das, das never names them: the 20_das notebook
+# and the rehearsal tool pick the pipeline
+FULL_SCALE = ('vilt', 'meter', 'lavin', 'llama')
 # notebook parameters whose 0 / '' means "not set": the pipeline's own default applies (others, e.g. warmup_epoch=0, pass as given)
 UNSET_MEANS_DEFAULT = {'vision_ckpt', 'text_ckpt', 'skip_list', 'train_epochs', 'lr', 'batch_size', 'per_gpu_batchsize',
                        'max_steps', 'limit_train', 'limit_eval', 'image_size', 'max_text_len', 'nproc', 'weight_decay',
@@ -1099,7 +1054,6 @@ UNSET_MEANS_DEFAULT = {'vision_ckpt', 'text_ckpt', 'skip_list', 'train_epochs', 
 def parse_skip_list(skip_list:str|Sequence[int], # '[24, 27, 25, 22]', '1, 4', '3', a sequence, or '' (none given)
                    )->list[int]|None:                # the block indices in the given order; None when none are given
     "Read a skip set typed as text (the official scripts print it for you to copy) or given as a sequence."
-    import ast
     err = f"skip_list must be a list of block indices like '[1, 4]', got {skip_list!r}"
     if isinstance(skip_list, str):
         if not skip_list.strip(): return None
@@ -1122,7 +1076,6 @@ def run_data_script(script:str,        # a file of data_scripts/, e.g. 'convert_
                     args:Sequence[str], # its command-line arguments
                    )->str:             # what it printed
     "Run one of the project's `data_scripts/` in a fresh process (cwd = the repository root), as a user would."
-    import subprocess, sys
     repo = Path(__file__).resolve().parents[1]
     path = repo/'data_scripts'/script
     if not path.is_file(): raise FileNotFoundError(f"{path} not found: data_scripts/ lives in the vlrepro repository "
@@ -1221,6 +1174,9 @@ class Config(core.Config):
     @property
     def demo(self)->bool: return self.model == 'tiny-vilt'
 
+    @property
+    def skip(self)->list[int]|None: return parse_skip_list(self.skip_list)   # in the given order; None: search (checked in validate)
+
 # %% ../nbs/20_das.ipynb #88c2a41a
 def rehearsal(params:dict,            # the parameter set's YAML mapping
               root:Path|None=None,    # rehearsal root for the stand-ins (None: only the plan)
@@ -1228,8 +1184,9 @@ def rehearsal(params:dict,            # the parameter set's YAML mapping
              )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
     "The rehearsal plan of a 20_das set of the CPU demonstration, at the 'rehearsal' scale (full-scale sets: their family's `rehearsal`)."
     model = params.get('model', 'tiny-vilt')
-    if model in FULL_SCALE: raise ValueError(f"model {model!r} is rehearsed by {FULL_SCALE[model]}.rehearsal, the module that owns "
-                                             f"it (`vlrepro.rehearse.plan_function('20_das', params)` picks it)")
+    if model in FULL_SCALE: raise ValueError(f"model {model!r} is rehearsed by its full-scale pipeline's `rehearsal` (das_vl.rehearsal "
+                                             "for vilt/meter, das_lavin.rehearsal for lavin/llama; the rehearsal tool's "
+                                             "`plan_function('20_das', params)` picks it)")
     if model != 'tiny-vilt': raise ValueError(f"unknown model {model!r} in the set; use 'tiny-vilt' or one of {sorted(FULL_SCALE)}")
     ov = dict(demo_scale='rehearsal', das_epoch=2, search_epochs=2, latency_batch=8, latency_reps=2, bench_real=False, device=device)
     return dict(overrides=ov, branch='cpu-demo', metric=f"DAS-{int(params.get('skip_num', 2))}/test_acc", nproc=1,

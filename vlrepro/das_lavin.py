@@ -4,25 +4,30 @@
 
 # %% ../nbs/22_das_lavin.ipynb #43369ece
 from __future__ import annotations
-import dataclasses, json, math, re, time
+import contextlib, dataclasses, json, math, random, re, time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
+from PIL import Image
 
-from . import core, das
+from . import bench, core, das, data, metrics, models, train
+from .das import run_data_script, standin_path
+from .train import Trainer, TrainConfig, to_device
 
 # %% auto #0
-__all__ = ['IMAGE_PREFIX', 'TEXT_PREFIX', 'LANG_TASKS', 'MAX_NEW_TOKENS', 'PAPER_INFERENCE_S', 'lavin_attention_mask',
+__all__ = ['IMAGE_PREFIX', 'TEXT_PREFIX', 'LANG_TASKS', 'MAX_NEW_TOKENS', 'PAPER_INFERENCE_S', 'RECIPE', 'lavin_attention_mask',
            'save_meta_llama', 'check_vocab', 'ClipLNRouter', 'patch_clip', 'cls_layers', 'clip_cls_features', 'LaVIN',
            'llama_7b_config', 'clip_l14_config', 'trainable_count', 'meta_count', 'released_skip',
            'load_das_checkpoint', 'image_tokens', 'build_inputs', 'lm_loss', 'generate', 'sqa_qcm_ale', 'tokenize_pair',
            'normalize_language_row', 'language_prompt', 'read_language_split', 'convert_language_task', 'LaVINExamples',
-           'collate_lavin', 'parse_number', 'evaluate', 'lavin_latency', 'parse_skip_list', 'setting_name', 'build',
-           'train_task', 'required_inputs', 'run_search', 'run_full_scale', 'tiny_checkpoints', 'write_scienceqa_raw',
-           'write_language_raw', 'write_meta_llama', 'write_clip_folder', 'write_standins', 'rehearsal']
+           'collate_lavin', 'parse_number', 'evaluate', 'lavin_latency', 'parse_skip_list', 'setting_name', 'Build',
+           'build', 'train_task', 'required_inputs', 'run_search', 'config', 'run_full_scale', 'tiny_checkpoints',
+           'write_scienceqa_raw', 'write_language_raw', 'write_meta_llama', 'write_clip_folder', 'write_standins',
+           'rehearsal']
 
 # %% ../nbs/22_das_lavin.ipynb #066868d5
 def lavin_attention_mask(mask:Tensor,        # (B, L) 1 = real token, 0 = padding (left or right)
@@ -246,7 +251,7 @@ def load_das_checkpoint(model:LaVIN,             # built with the checkpoint's s
 def _autocast_ctx(model:LaVIN):
     w = model.llm.get_input_embeddings().weight
     if w.device.type == 'cuda' and w.dtype in (torch.float16, torch.bfloat16): return torch.autocast('cuda', dtype=w.dtype)
-    import contextlib; return contextlib.nullcontext()
+    return contextlib.nullcontext()
 
 def image_tokens(model:LaVIN, pixel_values:Tensor)->Tensor: # (B, n_prompt, d) projected CLIP [CLS] features
     "CLIP (with router adapters) -> six [CLS] features -> `adapter_proj`."
@@ -367,7 +372,6 @@ def generate(model:LaVIN,                      # the model (eval mode is set her
 # %% ../nbs/22_das_lavin.ipynb #ac8fba54
 def sqa_qcm_ale(row:dict)->tuple[str, str]:
     "ScienceQA prompt (QCM: question, context, options, 'Response:') and ALE target (answer, lecture, explanation)."
-    from vlrepro import data
     prompt, answer = data.sqa_prompt(row, 'QCM-A')
     because = ' '.join(s for s in ((row.get('lecture') or '').strip(), (row.get('solution') or '').strip()) if s)
     target = f"{answer} BECAUSE: {because}" if because else answer
@@ -461,7 +465,6 @@ def convert_language_task(task:str,                # 'boolq', 'csqa' or 'gsm8k'
                           dry_run:bool=False,      # count only
                          )->dict:                  # rows per split written
     "Convert a local HF export of BoolQ / CommonsenseQA / GSM8K into normalised `<split>.jsonl` rows + MANIFEST.json."
-    from vlrepro import data
     task = _TASK_ALIASES.get(task, task)
     if task not in LANG_TASKS: raise ValueError(f"unknown language task {task!r}; use one of {sorted(LANG_TASKS)}")
     src = Path(src)
@@ -534,8 +537,6 @@ MAX_NEW_TOKENS = {'scienceqa': 64, 'boolq': 10, 'csqa': 10, 'gsm8k': 256}
 def evaluate(model:LaVIN, examples:LaVINExamples, batch_size:int=8, max_new_tokens:int=0, temperature:float=0.0,
              top_p:float=0.75, fallback:str='wrong', seed:int=0, device:str|torch.device='cpu')->dict:
     "Generate, parse and score an evaluation set; returns scores (%), predictions and seconds per example."
-    from vlrepro import metrics
-    from vlrepro.train import to_device
     task, tok = examples.task, examples.tok
     n_new = max_new_tokens or MAX_NEW_TOKENS[task]
     g, preds, texts, t0 = core.make_generator(seed), [], [], time.time()
@@ -572,7 +573,6 @@ def lavin_latency(ks:Sequence[int]=(0, 2, 4, 6), # skipped blocks per variant
     "Prefill latency of LaVIN-7B-sized decoders vs k, relative to k=0, beside the paper's inference times."
     import pandas as pd
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
-    from vlrepro import bench
     dev = core.get_device(device)
     mode = ('full' if dev.type == 'cuda' else 'extrapolate') if mode == 'auto' else mode
     if mode not in ('full', 'extrapolate'): raise ValueError(f"mode must be 'full', 'extrapolate' or 'auto', got {mode!r}")
@@ -615,17 +615,15 @@ def setting_name(model:str, k:int, layers:int, d:int)->str:
     if k == 0: return f"{'LaVIN' if model == 'lavin' else 'LLaMA'}-{size}"
     return f'DAS{k}-{size}'
 
-def _check_run(model:str, task:str, data_root:str, ckpt:str, vision_ckpt:str, text_ckpt:str, precision:str,
-               reward_mode:str, skip_list:str, skip_num:int)->tuple[str, list[int]|None, int, int]:
-    "Validate the arguments of `run_full_scale` before anything is loaded; returns (task, skip list or None, L, d)."
+def _check_run(c:SimpleNamespace)->tuple[str, list[int]|None, int, int]:
+    "What a `das.Config` cannot check alone (task, files, depth), before anything is loaded; returns (task, skip list or None, L, d)."
+    model, task, data_root, ckpt, vision_ckpt, text_ckpt = c.model, c.task, c.data_root, c.ckpt, c.vision_ckpt, c.text_ckpt
     if model not in ('lavin', 'llama'):
         raise ValueError(f"model must be 'lavin' (multimodal LaVIN, ScienceQA) or 'llama' (language-only: boolq, csqa, gsm8k), got {model!r}")
     t = _TASK_ALIASES.get(str(task).lower())
     if t is None: raise ValueError(f"unknown task {task!r}; use 'scienceqa' (model 'lavin') or 'boolq', 'csqa', 'gsm8k' (model 'llama')")
     if (model == 'lavin') != (t == 'scienceqa'):
         raise ValueError(f"model {model!r} does not run task {task!r}: 'lavin' runs 'scienceqa'; 'llama' runs 'boolq', 'csqa', 'gsm8k'")
-    if precision not in ('fp16', 'bf16', 'fp32'): raise ValueError(f"precision must be 'fp16', 'bf16' or 'fp32', got {precision!r}")
-    if reward_mode not in ('eval', 'official'): raise ValueError(f"reward_mode must be 'eval' or 'official', got {reward_mode!r}")
     if not data_root or not Path(data_root).is_dir():
         raise FileNotFoundError(f"data_root {data_root!r} does not exist; convert the data first (data_scripts/get_scienceqa.py, "
                                 "data_scripts/convert_lavin_language.py)")
@@ -635,9 +633,9 @@ def _check_run(model:str, task:str, data_root:str, ckpt:str, vision_ckpt:str, te
         raise FileNotFoundError(f"vision_ckpt {vision_ckpt!r} does not exist; set it to a local openai/clip-vit-large-patch14 folder")
     if text_ckpt and not Path(text_ckpt).is_dir(): raise FileNotFoundError(f"text_ckpt (tokenizer folder) {text_ckpt!r} does not exist")
     L, d = llama_depth(ckpt)
-    S = parse_skip_list(skip_list) if skip_list else None
+    S = c.skip
     if S is not None: das._skip_set(S, L)                 # ValueError naming the depth
-    elif skip_num: das._check_k(int(skip_num), L)
+    elif c.skip_num: das._check_k(int(c.skip_num), L)
     return t, S, L, d
 
 # %% ../nbs/22_das_lavin.ipynb #d7203764
@@ -648,11 +646,32 @@ def _resolve_data(task:str, data_root:str)->Path:
         if any(d.glob('train*')) or any(d.glob('data/train*')): return d
     raise FileNotFoundError(f"no train split under {root} (or {root/name}); convert the {task} data there first")
 
-def build(model:str, task:str, data_root:str, ckpt:str, vision_ckpt:str='', text_ckpt:str='', skip:Sequence[int]=(),
-          search:bool=False, precision:str='fp16', device:str='auto', max_text_len:int=512, limit_train:int=0,
-          limit_eval:int=0, eval_split:str='test', prompt_style:str='official')->dict:
+@dataclasses.dataclass
+class Build:
+    "What `build` loads: the checkpoints, the data and how it is cut (plain values: it travels to launched processes)."
+    model:str                   # 'lavin' or 'llama'
+    task:str                    # 'scienceqa', 'boolq', 'csqa', 'gsm8k'
+    data_root:str               # converted dataset folder (or its parent)
+    ckpt:str                    # LLaMA folder
+    vision_ckpt:str = ''        # CLIP folder (lavin)
+    text_ckpt:str = ''          # tokenizer folder ('' = ckpt)
+    precision:str = 'fp16'      # weights' dtype on a GPU (fp32 on a CPU)
+    device:str = 'auto'
+    max_text_len:int = 512      # tokens per row
+    limit_train:int = 0         # first N train (and reward) examples (0: all)
+    limit_eval:int = 0          # first N evaluation examples (0: all)
+    eval_split:str = 'test'     # evaluated split
+    prompt_style:str = 'official'  # language prompts
+
+def build(spec:Build,                 # checkpoints and data
+          skip:Sequence[int]=(),      # the skip set
+          search:bool=False,          # every adapter (the search's super-network)
+         )->dict:                     # model, tok, train, reward, eval, eval_split, device
     "Load LLaMA (+ CLIP), assemble LaVIN with the skip set, and build train / reward / eval examples."
-    from vlrepro import data
+    model, task, data_root, ckpt, vision_ckpt, text_ckpt = (spec.model, spec.task, spec.data_root, spec.ckpt, spec.vision_ckpt,
+                                                            spec.text_ckpt)
+    precision, device, max_text_len, eval_split = spec.precision, spec.device, spec.max_text_len, spec.eval_split
+    limit_train, limit_eval, prompt_style = spec.limit_train, spec.limit_eval, spec.prompt_style
     dev = core.get_device(device)
     half = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision, torch.float32) if dev.type == 'cuda' else torch.float32
     llm = load_llama(ckpt, dtype=half, pad_token_id=0)   # LaVIN: pad id 0
@@ -687,9 +706,9 @@ def build(model:str, task:str, data_root:str, ckpt:str, vision_ckpt:str='', text
 
 def _lavin_loss(m:nn.Module, batch:dict)->Tensor: return m(**batch)['loss']
 
-def train_task(**kw)->dict:
+def train_task(skip:Sequence[int]=(), **spec)->dict:
     "Task function for `vlrepro.train.launch`: the LaVIN model with its skip set and its training examples."
-    b = build(**kw)
+    b = build(Build(**spec), skip)
     return dict(model=b['model'], loss_fn=_lavin_loss, train_data=b['train'], collate_fn=collate_lavin)
 
 # %% ../nbs/22_das_lavin.ipynb #8b12d7fc
@@ -720,7 +739,6 @@ def run_search(b:dict,                    # from `build(..., search=True)`
                lr:float, per_gpu_batchsize:int, reward_mode:str, out_dir:Path, max_steps:int=0,
                weight_decay:float=0.02, grad_accum:int=1)->das.SearchResult:
     "LaVIN's DAS search (as the official `LaVIN-DAS/engine.py`) on a model built with `search=True`; reuses a finished `out_dir/search.json`."
-    from vlrepro.train import to_device
     seed = search.seed
     batches = EpochBatches(b['train'], collate_lavin, per_gpu_batchsize, seed, max_steps, b['device'])
     cfg = dataclasses.replace(search, das_turn=search.das_turn or max(1, len(batches) // 150), reset_each_epoch=True)
@@ -734,81 +752,87 @@ def run_search(b:dict,                    # from `build(..., search=True)`
         idx = torch.randperm(len(rw), generator=g)[:n_rw].tolist()
         return to_device(collate_lavin([rw[i] for i in idx]), b['device'])
     model = b['model']
-    res = das.search(model, _lavin_loss, batches, reward_batch, cfg, lr=lr, weight_decay=weight_decay, grad_accum=grad_accum,
+    res = das.search(model, _lavin_loss, batches, reward_batch, cfg, das.SearchOptim(lr=lr, weight_decay=weight_decay, grad_accum=grad_accum),
                      params={n: q for n, q in model.named_parameters() if q.requires_grad}, reward_mode=reward_mode,
                      state_path=out_dir/'search_state.pt')
     res.save(done)
     return res
 
 # %% ../nbs/22_das_lavin.ipynb #04bfd9ad
-def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, ScienceQA) or 'llama' (language-only)
-                   task:str,                   # 'scienceqa' (lavin); 'boolq', 'csqa', 'gsm8k' (llama)
-                   data_root:str,              # converted dataset folder (or its parent)
-                   ckpt:str,                   # LLaMA folder: HF, or Meta's original layout
-                   vision_ckpt:str='',         # CLIP ViT-L/14 HF folder (lavin)
-                   text_ckpt:str='',           # tokenizer folder ('' = ckpt)
-                   skip_num:int=6,             # k of the search
-                   skip_list:str='',           # a fixed skip set '[24, 27, 25, 22]': no search
-                   das_epoch:int=10,           # epochs with sampled sub-networks (nas_epoch)
-                   das_step:int=3,             # candidates per update (nas_step)
-                   das_turn:int=0,             # forwards between updates; 0 = len(train_loader) // 150
-                   warmup_epoch:int=5,         # search epochs before the first update (nas_warmup_epoch)
-                   search_epochs:int=10,       # epochs of the search run (caps das_epoch)
-                   eta:float=0.05,             # gate step size
-                   train_epochs:int=20,        # retraining epochs
-                   lr:float=1.125e-3,          # peak lr, blr·eff_batch/256 already applied
-                   per_gpu_batchsize:int=4,    # micro-batch per process
-                   batch_size:int=32,          # effective batch (micro × accumulation × processes)
-                   precision:str='fp16',       # 'fp16' (LaVIN), 'bf16' or 'fp32'; CPU runs use fp32
-                   eval_split:str='test',      # evaluated split (BoolQ/CSQA: 'test' -> 'validation')
-                   reward_mode:str='eval',     # 'eval' (LaVIN) or 'official' (train-mode rewards)
-                   device:str='auto',
-                   seed:int=0,
-                   out_dir:str='_runs/20_das_lavin',
-                   max_steps:int=0,            # cap optimizer steps of the retraining (and search batches per epoch)
-                   limit_train:int=0,          # cap train (and reward) examples
-                   limit_eval:int=0,           # cap evaluation examples
-                   max_text_len:int=512,       # tokens per row (official: 512)
-                   nproc:int=0,                # >= 1: train under vlrepro.train.launch with that many processes
-                   launcher:str='torchrun',    # with nproc: 'torchrun', 'deepspeed' or 'python'
-                   lr_warmup_epochs:float=-1.0,# lr warm-up epochs; -1 = the script's (2 ScienceQA, 1 language)
-                   temperature:float=0.0,      # generation: 0 greedy; LaVIN 0.1
-                   top_p:float=0.75,           # generation: nucleus mass when sampling
-                   answer_fallback:str='wrong',# unparseable answers: 'wrong' or 'random' (official ScienceQA)
-                   eval_batch_size:int=8,      # generation batch
-                   prompt_style:str='official',# language prompts: 'official' (train/eval differ) or 'unified'
-                   weight_decay:float=0.02,    # AdamW weight decay (not on 1-D parameters)
-                  )->dict:                     # metrics, efficiency, extra, scale (+ model)
+# the official recipe (LaVIN-DAS's `train.py` / `*.sh`): `config` starts from it, and a field a `das.Config` leaves unset
+# (0 / '' of `das.UNSET_MEANS_DEFAULT`, e.g. from the 20_das notebook) takes its value here
+RECIPE = dict(skip_num=6,              # k of the search
+              das_epoch=10,            # epochs with sampled sub-networks (nas_epoch)
+              das_step=3,              # candidates per update (nas_step)
+              das_turn=0,              # forwards between updates; 0 = len(train_loader) // 150
+              warmup_epoch=5,          # search epochs before the first update (nas_warmup_epoch)
+              search_epochs=10,        # epochs of the search run (caps das_epoch)
+              eta=0.05,                # gate step size
+              train_epochs=20,         # retraining epochs
+              lr=1.125e-3,             # peak lr, blr·eff_batch/256 already applied
+              per_gpu_batchsize=4,     # micro-batch per process
+              batch_size=32,           # effective batch (micro × accumulation × processes)
+              precision='fp16',        # 'fp16' (LaVIN), 'bf16' or 'fp32'; CPU runs use fp32
+              eval_split='test',       # evaluated split (BoolQ/CSQA: 'test' -> 'validation')
+              reward_mode='eval',      # 'eval' (LaVIN) or 'official' (train-mode rewards)
+              device='auto', seed=0, out_dir='_runs/20_das_lavin',
+              max_text_len=512,        # tokens per row (official: 512)
+              lr_warmup_epochs=-1.0,   # lr warm-up epochs; -1 = the script's (2 ScienceQA, 1 language)
+              temperature=0.0,         # generation: 0 greedy; LaVIN 0.1
+              top_p=0.75,              # generation: nucleus mass when sampling
+              answer_fallback='wrong', # unparseable answers: 'wrong' or 'random' (official ScienceQA)
+              eval_batch_size=8,       # generation batch
+              prompt_style='official', # language prompts: 'official' (train/eval differ) or 'unified'
+              weight_decay=0.02)       # AdamW weight decay (not on 1-D parameters)
+
+def config(model:str,              # 'lavin' (multimodal LaVIN, ScienceQA) or 'llama' (language-only)
+           task:str,               # 'scienceqa' (lavin); 'boolq', 'csqa', 'gsm8k' (llama)
+           data_root:str='',       # converted dataset folder (or its parent)
+           ckpt:str='',            # LLaMA folder: HF, or Meta's original layout
+           vision_ckpt:str='',     # CLIP ViT-L/14 HF folder (lavin)
+           **fields,               # other fields of `das.Config` (skip_list, max_steps, limit_train, nproc, launcher, ...)
+          )->das.Config:           # checked once, here
+    "The `das.Config` of one LaVIN / LLaMA run: the official recipe (`RECIPE`) with the given fields over it."
+    if model not in ('lavin', 'llama'):
+        raise ValueError(f"model must be 'lavin' (multimodal LaVIN, ScienceQA) or 'llama' (language-only: boolq, csqa, gsm8k), got {model!r}")
+    return das.Config(**{**RECIPE, **fields, **dict(model=model, task=task, data_root=str(data_root), ckpt=str(ckpt),
+                                                     vision_ckpt=str(vision_ckpt))})
+
+def _settings(cfg:das.Config)->SimpleNamespace:
+    "The run's values: a field left unset (0 / '' of `das.UNSET_MEANS_DEFAULT`) takes the recipe's."
+    return SimpleNamespace(**{k: RECIPE[k] if k in das.UNSET_MEANS_DEFAULT and k in RECIPE and v in (0, '') else v
+                              for k, v in cfg.asdict().items()}, skip=cfg.skip)
+
+def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's parameters, checked when built
+                  )->dict:         # metrics, efficiency, extra, scale (+ model)
+    c = _settings(cfg)
     "Search (or take `skip_list`), retrain and evaluate LaVIN-DAS on ScienceQA or language-only LLaMA-DAS."
-    import dataclasses
-    from vlrepro.train import Trainer, TrainConfig, launch
     t0 = time.time()
-    task, S, L, d = _check_run(model, task, data_root, ckpt, vision_ckpt, text_ckpt, precision, reward_mode, skip_list, skip_num)
-    if answer_fallback not in ('wrong', 'random'): raise ValueError(f"answer_fallback must be 'wrong' or 'random', got {answer_fallback!r}")
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    dev = core.get_device(device)
-    bk = dict(model=model, task=task, data_root=str(data_root), ckpt=str(ckpt), vision_ckpt=str(vision_ckpt), text_ckpt=str(text_ckpt),
-              precision=precision, device=str(dev), max_text_len=max_text_len, limit_train=limit_train, limit_eval=limit_eval,
-              eval_split=eval_split, prompt_style=prompt_style)
-    extra = dict(task=task, num_blocks=L)
-    world = max(1, nproc) if nproc else int(__import__('os').environ.get('WORLD_SIZE', 1))
-    if batch_size % (per_gpu_batchsize * world):
-        raise ValueError(f"batch_size={batch_size} must be a multiple of per_gpu_batchsize={per_gpu_batchsize} x {world} process(es) "
+    c.task, S, L, d = _check_run(c)
+    out = Path(c.out_dir); out.mkdir(parents=True, exist_ok=True)
+    dev = core.get_device(c.device)
+    bk = Build(model=c.model, task=c.task, data_root=str(c.data_root), ckpt=str(c.ckpt), vision_ckpt=str(c.vision_ckpt),
+               text_ckpt=str(c.text_ckpt), precision=c.precision, device=str(dev), max_text_len=c.max_text_len,
+               limit_train=c.limit_train, limit_eval=c.limit_eval, eval_split=c.eval_split, prompt_style=c.prompt_style)
+    extra = dict(task=c.task, num_blocks=L)
+    world = max(1, c.nproc) if c.nproc else int(__import__('os').environ.get('WORLD_SIZE', 1))
+    if c.batch_size % (c.per_gpu_batchsize * world):
+        raise ValueError(f"batch_size={c.batch_size} must be a multiple of per_gpu_batchsize={c.per_gpu_batchsize} x {world} process(es) "
                          "(the rest is gradient accumulation; LaVIN keeps an effective batch of 32 whatever the GPU count)")
-    accum = max(1, batch_size // (per_gpu_batchsize * world))
-    gb = dict(per_process=per_gpu_batchsize, processes=world, grad_accum=accum, global_=per_gpu_batchsize * world * accum,
-              recipe=batch_size)
+    accum = max(1, c.batch_size // (c.per_gpu_batchsize * world))
+    gb = dict(per_process=c.per_gpu_batchsize, processes=world, grad_accum=accum, global_=c.per_gpu_batchsize * world * accum,
+              recipe=c.batch_size)
     extra['global_batch'] = gb
-    print(f"das_lavin: global batch {gb['global_']} = {per_gpu_batchsize} per process x {world} process(es) x {accum} "
-          f"accumulation (recipe {batch_size})")
+    print(f"das_lavin: global batch {gb['global_']} = {c.per_gpu_batchsize} per process x {world} process(es) x {accum} "
+          f"accumulation (recipe {c.batch_size})")
     # 1. search
-    if S is None and skip_num:
-        core.seed_everything(seed)
-        b = build(**bk, search=True)
-        sc = das.SearchConfig(k=int(skip_num), das_epoch=min(das_epoch, search_epochs), das_step=das_step, das_turn=das_turn,
-                              warmup_epoch=warmup_epoch, eta=eta, seed=seed)
-        res = run_search(b, sc, lr, per_gpu_batchsize, reward_mode, out, max_steps, weight_decay,
-                         grad_accum=max(1, batch_size // per_gpu_batchsize))
+    if S is None and c.skip_num:
+        core.seed_everything(c.seed)
+        b = build(bk, search=True)
+        sc = das.SearchConfig(k=int(c.skip_num), das_epoch=min(c.das_epoch, c.search_epochs), das_step=c.das_step, das_turn=c.das_turn,
+                              warmup_epoch=c.warmup_epoch, eta=c.eta, seed=c.seed)
+        res = run_search(b, sc, c.lr, c.per_gpu_batchsize, c.reward_mode, out, c.max_steps, c.weight_decay,
+                         grad_accum=max(1, c.batch_size // c.per_gpu_batchsize))
         S = list(res.skip)
         extra.update(search=dict(skip=S, gates=res.gates, updates=len(res.trajectory), trajectory=res.trajectory,
                                  das_turn=res.config['das_turn']))
@@ -816,40 +840,41 @@ def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, Scie
     S = sorted(S or [])
     extra['skip'] = S
     # 2. retrain from the checkpoint with the skip set
-    warm = lr_warmup_epochs if lr_warmup_epochs >= 0 else (2.0 if task == 'scienceqa' else 1.0)
-    cfg = TrainConfig(out_dir=str(out/'train'), epochs=train_epochs, max_steps=max_steps, batch_size=per_gpu_batchsize,
-                      grad_accum=accum, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), warmup_epochs=warm,
-                      schedule='cosine', precision=precision if dev.type == 'cuda' else 'fp32', device=str(dev), seed=seed,
-                      save_trainable_only=True, find_unused_parameters=True, progress=False, log_every=50)
-    core.seed_everything(seed)
-    if nproc:
-        summary = launch('vlrepro.das_lavin:train_task', cfg, nproc=nproc, launcher=launcher, task_args=dict(bk, skip=S))
-        b = build(**bk, skip=S)
+    warm = c.lr_warmup_epochs if c.lr_warmup_epochs >= 0 else (2.0 if c.task == 'scienceqa' else 1.0)
+    tcfg = TrainConfig(out_dir=str(out/'train'), epochs=c.train_epochs, max_steps=c.max_steps, batch_size=c.per_gpu_batchsize,
+                       grad_accum=accum, lr=c.lr, weight_decay=c.weight_decay, betas=(0.9, 0.95), warmup_epochs=warm,
+                       schedule='cosine', precision=c.precision if dev.type == 'cuda' else 'fp32', device=str(dev), seed=c.seed,
+                       save_trainable_only=True, find_unused_parameters=True, progress=False, log_every=50)
+    core.seed_everything(c.seed)
+    if c.nproc:
+        summary = train.launch('vlrepro.das_lavin:train_task', tcfg, nproc=c.nproc, launcher=c.launcher,
+                         task_args=dict(dataclasses.asdict(bk), skip=S))
+        b = build(bk, skip=S)
         sd = torch.load(out/'train'/'model.pt', map_location='cpu', weights_only=True)
         got = {k: v for k, v in sd.items() if _is_trainable_name(k)}
         missing = {n for n, q in b['model'].named_parameters() if q.requires_grad} - set(got)
         if missing: raise ValueError(f"{out/'train'/'model.pt'} lacks trained adapters {sorted(missing)[:3]}; did the launched job finish?")
         b['model'].load_state_dict(got, strict=False)
     else:
-        b = build(**bk, skip=S)
-        tr = Trainer(b['model'], _lavin_loss, b['train'], cfg, collate_fn=collate_lavin)
+        b = build(bk, skip=S)
+        tr = Trainer(b['model'], _lavin_loss, b['train'], tcfg, collate_fn=collate_lavin)
         summary = tr.fit()
     m = b['model']
     # 3. evaluate
-    ev = evaluate(m, b['eval'], eval_batch_size, 0, temperature, top_p, answer_fallback, seed, dev)
-    setting = setting_name(model, len(S), L, d)
-    if task == 'scienceqa': metrics = {f'{setting}/{c}': v for c, v in ev['scores'].items()}
-    else: metrics = {f'{setting} {LANG_TASKS[task]}/accuracy': ev['scores']['accuracy']}
+    ev = evaluate(m, b['eval'], c.eval_batch_size, 0, c.temperature, c.top_p, c.answer_fallback, c.seed, dev)
+    setting = setting_name(c.model, len(S), L, d)
+    if c.task == 'scienceqa': metrics = {f'{setting}/{col}': v for col, v in ev['scores'].items()}
+    else: metrics = {f'{setting} {LANG_TASKS[c.task]}/accuracy': ev['scores']['accuracy']}
     n_train = trainable_count(m)
-    if task == 'scienceqa': metrics[f'{setting}/update_params_M'] = round(n_train / 1e6, 1)
+    if c.task == 'scienceqa': metrics[f'{setting}/update_params_M'] = round(n_train / 1e6, 1)
     eff = dict(trainable_params=n_train, inference_s_per_example=ev['seconds_per_example'], eval_seconds=ev['seconds'],
                skipped_blocks=len(S), blocks_skipped_frac=len(S) / L, train_seconds=summary.get('seconds'),
-               device=str(dev), eval_batch_size=eval_batch_size)
-    if (L, d) == (32, 4096): eff['trainable_params_spec'] = das.das_adapter_params('lavin' if model == 'lavin' else 'llama', len(S))
+               device=str(dev), eval_batch_size=c.eval_batch_size)
+    if (L, d) == (32, 4096): eff['trainable_params_spec'] = das.das_adapter_params('lavin' if c.model == 'lavin' else 'llama', len(S))
     extra.update(eval_split=b['eval_split'], n_eval=len(b['eval']), n_train=len(b['train']), train_steps=summary.get('step'),
                  train_loss=summary.get('loss'), train_finished=summary.get('finished'),
                  unparsed=sum(p == -1 or p == '' for p in ev['preds']), examples=ev['texts'][:5], wall_s=time.time() - t0)
-    full = (L, d) == (32, 4096) and not (max_steps or limit_train or limit_eval)
+    full = (L, d) == (32, 4096) and not (c.max_steps or c.limit_train or c.limit_eval)
     return dict(metrics=metrics, efficiency=eff, extra=extra, scale=core.scale_label(True, full=full),
                 status='complete' if summary.get('finished') else 'partial', model=m)
 
@@ -857,7 +882,6 @@ def run_full_scale(model:str,                  # 'lavin' (multimodal LaVIN, Scie
 def tiny_checkpoints(root:str|Path, layers:int=4, seed:int=0, texts:Sequence[str]=())->dict:
     "Save a tiny random LLaMA (Meta layout + HF tokenizer), a tiny CLIP vision tower; for demos and tests."
     from transformers import CLIPVisionConfig, CLIPVisionModel
-    from vlrepro import models
     root = Path(root); torch.manual_seed(seed)
     corpus = list(texts) + ['The answer is A. B. C. D. E. BECAUSE: Image: N/A Question: Context: Options: Response:',
                             '( A ) ( B ) ( C ) ( D ) ( E ) yes no Passage: ? 0 1 2 3 4 5 6 7 8 9']
@@ -874,8 +898,6 @@ _SQA_SUBJECTS = ('natural science', 'social science', 'language science')
 
 def write_scienceqa_raw(folder:str|Path, sizes:dict|None=None, seed:int=0)->list[str]:
     "ScienceQA as its repository ships it: problems.json, pid_splits.json, images/<split>/<pid>/image.png (synthetic rows)."
-    from vlrepro import data
-    from PIL import Image
     folder, sizes = Path(folder), sizes or {'train': 12, 'val': 8, 'test': 6}
     problems, splits, texts, pid = {}, {}, [], 1
     for sp, n in sizes.items():
@@ -904,7 +926,6 @@ def write_scienceqa_raw(folder:str|Path, sizes:dict|None=None, seed:int=0)->list
 
 def write_language_raw(folder:str|Path, task:str, sizes:dict|None=None, seed:int=0)->list[str]:
     "A task's Hugging Face export as JSON lines, one file per split (google/boolq, tau/commonsense_qa, openai/gsm8k 'main')."
-    import random
     rnd, folder = random.Random(seed), Path(folder)
     splits = {'boolq': ('train', 'validation'), 'csqa': ('train', 'validation', 'test'), 'gsm8k': ('train', 'test')}[task]
     sizes, texts = sizes or {}, []
@@ -937,7 +958,6 @@ def write_meta_llama(folder:str|Path,        # Meta's llama/ folder: <folder>/7B
                      layers:int=8, vocab_size:int=512, seed:int=0)->Path: # the 7B/ folder
     "A tiny LLaMA in Meta's original release layout, with a SentencePiece tokenizer.model trained on `texts`."
     import sentencepiece as spm
-    from vlrepro import models
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     corpus = list(texts) + ['The answer is A. B. C. D. E. BECAUSE: Image: N/A Question: Context: Options: Response: 0123456789']
     spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_prefix=str(folder/'tokenizer'), vocab_size=vocab_size,
@@ -963,7 +983,6 @@ def write_clip_folder(folder:str|Path, seed:int=0)->Path:
 
 def write_standins(params:dict, root:str|Path, seed:int=0)->dict:
     "Write a LaVIN / LLaMA set's inputs under `root` at the set's own paths: raw upstream files converted by data_scripts/."
-    from vlrepro.das import run_data_script, standin_path
     model, root = params['model'], Path(root)
     task = _TASK_ALIASES.get(str(params['task']).lower(), params['task'])
     d, raw = standin_path(root, params['data_root'], 'data_root'), root/'raw'/task

@@ -6,25 +6,30 @@
 from __future__ import annotations
 import ast, io, itertools, json, math, random, re, time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
+from PIL import Image
 
-from . import core, data, das
+from . import core, data, das, metrics, models, train
+from .das import run_data_script, standin_path
+from .models import hf_clip_vision_to_open_clip, open_clip_state_dict_to_hf  # the OpenAI <-> HF CLIP key map
+from .train import SeededDataset, Trainer, TrainConfig, to_device, unwrap
 
 # %% auto #0
-__all__ = ['TASKS', 'TASK_NAMES', 'ARROW_PREFIX', 'ARROW_SPLITS', 'SPLITS', 'EVAL_SPLITS', 'IMAGE_SIZE', 'MAX_TEXT_LEN',
+__all__ = ['TASKS', 'TASK_NAMES', 'ARROW_PREFIX', 'ARROW_SPLITS', 'SPLITS', 'EVAL_SPLITS', 'IMAGE_SIZE', 'MAX_TEXT_LEN', 'RECIPE',
            'RECIPE_BATCH', 'split_das_adapters', 'das_adapters_to_official', 'convert_vilt_checkpoint',
-           'vilt_to_official', 'vilt_config_from_state_dict', 'load_vilt', 'METERT4C', 'load_meter', 'task_head',
-           'grow_token_types', 'init_rank_output', 'DASVLTask', 'model_inputs', 'task_loss', 'released_skip',
-           'load_das_checkpoint', 'pixelbert_size', 'VLTransform', 'pad_images', 'vilt_vqa_score', 'VQATargets',
-           'NLVR2Dataset', 'F30KTrainDataset', 'VLCollate', 'convert_nlvr2', 'convert_vilt_arrow', 'evaluate_vqa',
-           'evaluate_nlvr2', 'retrieval_scores', 'evaluate_f30k', 'task_splits', 'parse_skip_list', 'build_task_model',
-           'task_dataset', 'train_task', 'run_full_scale', 'required_inputs', 'write_vilt_arrows', 'write_nlvr2_json',
-           'write_bert_folder', 'write_vilt_ckpt', 'write_roberta_folder', 'write_meter_standin', 'write_standins',
-           'rehearsal']
+           'vilt_to_official', 'vilt_config_from_state_dict', 'load_vilt', 'convert_meter_checkpoint',
+           'meter_to_official', 'METERT4C', 'load_meter', 'task_head', 'grow_token_types', 'init_rank_output',
+           'DASVLTask', 'model_inputs', 'task_loss', 'released_skip', 'load_das_checkpoint', 'pixelbert_size',
+           'VLTransform', 'pad_images', 'vilt_vqa_score', 'VQATargets', 'NLVR2Dataset', 'F30KTrainDataset', 'VLCollate',
+           'convert_nlvr2', 'convert_vilt_arrow', 'evaluate_vqa', 'evaluate_nlvr2', 'retrieval_scores', 'evaluate_f30k',
+           'task_splits', 'parse_skip_list', 'build_task_model', 'task_dataset', 'train_task', 'config',
+           'run_full_scale', 'required_inputs', 'write_vilt_arrows', 'write_nlvr2_json', 'write_bert_folder',
+           'write_vilt_ckpt', 'write_roberta_folder', 'write_meter_standin', 'write_standins', 'rehearsal']
 
 # %% ../nbs/21_das_vl.ipynb #9f6463e1
 _VILT_BLOCK = (('norm1.', 'layernorm_before.'), ('attn.proj.', 'attention.output.dense.'), ('norm2.', 'layernorm_after.'),
@@ -122,7 +127,7 @@ def convert_vilt_checkpoint(ckpt:str|Path|dict, # the original `vilt_200k_mlm_it
         else: heads[k] = v
     if 'embeddings.cls_token' not in out and not any('.das_' in k for k in out):
         raise ValueError("no transformer.cls_token and no DAS adapter in this checkpoint: it is not an original ViLT "
-                         "checkpoint (for METER use das.convert_meter_checkpoint)")
+                         "checkpoint (for METER use convert_meter_checkpoint)")
     return out, heads
 
 def vilt_to_official(model:nn.Module|dict, # a `ViltModel` (or its state dict)
@@ -196,6 +201,49 @@ def load_vilt(ckpt:str|Path,   # a local HF ViLT folder, the original `vilt_200k
         raise ValueError(f"{p} does not fit a ViltModel: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return m, heads
 
+# %% ../nbs/21_das_vl.ipynb #187ae199
+def _resize_pos(pe:Tensor, n_new:int)->Tensor:
+    "Bicubic resize of a (1 + g², d) CLIP position embedding to (n_new, d)."
+    g_old, g_new = int(math.isqrt(pe.shape[0] - 1)), int(math.isqrt(n_new - 1))
+    grid = pe[1:].reshape(1, g_old, g_old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(g_new, g_new), mode='bicubic', align_corners=False).to(pe.dtype)
+    return torch.cat([pe[:1], grid.permute(0, 2, 3, 1).reshape(g_new * g_new, -1)])
+
+def convert_meter_checkpoint(ckpt:str|Path|dict,  # path of METER's .ckpt (Lightning: {'state_dict': ...}) or a state dict
+                             model:das.METER|None=None, # target, to resize the position embedding and check the keys
+                            )->tuple[dict, dict]:  # (state dict for `METER`, the task heads' weights: vqa_classifier, itm_score, ...)
+    "Map a released METER checkpoint onto `das.METER` (Hugging Face CLIP vision + RoBERTa + BertLayer fusion)."
+    if not isinstance(ckpt, dict):
+        p = Path(ckpt)
+        if not p.exists(): raise FileNotFoundError(f"no METER checkpoint at {p}; download meter_clip16_288_roberta_pretrain.ckpt "
+                                                   "from the zdou0830/METER GitHub release and pass its local path")
+        ckpt = torch.load(p, map_location='cpu', weights_only=False)
+    sd = ckpt.get('state_dict', ckpt)
+    out, heads, vis = {}, {}, {}
+    for k, v in sd.items():
+        if k.startswith('vit_model.'): vis[k[len('vit_model.'):]] = v   # CLIP's image tower, OpenAI names
+        elif k.startswith('text_transformer.'):
+            if '.pooler.' in k or k.endswith('position_ids'): continue   # unused by METER's fusion
+            out[k] = v
+        elif k.startswith(('cross_modal_', 'token_type_embeddings')): out[k] = v
+        else: heads[k] = v
+    if vis: out.update({f'vit_model.{k}': v for k, v in open_clip_state_dict_to_hf(vis, vision_only=True).items()})
+    if model is not None:
+        want = model.state_dict()
+        pe = 'vit_model.embeddings.position_embedding.weight'
+        if pe in out and out[pe].shape != want[pe].shape: out[pe] = _resize_pos(out[pe], want[pe].shape[0])
+        missing = [k for k in want if k not in out and not k.endswith(('position_ids', 'das_'))]
+        if missing: raise ValueError(f"the METER checkpoint lacks {len(missing)} weights of this model, e.g. {missing[:3]}; "
+                                     "build METER with the checkpoint's sizes (clip16 + roberta-base, 6 fusion layers)")
+    return out, heads
+
+def meter_to_official(model:das.METER)->dict:
+    "The inverse mapping (`das.METER` -> METER's checkpoint names); used to test `convert_meter_checkpoint`."
+    sd = model.state_dict()
+    vis = hf_clip_vision_to_open_clip({k[len('vit_model.'):]: v for k, v in sd.items() if k.startswith('vit_model.')})
+    return {'state_dict': {**{k: v for k, v in sd.items() if not k.startswith('vit_model.')},
+                           **{f'vit_model.{k}': v for k, v in vis.items()}}}
+
 # %% ../nbs/21_das_vl.ipynb #df91f073
 class METERT4C(das.METER):
     "`das.METER` with METER/DAS's `token4classifier` (first text token after the projection) and a selectable image token type."
@@ -251,7 +299,7 @@ def load_meter(ckpt:str|Path|dict,  # METER's checkpoint (meter_clip16_288_rober
     raw = _state_dict(ckpt, 'METER checkpoint', 'download meter_clip16_288_roberta_pretrain.ckpt (zdou0830/METER release) '
                       'and pass its local path')
     raw, _ = split_das_adapters(raw, 'meter')   # a DAS fine-tuned checkpoint: `load_das_checkpoint` loads the adapters
-    conv, _ = das.convert_meter_checkpoint(raw)
+    conv, _ = convert_meter_checkpoint(raw)
     if 'cross_modal_text_transform.weight' not in conv:
         raise ValueError("the checkpoint has no cross_modal_* weights: it is not a METER checkpoint")
     vcfg = CLIPVisionConfig.from_pretrained(str(vdir), local_files_only=True); vcfg.image_size = image_size
@@ -263,7 +311,7 @@ def load_meter(ckpt:str|Path|dict,  # METER's checkpoint (meter_clip16_288_rober
                  das.fusion_config(d, tcfg.num_attention_heads, ffn))
     n_tt = conv['token_type_embeddings.weight'].shape[0]          # 3 in an NLVR2 fine-tuned checkpoint
     if n_tt != m.token_type_embeddings.num_embeddings: m.token_type_embeddings = nn.Embedding(n_tt, d)
-    conv, heads = das.convert_meter_checkpoint(raw, m)
+    conv, heads = convert_meter_checkpoint(raw, m)
     missing, unexpected = m.load_state_dict(conv, strict=False)
     missing = [k for k in missing if not k.endswith('position_ids')]
     if missing or unexpected: raise ValueError(f"the METER checkpoint does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -371,7 +419,6 @@ def task_loss(model:nn.Module, # a DASVLTask (possibly inside DDP)
               batch:dict,      # a batch from VLCollate
              )->Tensor:        # scalar loss
     "DAS's task loss: VQA BCE·num_answers (soft targets), NLVR2 CE, Flickr30K CE over 1 + 15 candidates."
-    from vlrepro.train import unwrap
     task, out = unwrap(model).task, model(**model_inputs(batch)).float()
     if task == 'vqav2': return F.binary_cross_entropy_with_logits(out, batch['target'].float()) * out.shape[1]
     if task == 'nlvr2': return F.cross_entropy(out, batch['label'])
@@ -426,7 +473,7 @@ def load_das_checkpoint(model:DASVLTask,           # the task model (patched her
     if fam == 'vilt':
         conv, heads = convert_vilt_checkpoint({k: v for k, v in rest.items()})
     else:
-        conv, heads = das.convert_meter_checkpoint(rest)
+        conv, heads = convert_meter_checkpoint(rest)
         if not conv and not ad: raise ValueError("no METER or DAS weight in this checkpoint: is it a DAS METER checkpoint?")
     conv = {k: v for k, v in conv.items() if '.das_' not in k}
     st = das.das_state(model)
@@ -688,8 +735,6 @@ def evaluate_vqa(model:nn.Module, ds:VQATargets, collate:VLCollate, batch_size:i
                  submission_path:str|Path='', # where to write the EvalAI JSON for questions without answers ('' = nowhere)
                 )->dict:                      # n, vqa_score (ViLT's), vqa_accuracy (official, with 10 answers), submission
     "Predict VQA answers; score them where answers exist, write the EvalAI JSON where they don't."
-    from vlrepro import metrics
-    from vlrepro.train import to_device
     was = model.training; model.eval(); dev = torch.device(device)
     preds, qids, soft = [], [], []
     for b in _loader(ds, collate, batch_size):
@@ -711,7 +756,6 @@ def evaluate_vqa(model:nn.Module, ds:VQATargets, collate:VLCollate, batch_size:i
 @torch.no_grad()
 def evaluate_nlvr2(model:nn.Module, ds:NLVR2Dataset, collate:VLCollate, batch_size:int=64, device:str='cpu')->dict:
     "NLVR2 accuracy (×100) of a split."
-    from vlrepro.train import to_device
     was = model.training; model.eval(); dev, hit, n = torch.device(device), 0, 0
     for b in _loader(ds, collate, batch_size):
         p = model(**model_inputs(to_device(b, dev))).argmax(-1).cpu()
@@ -743,7 +787,6 @@ def retrieval_scores(model:nn.Module, ds:data.RetrievalDataset, collate:VLCollat
 def evaluate_f30k(model:nn.Module, ds:data.RetrievalDataset, collate:VLCollate, batch_size:int=64, device:str='cpu',
                   limit:int=0)->dict: # TR@1/5/10, IR@1/5/10, rsum, n_images
     "Flickr30K image→text (TR) and text→image (IR) recall@1/5/10 from `rank_output` scores."
-    from vlrepro import metrics
     sim, local = retrieval_scores(model, ds, collate, batch_size, device, limit)
     r = metrics.recall_at_k(sim, local)
     return {**{f'TR@{k}': r[f'i2t_r{k}'] for k in (1, 5, 10)}, **{f'IR@{k}': r[f't2i_r{k}'] for k in (1, 5, 10)},
@@ -806,7 +849,6 @@ from .train import EpochBatches as _EpochBatches  # the search's batches, in the
 
 def _reward_batches(ds, collate, batch_size:int, seed:int, mode:str):
     "The official fixed reward batch (first batch of a seeded shuffle), or, for mode 'eval', update i -> batch i (cycling)."
-    from vlrepro.train import SeededDataset
     if mode == 'official': return next(iter(_loader(SeededDataset(ds, seed, 0), collate, batch_size, True, seed)))
     cache = {}
     def get(i:int):
@@ -854,7 +896,6 @@ def _paper_sized(model:str, m:DASVLTask)->bool:
 def train_task(model:str, task:str, data_root:str, ckpt:str, skip:Sequence[int], vision_ckpt:str='', text_ckpt:str='',
                image_size:int=384, max_text_len:int=40, limit_train:int=0, seed:int=0)->dict:
     "Model, loss and data of the skip-and-retrain step, for `vlrepro.train.launch` (`vlrepro.das_vl:train_task`)."
-    from vlrepro import models
     tr, _, _ = task_splits(model, task)
     tf = VLTransform(model, image_size, 32 if model == 'vilt' else 16)
     first = task_dataset(task, data_root, tr[0], tf, train=True)
@@ -869,8 +910,10 @@ def train_task(model:str, task:str, data_root:str, ckpt:str, skip:Sequence[int],
     return dict(model=m, loss_fn=task_loss, train_data=ds, collate_fn=collate)
 
 # %% ../nbs/21_das_vl.ipynb #8b66d448
-def _check_inputs(model, task, data_root, ckpt, vision_ckpt, text_ckpt, per_gpu_batchsize, batch_size, precision,
-                  reward_mode, launcher, nproc):
+def _check_inputs(c:SimpleNamespace):
+    "What a `das.Config` cannot check alone: the task, the files, the batch split."
+    model, task, data_root, ckpt, vision_ckpt, text_ckpt = c.model, c.task, c.data_root, c.ckpt, c.vision_ckpt, c.text_ckpt
+    per_gpu_batchsize, batch_size, nproc = c.per_gpu_batchsize, c.batch_size, c.nproc
     if model not in ('vilt', 'meter'): raise ValueError(f"model must be 'vilt' or 'meter', got {model!r}")
     if task not in TASKS: raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if not data_root or not Path(data_root).is_dir():
@@ -886,129 +929,132 @@ def _check_inputs(model, task, data_root, ckpt, vision_ckpt, text_ckpt, per_gpu_
     if per_gpu_batchsize < 1 or batch_size % (per_gpu_batchsize * world):
         raise ValueError(f"batch_size={batch_size} must be a multiple of per_gpu_batchsize={per_gpu_batchsize} x {world} process(es) "
                          "(the rest is gradient accumulation)")
-    if precision not in ('fp16', 'bf16', 'fp32'): raise ValueError(f"precision must be 'fp16', 'bf16' or 'fp32', got {precision!r}")
-    if reward_mode not in ('official', 'eval'): raise ValueError(f"reward_mode must be 'official' or 'eval', got {reward_mode!r}")
-    if nproc and launcher not in ('torchrun', 'deepspeed', 'python'):
-        raise ValueError(f"launcher must be 'torchrun', 'deepspeed' or 'python', got {launcher!r}")
 
-def run_full_scale(model:str='vilt',           # 'vilt' or 'meter'
-                   task:str='vqav2',           # 'vqav2', 'nlvr2' or 'f30k'
-                   data_root:str='',           # the converted dataset folder (vlrepro format, with the splits of `SPLITS`)
-                   ckpt:str='',                # ViLT: local HF folder or vilt_200k_mlm_itm.ckpt; METER: its official .ckpt
-                   vision_ckpt:str='',         # METER: local folder of openai/clip-vit-base-patch16
-                   text_ckpt:str='',           # METER: roberta-base folder; ViLT: bert-base-uncased folder ('' = ckpt folder)
-                   skip_num:int=1,             # k: blocks the search selects (1 ViLT, 4 METER in the scripts)
-                   skip_list:str='',           # '[1, 4]': skip these and do not search; '' = search
-                   das_epoch:int=3, das_step:int=3, das_turn:int=10, warmup_epoch:int=1, # search schedule (official config.py defaults)
-                   search_epochs:int=3,        # epochs of the search run (those after das_epoch would not move the gates)
-                   eta:float=1.0,              # gate step size
-                   train_epochs:int=10,        # skip-and-retrain epochs
-                   lr:float=1e-4, lr_mult_head:float=10., lr_mult_cross_modal:float=1., # AdamW peak lr and multipliers
-                   per_gpu_batchsize:int=64,   # micro-batch
-                   batch_size:int=256,         # effective batch (accumulation = batch_size / per_gpu_batchsize)
-                   precision:str='fp16',       # training precision on a GPU ('fp16' ViLT, 'fp32' METER); eval is fp32
-                   eval_split:str='test',      # 'test' = the paper's test splits, or split names, comma-separated
-                   reward_mode:str='official', # 'official' (fixed batch, train mode) or 'eval' (rotating batches, eval mode)
-                   device:str='auto', seed:int=0,
-                   out_dir:str='_runs/20_das_full', # search.json, search_state.pt, train/, submissions, full_scale.json
-                   max_steps:int=0,            # cap: optimizer steps of training and batches per search epoch (0 = none)
-                   limit_train:int=0,          # cap: training / reward items (0 = all)
-                   limit_eval:int=0,           # cap: evaluation items (F30K: images) (0 = all)
-                   image_size:int=384,         # 384 (ViLT; METER VQA/F30K), 288 (METER NLVR2); 0 = that default
-                   max_text_len:int=0,         # 0 = 40 (ViLT), 50 (METER VQA/NLVR2), 40 (METER F30K)
-                   nproc:int=0,                # >= 1: train under `vlrepro.train.launch` with that many processes
-                   launcher:str='torchrun',    # with nproc: 'torchrun', 'deepspeed' or 'python'
-                  )->dict:                     # metrics, efficiency, extra, scale
-    "Search, skip-and-retrain and evaluate DAS on ViLT or METER at full scale (one row of the paper's tables)."
-    from vlrepro import models
-    from vlrepro.train import Trainer, TrainConfig, launch, to_device
+# the official recipe (`config.py`, `*_search.sh` / `*_train.sh` of ViLT/ and METER/): `config` starts from it, and a field
+# a `das.Config` leaves unset (0 / '' of `das.UNSET_MEANS_DEFAULT`, e.g. from the 20_das notebook) takes its value here
+RECIPE = dict(skip_num=1,              # k: blocks the search selects (1 ViLT, 4 METER in the scripts)
+              das_epoch=3, das_step=3, das_turn=10, warmup_epoch=1,  # search schedule (official config.py defaults)
+              search_epochs=3,         # epochs of the search run (those after das_epoch would not move the gates)
+              eta=1.0,                 # gate step size
+              train_epochs=10,         # skip-and-retrain epochs
+              lr=1e-4, lr_mult_head=10.0, lr_mult_cross_modal=1.0,  # AdamW peak lr and multipliers
+              per_gpu_batchsize=64,    # micro-batch
+              batch_size=256,          # effective batch (accumulation = batch_size / per_gpu_batchsize)
+              precision='fp16',        # training precision on a GPU ('fp16' ViLT, 'fp32' METER); eval is fp32
+              eval_split='test',       # 'test' = the paper's test splits, or split names, comma-separated
+              reward_mode='official',  # 'official' (fixed batch, train mode) or 'eval' (rotating batches, eval mode)
+              device='auto', seed=0,
+              out_dir='_runs/20_das_full',  # search.json, search_state.pt, train/, submissions, full_scale.json
+              image_size=384)          # 384 (ViLT; METER VQA/F30K), 288 (METER NLVR2); 0 in a run = the task's (`IMAGE_SIZE`)
+
+def config(model:str='vilt',      # 'vilt' or 'meter'
+           task:str='vqav2',      # 'vqav2', 'nlvr2' or 'f30k'
+           data_root:str='',      # the converted dataset folder (vlrepro format, with the splits of `SPLITS`)
+           ckpt:str='',           # ViLT: local HF folder or vilt_200k_mlm_itm.ckpt; METER: its official .ckpt
+           vision_ckpt:str='',    # METER: local folder of openai/clip-vit-base-patch16
+           text_ckpt:str='',      # METER: roberta-base folder; ViLT: bert-base-uncased folder ('' = ckpt folder)
+           **fields,              # other fields of `das.Config` (skip_list, max_steps, limit_train, max_text_len, nproc, ...)
+          )->das.Config:          # checked once, here
+    "The `das.Config` of one ViLT / METER run: the official recipe (`RECIPE`) with the given fields over it."
+    if model not in ('vilt', 'meter'): raise ValueError(f"model must be 'vilt' or 'meter', got {model!r}")
+    return das.Config(**{**RECIPE, **fields, **dict(model=model, task=task, data_root=str(data_root), ckpt=str(ckpt),
+                                                     vision_ckpt=str(vision_ckpt), text_ckpt=str(text_ckpt))})
+
+def _settings(cfg:das.Config)->SimpleNamespace:
+    "The run's values: a field left unset (0 / '' of `das.UNSET_MEANS_DEFAULT`) takes the recipe's."
+    return SimpleNamespace(**{k: RECIPE[k] if k in das.UNSET_MEANS_DEFAULT and k in RECIPE and v in (0, '') else v
+                              for k, v in cfg.asdict().items()}, skip=cfg.skip)
+
+def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's parameters, checked when built
+                  )->dict:         # metrics, efficiency, extra, scale
+    c = _settings(cfg)
     t0 = time.time()
-    _check_inputs(model, task, data_root, ckpt, vision_ckpt, text_ckpt, per_gpu_batchsize, batch_size, precision,
-                  reward_mode, launcher, nproc)
-    fixed = parse_skip_list(skip_list)
-    T = max_text_len or MAX_TEXT_LEN[(model, task)]
-    image_size = image_size or IMAGE_SIZE[(model, task)]
-    tr_splits, rw_split, ev_splits = task_splits(model, task, eval_split)
+    _check_inputs(c)
+    fixed = None if c.skip is None else sorted(c.skip)
+    T = c.max_text_len or MAX_TEXT_LEN[(c.model, c.task)]
+    c.image_size = c.image_size or IMAGE_SIZE[(c.model, c.task)]
+    tr_splits, rw_split, ev_splits = task_splits(c.model, c.task, c.eval_split)
     need = sorted({*tr_splits, *ev_splits, *([] if fixed is not None else [rw_split])})
-    have = sorted(p.stem for p in Path(data_root).glob('*.jsonl'))
+    have = sorted(p.stem for p in Path(c.data_root).glob('*.jsonl'))
     if [s for s in need if s not in have]:
-        raise FileNotFoundError(f"{data_root} lacks the split(s) {[s for s in need if s not in have]} that {model}/{task} "
+        raise FileNotFoundError(f"{c.data_root} lacks the split(s) {[s for s in need if s not in have]} that {c.model}/{c.task} "
                                 f"needs (it has {have}); convert them (see SPLITS) or set eval_split")
-    dev = core.get_device(device)
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    tok = models.load_tokenizer(_tokenizer_dir(model, ckpt, text_ckpt))
-    tf = VLTransform(model, image_size, 32 if model == 'vilt' else 16)
-    collate = VLCollate(tok, T, task, model)
-    train_parts = [task_dataset(task, data_root, tr_splits[0], tf, train=True)]
+    dev = core.get_device(c.device)
+    out = Path(c.out_dir); out.mkdir(parents=True, exist_ok=True)
+    tok = models.load_tokenizer(_tokenizer_dir(c.model, c.ckpt, c.text_ckpt))
+    tf = VLTransform(c.model, c.image_size, 32 if c.model == 'vilt' else 16)
+    collate = VLCollate(tok, T, c.task, c.model)
+    train_parts = [task_dataset(c.task, c.data_root, tr_splits[0], tf, train=True)]
     vocab = getattr(train_parts[0], 'answer_vocab', None)
-    train_parts += [task_dataset(task, data_root, s, tf, train=True, answer_vocab=vocab) for s in tr_splits[1:]]
+    train_parts += [task_dataset(c.task, c.data_root, s, tf, train=True, answer_vocab=vocab) for s in tr_splits[1:]]
     train_ds = torch.utils.data.ConcatDataset(train_parts)
-    if limit_train: train_ds = torch.utils.data.Subset(train_ds, range(min(limit_train, len(train_ds))))
+    if c.limit_train: train_ds = torch.utils.data.Subset(train_ds, range(min(c.limit_train, len(train_ds))))
     n_ans = len(vocab) if vocab else 3129
-    build = lambda: build_task_model(model, task, ckpt, vision_ckpt, text_ckpt, image_size, n_ans)
-    core.seed_everything(seed)
+    build = lambda: build_task_model(c.model, c.task, c.ckpt, c.vision_ckpt, c.text_ckpt, c.image_size, n_ans)
+    core.seed_everything(c.seed)
     m = build()
-    if model == 'vilt' and T > m.backbone.config.max_position_embeddings:
+    if c.model == 'vilt' and T > m.backbone.config.max_position_embeddings:
         raise ValueError(f"max_text_len={T} exceeds this ViLT's {m.backbone.config.max_position_embeddings} text positions")
-    L = 2 * len(m.backbone.cross_modal_text_layers) if model == 'meter' else m.backbone.config.num_hidden_layers
+    L = 2 * len(m.backbone.cross_modal_text_layers) if c.model == 'meter' else m.backbone.config.num_hidden_layers
     if fixed is not None and [i for i in fixed if not 0 <= i < L]:
-        raise ValueError(f"skip_list {fixed} does not fit this {model}: it has {L} candidate blocks (0..{L-1}); "
+        raise ValueError(f"skip_list {fixed} does not fit this {c.model}: it has {L} candidate blocks (0..{L-1}); "
                          "a skip list found on a model of another depth cannot be reused")
-    if fixed is None and not 1 <= skip_num < L: raise ValueError(f"skip_num={skip_num} must be in 1..{L-1} for {L} blocks")
-    auto = dev.type == 'cuda' and precision != 'fp32'
+    if fixed is None and not 1 <= c.skip_num < L: raise ValueError(f"skip_num={c.skip_num} must be in 1..{L-1} for {L} blocks")
+    auto = dev.type == 'cuda' and c.precision != 'fp32'
     amp = torch.autocast('cuda', dtype=torch.bfloat16) if auto else None
-    world = max(1, nproc)
-    accum = batch_size // (per_gpu_batchsize * world)
-    gb = dict(per_process=per_gpu_batchsize, processes=world, grad_accum=accum, global_=per_gpu_batchsize * world * accum,
-              recipe=batch_size)
-    print(f"das_vl: global batch {gb['global_']} = {per_gpu_batchsize} per process x {world} process(es) x {accum} accumulation "
-          f"(recipe {batch_size})")
-    extra = dict(model=model, task=task, splits=dict(train=list(tr_splits), reward=rw_split, eval=list(ev_splits)),
-                 max_text_len=T, image_size=image_size, num_blocks=L, global_batch=gb)
-    if task == 'f30k': extra['rank_output_init'] = m.rank_output_init
+    world = max(1, c.nproc)
+    accum = c.batch_size // (c.per_gpu_batchsize * world)
+    gb = dict(per_process=c.per_gpu_batchsize, processes=world, grad_accum=accum, global_=c.per_gpu_batchsize * world * accum,
+              recipe=c.batch_size)
+    print(f"das_vl: global batch {gb['global_']} = {c.per_gpu_batchsize} per process x {world} process(es) x {accum} accumulation "
+          f"(recipe {c.batch_size})")
+    extra = dict(model=c.model, task=c.task, splits=dict(train=list(tr_splits), reward=rw_split, eval=list(ev_splits)),
+                 max_text_len=T, image_size=c.image_size, num_blocks=L, global_batch=gb)
+    if c.task == 'f30k': extra['rank_output_init'] = m.rank_output_init
     # 1. search ------------------------------------------------------------------------------------------------------
     if fixed is not None: S, extra['search'] = fixed, 'skipped (skip_list given)'
     elif (out/'search.json').is_file():
         res = das.SearchResult.load(out/'search.json')
-        if res.num_blocks != L or len(res.skip) != skip_num:
+        if res.num_blocks != L or len(res.skip) != c.skip_num:
             raise ValueError(f"{out/'search.json'} holds a search for {res.num_blocks} blocks, k={len(res.skip)}; "
-                             f"this run has {L} blocks, k={skip_num}: use another out_dir")
+                             f"this run has {L} blocks, k={c.skip_num}: use another out_dir")
         S, extra['search'] = res.skip, 'loaded from search.json'
         extra.update(gates=res.gates, trajectory=res.trajectory)
     else:
         das.patch(m, search=True); m.to(dev)
-        rw = task_dataset(task, data_root, rw_split, tf, train=True, answer_vocab=vocab)
-        if limit_train: rw = torch.utils.data.Subset(rw, range(min(limit_train, len(rw))))
+        rw = task_dataset(c.task, c.data_root, rw_split, tf, train=True, answer_vocab=vocab)
+        if c.limit_train: rw = torch.utils.data.Subset(rw, range(min(c.limit_train, len(rw))))
         def loss(mm, b):
             b = to_device(b, dev)
             if amp is None: return task_loss(mm, b)
             with torch.autocast('cuda', dtype=torch.bfloat16): return task_loss(mm, b)
-        cfg = das.SearchConfig(k=skip_num, das_epoch=min(das_epoch, search_epochs), das_step=das_step, das_turn=das_turn,
-                               warmup_epoch=warmup_epoch, eta=eta, seed=seed)
-        res = das.search(m, loss, _EpochBatches(train_ds, collate, per_gpu_batchsize, seed, max_steps),
-                         _reward_batches(rw, collate, per_gpu_batchsize, seed, reward_mode), cfg, lr=lr, weight_decay=0.01,
-                         grad_accum=max(1, batch_size // per_gpu_batchsize), lr_mults=_lr_mults(model, lr_mult_head, lr_mult_cross_modal),
-                         reward_mode=reward_mode, state_path=out/'search_state.pt')
+        scfg = das.SearchConfig(k=c.skip_num, das_epoch=min(c.das_epoch, c.search_epochs), das_step=c.das_step, das_turn=c.das_turn,
+                                warmup_epoch=c.warmup_epoch, eta=c.eta, seed=c.seed)
+        opt = das.SearchOptim(lr=c.lr, weight_decay=0.01, grad_accum=max(1, c.batch_size // c.per_gpu_batchsize),
+                              lr_mults=_lr_mults(c.model, c.lr_mult_head, c.lr_mult_cross_modal))
+        res = das.search(m, loss, _EpochBatches(train_ds, collate, c.per_gpu_batchsize, c.seed, c.max_steps),
+                         _reward_batches(rw, collate, c.per_gpu_batchsize, c.seed, c.reward_mode), scfg, opt,
+                         reward_mode=c.reward_mode, state_path=out/'search_state.pt')
         res.save(out/'search.json')
         S, extra['search'] = res.skip, 'ran'
         extra.update(gates=res.gates, trajectory=res.trajectory, search_updates=len(res.history))
     extra['skip'] = sorted(S)
     # 2. skip and retrain --------------------------------------------------------------------------------------------
     del m
-    tcfg = TrainConfig(out_dir=str(out/'train'), epochs=train_epochs, max_steps=max_steps, batch_size=per_gpu_batchsize,
-                       grad_accum=accum, lr=lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8,
-                       lr_mults=_lr_mults(model, lr_mult_head, lr_mult_cross_modal), schedule='linear', warmup_ratio=0.1,
-                       precision=precision if dev.type == 'cuda' else 'fp32', device=str(dev), seed=seed,
+    tcfg = TrainConfig(out_dir=str(out/'train'), epochs=c.train_epochs, max_steps=c.max_steps, batch_size=c.per_gpu_batchsize,
+                       grad_accum=accum, lr=c.lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8,
+                       lr_mults=_lr_mults(c.model, c.lr_mult_head, c.lr_mult_cross_modal), schedule='linear', warmup_ratio=0.1,
+                       precision=c.precision if dev.type == 'cuda' else 'fp32', device=str(dev), seed=c.seed,
                        save_trainable_only=True, progress=False, find_unused_parameters=True, log_every=50)
-    if nproc:
-        targs = dict(model=model, task=task, data_root=str(data_root), ckpt=str(ckpt), skip=sorted(S), vision_ckpt=str(vision_ckpt),
-                     text_ckpt=str(text_ckpt), image_size=image_size, max_text_len=T, limit_train=limit_train, seed=seed)
-        tres = launch('vlrepro.das_vl:train_task', tcfg, nproc=nproc, launcher=launcher, task_args=targs)
+    if c.nproc:
+        targs = dict(model=c.model, task=c.task, data_root=str(c.data_root), ckpt=str(c.ckpt), skip=sorted(S), vision_ckpt=str(c.vision_ckpt),
+                     text_ckpt=str(c.text_ckpt), image_size=c.image_size, max_text_len=T, limit_train=c.limit_train, seed=c.seed)
+        tres = train.launch('vlrepro.das_vl:train_task', tcfg, nproc=c.nproc, launcher=c.launcher, task_args=targs)
         m = train_task(**targs)['model']
         m.load_state_dict(torch.load(out/'train'/'model.pt', map_location='cpu', weights_only=True)); m.to(dev)
         extra['train_steps_run'] = None
     else:
-        core.seed_everything(seed)
+        core.seed_everything(c.seed)
         m = build(); das.patch(m, skip=sorted(S))
         trainer = Trainer(m, task_loss, train_ds, tcfg, collate_fn=collate)
         start = trainer.step
@@ -1016,30 +1062,30 @@ def run_full_scale(model:str='vilt',           # 'vilt' or 'meter'
         extra['train_steps_run'] = tres['step'] - start
     extra['train_loss'], finished = tres.get('loss'), bool(tres.get('finished', True))
     # 3. evaluate ----------------------------------------------------------------------------------------------------
-    setting = f"{'ViLT' if model == 'vilt' else 'METER'} DAS-{len(S)} {TASK_NAMES[task]}"
+    setting = f"{'ViLT' if c.model == 'vilt' else 'METER'} DAS-{len(S)} {TASK_NAMES[c.task]}"
     metrics = {'train/loss': tres.get('loss')}   # the only local number of VQAv2 test (its answers are scored by EvalAI)
     for sp in ev_splits:
-        ds = task_dataset(task, data_root, sp, tf, limit=limit_eval if task != 'f30k' else 0, answer_vocab=vocab)
-        if task == 'vqav2':
-            r = evaluate_vqa(m, ds, collate, per_gpu_batchsize, str(dev), out/f'vqa_submission_{sp}.json')
+        ds = task_dataset(c.task, c.data_root, sp, tf, limit=c.limit_eval if c.task != 'f30k' else 0, answer_vocab=vocab)
+        if c.task == 'vqav2':
+            r = evaluate_vqa(m, ds, collate, c.per_gpu_batchsize, str(dev), out/f'vqa_submission_{sp}.json')
             metrics.update({f'{setting} {sp}/{k}': v for k, v in r.items() if k in ('vqa_score', 'vqa_accuracy')})
             if 'submission' in r: extra[f'submission_{sp}'] = r['submission']
-        elif task == 'nlvr2': metrics[f'{setting} {sp}/accuracy'] = evaluate_nlvr2(m, ds, collate, per_gpu_batchsize, str(dev))['accuracy']
+        elif c.task == 'nlvr2': metrics[f'{setting} {sp}/accuracy'] = evaluate_nlvr2(m, ds, collate, c.per_gpu_batchsize, str(dev))['accuracy']
         else:
-            r = evaluate_f30k(m, ds, collate, per_gpu_batchsize, str(dev), limit_eval)
+            r = evaluate_f30k(m, ds, collate, c.per_gpu_batchsize, str(dev), c.limit_eval)
             metrics.update({f'{setting} {sp}/{k}': v for k, v in r.items() if k != 'n_images'})
     # 4. cost --------------------------------------------------------------------------------------------------------
     used = das.trainable_parameters(m, used_only=True)
-    f0, f1 = _macs(model, m, [], T, image_size), _macs(model, m, S, T, image_size)
-    w0, w1 = _model_macs(model, m, [], T, image_size), _model_macs(model, m, S, T, image_size)
-    part = 'encoder' if model == 'vilt' else 'fusion'
+    f0, f1 = _macs(c.model, m, [], T, c.image_size), _macs(c.model, m, S, T, c.image_size)
+    w0, w1 = _model_macs(c.model, m, [], T, c.image_size), _model_macs(c.model, m, S, T, c.image_size)
+    part = 'encoder' if c.model == 'vilt' else 'fusion'
     eff = {f'{part}_gflops': 2 * f1 / 1e9, f'{part}_gflops_no_skip': 2 * f0 / 1e9, 'flops_reduction': 1 - f1 / f0,
            'model_gflops': 2 * w1 / 1e9, 'model_gflops_no_skip': 2 * w0 / 1e9, 'model_flops_reduction': 1 - w1 / w0,
            'trainable_params': sum(p.numel() for p in used.values()),
            'adapter_params': sum(p.numel() for n, p in used.items() if '.das_' in n), 'train_seconds': tres.get('seconds')}
-    if (model, task) == ('meter', 'vqav2'):   # the abstract's "11.97 %" row: whole-model FLOPs (encoders + fusion), in %
+    if (c.model, c.task) == ('meter', 'vqav2'):   # the abstract's "11.97 %" row: whole-model FLOPs (encoders + fusion), in %
         metrics['METER DAS VQA2.0/flops_reduction'] = 100.0 * (1 - w1 / w0)
-    full = not (max_steps or limit_train or limit_eval) and _paper_sized(model, m)
+    full = not (c.max_steps or c.limit_train or c.limit_eval) and _paper_sized(c.model, m)
     scale, status = core.scale_label(True, full=full), 'complete' if finished else 'partial'
     result = dict(metrics=metrics, efficiency=eff, extra=extra, scale=scale, status=status)
     core.atomic_write_json(out/'full_scale.json', dict(result, wall_time_s=time.time() - t0))
@@ -1066,7 +1112,6 @@ RECIPE_BATCH = {('vilt', 'vqav2'): 256, ('vilt', 'nlvr2'): 128, ('vilt', 'f30k')
                 ('meter', 'vqav2'): 512, ('meter', 'nlvr2'): 256, ('meter', 'f30k'): 512}
 
 def _encode(a, fmt:str='PNG')->bytes:
-    from PIL import Image
     b = io.BytesIO(); Image.fromarray(a).save(b, format=fmt); return b.getvalue()
 
 def _write_arrow(path:Path, cols:dict):
@@ -1189,7 +1234,7 @@ def write_meter_standin(ckpt:str|Path, vision_dir:str|Path, text_dir:str|Path, t
                              vision_config=dict(vkw, image_size=32), projection_dim=d)).save_pretrained(vision_dir)
         m = das.METER(CLIPVisionModel(CLIPVisionConfig(**vkw, image_size=48)), RobertaModel(tcfg), fusion_layers,
                       das.fusion_config(d, 2, 4 * d))   # pre-trained at 48 px (the release: 288), run at the set's size
-        ck = das.meter_to_official(m)
+        ck = meter_to_official(m)
         ck['state_dict'].update({'itm_score.fc.weight': 0.02 * torch.randn(2, 2 * d), 'itm_score.fc.bias': torch.zeros(2),
                                  'mlm_score.bias': torch.zeros(tcfg.vocab_size)})
     return core.atomic_torch_save({**ck, 'epoch': 9, 'global_step': 100_000}, ckpt)
@@ -1197,7 +1242,6 @@ def write_meter_standin(ckpt:str|Path, vision_dir:str|Path, text_dir:str|Path, t
 # %% ../nbs/21_das_vl.ipynb #71aa9d82
 def write_standins(params:dict, root:str|Path, seed:int=0)->dict:
     "Write a ViLT/METER set's inputs under `root` at the set's own paths: raw upstream files converted by data_scripts/."
-    from vlrepro.das import run_data_script, standin_path
     model, task, root = params['model'], params['task'], Path(root)
     d, raw = standin_path(root, params['data_root'], 'data_root'), root/'raw'/task
     if task == 'nlvr2':
