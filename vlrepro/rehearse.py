@@ -48,7 +48,7 @@ def check_recipe_batch(rb:dict|None)->str:
     return f"{text} (recipe {rb['recipe']})"
 
 # %% ../nbs/08_rehearse.ipynb #45f88f81
-PLANS = {'11_crossget': 'vlrepro.crossget:rehearsal_clip', '12_crossget_llava': 'vlrepro.crossget:rehearsal_llava',
+PLANS = {'11_crossget': 'vlrepro.crossget_clip:rehearsal_clip', '12_crossget_llava': 'vlrepro.crossget_llava:rehearsal_llava',
          '30_laps': 'vlrepro.laps:rehearsal', '40_ademvl': 'vlrepro.ademvl:rehearsal',
          '50_vqascore': 'vlrepro.vqascore:rehearsal'}
 
