@@ -11,7 +11,7 @@ import argparse, re
 from pathlib import Path
 from vlrepro import data
 from vlrepro.core import atomic_torch_save
-from vlrepro.crossget import read_coop_context
+from vlrepro.crossget_clip import read_coop_context
 
 
 def find_checkpoint(src:Path)->Path:

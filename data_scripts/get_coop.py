@@ -11,7 +11,7 @@ Result: <root>/coop/<dataset>/{train,val,test}.jsonl (rows: image, label, classn
 Example: python data_scripts/get_coop.py --src ~/raw/coop_data --root data --datasets dtd eurosat
 """
 from vlrepro import data
-from vlrepro.crossget import COOP_DATASETS, convert_coop
+from vlrepro.crossget_clip import COOP_DATASETS, convert_coop
 
 # file -> (url, sha256): the image archives with a direct official link, for reference. --download is refused: each
 # dataset must be unpacked and completed with CoOp's split_zhou_*.json (Google Drive links in DATASETS.md) by hand.

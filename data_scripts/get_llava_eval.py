@@ -19,7 +19,7 @@ val2014, GQA images); LLaVA's question files (eval.zip) and MME (by request from
 Example: python data_scripts/get_llava_eval.py --bench all --src playground/data/eval --root data
 """
 from vlrepro import data
-from vlrepro.crossget import LLAVA_EVAL_FILES, convert_llava_eval
+from vlrepro.crossget_llava import LLAVA_EVAL_FILES, convert_llava_eval
 
 COCO, GH = 'http://images.cocodataset.org/zips/', 'https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262c85a6a83f26cf5094022a782cb0df58d/output/coco/'
 # file under --src -> (url, sha256); sha256 None = not pinned yet: --download prints the digest it saw, record it here.

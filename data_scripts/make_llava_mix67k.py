@@ -10,7 +10,7 @@ import json, tempfile
 from pathlib import Path
 from vlrepro import data
 from vlrepro.core import atomic_write_text
-from vlrepro.crossget import mix67k
+from vlrepro.crossget_llava import mix67k
 
 
 def main(argv=None):

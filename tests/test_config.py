@@ -87,10 +87,10 @@ def test_run_checks_laps_values_and_p_overrides(tmp_path):
 
 
 def test_crossget_das_ademvl_values_name_the_field():
-    from vlrepro import ademvl, crossget, das
-    with pytest.raises(ValueError, match="finetunes entries are 'method:rv:rl'.*got 'crossget:16'"): crossget.Config(finetunes=['crossget:16'])
-    with pytest.raises(ValueError, match="preset='full' needs real data"): crossget.Config(preset='full')
-    assert crossget.Config(preset='cpu-demo', finetune_steps=7).finetune_steps == 7     # a given value wins over the preset
+    from vlrepro import ademvl, crossget_clip, das
+    with pytest.raises(ValueError, match="finetunes entries are 'method:rv:rl'.*got 'crossget:16'"): crossget_clip.Config(finetunes=['crossget:16'])
+    with pytest.raises(ValueError, match="preset='full' needs real data"): crossget_clip.Config(preset='full')
+    assert crossget_clip.Config(preset='cpu-demo', finetune_steps=7).finetune_steps == 7     # a given value wins over the preset
     with pytest.raises(ValueError, match='search_epochs=3 must equal das_epoch=5'): das.Config(das_epoch=5)
     with pytest.raises(ValueError, match="model='tiny-vilt' runs the synthetic ShapesVQA demonstration only"): das.Config(task='vqav2')
     with pytest.raises(ValueError, match="skip_list must be a list of block indices like"): das.Config(model='vilt', task='vqav2', skip_list='[1,')

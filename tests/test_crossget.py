@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 open_clip = pytest.importorskip('open_clip')
-from vlrepro import crossget as cg
+from vlrepro import crossget as cg, crossget_clip as cgc
 from vlrepro import models
 
 torch.set_num_threads(1)
@@ -179,16 +179,16 @@ def test_coop(tiny):
     m = copy.deepcopy(tiny)
     cg.patch(m, rv=16)
     tok = lambda texts: _inputs()[1][:len(texts)]
-    coop = cg.CoOp(m, ['a', 'b', 'c'], tok, n_ctx=4)
+    coop = cgc.CoOp(m, ['a', 'b', 'c'], tok, n_ctx=4)
     img, _ = _inputs()
     trainable = {n for n, p in coop.named_parameters() if p.requires_grad}
     assert trainable == {'coop_ctx', 'clip.visual.crossget_cross_image', 'clip.crossget_cross_text'}
     logits, cr = coop(img, torch.tensor([0, 1, 2]))
     assert logits.shape == (3, 3) and cr >= 0
-    loss, parts = cg.coop_loss(coop, dict(image=img, label=torch.tensor([0, 1, 2])))
+    loss, parts = cgc.coop_loss(coop, dict(image=img, label=torch.tensor([0, 1, 2])))
     loss.backward()
     assert coop.coop_ctx.grad.abs().sum() > 0
-    assert 0 <= cg.coop_accuracy(coop, img, torch.tensor([0, 1, 2])) <= 100
+    assert 0 <= cgc.coop_accuracy(coop, img, torch.tensor([0, 1, 2])) <= 100
 
 
 def test_trace_and_pickle(tiny):

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 pytest.importorskip('open_clip')
-from vlrepro import crossget as cg, models
+from vlrepro import crossget as cg, crossget_clip as cgc, models
 from vlrepro.core import paper_numbers
 from vlrepro.rehearse import Plan, check_recipe_batch
 
@@ -79,7 +79,7 @@ def test_paper_setting_rows():
                            (16, 6): 'CLIP CrossGET rv=16, rl=6', (0, 0): 'CLIP'}.items():
         assert cg.paper_setting(rv, rl) == name
         assert all((name, k) in have for k in ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10', 'gflops'])
-    assert all(('CoOp CrossGET rv=8', f"acc_{d['column']}") in have for d in cg.COOP_DATASETS.values())
+    assert all(('CoOp CrossGET rv=8', f"acc_{d['column']}") in have for d in cgc.COOP_DATASETS.values())
 
 
 # ---- plans of all 37 sets
@@ -90,7 +90,7 @@ def test_plans_of_every_set():
     branches = {}
     for s in SETS:
         params = yaml.safe_load(s.read_text())
-        plan = Plan.from_dict(cg.rehearsal_clip(params), f' of {s.name}')
+        plan = Plan.from_dict(cgc.rehearsal_clip(params), f' of {s.name}')
         branches.setdefault(plan.branch, []).append(s.name)
         assert not {'pretrained', 'init_checkpoint', 'data_root', 'dataset', 'coop_dataset', 'coop_init_prompt',
                     'preset', 'finetunes', 'out_dir'} & set(plan.overrides), s.name        # sizes only, never paths or branch
@@ -107,7 +107,7 @@ def test_plans_of_every_set():
         elif plan.branch == 'clip-retrieval':
             assert params['nproc'] == 8 and plan.nproc == 2 and plan.overrides['nproc'] == 2
             assert plan.recipe_batch == dict(per_process=64, processes=8, grad_accum=1, recipe=512)
-        assert Plan.from_dict(cg.rehearsal_clip(params, device='cuda')).overrides['precision'] == 'bf16'
+        assert Plan.from_dict(cgc.rehearsal_clip(params, device='cuda')).overrides['precision'] == 'bf16'
     assert {b: len(v) for b, v in branches.items()} == {'clip-retrieval': 4, 'coop': 33, 'cpu-demo': 1}
 
 
@@ -123,7 +123,7 @@ def test_parameters_cell_marks_paths():
 
 @pytest.fixture(scope='module')
 def openai_pt(tmp_path_factory):
-    return cg.write_openai_clip(tmp_path_factory.mktemp('ckpt')/'ViT-B-16.pt')
+    return cgc.write_openai_clip(tmp_path_factory.mktemp('ckpt')/'ViT-B-16.pt')
 
 
 def test_openai_torchscript_standin_loads(openai_pt):
@@ -138,25 +138,25 @@ def test_openai_torchscript_standin_loads(openai_pt):
 
 def test_authors_checkpoint_is_unwrapped_and_converted(openai_pt, tmp_path):
     base = models.create_open_clip(cg.REHEARSAL_CLIP, pretrained=str(openai_pt))
-    f = cg.write_authors_checkpoint(tmp_path/'checkpoint_best.pth', base.state_dict())
+    f = cgc.write_authors_checkpoint(tmp_path/'checkpoint_best.pth', base.state_dict())
     raw = torch.load(f, weights_only=True)
     assert set(raw) == {'model', 'optimizer', 'config', 'epoch'} and raw['model']['visual.transformer.cross_image'].shape == (1, 2, 32)
     with pytest.raises(Exception): base.load_state_dict(raw)                    # what the notebook did before
-    m = cg.load_init_checkpoint(models.create_open_clip(cg.REHEARSAL_CLIP), f)
+    m = cgc.load_init_checkpoint(models.create_open_clip(cg.REHEARSAL_CLIP), f)
     for k, v in m.state_dict().items(): torch.testing.assert_close(v, raw['model'][k].float())
     # trained cross tokens go to a patched model's crossget_ parameters; an un-patched model drops them with a warning
     raw['model']['visual.transformer.cross_image'] = torch.randn(1, 2, 32)
     raw['model']['transformer.cross_text'] = torch.randn(1, 2, 32)
     torch.save(raw, tmp_path/'trained.pth')
-    p = cg.load_init_checkpoint(cg.patch(models.create_open_clip(cg.REHEARSAL_CLIP), rv=16, rl=6), tmp_path/'trained.pth')
+    p = cgc.load_init_checkpoint(cg.patch(models.create_open_clip(cg.REHEARSAL_CLIP), rv=16, rl=6), tmp_path/'trained.pth')
     torch.testing.assert_close(p.visual.crossget_cross_image.data, raw['model']['visual.transformer.cross_image'][0])
     torch.testing.assert_close(p.crossget_cross_text.data, raw['model']['transformer.cross_text'][0])
     with pytest.warns(UserWarning, match='cross tokens'):
-        cg.load_init_checkpoint(models.create_open_clip(cg.REHEARSAL_CLIP), tmp_path/'trained.pth')
+        cgc.load_init_checkpoint(models.create_open_clip(cg.REHEARSAL_CLIP), tmp_path/'trained.pth')
     torch.save(base.state_dict(), tmp_path/'plain.pt')                          # a plain state_dict still loads
-    cg.load_init_checkpoint(models.create_open_clip(cg.REHEARSAL_CLIP), tmp_path/'plain.pt')
+    cgc.load_init_checkpoint(models.create_open_clip(cg.REHEARSAL_CLIP), tmp_path/'plain.pt')
     with pytest.raises(ValueError, match='does not fit'):
-        cg.load_init_checkpoint(models.create_open_clip(cg.REHEARSAL_CLIP),
+        cgc.load_init_checkpoint(models.create_open_clip(cg.REHEARSAL_CLIP),
                                 _save(tmp_path/'bad.pt', {k: v for k, v in base.state_dict().items() if 'ln_final' not in k}))
 
 
@@ -166,9 +166,9 @@ def _save(path, obj):
 
 def test_train_task_reads_the_standins(openai_pt, tmp_path):
     base = models.create_open_clip(cg.REHEARSAL_CLIP, pretrained=str(openai_pt))
-    ck = cg.write_authors_checkpoint(tmp_path/'ft.pth', base.state_dict())
-    script('data_scripts/get_flickr30k.py', '--src', cg.write_karpathy_flickr(tmp_path/'raw'), '--root', tmp_path/'data')
-    t = cg.train_task(model=cg.REHEARSAL_CLIP, pretrained=str(openai_pt), init_checkpoint=str(ck),
+    ck = cgc.write_authors_checkpoint(tmp_path/'ft.pth', base.state_dict())
+    script('data_scripts/get_flickr30k.py', '--src', cgc.write_karpathy_flickr(tmp_path/'raw'), '--root', tmp_path/'data')
+    t = cgc.train_task(model=cg.REHEARSAL_CLIP, pretrained=str(openai_pt), init_checkpoint=str(ck),
                       data_root=str(tmp_path/'data'), rv=16, rl=6, view='all')
     assert len(t['train_data']) == 20 and cg.is_patched(t['model'])                  # 4 images x 5 captions
     batch = t['collate_fn']([t['train_data'][i] for i in range(4)])
@@ -181,7 +181,7 @@ def test_train_task_reads_the_standins(openai_pt, tmp_path):
 @pytest.mark.parametrize('name', ['dtd', 'imagenet', 'fgvc_aircraft', 'stanford_cars'])
 def test_get_coop(tmp_path, name, capsys):
     src = tmp_path/'coop_data'
-    cg.write_coop_dataset(src, name)
+    cgc.write_coop_dataset(src, name)
     out = script('data_scripts/get_coop.py', '--src', src, '--root', tmp_path/'data', '--datasets', name, '--dry-run', capsys=capsys)
     assert 'dry run' in out and not (tmp_path/'data').exists()
     if name == 'dtd':                                                             # once as a user runs it
@@ -195,13 +195,13 @@ def test_get_coop(tmp_path, name, capsys):
     assert all((d/'images'/r['image']).is_file() for r in rows['train'] + rows['test'])
     if name == 'fgvc_aircraft': assert {r['classname'] for r in rows['test']} == {'707-320', 'F/A-18', 'Falcon 2000'}
     if name == 'imagenet': assert rows['test'][0]['image'].startswith('val/n0')   # ImageNet's val is CoOp's test
-    ds = cg.LabelledImages([d/'images'/r['image'] for r in rows['test']], [r['label'] for r in rows['test']],
-                           cg.retrieval_transform(32))
+    ds = cgc.LabelledImages([d/'images'/r['image'] for r in rows['test']], [r['label'] for r in rows['test']],
+                           cgc.retrieval_transform(32))
     assert ds[0]['image'].shape == (3, 32, 32) and ds[0]['label'].item() == rows['test'][0]['label']
 
 
 def test_get_coop_errors(tmp_path, capsys):
-    src = tmp_path/'coop_data'; cg.write_coop_dataset(src, 'dtd')
+    src = tmp_path/'coop_data'; cgc.write_coop_dataset(src, 'dtd')
     split = src/'dtd'/'split_zhou_DescribableTextures.json'
     d = json.loads(split.read_text()); d['test'][0][2] = 'another name'; split.write_text(json.dumps(d))
     from vlrepro.data import script_main
@@ -218,24 +218,24 @@ def test_get_coop_errors(tmp_path, capsys):
 
 def test_extract_coop_context(tmp_path):
     run = tmp_path/'output'/'dtd'/'CoOp'/'vit_b16_16shots'/'nctx16_cscFalse_ctpend'/'seed1'
-    f = cg.write_coop_prompt_learner(run, n_ctx=16, width=32, n_cls=3, epoch=200)
+    f = cgc.write_coop_prompt_learner(run, n_ctx=16, width=32, n_cls=3, epoch=200)
     ctx = torch.load(f, weights_only=True)['state_dict']['ctx']
     for src in (run, f):                                                          # the run folder or the file itself
         if src == run: assert subprocess_script('data_scripts/extract_coop_context.py', '--src', src, '--out', tmp_path/'ctx.pt')[0] == 0
         else: script('data_scripts/extract_coop_context.py', '--src', src, '--out', tmp_path/'ctx.pt')
         out = torch.load(tmp_path/'ctx.pt', weights_only=True)
         assert out.shape == (16, 32) and out.dtype == torch.float32 and torch.equal(out, ctx.float())
-    torch.testing.assert_close(cg.read_coop_context(f), ctx.float())                 # the notebook reads either file
+    torch.testing.assert_close(cgc.read_coop_context(f), ctx.float())                 # the notebook reads either file
     torch.save({'state_dict': {'ctx': torch.zeros(3, 16, 32)}}, tmp_path/'csc.pth')
-    with pytest.raises(ValueError, match='class-specific'): cg.read_coop_context(tmp_path/'csc.pth')
+    with pytest.raises(ValueError, match='class-specific'): cgc.read_coop_context(tmp_path/'csc.pth')
 
 
 def test_get_flickr30k_on_the_karpathy_standin(tmp_path, capsys):
-    out = script('data_scripts/get_flickr30k.py', '--src', cg.write_karpathy_flickr(tmp_path/'raw'), '--root', tmp_path/'data',
+    out = script('data_scripts/get_flickr30k.py', '--src', cgc.write_karpathy_flickr(tmp_path/'raw'), '--root', tmp_path/'data',
                  capsys=capsys)
     assert 'train 4' in out and 'test 3' in out
     from vlrepro.data import RetrievalDataset
-    ds = RetrievalDataset(tmp_path/'data'/'flickr30k', 'test', transform=cg.retrieval_transform(32))
+    ds = RetrievalDataset(tmp_path/'data'/'flickr30k', 'test', transform=cgc.retrieval_transform(32))
     assert len(ds.captions) == 15 and ds[0]['image'].shape == (3, 32, 32)
 
 
@@ -247,7 +247,7 @@ def test_get_flickr30k_on_the_karpathy_standin(tmp_path, capsys):
 def test_rehearse_set(tmp_path, name):
     from vlrepro.rehearse import rehearse_set
     r = rehearse_set(REPO/'nbs'/'params'/f'11_crossget.{name}.yaml', tmp_path, compare=True)
-    plan = cg.rehearsal_clip(yaml.safe_load((REPO/'nbs'/'params'/f'11_crossget.{name}.yaml').read_text()))
+    plan = cgc.rehearsal_clip(yaml.safe_load((REPO/'nbs'/'params'/f'11_crossget.{name}.yaml').read_text()))
     assert r['resumed'] and {tuple(x) for x in plan['rows']} <= {tuple(x) for x in r['rows']}
     rec = json.loads((tmp_path/f'11_crossget.{name}'/'run'/'results.json').read_text())
     assert rec['status'] == 'complete' and rec['scale'] == 'rehearsal'

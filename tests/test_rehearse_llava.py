@@ -7,14 +7,14 @@ import torch
 import yaml
 
 pytest.importorskip('transformers')
-from vlrepro import crossget as cg
+from vlrepro import crossget as cg, crossget_llava as cgl
 from vlrepro import core, data, models
 from vlrepro.rehearse import make_plan, check_recipe_batch
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 SETS = sorted((REPO/'nbs'/'params').glob('12_crossget_llava.*.yaml'))
-BENCHES = list(cg.LLAVA_EVAL_FILES)
+BENCHES = list(cgl.LLAVA_EVAL_FILES)
 
 
 def script(name, *args):
@@ -24,7 +24,7 @@ def script(name, *args):
 @pytest.fixture(scope='module')
 def upstream(tmp_path_factory):
     "LLaVA's playground/data/eval layout, 4 questions per benchmark."
-    return cg.write_llava_eval_upstream(tmp_path_factory.mktemp('llava')/'eval', n=4)
+    return cgl.write_llava_eval_upstream(tmp_path_factory.mktemp('llava')/'eval', n=4)
 
 
 # --- the parameter sets -------------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ def test_get_llava_eval_all_benchmarks(upstream, tmp_path):
     assert {r['category'] for r in rows['mme']} == {'existence', 'artwork', 'code_reasoning'}
     assert all(r['answers'][0] in ('Yes', 'No') for r in rows['mme'])
     sqa = rows['sqa'][0]
-    assert sqa['prompt'].endswith(cg.LETTER_ANSWER) and '<image>' not in sqa['prompt'] and isinstance(sqa['answer'], int)
+    assert sqa['prompt'].endswith(cgl.LETTER_ANSWER) and '<image>' not in sqa['prompt'] and isinstance(sqa['answer'], int)
     assert len(rows['seed']) == 4                                                          # the video question is left out
     mmb = rows['mmbench']
     assert [len(r['choices']) for r in mmb] == [4, 3, 4, 3] and (tmp_path/'d/mmbench/images'/mmb[0]['image']).is_file()
@@ -111,35 +111,35 @@ def test_get_llava_eval_errors(upstream, tmp_path):
     (bad/'pope/coco/coco_pope_random.json').write_text('')
     p = script('get_llava_eval.py', '--bench', 'pope', '--src', bad, '--root', tmp_path/'d', '--no-check-images')
     assert p.returncode == 2 and "coco_pope_random.json has 0 labels" in p.stderr and 'Traceback' not in p.stderr
-    with pytest.raises(FileNotFoundError, match='is not a folder'): cg.convert_llava_eval('mme', bad, tmp_path/'x')
+    with pytest.raises(FileNotFoundError, match='is not a folder'): cgl.convert_llava_eval('mme', bad, tmp_path/'x')
 
 
 def test_records_and_scores_from_converted_files(upstream, tmp_path):
-    for b in BENCHES: cg.convert_llava_eval(b, upstream, tmp_path/b)
-    mmb = cg.llava_benchmark_records(tmp_path, 'mmbench', 32)
+    for b in BENCHES: cgl.convert_llava_eval(b, upstream, tmp_path/b)
+    mmb = cgl.llava_benchmark_records(tmp_path, 'mmbench', 32)
     assert len(mmb) == 4 + 3 + 4 + 3                         # every circular rotation (LLaVA's --all-rounds)
     right = [r['choices'][r['answer']] for r in mmb if r['id'] == '1000']
     assert len(set(right)) == 1                              # the right option follows the rotation
     answers = ['ABCD'[r['answer']] for r in mmb]
-    assert cg.score_benchmark('mmbench', mmb, answers)['mmbench'] == 100.0
+    assert cgl.score_benchmark('mmbench', mmb, answers)['mmbench'] == 100.0
     answers[1] = 'A' if answers[1] != 'A' else 'B'             # one rotation wrong: the whole question counts wrong
-    assert cg.score_benchmark('mmbench', mmb, answers)['mmbench'] == 75.0
-    cn = cg.llava_benchmark_records(tmp_path, 'mmbench_cn', 32)
+    assert cgl.score_benchmark('mmbench', mmb, answers)['mmbench'] == 75.0
+    cn = cgl.llava_benchmark_records(tmp_path, 'mmbench_cn', 32)
     assert cn[0]['question'].endswith('请直接回答选项字母。')
-    mme = cg.llava_benchmark_records(tmp_path, 'mme', 32)
-    sc = cg.score_benchmark('mme', mme, [r['answers'][0] for r in mme])
+    mme = cgl.llava_benchmark_records(tmp_path, 'mme', 32)
+    sc = cgl.score_benchmark('mme', mme, [r['answers'][0] for r in mme])
     assert sc == {'mme': 400.0}                               # existence + artwork; code_reasoning is cognition
-    vqa = cg.llava_benchmark_records(tmp_path, 'vqav2', 32)
-    assert cg.score_benchmark('vqav2', vqa, ['x'] * 4) == {}
-    up = cg.llava_upload('vizwiz', cg.llava_benchmark_records(tmp_path, 'vizwiz', 32), ['Unanswerable.'] * 4)
+    vqa = cgl.llava_benchmark_records(tmp_path, 'vqav2', 32)
+    assert cgl.score_benchmark('vqav2', vqa, ['x'] * 4) == {}
+    up = cgl.llava_upload('vizwiz', cgl.llava_benchmark_records(tmp_path, 'vizwiz', 32), ['Unanswerable.'] * 4)
     assert up[0] == dict(image='VizWiz_test_00000000.jpg', answer='unanswerable')
-    pope = cg.llava_benchmark_records(tmp_path, 'pope', 32)
-    assert cg.score_benchmark('pope', pope, [r['answers'][0].capitalize() for r in pope])['pope'] == 100.0
+    pope = cgl.llava_benchmark_records(tmp_path, 'pope', 32)
+    assert cgl.score_benchmark('pope', pope, [r['answers'][0].capitalize() for r in pope])['pope'] == 100.0
 
 
 def test_mme_perception_leaves_out_cognition():
     "Before: 'perception' summed every subtask, so a file with MME's cognition subtasks inflated the perception score."
-    sc = cg.mme_scores(['Yes', 'No', 'Yes', 'No'], ['yes', 'no', 'yes', 'no'], ['a', 'a', 'b', 'b'],
+    sc = cgl.mme_scores(['Yes', 'No', 'Yes', 'No'], ['yes', 'no', 'yes', 'no'], ['a', 'a', 'b', 'b'],
                        ['existence', 'existence', 'code_reasoning', 'code_reasoning'])
     assert sc['perception'] == 200.0 and sc['cognition'] == 200.0
 
@@ -147,7 +147,7 @@ def test_mme_perception_leaves_out_cognition():
 def test_mmbench_scored_circular():
     "Before: MMBench was scored as plain accuracy over one ordering of the options, not CircularEval."
     recs = [dict(id='7', answer=(1 - t) % 2, num_choices=2, round=t) for t in range(2)]
-    assert cg.score_benchmark('mmbench', recs, ['B', 'B'])['mmbench'] == 0.0      # right in round 0 only
+    assert cgl.score_benchmark('mmbench', recs, ['B', 'B'])['mmbench'] == 0.0      # right in round 0 only
 
 
 # --- stand-in checkpoints through the real loaders ----------------------------------------------------------------
@@ -155,28 +155,28 @@ def test_mmbench_scored_circular():
 def test_llava_hf_standin_roundtrip(tmp_path):
     "The tiny llava-hf folder loads with models.load_hf / load_tokenizer / AutoProcessor; a fine-tune's model.pt loads back."
     d = tmp_path/'ckpt/llava-1.5-7b-hf'
-    sd = cg.write_llava_hf(d, seed=3, r=13)
+    sd = cgl.write_llava_hf(d, seed=3, r=13)
     assert {'config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'processor_config.json'} <= {p.name for p in d.iterdir()}
     m, tok = models.load_hf('llava', d), models.load_tokenizer(d)
     assert tok.convert_tokens_to_ids('<image>') == m.config.image_token_id == 255 and tok.bos_token_id == 1
     from transformers import AutoProcessor
     assert type(AutoProcessor.from_pretrained(d)).__name__ == 'LlavaProcessor'
     torch.save(sd, tmp_path/'model.pt')
-    ft = cg.load_crossget_llava(d, tmp_path/'model.pt', r=13)
-    assert cg.is_patched(ft) and cg.llava_visual_tokens(ft) == 26
+    ft = cgl.load_crossget_llava(d, tmp_path/'model.pt', r=13)
+    assert cg.is_patched(ft) and cgl.llava_visual_tokens(ft) == 26
     assert all(torch.equal(v, sd[k]) for k, v in ft.state_dict().items())
     base_sd = m.state_dict()
     assert all(torch.equal(base_sd[k], sd[k]) for k in base_sd)                 # the fine-tune shares the base's other weights
-    with pytest.raises(ValueError, match='does not fit'): cg.load_crossget_llava(d, tmp_path/'model.pt', r=0)
+    with pytest.raises(ValueError, match='does not fit'): cgl.load_crossget_llava(d, tmp_path/'model.pt', r=0)
 
 
 def test_train_task_reads_converted_mix67k(tmp_path):
     "make_llava_mix67k.py on a tiny mix665k, then llava_train_task with an absolute train_name (how a [data] parameter arrives)."
-    cg.write_llava_mix665k(tmp_path/'raw', n=90)
+    cgl.write_llava_mix665k(tmp_path/'raw', n=90)
     p = script('make_llava_mix67k.py', '--src', tmp_path/'raw', '--root', tmp_path/'data')
     assert p.returncode == 0, p.stderr
-    cg.write_llava_hf(tmp_path/'m')
-    task = cg.llava_train_task(str(tmp_path/'m'), 'unused', str(tmp_path/'data/llava_mix67k'), r_vision=13,
+    cgl.write_llava_hf(tmp_path/'m')
+    task = cgl.llava_train_task(str(tmp_path/'m'), 'unused', str(tmp_path/'data/llava_mix67k'), r_vision=13,
                                gradient_checkpointing=False)
     assert len(task['train_data']) == 8                                        # 9 rows, the text-only one left out
     batch = task['collate_fn']([task['train_data'][i] for i in range(2)])
@@ -187,16 +187,16 @@ def test_train_task_reads_converted_mix67k(tmp_path):
 def test_llava_answers_resume(tmp_path):
     "A rerun reads the answers already kept and generates only the rest (a line cut by a kill is dropped)."
     calls = []
-    real = cg.llava_generate
+    real = cgl.llava_generate
     try:
-        cg.llava_generate = lambda m, t, recs, **kw: calls.append(len(recs)) or [f"a{r['id']}" for r in recs]
+        cgl.llava_generate = lambda m, t, recs, **kw: calls.append(len(recs)) or [f"a{r['id']}" for r in recs]
         recs = [dict(id=str(i)) for i in range(5)]
         f = tmp_path/'ans.jsonl'
-        assert cg.llava_answers(f, None, None, recs[:3], chunk=2) == ['a0', 'a1', 'a2'] and calls == [2, 1]
+        assert cgl.llava_answers(f, None, None, recs[:3], chunk=2) == ['a0', 'a1', 'a2'] and calls == [2, 1]
         f.write_text(f.read_text() + '{"key": "3#0", "ans')                    # killed mid-write
-        assert cg.llava_answers(f, None, None, recs, chunk=2) == [f'a{i}' for i in range(5)] and calls == [2, 1, 2]
-        assert cg.llava_answers(f, None, None, recs, chunk=2) == [f'a{i}' for i in range(5)] and calls == [2, 1, 2]
-    finally: cg.llava_generate = real
+        assert cgl.llava_answers(f, None, None, recs, chunk=2) == [f'a{i}' for i in range(5)] and calls == [2, 1, 2]
+        assert cgl.llava_answers(f, None, None, recs, chunk=2) == [f'a{i}' for i in range(5)] and calls == [2, 1, 2]
+    finally: cgl.llava_generate = real
 
 
 def test_plan_writes_standins(tmp_path):
@@ -206,5 +206,5 @@ def test_plan_writes_standins(tmp_path):
     s = yaml.safe_load(path.read_text())
     assert (tmp_path/s['model']/'config.json').is_file() and (tmp_path/s['crossget_weights']).is_file()
     assert len(data.read_jsonl(tmp_path/s['data_root']/'textvqa'/'test.jsonl')) == 4
-    cg.load_crossget_llava(tmp_path/s['model'], tmp_path/s['crossget_weights'], r=s['r_vision'])
+    cgl.load_crossget_llava(tmp_path/s['model'], tmp_path/s['crossget_weights'], r=s['r_vision'])
     assert not p.trains and p.rows == [('LLaVA-1.5-13B', 'textvqa'), ('CrossGET 13B', 'textvqa'), ('CrossGET 13B', 'throughput_ratio')]

@@ -359,7 +359,7 @@ def test_cosine_epoch_schedule_is_set_once_per_epoch(tmp_path):
     "CrossGET's CLIP retrieval recipe: the cosine learning rate changes at epoch starts only, lr_e = ½·lr·(1 + cos(π e / E))."
     import json, math
     from vlrepro.train import Trainer, TrainConfig, demo_task
-    from vlrepro.crossget import retrieval_config
+    from vlrepro.crossget_clip import retrieval_config
     assert retrieval_config(epochs=12).schedule == 'cosine_epoch' and retrieval_config(steps=50).schedule == 'cosine'
     t = demo_task(n=32)
     cfg = TrainConfig(out_dir=str(tmp_path / 'run'), epochs=3, batch_size=8, lr=1e-3, schedule='cosine_epoch', progress=False,

@@ -10,12 +10,12 @@ from pathlib import Path
 # vlrepro's modules (and torch, which vlrepro.core imports) load inside the commands, so `vlrepro --help` answers at once
 
 # %% auto #0
-__all__ = ['CONFIGS', 'PAPERS', 'BENCH_ALL', 'config_class', 'bench_all', 'report', 'parser', 'main', 'console']
+__all__ = ['CONFIGS', 'PAPERS', 'BENCH_ALL', 'config_class', 'paper_modules', 'bench_all', 'report', 'parser', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #e5238030
 # notebook stem -> the typed config (a `vlrepro.core.Config`) of its parameters; one entry per line
 CONFIGS = {
-    '11_crossget': 'vlrepro.crossget:Config',
+    '11_crossget': 'vlrepro.crossget_clip:Config',
     '20_das': 'vlrepro.das:Config',
     '30_laps': 'vlrepro.laps:Config',
     '40_ademvl': 'vlrepro.ademvl:Config',
@@ -29,6 +29,13 @@ def config_class(stem:str)->type|None:
 
 # %% ../nbs/90_cli.ipynb #7b771ae5
 PAPERS = ('crossget', 'das', 'laps', 'ademvl', 'vqascore')
+
+def paper_modules(paper:str):
+    "Import a paper's method module and its pipeline modules (`vlrepro.<paper>_*`: they register their families and\n"
+    "numbers); return the method module, which holds `bench_main`."
+    import vlrepro
+    for f in sorted(Path(vlrepro.__file__).parent.glob(f'{paper}_*.py')): importlib.import_module(f'vlrepro.{f.stem}')
+    return importlib.import_module(f'vlrepro.{paper}')
 
 # paper -> {'cpu': [(label, argv)] at reduced sizes (about a minute for all), 'gpu': [(label, argv)] at the papers' sizes};
 # `bench_all` adds --device, --out and, on a GPU, --precision for the papers in _PRECISION
@@ -113,7 +120,7 @@ def bench_all(device:str='cpu',            # 'cpu' (reduced sizes) or 'cuda' (th
     size = 'gpu' if dev.type == 'cuda' else 'cpu'
     scale = 'architecture-random-weights' if size == 'gpu' else 'architecture-reduced'
     for paper in papers:
-        mod = importlib.import_module(f'vlrepro.{paper}')
+        mod = paper_modules(paper)
         for label, base in BENCH_ALL[paper][size]:
             for prec in (_PRECISION.get(paper, ('default',)) if size == 'gpu' and '--precision' not in base else ('default',)):
                 t0, argv = time.time(), [*base, '--device', str(dev)]
@@ -142,7 +149,7 @@ def report(paths:list,                # run folders or results.json files
     from vlrepro import run
     for f in run.find_results(paths):
         paper = json.loads(f.read_text()).get('paper')
-        if paper in PAPERS: importlib.import_module(f'vlrepro.{paper}')
+        if paper in PAPERS: paper_modules(paper)
     return run.report(paths, out=out)
 
 def _list(args):
@@ -254,7 +261,7 @@ def _bench(args):
         close = difflib.get_close_matches(args.paper, PAPERS, n=1)
         raise ValueError(f"unknown paper {args.paper!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
                          f"choose from {', '.join(PAPERS)}")
-    mod = importlib.import_module(f'vlrepro.{args.paper}')
+    mod = paper_modules(args.paper)
     if not hasattr(mod, 'bench_main'): raise ValueError(f"vlrepro.{args.paper} has no benchmark entry point (bench_main)")
     return mod.bench_main(args.args) or 0
 

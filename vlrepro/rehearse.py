@@ -50,8 +50,8 @@ def check_recipe_batch(rb:dict|None)->str:
 # %% ../nbs/80_rehearse.ipynb #45f88f81
 # notebook stem -> the function that plans a rehearsal of its sets; one entry per line
 PLANS = {
-    '11_crossget': 'vlrepro.crossget:rehearsal_clip',
-    '12_crossget_llava': 'vlrepro.crossget:rehearsal_llava',
+    '11_crossget': 'vlrepro.crossget_clip:rehearsal_clip',
+    '12_crossget_llava': 'vlrepro.crossget_llava:rehearsal_llava',
     '30_laps': 'vlrepro.laps:rehearsal',
     '40_ademvl': 'vlrepro.ademvl:rehearsal',
     '50_vqascore': 'vlrepro.vqascore:rehearsal',
