@@ -217,7 +217,8 @@ def complete_graph_soft_matching(metric:Tensor,               # (B, N, c) keys (
         keep = rest.sort(dim=-1).values
         b = torch.arange(B, device=S.device)[:, None] if batch is None else batch
         rows = S[b, src]                                                  # sources' rows of the unmasked S
-        dst = rows.scatter_(2, src[:, None, :].expand(B, r, r), -math.inf).argmax(dim=-1)  # best non-source (first on ties)
+        cols = src.as_strided((B, r, r), (src.stride(0), 0, src.stride(1)))   # src[:, None, :].expand(B, r, r) in one view
+        dst = rows.scatter_(2, cols, -math.inf).argmax(dim=-1)            # best non-source (first on ties)
         pairs, b3 = torch.stack([src, dst], dim=-1), b[..., None]         # (B, r, 2), (B, 1, 1)
         alpha = S.new_full((B, r, 2), 0.5) if importance is None else importance.to(S.dtype)[b3, pairs].softmax(dim=-1)
     return Match(src, dst, keep, alpha, N, (b, b3, pairs))
