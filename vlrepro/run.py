@@ -176,7 +176,7 @@ def _input_checks(values:dict, params:dict[str, Param])->dict:
             if k in params and path_kind(params[k]) and isinstance(v, str) and v}
 
 # %% ../nbs/06_run.ipynb #e5238030
-CONFIGS = {'11_crossget': 'vlrepro.crossget:Config', '20_das': 'vlrepro.das:Config', '30_laps': 'vlrepro.laps:Config',
+CONFIGS = {'11_crossget': 'vlrepro.crossget:Config', '20_das': 'vlrepro.das:Config', '30_laps': 'vlrepro.laps_retrieval:Config',
            '40_ademvl': 'vlrepro.ademvl:Config'}   # notebook stem -> the typed config (a `vlrepro.core.Config`) of its parameters
 
 def config_class(stem:str)->type|None:
