@@ -50,12 +50,12 @@ def test_unknown_key_and_bad_type(stem):
 
 
 def test_laps_values_name_the_field():
-    from vlrepro import laps
-    with pytest.raises(ValueError, match=r"sparse_ratio must lie in \(0, 1\], got 1.5"): laps.Config(sparse_ratio=1.5)
-    with pytest.raises(ValueError, match="vit_type must be 'vit' or 'swin', got 'vitt'"): laps.Config(vit_type='vitt')
-    with pytest.raises(ValueError, match="select_on must be 'test' or 'val'"): laps.Config(select_on='train')
-    with pytest.raises(ValueError, match="set data_root to the folder holding coco/"): laps.Config(dataset='coco')
-    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"): laps.Config(batch_size=0)
+    from vlrepro import laps, laps_retrieval
+    with pytest.raises(ValueError, match=r"sparse_ratio must lie in \(0, 1\], got 1.5"): laps_retrieval.Config(sparse_ratio=1.5)
+    with pytest.raises(ValueError, match="vit_type must be 'vit' or 'swin', got 'vitt'"): laps_retrieval.Config(vit_type='vitt')
+    with pytest.raises(ValueError, match="select_on must be 'test' or 'val'"): laps_retrieval.Config(select_on='train')
+    with pytest.raises(ValueError, match="set data_root to the folder holding coco/"): laps_retrieval.Config(dataset='coco')
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"): laps_retrieval.Config(batch_size=0)
 
 
 def _bad_set(tmp_path, stem, **kw):

@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlrepro import laps
+from vlrepro import laps, laps_retrieval
+from vlrepro.laps_retrieval import sharded_similarity
 from vlrepro.laps import (LAPSHead, LAPSModel, TokenAggregation, align_loss, image_salience, l2norm, laps_loss,
                           num_aggregated, num_final_tokens, num_kept, patch_word_similarity, ratio_loss, select_patches,
-                          sharded_similarity, split_cls, text_relevance, word_mask)
+                          split_cls, text_relevance, word_mask)
 
 torch.set_num_threads(1)
 
@@ -242,22 +243,22 @@ def test_full_objective_with_hard_topk():
 def test_retrieval_metrics_examples():
     S = torch.tensor([[.90, .10, .20, .30, .40, .85, .05, .06, .07, .08],
                       [.15, .25, .35, .95, .55, .12, .22, .32, .42, .65]])
-    r = laps.retrieval_metrics(S, 5)
+    r = laps_retrieval.retrieval_metrics(S, 5)
     assert (r['i2t_r1'], r['i2t_r5'], r['i2t_r10'], r['i2t_medr'], r['i2t_meanr']) == (50, 100, 100, 1, 1.5)
     assert (r['t2i_r1'], r['t2i_r5'], r['t2i_r10'], r['t2i_medr'], r['t2i_meanr']) == (50, 100, 100, 1, 1.5)
     assert r['rsum'] == 500
     n = 7
     P = torch.rand(n, 5 * n) * 0.5
     for i in range(n): P[i, 5 * i:5 * i + 5] = 1 + torch.rand(5)
-    r = laps.retrieval_metrics(P, 5)
+    r = laps_retrieval.retrieval_metrics(P, 5)
     assert r['i2t_r1'] == r['t2i_r1'] == 100 and r['i2t_medr'] == r['t2i_medr'] == 1 and r['i2t_meanr'] == r['t2i_meanr'] == 1
 
 
 def test_coco_1k_folds_average():
     g = torch.Generator().manual_seed(0)
     S = torch.rand(10, 50, generator=g)
-    r = laps.retrieval_metrics(S, 5, coco_folds=True)
-    folds = [laps.retrieval_metrics(S[2 * f:2 * f + 2, 10 * f:10 * f + 10], 5) for f in range(5)]
+    r = laps_retrieval.retrieval_metrics(S, 5, coco_folds=True)
+    folds = [laps_retrieval.retrieval_metrics(S[2 * f:2 * f + 2, 10 * f:10 * f + 10], 5) for f in range(5)]
     for k in ('i2t_r1', 't2i_r5', 'rsum'):
         assert math.isclose(r[f'1k/{k}'], sum(f[k] for f in folds) / 5, rel_tol=1e-9)
 
@@ -266,10 +267,10 @@ def test_coco_1k_folds_average():
 def test_schedule():
     want = {0: 2e-4, 8: 2e-4, 9: 6e-5, 14: 6e-5, 15: 1.8e-5, 19: 1.8e-5, 20: 5.4e-6, 24: 5.4e-6, 25: 1.62e-6, 29: 1.62e-6}
     for e, v in want.items():
-        assert math.isclose(2e-4 * laps.lr_factor(e), v, rel_tol=1e-9)
-        assert math.isclose(2e-5 * laps.lr_factor(e), v / 10, rel_tol=1e-9)
-    assert laps.loss_alpha(0, 3, 12) == 0.25 and laps.loss_alpha(1, 3, 12) == 1.0
-    assert not laps.use_hardest(0) and laps.use_hardest(1) and laps.use_hardest(0, max_violation=True)
+        assert math.isclose(2e-4 * laps_retrieval.lr_factor(e), v, rel_tol=1e-9)
+        assert math.isclose(2e-5 * laps_retrieval.lr_factor(e), v / 10, rel_tol=1e-9)
+    assert laps_retrieval.loss_alpha(0, 3, 12) == 0.25 and laps_retrieval.loss_alpha(1, 3, 12) == 1.0
+    assert not laps_retrieval.use_hardest(0) and laps_retrieval.use_hardest(1) and laps_retrieval.use_hardest(0, max_violation=True)
 
 
 # ---------------------------------------------------------------- patch contract
@@ -341,18 +342,18 @@ def test_long_captions_truncated_and_counted(caplog):
     t.post_processor = processors.TemplateProcessing(single='[CLS] $A [SEP]', special_tokens=[('[CLS]', 2), ('[SEP]', 3)])
     tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token='[PAD]', cls_token='[CLS]', sep_token='[SEP]',
                                   mask_token='[MASK]', unk_token='[UNK]')
-    ids, n = laps.tokenize(tok, ['a b c a b c a b', 'a b'], max_len=6)
+    ids, n = laps_retrieval.tokenize(tok, ['a b c a b c a b', 'a b'], max_len=6)
     assert n == 1 and ids.shape == (2, 6) and ids[0, -1].item() == 3 and ids[1].tolist() == [2, 5, 6, 3, 0, 0]
-    e, l, cut = laps.truncate_captions(torch.randn(3, 100, 4), torch.tensor([100, 12, 91]), 90)
+    e, l, cut = laps_retrieval.truncate_captions(torch.randn(3, 100, 4), torch.tensor([100, 12, 91]), 90)
     assert cut == 2 and e.shape[1] == 90 and l.tolist() == [90, 12, 90]
-    aug = laps.augment_caption(tok, 'a b c ' * 50, random.Random(0))
+    aug = laps_retrieval.augment_caption(tok, 'a b c ' * 50, random.Random(0))
     assert aug[0] == 2 and aug[-1] == 3 and len(aug) < 152 and 4 in aug
 
 
 def test_image_id_mismatch_named():
     with pytest.raises(ValueError, match="caption 7 has image id 'x'"):
-        laps.check_caption_ids(['a'] * 5 + ['b', 'b', 'x', 'b', 'b'], ['a', 'b'])
-    with pytest.raises(ValueError, match='expected 5 per image'): laps.check_caption_ids(['a'] * 4, ['a'])
+        laps_retrieval.check_caption_ids(['a'] * 5 + ['b', 'b', 'x', 'b', 'b'], ['a', 'b'])
+    with pytest.raises(ValueError, match='expected 5 per image'): laps_retrieval.check_caption_ids(['a'] * 4, ['a'])
     with pytest.raises(ValueError, match='cap_lens must lie'): LAPSHead(16, 64)(*feats()[:2], torch.tensor([0, 1, 2, 3, 4]))
     with pytest.raises(ValueError, match='built for N=64'): LAPSHead(16, 64)(torch.randn(2, 50, 16), *feats()[1:])
 
@@ -371,9 +372,9 @@ def test_train_laps_recipe():
     tok = models.build_tokenizer('laps', ds.captions)
     v, t = laps.build_encoders('laps-vit', 'laps-bert', vocab_size=len(tok), seed=0)
     m = laps.patch(LAPSModel(v, t, 64))
-    rec = laps.Recipe(batch_size=16, learning_rate=5e-4, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, progress=False,
+    rec = laps_retrieval.Recipe(batch_size=16, learning_rate=5e-4, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, progress=False,
                       log_every=1, lr_schedules=[1])
-    res = laps.train_laps(m, ds.caption_view('all'), tok, rec, '', epochs=2)
+    res = laps_retrieval.train_laps(m, ds.caption_view('all'), tok, rec, '', epochs=2)
     hist = [r for r in res['history'] if r['kind'] == 'train']
     assert res['finished'] and len(hist) == 10 and hist[0]['alpha'] == 0.0 and hist[-1]['alpha'] == 1.0
     assert hist[0]['kept_fraction'] == 0.5
@@ -397,9 +398,9 @@ def test_torchrun_two_processes_global_batch(tmp_path):
     """2 CPU processes under torchrun: each scores the gathered global batch (2 x 8 pairs); weights come back."""
     import json
     from vlrepro.train import launch
-    cfg = laps.train_config(laps.Recipe(batch_size=8, learning_rate=5e-4, lr_schedules=[], progress=False, log_every=1),
+    cfg = laps_retrieval.train_config(laps_retrieval.Recipe(batch_size=8, learning_rate=5e-4, lr_schedules=[], progress=False, log_every=1),
                             str(tmp_path / 'run'), epochs=1)
-    res = launch('vlrepro.laps:train_task', cfg, nproc=2, launcher='torchrun', quiet=True, timeout=600,
+    res = launch('vlrepro.laps_retrieval:train_task', cfg, nproc=2, launcher='torchrun', quiet=True, timeout=600,
                  task_args=dict(config=dict(train_images=8, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, learning_rate=5e-4)))
     assert res['finished']
     recs = [json.loads(l) for l in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlrepro import laps, rehearse as H, run as R
+from vlrepro import laps, laps_retrieval, rehearse as H, run as R
 from vlrepro.core import scale_label
 from vlrepro.laps import LAPSModel
 
@@ -49,7 +49,7 @@ def test_param_groups_keep_the_backbone_rate_in_the_trainer():
 
 # ---------------------------------------------------------------- issue 14 item 12: the authors' checkpoint
 def official_layout(m:LAPSModel)->dict:
-    "A state dict under the released VSEModel names, written by hand from our model (not with laps.authors_state_dict)."
+    "A state dict under the released VSEModel names, written by hand from our model (not with laps_retrieval.authors_state_dict)."
     ren = {'vision.': 'img_enc.visual_encoder.', 'img_proj.': 'img_enc.vision_proj.', 'text.': 'txt_enc.bert.',
            'txt_proj.': 'txt_enc.fc.', 'laps_head.aggregation.': 'cross_net.aggr_net.'}
     out = {}
@@ -64,24 +64,24 @@ def test_authors_checkpoint_round_trip(tmp_path):
     src = tiny(seed=1)
     sd = official_layout(src)
     assert {'cross_net.aggr_net.weight.0.weight', 'cross_net.aggr_net.weight.3.bias', 'cross_net.aggr_net.scale'} <= set(sd)
-    mine = laps.authors_state_dict(src)                                    # our writer uses the same names
+    mine = laps_retrieval.authors_state_dict(src)                                    # our writer uses the same names
     assert set(mine) == {k for k in sd if '.pooler.' not in k} and all(torch.equal(mine[k], sd[k]) for k in mine)
     opt = argparse.Namespace(sparse_ratio=0.5, aggr_ratio=0.4, embed_size=32, vit_type='vit', data_path='/authors/machine')
     torch.save({'model': sd, 'opt': opt, 'epoch': 17, 'best_rsum': 512.3, 'Eiters': 99}, tmp_path/'model_best.pth')
     dst = tiny(seed=2)
     px, ids = batch()
     assert not torch.allclose(dst(px, ids), src(px, ids))
-    info = laps.load_authors_checkpoint(dst, tmp_path/'model_best.pth')
+    info = laps_retrieval.load_authors_checkpoint(dst, tmp_path/'model_best.pth')
     torch.testing.assert_close(dst(px, ids), src(px, ids))
     assert info['epoch'] == 17 and info['best_rsum'] == 512.3 and len(info['skipped']) == 2
     ddp = {'module.' + k: v for k, v in sd.items()}                         # saved from a DDP wrapper
-    laps.load_authors_checkpoint(d2 := tiny(seed=3), {'model': ddp}); torch.testing.assert_close(d2(px, ids), src(px, ids))
+    laps_retrieval.load_authors_checkpoint(d2 := tiny(seed=3), {'model': ddp}); torch.testing.assert_close(d2(px, ids), src(px, ids))
     with pytest.raises(ValueError, match='trained with sparse_ratio 0.5'):
-        laps.load_authors_checkpoint(tiny(ratios=(0.8, 0.6)), tmp_path/'model_best.pth')
+        laps_retrieval.load_authors_checkpoint(tiny(ratios=(0.8, 0.6)), tmp_path/'model_best.pth')
     with pytest.raises(ValueError, match='does not fit'):
-        laps.load_authors_checkpoint(tiny(ratios=(0.8, 0.6)), {'model': sd})
+        laps_retrieval.load_authors_checkpoint(tiny(ratios=(0.8, 0.6)), {'model': sd})
     with pytest.raises(ValueError, match='patch the model first'):
-        laps.load_authors_checkpoint(laps.unpatch(tiny()), {'model': sd})
+        laps_retrieval.load_authors_checkpoint(laps.unpatch(tiny()), {'model': sd})
 
 
 # ---------------------------------------------------------------- sets: paths, plans
@@ -94,7 +94,7 @@ def test_sets_paths_are_relative_to_one_root_and_marked():
     for s in REAL:
         p = R.load_param_set(s)
         assert p['data_root'] == 'data' and p['vision_model'].startswith('ckpt/') and p['text_model'] == 'ckpt/bert-base-uncased', s.name
-        assert p['dataset'] in laps.DATA_SCRIPTS, s.name
+        assert p['dataset'] in laps_retrieval.DATA_SCRIPTS, s.name
         got = R.resolve_paths(R.check_parameters(p, nbp), nbp, '/some/root')
         assert got['data_root'] == '/some/root/data' and got['vision_model'].startswith('/some/root/ckpt/')
 
@@ -102,7 +102,7 @@ def test_sets_paths_are_relative_to_one_root_and_marked():
 @pytest.mark.parametrize('s', SETS, ids=[s.stem for s in SETS])
 def test_plans(s):
     p = R.load_param_set(s)
-    plan = H.Plan.from_dict(laps.rehearsal(p), s.name)
+    plan = H.Plan.from_dict(laps_retrieval.rehearsal(p), s.name)
     H.check_recipe_batch(plan.recipe_batch)
     shrink = {'dense_epochs', 'num_epochs', 'batch_size', 'train_images', 'test_images', 'eff_images', 'threads', 'img_res',
               'embed_size', 'shard_size', 'num_workers', 'device', 'amp', 'nproc'}
@@ -115,12 +115,12 @@ def test_plans(s):
     assert plan.rows and set(plan.rows) <= rows
     if p.get('coco_folds'): assert {r[0] for r in plan.rows} == {'MSCOCO-5K ' + ('ViT' if p['vit_type'] == 'vit' else 'Swin'),
                                                               'MSCOCO-1K ' + ('ViT' if p['vit_type'] == 'vit' else 'Swin')}
-    assert laps.rehearsal(p, device='cuda')['overrides'] | {'device': 'cpu', 'amp': False} == plan.overrides
+    assert laps_retrieval.rehearsal(p, device='cuda')['overrides'] | {'device': 'cpu', 'amp': False} == plan.overrides
 
 
 def test_plan_refuses_a_folder_no_data_script_writes(tmp_path):
     p = R.load_param_set(REAL[0]) | {'dataset': 'f30k'}
-    with pytest.raises(ValueError, match='get_flickr30k.py writes flickr30k/'): laps.rehearsal(p, tmp_path)
+    with pytest.raises(ValueError, match='get_flickr30k.py writes flickr30k/'): laps_retrieval.rehearsal(p, tmp_path)
 
 
 # ---------------------------------------------------------------- data scripts on Karpathy-format files
@@ -128,7 +128,7 @@ def test_plan_refuses_a_folder_no_data_script_writes(tmp_path):
                                               ('coco', 'get_coco.py', dict(train=2, restval=1, val=1, test=5))])
 def test_sets_read_what_the_data_scripts_write(tmp_path, dataset, script, n):
     from vlrepro import data
-    words = laps._write_karpathy(dataset, tmp_path/'raw', n)
+    words = laps_retrieval._write_karpathy(dataset, tmp_path/'raw', n)
     assert 'grass' in words
     raw = json.loads((tmp_path/'raw'/f'dataset_{dataset}.json').read_text())
     assert {'filename', 'imgid', 'split', 'sentences'} <= set(raw['images'][0]) and raw['images'][0]['sentences'][0]['raw']
@@ -150,7 +150,7 @@ def test_standins_load_through_the_notebooks_loaders(tmp_path, vit_type):
     import transformers
     s = next(s for s in REAL if R.load_param_set(s)['vit_type'] == vit_type)
     p = R.load_param_set(s)
-    plan = laps.rehearsal(p, tmp_path)
+    plan = laps_retrieval.rehearsal(p, tmp_path)
     vdir, tdir = tmp_path/p['vision_model'], tmp_path/p['text_model']
     arch = {'vit': 'ViTModel', 'swin': 'SwinForImageClassification'}[vit_type]   # the released checkpoints' classes
     assert json.loads((vdir/'config.json').read_text())['architectures'] == [arch]
@@ -158,7 +158,7 @@ def test_standins_load_through_the_notebooks_loaders(tmp_path, vit_type):
     assert (tdir/'vocab.txt').exists() and (tmp_path/p['data_root']/p['dataset']/'MANIFEST.json').exists()
     tok = laps.build_tokenizer(str(tdir), [])
     assert isinstance(tok, transformers.PreTrainedTokenizerBase) and tok.pad_token_id == 0
-    ids, _ = laps.tokenize(tok, ['A red dog on the grass.', 'a cat'], 64)
+    ids, _ = laps_retrieval.tokenize(tok, ['A red dog on the grass.', 'a cat'], 64)
     assert ids[0, 0] == tok.cls_token_id and (ids[0] == tok.unk_token_id).sum() == 0
     v, t = laps.build_encoders(str(vdir), str(tdir))
     m = laps.patch(LAPSModel(v, t, plan['overrides']['embed_size']), p['sparse_ratio'], p['aggr_ratio']).eval()
@@ -173,7 +173,7 @@ def test_standins_load_through_the_notebooks_loaders(tmp_path, vit_type):
 def test_tiny_real_run_is_never_full(monkeypatch):
     "Before: any run on real data was labelled 'full' (a tiny f30k_vit run included)."
     monkeypatch.delenv('VLREPRO_REHEARSAL', raising=False)
-    gaps = laps.paper_scale_gaps(tiny(), 'flickr30k', 4, 5, 16, 1, img_res=32)
+    gaps = laps_retrieval.paper_scale_gaps(tiny(), 'flickr30k', 4, 5, 16, 1, img_res=32)
     assert len(gaps) == 6 and scale_label(True, full=not gaps) == 'real-data'
     monkeypatch.setenv('VLREPRO_REHEARSAL', '1')
     assert scale_label(True, full=not gaps) == 'rehearsal'
@@ -187,7 +187,7 @@ def test_stopped_run_is_partial_and_a_rerun_resumes(tmp_path, monkeypatch):
     monkeypatch.delenv('VLREPRO_REHEARSAL', raising=False); monkeypatch.delenv('VLREPRO_REHEARSE_KILL', raising=False)
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     s = ROOT/'nbs'/'params'/'30_laps.f30k_vit.yaml'
-    ov = laps.rehearsal(R.load_param_set(s), tmp_path/'root')['overrides'] | dict(num_epochs=2, efficiency=False, num_workers=0)
+    ov = laps_retrieval.rehearsal(R.load_param_set(s), tmp_path/'root')['overrides'] | dict(num_epochs=2, efficiency=False, num_workers=0)
     out = tmp_path/'run'
     R.run_notebook('30_laps', ov | {'stop_epoch': 1}, s, out=out, progress=False, root=tmp_path/'root')
     rec = json.loads((out/'results.json').read_text())
@@ -212,14 +212,14 @@ def test_resume_with_caption_augmentation_is_exact(tmp_path):
     def fresh():
         v, t = laps.build_encoders('laps-vit', 'laps-bert', vocab_size=len(tok), seed=0)
         torch.manual_seed(0); return laps.patch(LAPSModel(v, t, 32))
-    rec = laps.Recipe(batch_size=20, learning_rate=5e-4, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, size_augment=True,
+    rec = laps_retrieval.Recipe(batch_size=20, learning_rate=5e-4, backbone_lr_mult=1.0, vse_mean_warmup_epochs=1000, size_augment=True,
                       progress=False, lr_schedules=[])
     kw = dict(epochs=2)
-    a = fresh(); torch.manual_seed(1); laps.train_laps(a, ds.caption_view('all'), tok, rec, str(tmp_path/'a'), **kw)
+    a = fresh(); torch.manual_seed(1); laps_retrieval.train_laps(a, ds.caption_view('all'), tok, rec, str(tmp_path/'a'), **kw)
     b = fresh(); torch.manual_seed(1)
-    r1 = laps.train_laps(b, ds.caption_view('all'), tok, rec, str(tmp_path/'b'), stop_epoch=1, **kw)
+    r1 = laps_retrieval.train_laps(b, ds.caption_view('all'), tok, rec, str(tmp_path/'b'), stop_epoch=1, **kw)
     assert not r1['finished'] and r1['step'] == 2
     b = fresh(); torch.manual_seed(7)                                   # a new process: other RNG state, fresh collate
-    r2 = laps.train_laps(b, ds.caption_view('all'), tok, rec, str(tmp_path/'b'), **kw)
+    r2 = laps_retrieval.train_laps(b, ds.caption_view('all'), tok, rec, str(tmp_path/'b'), **kw)
     assert r2['finished'] and r2['step'] == 4
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()): torch.testing.assert_close(x, y, msg=k)

@@ -17,7 +17,7 @@ __all__ = ['CONFIGS', 'PAPERS', 'BENCH_ALL', 'config_class', 'paper_modules', 'b
 CONFIGS = {
     '11_crossget': 'vlrepro.crossget_clip:Config',
     '20_das': 'vlrepro.das:Config',
-    '30_laps': 'vlrepro.laps:Config',
+    '30_laps': 'vlrepro.laps_retrieval:Config',
     '40_ademvl': 'vlrepro.ademvl:Config',
 }
 

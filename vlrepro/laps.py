@@ -4,33 +4,27 @@
 
 # %% ../nbs/30_laps.ipynb #ea88f354
 from __future__ import annotations
-import copy, dataclasses, functools, logging, math, time
-from dataclasses import dataclass, field
+import argparse, logging, math, textwrap
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.nn.functional import all_gather
 
-from . import data
-from .core import Config as BaseConfig, PaperNumber, atomic_torch_save, register_paper_numbers
-from .train import TrainConfig, Trainer, unwrap
+from . import bench, models
+from .core import DTYPES, PaperNumber, atomic_write_json, get_device, register_paper_numbers
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['AUTHORS_PREFIXES', 'PAPER_NUMBERS', 'DATA_SCRIPTS', 'PAPER_SPLITS', 'PAPER_ENCODERS', 'check_ratio', 'num_kept',
-           'num_aggregated', 'num_final_tokens', 'l2norm', 'split_cls', 'word_mask', 'image_salience', 'caption_means',
-           'text_relevance', 'Selection', 'select_patches', 'show_selection', 'TokenAggregation',
-           'patch_word_similarity', 'dense_similarity', 'similarity_cost', 'bench_main', 'LAPSHead', 'align_loss',
-           'ratio_loss', 'laps_loss', 'lr_factor', 'loss_alpha', 'use_hardest', 'LAPSModel', 'patch', 'unpatch',
-           'is_patched', 'laps_parameters', 'trainable_parameters', 'param_groups', 'authors_state_dict',
-           'load_authors_checkpoint', 'sharded_similarity', 'check_caption_ids', 'truncate_captions',
-           'retrieval_metrics', 'augment_caption', 'tokenize', 'AugmentSeeds', 'PairCollate', 'encode_split',
-           'evaluate', 'selection_coverage', 'random_features', 'build_encoders', 'build_tokenizer', 'gather_batch',
-           'make_loss_fn', 'Recipe', 'train_config', 'train_laps', 'train_task', 'data_command', 'paper_setting',
-           'paper_scale_gaps', 'Config', 'rehearsal']
+__all__ = ['PAPER_NUMBERS', 'check_ratio', 'num_kept', 'num_aggregated', 'num_final_tokens', 'l2norm', 'split_cls', 'word_mask',
+           'image_salience', 'caption_means', 'text_relevance', 'Selection', 'select_patches', 'show_selection',
+           'TokenAggregation', 'patch_word_similarity', 'dense_similarity', 'similarity_cost', 'bench_main', 'LAPSHead',
+           'align_loss', 'ratio_loss', 'laps_loss', 'gather_batch', 'LAPSModel', 'patch', 'unpatch', 'is_patched',
+           'laps_parameters', 'trainable_parameters', 'param_groups', 'build_encoders', 'build_tokenizer']
 
 # %% ../nbs/30_laps.ipynb #52bd65f7
 def check_ratio(name:str,    # parameter name, for the message
@@ -151,7 +145,7 @@ def show_selection(image:Tensor,        # (3, H, W) image in [-1, 1] or [0, 1]
                    title:str='',
                   ):
     "Draw the kept patches of each caption over the image, with the caption beneath."
-    import matplotlib.pyplot as plt, textwrap
+    import matplotlib.pyplot as plt
     img = image.permute(1, 2, 0).float()
     img = (img - img.min()) / (img.max() - img.min() + 1e-8)
     fig, axs = plt.subplots(1, len(masks), figsize=(3.2 * len(masks), 3.6), squeeze=False)
@@ -236,10 +230,8 @@ def similarity_cost(num_patches:int=196,      # N spatial patches (ViT-B/16 at 2
                    ):                         # pandas.DataFrame: variant, tokens, gflops, median_s, *_vs_dense
     "Cost of the patch–word alignment against the visual tokens per pair: dense (all patches) vs LAPS's slimmed tokens."
     import pandas as pd
-    from vlrepro import bench
     variants = {'dense': num_patches + int(has_cls)}
     for r in sparse_ratios: variants[f'LAPS ρ={r:g}'] = num_final_tokens(num_patches, r, aggr_ratio, has_cls)
-    from vlrepro.core import get_device
     dev = get_device(device)
     caps, lens = torch.randn(n_captions, words, embed_size, device=dev, dtype=dtype), torch.full((n_captions,), words, device=dev)
     imgs = {k: torch.randn(n_images, m, embed_size, device=dev, dtype=dtype) for k, m in variants.items()}
@@ -253,7 +245,6 @@ def similarity_cost(num_patches:int=196,      # N spatial patches (ViT-B/16 at 2
 
 def bench_main(argv:list[str]|None=None)->int:
     "`vlrepro bench laps [--patches 196 --ratios 0.7 0.5 0.3 --aggr 0.4 --images 16 --captions 80 --out f.json]`."
-    import argparse
     ap = argparse.ArgumentParser(prog='vlrepro bench laps', description=(
         "Time of the patch-word alignment (the similarity of every image with every caption) against the visual tokens "
         "each pair keeps: dense (N patches + [CLS]) vs LAPS (aggregated + fused + [CLS]); random features, interleaved. "
@@ -272,7 +263,6 @@ def bench_main(argv:list[str]|None=None)->int:
     ap.add_argument('--out', default='', help='write the table as JSON here')
     a = ap.parse_args(argv)
     for r in a.ratios: check_ratio('sparse_ratio', r)
-    from vlrepro.core import DTYPES, get_device
     dev, dtype = get_device(a.device), DTYPES[a.precision]
     df = similarity_cost(a.patches, a.ratios, a.aggr, not a.no_cls, a.embed, a.images, a.captions, a.words, repeats=a.repeats,
                          device=dev, dtype=dtype)
@@ -281,7 +271,6 @@ def bench_main(argv:list[str]|None=None)->int:
           f"median of {a.repeats} interleaved rounds")
     print(df.round(4).to_string(index=False))
     if a.out:
-        from vlrepro.core import atomic_write_json
         atomic_write_json(a.out, dict(device=str(dev), precision=a.precision, rows=df.to_dict('records')))
     return 0
 
@@ -418,21 +407,22 @@ def laps_loss(S:Tensor, mask:Tensor|None, img_ids:Tensor, sparse_ratio:float=0.5
     if mask is not None: loss = loss + ratio_weight * ratio_loss(mask, sparse_ratio)
     return loss if torch.isfinite(loss) else loss.new_zeros((), requires_grad=loss.requires_grad)
 
-# %% ../nbs/30_laps.ipynb #71635290
-def lr_factor(epoch:int,                                # 0-based epoch
-              lr_schedules:Iterable[int]=(9, 15, 20, 25), # epochs at which the lr is multiplied by decay_rate
-              decay_rate:float=0.3,
-             )->float:                                  # multiplier of every group's initial lr
-    "Step-decay factor of the released schedule."
-    return decay_rate ** sum(epoch >= e for e in lr_schedules)
+# %% ../nbs/30_laps.ipynb #44261155
+def _gather(x:Tensor, grad:bool=False)->Tensor:
+    "Concatenate `x` from every process along dim 0 (with gradient if `grad`); identity without a process group."
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return x
+    if grad:
+        return torch.cat(all_gather(x.contiguous()), 0)
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous()); return torch.cat(out, 0)
 
-def loss_alpha(epoch:int, step:int, n_batches:int, embedding_warmup_epochs:int=0)->float:
-    "Loss ramp α = step / n_batches in the warm-up epoch, 1 otherwise."
-    return step / n_batches if epoch == embedding_warmup_epochs else 1.0
+def gather_batch(img_embs:Tensor, cap_embs:Tensor, cap_lens:Tensor)->tuple[Tensor, Tensor, Tensor]:
+    "All-gather a batch's features (with gradient) and lengths so the loss runs over the global batch (released DDP)."
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return img_embs, cap_embs, cap_lens
+    L = torch.tensor([cap_embs.shape[1]], device=cap_embs.device); dist.all_reduce(L, op=dist.ReduceOp.MAX)
+    cap_embs = F.pad(cap_embs, (0, 0, 0, int(L) - cap_embs.shape[1]))
+    return _gather(img_embs, True), _gather(cap_embs, True), _gather(cap_lens)
 
-def use_hardest(epoch:int, vse_mean_warmup_epochs:int=1, max_violation:bool=False)->bool:
-    "Hardest negatives from `vse_mean_warmup_epochs` on (the flag only matters before)."
-    return epoch >= vse_mean_warmup_epochs or max_violation
 
 # %% ../nbs/30_laps.ipynb #b92c1d80
 def _vision_geometry(vision:nn.Module)->tuple[int, int, bool]:
@@ -542,246 +532,6 @@ def param_groups(model:LAPSModel,          # the (patched) model
     return [dict(name=n, params=list(m.parameters()), lr_mult=f, lr=learning_rate * f) for n, m, f in groups
             if m is not None and len(list(m.parameters()))]
 
-# %% ../nbs/30_laps.ipynb #a0a1b002
-AUTHORS_PREFIXES = {'img_enc.visual_encoder.': 'vision.', 'img_enc.vision_proj.': 'img_proj.', 'txt_enc.bert.': 'text.',
-                    'txt_enc.fc.': 'txt_proj.', 'cross_net.aggr_net.': 'laps_head.aggregation.'}   # released VSEModel -> LAPSModel
-
-def authors_state_dict(model:LAPSModel)->dict:
-    "The model's weights under the released `VSEModel` names (`cross_net.aggr_net.`, `img_enc.`, `txt_enc.`)."
-    back = {v: k for k, v in AUTHORS_PREFIXES.items()}
-    out = {}
-    for k, v in model.state_dict().items():
-        pre = next((p for p in back if k.startswith(p)), None)
-        if pre is None: raise ValueError(f"{k} has no counterpart in the released model (gumbel score predictor?)")
-        out[back[pre] + k[len(pre):]] = v
-    return out
-
-def load_authors_checkpoint(model:LAPSModel,     # a patched model of the checkpoint's encoders, embed_size and ratios
-                            checkpoint,          # path of the authors' model_best.pth, or the loaded dict / state dict
-                           )->dict:              # what was loaded: epoch, best_rsum, skipped keys
-    "Load the authors' released LAPS checkpoint (`aggr_net.` etc.) into a patched `LAPSModel`."
-    import argparse
-    from pathlib import Path
-    if isinstance(checkpoint, (str, Path)):
-        with torch.serialization.safe_globals([argparse.Namespace]):   # 'opt' is an argparse.Namespace; nothing else is unpickled
-            checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    sd = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    opt = vars(checkpoint['opt']) if isinstance(checkpoint, dict) and 'opt' in checkpoint else {}
-    if not is_patched(model): raise ValueError("patch the model first: laps.patch(model, sparse_ratio, aggr_ratio) as in the checkpoint's opt")
-    head = model.laps_head
-    for k, mine in (('sparse_ratio', head.sparse_ratio), ('aggr_ratio', head.aggr_ratio), ('embed_size', model.embed_size)):
-        if k in opt and float(opt[k]) != float(mine):
-            raise ValueError(f"the checkpoint was trained with {k} {opt[k]}, the model has {mine}; build it with the checkpoint's value")
-    renamed, skipped = {}, []
-    for k, v in sd.items():
-        k2 = k[len('module.'):] if k.startswith('module.') else k      # saved from a DDP wrapper
-        pre = next((p for p in AUTHORS_PREFIXES if k2.startswith(p)), None)
-        if pre is None or '.pooler.' in k2 or k2.endswith('position_ids'): skipped.append(k); continue   # poolers: unused
-        renamed[AUTHORS_PREFIXES[pre] + k2[len(pre):]] = v
-    mine = model.state_dict()
-    missing, extra = sorted(set(mine) - set(renamed)), sorted(set(renamed) - set(mine))
-    shape = [k for k in set(mine) & set(renamed) if mine[k].shape != renamed[k].shape]
-    if missing or extra or shape:
-        raise ValueError(f"the checkpoint does not fit this model: missing {missing[:4]}, unexpected {extra[:4]}, shape differs {shape[:4]}; "
-                         f"build the model from the checkpoint's encoders (vit_type {opt.get('vit_type', '?')}), embed_size and ratios")
-    model.load_state_dict(renamed)
-    return dict(epoch=checkpoint.get('epoch') if isinstance(checkpoint, dict) else None,
-                best_rsum=checkpoint.get('best_rsum') if isinstance(checkpoint, dict) else None, skipped=skipped)
-
-# %% ../nbs/30_laps.ipynb #f4fd6c16
-def sharded_similarity(sim_fn:Callable[[Tensor, Tensor, Tensor], Tensor], # (img, cap, lens) -> (b_v, b_t) scores
-                       img_embs:Tensor,    # (N_img, L_v, d) encoded images
-                       cap_embs:Tensor,    # (N_caps, L, d) encoded captions, zero-padded
-                       cap_lens:Tensor,    # (N_caps,) true lengths
-                       shard_size:int=256, # images and captions per block
-                       progress:bool=True, # tqdm progress bar
-                       device:str|torch.device|None=None, # move each block here before scoring (None: where it is)
-                      )->Tensor:           # (N_img, N_caps) float32 on CPU
-    "All-pairs similarity computed block by block."
-    if shard_size < 1: raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    cap_lens = _check_lens(cap_embs, cap_lens).cpu()
-    ni, nc = img_embs.shape[0], cap_embs.shape[0]
-    out = torch.zeros(ni, nc, dtype=torch.float32)
-    blocks = [(i, j) for i in range(0, ni, shard_size) for j in range(0, nc, shard_size)]
-    from tqdm.auto import tqdm
-    with torch.no_grad():
-        for i, j in tqdm(blocks, desc=f'similarity {ni}x{nc}', disable=not progress, leave=False):
-            lens = cap_lens[j:j + shard_size]
-            img, cap = img_embs[i:i + shard_size], cap_embs[j:j + shard_size, :int(lens.max())]
-            if device is not None: img, cap, lens = img.to(device), cap.to(device), lens.to(device)
-            out[i:i + shard_size, j:j + shard_size] = sim_fn(img, cap, lens).float().cpu()
-    return out
-
-# %% ../nbs/30_laps.ipynb #a46f541b
-def check_caption_ids(caption_image_ids:list,  # image id of every caption line, in file order
-                      image_ids:list,          # the ids of the images, in order
-                      captions_per_image:int=5, # Karpathy layout: image i owns captions k·i … k·i+k−1
-                     ):
-    "Raise `ValueError` naming the first caption whose image id does not match the Karpathy layout."
-    k = captions_per_image
-    if len(caption_image_ids) != k * len(image_ids):
-        raise ValueError(f"{len(caption_image_ids)} captions for {len(image_ids)} images: expected {k} per image "
-                         f"({k * len(image_ids)}); check that the caption and id files belong to the same split")
-    for c, cid in enumerate(caption_image_ids):
-        if cid != image_ids[c // k]:
-            raise ValueError(f"caption {c} has image id {cid!r} but position {c} belongs to image {image_ids[c // k]!r} "
-                             f"(image #{c // k}); the caption file and the image ids do not match — regenerate or reorder them")
-
-def truncate_captions(cap_embs:Tensor, cap_lens:Tensor, max_word:int=90)->tuple[Tensor, Tensor, int]:
-    "Cut word features to `max_word` tokens (the released test-time buffer); returns features, lengths, number cut."
-    if max_word < 2: raise ValueError(f"max_word must be >= 2 ([CLS] and [SEP]), got {max_word}")
-    n_cut = int((cap_lens > max_word).sum())
-    if n_cut: _log.warning("%d of %d captions are longer than max_word=%d tokens and were truncated", n_cut, len(cap_lens), max_word)
-    return cap_embs[:, :max_word], cap_lens.clamp(max=max_word), n_cut
-
-def retrieval_metrics(sims:Tensor,              # (N_img, k·N_img) similarities
-                      captions_per_image:int=5, # k
-                      coco_folds:bool=False,    # also the COCO 1K protocol (5 folds of 1000 images)
-                     )->dict:                   # recall dict (+ '1k/...' fold means when coco_folds)
-    "Recall@1/5/10 both directions, rsum (and the 5-fold 1K average) with `vlrepro.metrics`."
-    from vlrepro import metrics
-    out = metrics.recall_at_k(sims, captions_per_image)
-    if coco_folds:
-        out.update({f'1k/{k}': v for k, v in metrics.recall_at_k_folds(sims, captions_per_image, n_folds=5).items()})
-    return out
-
-# %% ../nbs/30_laps.ipynb #1b2eb17a
-def _word_ids(tokenizer, word:str)->list[int]:
-    return tokenizer(word, add_special_tokens=False)['input_ids']
-
-def augment_caption(tokenizer,            # a BERT-style tokenizer ([CLS]/[SEP]/[MASK] ids)
-                    caption:str,          # the caption
-                    rng,                  # a `random.Random`
-                    prob:float=0.2,       # per-word probability of an augmentation
-                   )->list[int]:          # ids with [CLS] and [SEP]
-    "Released 'size augmentation': per word, mask (u'<0.5), replace by random tokens (<0.6) or delete its sub-tokens."
-    ids = [tokenizer.cls_token_id]
-    for w in caption.split():   # deviation: whitespace words, not BERT's BasicTokenizer (punctuation split)
-        sub, u = _word_ids(tokenizer, w), rng.random()
-        if u < prob:
-            u /= prob
-            sub = ([tokenizer.mask_token_id] * len(sub) if u < 0.5 else
-                   [rng.randrange(len(tokenizer)) for _ in sub] if u < 0.6 else [])
-        ids += sub
-    return ids + [tokenizer.sep_token_id]
-
-def tokenize(tokenizer,                # tokenizer with [CLS] $A [SEP] template and pad id 0
-             captions:list[str],       # B captions
-             max_len:int,              # the text encoder's limit (position embeddings)
-             augment:bool=False,       # released size augmentation (training only)
-             rng=None,                 # `random.Random` for the augmentation
-            )->tuple[Tensor, int]:     # (B, L) ids right-padded with 0, number of truncated captions
-    "Token ids of a batch of captions, longest first kept as is, too-long captions cut (keeping [SEP]) and counted."
-    if tokenizer.pad_token_id != 0: raise ValueError(f"LAPS masks words with ids != 0; the tokenizer's pad id is {tokenizer.pad_token_id}, use one whose [PAD] is 0")
-    import random
-    rng = rng or random
-    return _pad_ids([augment_caption(tokenizer, c, rng) if augment else tokenizer(c)['input_ids'] for c in captions], max_len)
-
-def _pad_ids(enc:list[list[int]], max_len:int)->tuple[Tensor, int]:
-    "Cut too-long id lists to `max_len` (keeping the last, [SEP]) and right-pad with 0; also the number cut."
-    n_cut = sum(len(e) > max_len for e in enc)
-    enc = [e[:max_len - 1] + e[-1:] if len(e) > max_len else e for e in enc]
-    ids = torch.zeros(len(enc), max(map(len, enc)), dtype=torch.long)
-    for i, e in enumerate(enc): ids[i, :len(e)] = torch.tensor(e)
-    return ids, n_cut
-
-class AugmentSeeds(torch.utils.data.Dataset):
-    "Add an `aug_seed` drawn from `random` to each item: under `vlrepro.train` (seeded per epoch and item) the caption augmentation then resumes exactly."
-    def __init__(self, dataset): self.dataset = dataset
-    def __len__(self): return len(self.dataset)
-    def __getitem__(self, i:int)->dict:
-        import random
-        return {**self.dataset[i], 'aug_seed': random.getrandbits(63)}
-
-class PairCollate:
-    "Collate (image, caption) pairs into `pixel_values`, `input_ids`, `img_ids` and the truncation count."
-    def __init__(self, tokenizer, max_len:int, augment:bool=False, seed:int=0):
-        import random
-        self.tokenizer, self.max_len, self.augment, self.rng = tokenizer, max_len, augment, random.Random(seed)
-    def __call__(self, batch:list[dict])->dict:
-        import random
-        if self.augment and all('aug_seed' in b for b in batch):   # one seeded draw per item: same batch, same augmentation
-            enc = [augment_caption(self.tokenizer, b['caption'], random.Random(b['aug_seed'])) for b in batch]
-            ids, n_cut = _pad_ids(enc, self.max_len)
-        else: ids, n_cut = tokenize(self.tokenizer, [b['caption'] for b in batch], self.max_len, self.augment, self.rng)
-        return dict(pixel_values=torch.stack([b['image'] for b in batch]), input_ids=ids,
-                    img_ids=torch.tensor([b['index'] for b in batch]), truncated=n_cut)
-
-# %% ../nbs/30_laps.ipynb #1f7a248f
-@torch.no_grad()
-def encode_split(model:LAPSModel,      # the dual encoder
-                 dataset,              # `vlrepro.data.RetrievalDataset` (items: image, captions)
-                 tokenizer,            # caption tokenizer
-                 batch_size:int=128,
-                 max_word:int=90,      # test-time word buffer (released)
-                 device:str|torch.device='cpu',
-                 progress:bool=False,
-                )->dict:               # img_embs, cap_embs, cap_lens, caption_image, truncated
-    "Encode every image and caption of a retrieval split."
-    from tqdm.auto import tqdm
-    model.eval()
-    max_len = getattr(model.text.config, 'max_position_embeddings', 512)
-    imgs, caps, cap_img, n_cut = [], [], [], 0
-    for s in tqdm(range(0, len(dataset), batch_size), desc='encode', disable=not progress, leave=False):
-        items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-        imgs.append(model.encode_images(torch.stack([it['image'] for it in items]).to(device)).cpu())
-        texts = [c for it in items for c in it['captions']]
-        cap_img += [s + k for k, it in enumerate(items) for _ in it['captions']]
-        for t in range(0, len(texts), batch_size):
-            ids, cut = tokenize(tokenizer, texts[t:t + batch_size], max_len); n_cut += cut
-            e, l = model.encode_texts(ids.to(device))
-            caps += [(x[:n].cpu(), n) for x, n in zip(e, l.tolist())]
-    L = max(n for _, n in caps)
-    cap_embs = torch.zeros(len(caps), L, caps[0][0].shape[-1])
-    for i, (x, n) in enumerate(caps): cap_embs[i, :n] = x
-    cap_embs, cap_lens, cut2 = truncate_captions(cap_embs, torch.tensor([n for _, n in caps]), max_word)
-    if n_cut: _log.warning("%d test captions exceeded the text encoder's %d positions and were truncated", n_cut, max_len)
-    return dict(img_embs=torch.cat(imgs), cap_embs=cap_embs, cap_lens=cap_lens, caption_image=cap_img, truncated=n_cut + cut2)
-
-@torch.no_grad()
-def evaluate(model:LAPSModel, enc:dict, shard_size:int=256, coco_folds:bool=False, progress:bool=True,
-             device:str|torch.device='cpu')->tuple[dict, Tensor]:
-    "Sharded all-pairs similarity of an encoded split and its recall metrics (Karpathy layout checked first)."
-    n_img = enc['img_embs'].shape[0]
-    k = len(enc['caption_image']) // max(n_img, 1)
-    check_caption_ids(enc['caption_image'], list(range(n_img)), k)
-    model.eval()
-    sims = sharded_similarity(model.similarity, enc['img_embs'], enc['cap_embs'], enc['cap_lens'], shard_size, progress, device)
-    return retrieval_metrics(sims, k, coco_folds), sims
-
-# %% ../nbs/30_laps.ipynb #58419fce
-@torch.no_grad()
-def selection_coverage(img_embs:Tensor,      # (N_img, L_v, d) encoded images
-                       cap_embs:Tensor,      # (N_caps, L, d) encoded captions
-                       cap_lens:Tensor,      # (N_caps,)
-                       caption_image:list,   # image index of every caption
-                       gt_masks:Tensor,      # (N_caps, N) bool: patches of the regions the caption names
-                       sparse_ratio:float=0.5,
-                       has_cls:bool|None=None,
-                       seed:int=0,           # for the random baseline
-                      )->dict:               # score name -> mean |kept ∩ named| / |named|
-    "How often the kept patches cover what the caption names, for the official score and its parts."
-    _, P = split_cls(img_embs, has_cls)
-    idx = torch.as_tensor(caption_image)
-    Pi = P[idx]                                                          # (N_caps, N, d): each caption's own image
-    a_img = image_salience(Pi)
-    a_txt = (l2norm(Pi) @ caption_means(cap_embs, cap_lens)[..., None]).squeeze(-1)
-    g = torch.Generator().manual_seed(seed)
-    K, gt = num_kept(P.shape[1], sparse_ratio), gt_masks.bool()
-    out = {}
-    for name, s in dict(official=a_img + a_txt, a_txt=a_txt, a_img=a_img, random=torch.rand(a_img.shape, generator=g)).items():
-        kept = torch.zeros_like(s, dtype=torch.bool).scatter_(1, s.topk(K, 1).indices, True)
-        out[name] = float(((kept & gt).sum(1) / gt.sum(1)).mean())
-    return out
-
-# %% ../nbs/30_laps.ipynb #b114b88e
-def random_features(n_img:int, n_cap:int, num_tokens:int=197, embed_size:int=512, cap_len:int=16,
-                    seed:int=0)->tuple[Tensor, Tensor, Tensor]:
-    "Random projected features of the real shapes: images `(n_img, num_tokens, d)`, captions `(n_cap, cap_len, d)`, lengths."
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n_img, num_tokens, embed_size, generator=g), torch.randn(n_cap, cap_len, embed_size, generator=g),
-            torch.full((n_cap,), cap_len, dtype=torch.long))
-
 # %% ../nbs/30_laps.ipynb #f3e0b826
 def build_encoders(vision_model:str='laps-vit', # vlrepro.models preset, or a local HF checkpoint folder
                    text_model:str='laps-bert',  # likewise for the text encoder
@@ -789,8 +539,6 @@ def build_encoders(vision_model:str='laps-vit', # vlrepro.models preset, or a lo
                    seed:int|None=None,          # init seed of tiny models
                   )->tuple[nn.Module, nn.Module]:
     "Image and text encoders: tiny random-init presets or local checkpoints."
-    from pathlib import Path
-    from vlrepro import models
     def one(name, kind, **kw):
         if Path(name).is_dir():
             import transformers
@@ -804,149 +552,10 @@ def build_encoders(vision_model:str='laps-vit', # vlrepro.models preset, or a lo
 
 def build_tokenizer(text_model:str, captions:list[str])->object:
     "The checkpoint's tokenizer (local folder) or a word-level `[PAD] [UNK] [CLS] [SEP] [MASK]` + words tokenizer."
-    from pathlib import Path
     if Path(text_model).is_dir():
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(text_model, local_files_only=True)
-    from vlrepro import models
     return models.build_tokenizer('laps', captions)
-
-# %% ../nbs/30_laps.ipynb #79914010
-def _gather(x:Tensor, grad:bool=False)->Tensor:
-    "Concatenate `x` from every process along dim 0 (with gradient if `grad`); identity without a process group."
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return x
-    if grad:
-        from torch.distributed.nn.functional import all_gather
-        return torch.cat(all_gather(x.contiguous()), 0)
-    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, x.contiguous()); return torch.cat(out, 0)
-
-def gather_batch(img_embs:Tensor, cap_embs:Tensor, cap_lens:Tensor)->tuple[Tensor, Tensor, Tensor]:
-    "All-gather a batch's features (with gradient) and lengths so the loss runs over the global batch (released DDP)."
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return img_embs, cap_embs, cap_lens
-    L = torch.tensor([cap_embs.shape[1]], device=cap_embs.device); dist.all_reduce(L, op=dist.ReduceOp.MAX)
-    cap_embs = F.pad(cap_embs, (0, 0, 0, int(L) - cap_embs.shape[1]))
-    return _gather(img_embs, True), _gather(cap_embs, True), _gather(cap_lens)
-
-def make_loss_fn(margin:float=0.2, ratio_weight:float=2.0, vse_mean_warmup_epochs:int=1, embedding_warmup_epochs:int=0,
-                 max_violation:bool=False)->Callable:
-    "The released objective as a `vlrepro.train` loss_fn(model, batch, info): ramp α, all→hardest negatives, ratio term."
-    def loss_fn(m, batch, info):   # info: vlrepro.train.StepInfo of the step being taken
-        from vlrepro.train import unwrap
-        alpha = loss_alpha(info.epoch, info.step_in_epoch, info.steps_per_epoch, embedding_warmup_epochs)
-        hard = use_hardest(info.epoch, vse_mean_warmup_epochs, max_violation)
-        S, D = m(batch['pixel_values'], batch['input_ids'])
-        head = unwrap(m).laps_head
-        ids = _gather(batch['img_ids']) if unwrap(m).gather_batch else batch['img_ids']
-        loss = laps_loss(S, D, ids, head.sparse_ratio if head is not None else 1.0, margin, hard, alpha, ratio_weight)
-        logs = dict(alpha=alpha, hardest=float(hard), truncated=float(batch['truncated']), pairs=float(S.shape[0]))
-        if D is not None: logs['kept_fraction'] = D.detach().mean()
-        return loss, logs
-    return loss_fn
-
-@dataclass
-class Recipe(BaseConfig):
-    "The released optimisation recipe of one LAPS training (`train_laps`, `train_config`); paper values in the comments."
-    batch_size:int = 64               # pairs per step (64)
-    learning_rate:float = 2e-4        # base lr: projections and LAPS head (2e-4)
-    backbone_lr_mult:float = 0.1      # ViT/Swin and BERT lr multiplier (0.1)
-    weight_decay:float = 1e-4         # AdamW weight decay on every parameter (1e-4)
-    grad_clip:float = 2.0             # global grad-norm clip (2)
-    lr_schedules:list[int] = field(default_factory=lambda: [9, 15, 20, 25])  # epochs of the step decay (9, 15, 20, 25)
-    decay_rate:float = 0.3            # step decay factor (0.3)
-    margin:float = 0.2                # hinge margin (0.2)
-    ratio_weight:float = 2.0          # weight of (mean(D) - rho)^2 (2)
-    vse_mean_warmup_epochs:int = 1    # hardest negatives from this epoch (1)
-    embedding_warmup_epochs:int = 0   # epoch with the loss ramp alpha (0; -1: none)
-    max_violation:bool = False        # hardest negatives before `vse_mean_warmup_epochs` too (False)
-    size_augment:bool = False         # released caption augmentation (True)
-    device:str = 'cpu'
-    seed:int = 0
-    precision:str = 'fp32'            # the released runs: fp32
-    progress:bool = True
-    log_every:int = 20
-    num_workers:int = 0
-
-def train_config(recipe:Recipe,     # the optimisation recipe
-                 out_dir:str='',    # Trainer run folder ('' = nothing written, no resume)
-                 epochs:int=30,     # passes over all (image, caption) pairs
-                )->TrainConfig:
-    "`vlrepro.train.TrainConfig` of the released recipe: AdamW with decay on all parameters, epoch step decay, clip."
-    r, ms = recipe, [int(e) for e in recipe.lr_schedules]
-    return TrainConfig(out_dir=out_dir, epochs=epochs, batch_size=r.batch_size, drop_last=True, lr=r.learning_rate,
-                       weight_decay=r.weight_decay, no_decay_1d=False, clip_grad=r.grad_clip,
-                       schedule='step' if ms else 'constant', milestones=ms, decay_rate=r.decay_rate,
-                       precision=r.precision, device=r.device, seed=r.seed, log_every=r.log_every, resume=bool(out_dir),
-                       progress=r.progress, num_workers=r.num_workers, eval_every=0)
-
-# %% ../nbs/30_laps.ipynb #d3f89943
-def train_laps(model:LAPSModel,       # dense or patched model (trained in place)
-               train_data,            # caption-level dataset: items {'image', 'caption', 'index'}
-               tokenizer,             # caption tokenizer (pad id 0)
-               recipe:Recipe|None=None, # the optimisation recipe (None: the released one)
-               out_dir:str='',        # Trainer run folder ('' = nothing written, no resume)
-               epochs:int=30,         # passes over all (image, caption) pairs
-               stop_epoch:int=0,      # stop after this many epochs of the run (checkpointed; rerun to continue); 0 = all
-               eval_fn:Callable|None=None,    # eval_fn(model) -> metrics with 'rsum', after every epoch
-               keep_best:bool=False,          # reload the best-rsum weights at the end (released model selection)
-              )->dict:                        # the Trainer's summary (+ 'best_rsum')
-    "Train a `LAPSModel` with the released LAPS/VSE++ recipe on `vlrepro.train.Trainer` (rerun into `out_dir`: resumes)."
-    r = recipe or Recipe()
-    max_len = getattr(model.text.config, 'max_position_embeddings', 512)
-    best = {'rsum': float('-inf'), 'state': None}
-    best_path = Path(out_dir) / 'model_best.pt' if out_dir else None
-    loss_fn = make_loss_fn(r.margin, r.ratio_weight, r.vse_mean_warmup_epochs, r.embedding_warmup_epochs, r.max_violation)
-    def on_record(trainer, rec):   # released model selection; the best weights go to disk at once so a rerun keeps them
-        if rec['kind'] == 'eval' and rec.get('rsum', float('-inf')) > best['rsum']:
-            best['rsum'], best['state'] = rec['rsum'], copy.deepcopy(unwrap(trainer.model).state_dict())
-            if best_path is not None: atomic_torch_save(dict(rsum=rec['rsum'], step=rec['step'], model=best['state']), best_path)
-    if r.size_augment: train_data = AugmentSeeds(train_data)   # augmentation drawn per (epoch, item): resumes exactly
-    tr = Trainer(model, loss_fn, train_data, train_config(r, out_dir, epochs),
-                 collate_fn=PairCollate(tokenizer, max_len, r.size_augment, r.seed), eval_fn=eval_fn,
-                 param_groups=functools.partial(param_groups, learning_rate=r.learning_rate, backbone_lr_mult=r.backbone_lr_mult),
-                 callbacks=[on_record])
-    tr.config = dataclasses.replace(tr.config, eval_every=tr.steps_per_epoch if eval_fn is not None else 0,
-                                    stop_step=stop_epoch * tr.steps_per_epoch if stop_epoch else 0,
-                                    save_every=tr.steps_per_epoch if out_dir else 0)   # a checkpoint every epoch
-    if tr.step and best_path is not None and best_path.exists():   # resumed: the best epoch so far
-        ck = torch.load(best_path, map_location='cpu')
-        if ck['step'] <= tr.step: best['rsum'], best['state'] = ck['rsum'], ck['model']
-    res = tr.fit()
-    if keep_best and best['state'] is not None: unwrap(tr.model).load_state_dict(best['state'])
-    res['best_rsum'] = best['rsum'] if best['state'] is not None else None
-    trunc = sum(r.get('truncated', 0) for r in res['history'] if r['kind'] == 'train')
-    if trunc: _log.warning("captions were truncated to the text encoder's %d positions in training (mean %.2f per logged batch)", max_len, trunc)
-    return res
-
-# %% ../nbs/30_laps.ipynb #70112685
-def train_task(config:dict|None=None,  # `laps.Config` fields (a dict: the task arguments travel as JSON); missing: defaults
-               init:str='',            # a state dict to start from ('' = the fresh patched model)
-              )->dict:
-    "The LAPS training task for `vlrepro.train.launch` (called in every process): model, data, loss and lr groups of `config`."
-    c = Config.from_params(config or {})
-    if c.data_root:
-        from torchvision import transforms as T
-        tf = T.Compose([T.RandomResizedCrop(c.img_res, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                        T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
-        ds = data.RetrievalDataset(Path(c.data_root) / c.dataset, 'train', transform=tf)
-    else:
-        ds = data.RetrievalDataset(data.generate('tiles', c.train_images, seed=c.seed, split='train'),
-                                   transform=data.image_transform(mean=(0.5,) * 3, std=(0.5,) * 3))
-    pairs = ds.caption_view('all')
-    if c.max_train_captions: pairs = torch.utils.data.Subset(pairs, range(min(c.max_train_captions, len(pairs))))
-    if c.size_augment: pairs = AugmentSeeds(pairs)
-    tok = build_tokenizer(c.text_name, ds.captions)
-    torch.manual_seed(c.seed)
-    model = patch(LAPSModel(*build_encoders(c.vision_name, c.text_name, vocab_size=len(tok), seed=c.seed), c.embed_size),
-                  c.sparse_ratio, c.aggr_ratio, selection=c.selection, hidden_ratio=c.aggr_hidden_ratio)
-    if init: model.load_state_dict(torch.load(init, map_location='cpu'))
-    model.gather_batch = True
-    return dict(model=model, train_data=pairs,
-                param_groups=functools.partial(param_groups, learning_rate=c.learning_rate, backbone_lr_mult=c.backbone_lr_mult),
-                loss_fn=make_loss_fn(c.margin, c.ratio_weight, c.vse_mean_warmup_epochs, c.embedding_warmup_epochs),
-                collate_fn=PairCollate(tok, getattr(model.text.config, 'max_position_embeddings', 512), c.size_augment, c.seed))
 
 # %% ../nbs/30_laps.ipynb #90236fd1
 _T = 'official README "Performances"'
@@ -957,243 +566,3 @@ PAPER_NUMBERS = [PaperNumber('laps', _T, s, m, v, '%', _COCO_T2I if s.startswith
                                  'MSCOCO-5K ViT': (56.1, 83.9, 71.9, 93.7), 'MSCOCO-5K Swin': (65.1, 90.2, 51.2, 79.3)}.items()
                  for m, v in zip(('i2t_r1', 'i2t_r5', 't2i_r1', 't2i_r5'), vals)]
 register_paper_numbers('laps', PAPER_NUMBERS)
-
-# %% ../nbs/30_laps.ipynb #a0a1b012
-DATA_SCRIPTS = {'flickr30k': 'get_flickr30k.py', 'coco': 'get_coco.py'}   # dataset folder -> the data_scripts/ file that writes it
-PAPER_SPLITS = {'flickr30k': (29_000, 1_000), 'coco': (113_287, 5_000)}    # train, test images (Karpathy splits; COCO restval in train)
-PAPER_ENCODERS = {'vit': dict(model_type='vit', hidden_size=768, num_hidden_layers=12, patch_size=16, image_size=224),
-                  'swin': dict(model_type='swin', embed_dim=128, depths=[2, 2, 18, 2], window_size=7, patch_size=4, image_size=224),
-                  'bert': dict(model_type='bert', hidden_size=768, num_hidden_layers=12, num_attention_heads=12)}
-
-def data_command(dataset:str,          # dataset folder name under data_root
-                 data_root:str='data', # the data root
-                )->str:                # the command that writes <data_root>/<dataset>/
-    "The `data_scripts/` command that makes a LAPS dataset folder."
-    if dataset not in DATA_SCRIPTS:
-        return f"no data script writes {dataset!r}; the LAPS datasets are {', '.join(DATA_SCRIPTS)} (data_scripts/get_*.py)"
-    return f"python data_scripts/{DATA_SCRIPTS[dataset]} --src RAW_FOLDER --root {data_root or 'data'}"
-
-def paper_setting(dataset:str, vit_type:str)->str:
-    "The paper-registry row a run of `dataset` with a `vit_type` encoder fills (COCO: the 5K row; 1K from the folds)."
-    return {'tiles': 'Flickr30K', 'flickr30k': 'Flickr30K', 'coco': 'MSCOCO-5K'}.get(dataset, dataset) + (' ViT' if vit_type == 'vit' else ' Swin')
-
-def paper_scale_gaps(model:LAPSModel,      # the trained model (its encoders' configs are read)
-                     dataset:str,          # dataset folder name
-                     n_train:int, n_test:int, # images in the train and test splits used
-                     embed_size:int, num_epochs:int, dense_epochs:int=0,
-                     max_train_captions:int=0, img_res:int=224,
-                    )->list[str]:          # what differs from the paper's full scale (empty: full scale)
-    "Everything that keeps a run from the paper's models, data and schedule."
-    gaps = []
-    vcfg, tcfg = model.vision.config, model.text.config
-    fam = 'swin' if vcfg.model_type == 'swin' else 'vit'
-    for name, cfg, want in (('image encoder', vcfg, PAPER_ENCODERS[fam]), ('text encoder', tcfg, PAPER_ENCODERS['bert'])):
-        bad = {k: getattr(cfg, k, None) for k, v in want.items() if getattr(cfg, k, None) != v}
-        if bad: gaps.append(f"{name} is not the paper's ({', '.join(f'{k} {v}' for k, v in bad.items())})")
-    if dataset not in PAPER_SPLITS: gaps.append(f"dataset {dataset!r} is not Flickr30K or MS-COCO")
-    elif n_train < PAPER_SPLITS[dataset][0] or n_test < PAPER_SPLITS[dataset][1]:
-        gaps.append(f"{n_train} train / {n_test} test images (paper: {PAPER_SPLITS[dataset][0]} / {PAPER_SPLITS[dataset][1]})")
-    if max_train_captions: gaps.append(f"max_train_captions {max_train_captions}")
-    if embed_size not in (512, 1024): gaps.append(f"embed_size {embed_size} (paper: 512, or 1024)")
-    if img_res != 224: gaps.append(f"img_res {img_res} (paper: 224)")
-    if num_epochs < 30 or dense_epochs: gaps.append(f"{dense_epochs} dense + {num_epochs} LAPS epochs (paper: 0 + 30)")
-    return gaps
-
-# %% ../nbs/30_laps.ipynb #61034511
-@dataclass
-class Config(BaseConfig):
-    """The parameters of the LAPS pipeline (the notebook's parameters cell; `nbs/params/30_laps.*.yaml`), checked once.
-    Defaults are the CPU demonstration; the comment gives the official recipe's value (`arguments.py`, README)."""
-    dataset:str = 'tiles'             # 'tiles' (synthetic, with data_root ''), else a folder under data_root (flickr30k, coco)
-    data_root:str = ''                # folder holding <dataset>/; '' is synthetic (data)
-    vit_type:str = 'vit'              # 'vit' or 'swin': names the paper row, picks the tiny preset when vision_model is ''
-    vision_model:str = ''             # local ViT/Swin folder (ckpt/vit-base-patch16-224-in21k); '' is the tiny preset
-    text_model:str = ''               # local BERT folder (ckpt/bert-base-uncased); '' is the tiny preset
-    init_checkpoint:str = ''          # the authors' model_best.pth to start from ('' = none)
-    img_res:int = 32                  # image side (224)
-    embed_size:int = 64               # joint dimension d (512)
-    sparse_ratio:float = 0.5          # rho (ViT 0.5, Swin 0.8)
-    aggr_ratio:float = 0.4            # lambda (ViT 0.4, Swin 0.6)
-    aggr_hidden_ratio:float = 0.2     # aggregation MLP width ratio (0.2)
-    selection:str = 'topk'            # 'topk' (released) or 'gumbel' (paper-only variant)
-    margin:float = 0.2                # hinge margin (0.2)
-    ratio_weight:float = 2.0          # weight of (mean(D) - rho)^2 (2)
-    batch_size:int = 64               # pairs per step (64 per GPU)
-    dense_epochs:int = 1              # dense epochs before LAPS (0)
-    num_epochs:int = 1                # LAPS epochs (30)
-    baseline:bool = True              # also train the dense baseline (False)
-    learning_rate:float = 5e-4        # base lr (2e-4)
-    backbone_lr_mult:float = 1.0      # backbone lr multiplier (0.1)
-    weight_decay:float = 1e-4         # AdamW weight decay (1e-4)
-    lr_schedules:list[int] = field(default_factory=lambda: [9, 15, 20, 25])  # step-decay epochs (9, 15, 20, 25)
-    decay_rate:float = 0.3            # step decay factor (0.3)
-    grad_clip:float = 2.0             # grad-norm clip (2)
-    vse_mean_warmup_epochs:int = 1000 # hardest negatives from this epoch (1)
-    embedding_warmup_epochs:int = 0   # epoch with the loss ramp (0)
-    size_augment:bool = False         # caption augmentation (True)
-    train_images:int = 200            # synthetic train images (1000 in the cpu-demo recipe)
-    test_images:int = 50              # synthetic test images (100 in the cpu-demo recipe)
-    max_train_captions:int = 0        # first N training pairs only (0 = all)
-    shard_size:int = 256              # evaluation block (256)
-    max_word:int = 90                 # test-time word buffer (90)
-    coco_folds:bool = False           # COCO 1K 5-fold average (True for the COCO-1K rows)
-    eval_every_epoch:bool = False     # per-epoch model selection (True, released)
-    select_on:str = 'test'            # 'test' (released) or 'val'
-    stop_epoch:int = 0                # stop the LAPS run after this epoch (0 = run to the end)
-    efficiency:bool = True            # similarity cost at ViT-B/16 + BERT-base dimensions
-    eff_images:int = 4                # images timed there
-    eff_cap_len:int = 16              # caption length assumed there
-    num_workers:int = 0               # DataLoader workers
-    amp:bool = False                  # bf16 autocast on GPU (False, released fp32)
-    device:str = 'cpu'                # 'cpu', 'cuda' or 'auto'
-    seed:int = 0                      # global seed
-    nproc:int = 1                     # training processes (over 1: torchrun)
-    threads:int = 1                   # torch CPU threads
-    progress:bool = False             # progress bars
-    out_dir:str = '_runs/30_laps'     # run folder
-
-    def validate(self):
-        check_ratio('sparse_ratio', self.sparse_ratio); check_ratio('aggr_ratio', self.aggr_ratio)
-        for name, ok in (('vit_type', ('vit', 'swin')), ('selection', ('topk', 'gumbel')), ('select_on', ('test', 'val'))):
-            if getattr(self, name) not in ok:
-                raise ValueError(f"{name} must be {' or '.join(map(repr, ok))}, got {getattr(self, name)!r}")
-        if not self.data_root and self.dataset != 'tiles':
-            raise ValueError(f"dataset must be 'tiles' (synthetic) with data_root '', got {self.dataset!r}: "
-                             f"set data_root to the folder holding {self.dataset}/")
-        for name in ('batch_size', 'nproc', 'threads', 'img_res', 'embed_size'):
-            if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ('dense_epochs', 'num_epochs', 'stop_epoch', 'max_train_captions', 'num_workers'):
-            if getattr(self, name) < 0: raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
-
-    @property
-    def synthetic(self)->bool: return self.data_root == ''
-    @property
-    def vision_name(self)->str: return self.vision_model or f'laps-{self.vit_type}'   # '' = the tiny random-init preset
-    @property
-    def text_name(self)->str: return self.text_model or 'laps-bert'
-
-    def recipe(self, device:str='', precision:str='')->Recipe:
-        "The optimisation recipe of the run's trainings (`device` and `precision` as resolved by the notebook)."
-        return Recipe(batch_size=self.batch_size, learning_rate=self.learning_rate, backbone_lr_mult=self.backbone_lr_mult,
-                      weight_decay=self.weight_decay, grad_clip=self.grad_clip, lr_schedules=list(self.lr_schedules),
-                      decay_rate=self.decay_rate, margin=self.margin, ratio_weight=self.ratio_weight,
-                      vse_mean_warmup_epochs=self.vse_mean_warmup_epochs, embedding_warmup_epochs=self.embedding_warmup_epochs,
-                      size_augment=self.size_augment, device=device or self.device, seed=self.seed,
-                      precision=precision or ('auto' if self.amp else 'fp32'), progress=self.progress, num_workers=self.num_workers)
-
-# %% ../nbs/30_laps.ipynb #a0a1b022
-_ROW_METRICS = ('i2t_r1', 'i2t_r5', 't2i_r1', 't2i_r5')
-_STANDIN_COLORS = {'red': (220, 40, 40), 'green': (40, 180, 60), 'blue': (50, 80, 230), 'yellow': (230, 210, 40), 'white': (240, 240, 240)}
-_STANDIN_THINGS = ('dog', 'cat', 'ball', 'car', 'boat')
-
-def _standin_image(i:int)->tuple:
-    "Colour and thing of stand-in image `i` (every image differs)."
-    cols = list(_STANDIN_COLORS)
-    return cols[i % len(cols)], _STANDIN_THINGS[(i // len(cols)) % len(_STANDIN_THINGS)]
-
-def _write_karpathy(dataset:str, src, n:dict)->list[str]:
-    "Tiny JPEGs + Karpathy's `dataset_<name>.json` (upstream format) under `src`; returns the caption words."
-    import json
-    from pathlib import Path
-    from PIL import Image, ImageDraw
-    src, rows, words, i = Path(src), [], set(), 0
-    for split, count in n.items():
-        for _ in range(count):
-            col, thing = _standin_image(i)
-            if dataset == 'coco':
-                folder = 'val2014' if split in ('val', 'test') else 'train2014'
-                fname, extra = f'COCO_{folder}_{i + 1:012d}.jpg', dict(filepath=folder, cocoid=i + 1)
-            else: folder, fname, extra = 'flickr30k-images', f'{1000 + i}.jpg', {}
-            img = Image.new('RGB', (40, 30), _STANDIN_COLORS[col]); ImageDraw.Draw(img).rectangle([4 + i % 7, 4, 20, 24], fill=(20, 20, 20))
-            (src / folder).mkdir(parents=True, exist_ok=True); img.save(src / folder / fname, quality=90)
-            raws = [f'A {col} {thing} on the grass.', f'The {thing} is {col}.', f'a small {col} {thing} near a tree',
-                    f'A {thing} that is {col} sits outside.', f'{col} {thing} , picture {i}']
-            sents = [dict(tokens=r.lower().replace('.', ' .').split(), raw=r, imgid=i, sentid=5 * i + k) for k, r in enumerate(raws)]
-            words |= {w for s in sents for w in s['tokens']}
-            rows.append(dict(filename=fname, imgid=i, split=split, sentids=[s['sentid'] for s in sents], sentences=sents, **extra))
-            i += 1
-    name = 'flickr30k' if dataset != 'coco' else 'coco'
-    (src / f'dataset_{name}.json').write_text(json.dumps(dict(images=rows, dataset=name)))
-    return sorted(words)
-
-def _write_hf_standins(vit_type:str, vision_dir, text_dir, words:list[str], seed:int=0):
-    "Tiny ViT/Swin and BERT (+ WordPiece vocab) saved like the released Hugging Face checkpoints."
-    import transformers
-    from pathlib import Path
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if vit_type == 'swin':   # microsoft/swin-base-patch4-window7-224 is a SwinForImageClassification (keys swin.*, classifier.*)
-            v = transformers.SwinForImageClassification(transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
-                                                                                 num_heads=[1, 2], window_size=4, num_labels=3))
-        else:                    # google/vit-base-patch16-224-in21k is a ViTModel with its pooler
-            v = transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                                                             num_attention_heads=2, intermediate_size=64))
-        v.save_pretrained(vision_dir)
-        text_dir = Path(text_dir); text_dir.mkdir(parents=True, exist_ok=True)
-        vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *sorted(set(words) | set('abcdefghijklmnopqrstuvwxyz0123456789.,'))]
-        (text_dir / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
-        transformers.BertTokenizerFast(str(text_dir / 'vocab.txt'), do_lower_case=True).save_pretrained(text_dir)
-        t = transformers.BertForMaskedLM(transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
-                                                                 num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
-        t.save_pretrained(text_dir)   # bert-base-uncased layout: BertForMaskedLM (keys bert.*, cls.*)
-
-def _relative(params:dict, key:str)->str:
-    "The set's value of `key`, checked to be a path relative to the root."
-    from pathlib import Path
-    v = params.get(key) or ''
-    if not v: raise ValueError(f"the set gives no {key}; a full-scale LAPS set names it relative to the root")
-    if Path(v).is_absolute() or v.startswith('..'):
-        raise ValueError(f"{key} {v!r} must be relative to the root (ckpt/..., data): vlrepro run resolves it against --root")
-    return v
-
-def _write_standins(params:dict, root, overrides:dict):
-    "Write every input a full-scale set names, at its own relative path under `root`."
-    import subprocess, sys
-    from vlrepro.run import find_nbs
-    dataset, vit = params.get('dataset', ''), params.get('vit_type', 'vit')
-    if dataset not in DATA_SCRIPTS:
-        raise ValueError(f"the set reads <data_root>/{dataset}/ but no data script writes that folder: "
-                         + ', '.join(f'{s} writes {d}/' for d, s in DATA_SCRIPTS.items()))
-    n = dict(train=2, restval=2, val=1, test=5) if dataset == 'coco' else dict(train=4, val=1, test=5)
-    raw = root / 'raw' / dataset
-    words = _write_karpathy(dataset, raw, n)
-    r = subprocess.run([sys.executable, f'data_scripts/{DATA_SCRIPTS[dataset]}', '--src', str(raw), '--root', str(root / _relative(params, 'data_root'))],
-                       cwd=find_nbs().parent, capture_output=True, text=True)
-    if r.returncode: raise RuntimeError(f"data_scripts/{DATA_SCRIPTS[dataset]} failed: {r.stderr.strip()}")
-    _write_hf_standins(vit, root / _relative(params, 'vision_model'), root / _relative(params, 'text_model'), words)
-    if params.get('init_checkpoint'):   # the authors' model_best.pth layout, for the rehearsal's sizes
-        import argparse
-        v, t = build_encoders(str(root / params['vision_model']), str(root / params['text_model']))
-        m = patch(LAPSModel(v, t, overrides['embed_size']), params.get('sparse_ratio', .5), params.get('aggr_ratio', .4),
-                  hidden_ratio=params.get('aggr_hidden_ratio', .2))
-        p = root / _relative(params, 'init_checkpoint'); p.parent.mkdir(parents=True, exist_ok=True)
-        opt = argparse.Namespace(sparse_ratio=m.laps_head.sparse_ratio, aggr_ratio=m.laps_head.aggr_ratio, embed_size=m.embed_size, vit_type=vit)
-        torch.save({'model': authors_state_dict(m), 'opt': opt, 'epoch': 1, 'best_rsum': 0.0, 'Eiters': 1}, p)
-
-def rehearsal(params:dict,          # the parameter set's YAML mapping, as in the file
-              root:Path|None=None,  # rehearsal root; None: only return the plan, write nothing
-              device:str='cpu',     # 'cpu' (fp32) or 'cuda' (bf16 autocast)
-             )->dict:               # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
-    "The `vlrepro rehearse` plan of a 30_laps parameter set; with `root`, its stand-ins are written there."
-    from pathlib import Path
-    nproc = int(params.get('nproc', 1))
-    dense, laps_ep = int(params.get('dense_epochs', 1)), int(params.get('num_epochs', 1))   # the notebook's defaults when absent
-    ov = {}
-    if dense: ov['dense_epochs'] = 1
-    if laps_ep: ov['num_epochs'] = 1
-    ov['batch_size'] = 10                                   # 20 training pairs: 2 steps per epoch, so a kill point exists
-    if not params.get('data_root'):                        # the synthetic demonstration
-        ov |= dict(train_images=4, test_images=4, eff_images=2, threads=1)
-        branch, setting = 'cpu-demo', paper_setting('tiles', params.get('vit_type', 'vit'))
-        rows = [(setting, m) for m in _ROW_METRICS]
-    else:
-        ov |= dict(img_res=32, embed_size=16, shard_size=4, eff_images=2, threads=1)
-        if params.get('num_workers'): ov['num_workers'] = 1
-        dataset, vit = params.get('dataset', ''), params.get('vit_type', 'vit')
-        branch, setting = f"laps-{'coco' if dataset == 'coco' else 'f30k'}-{vit}", paper_setting(dataset, vit)
-        rows = [(setting, m) for m in _ROW_METRICS] + ([(setting.replace('5K', '1K'), m) for m in _ROW_METRICS] if params.get('coco_folds') else [])
-        if root is not None: _write_standins(params, Path(root), ov)
-    ov |= dict(device='cuda', amp=True) if device == 'cuda' else dict(device='cpu', amp=False)
-    if nproc > 1: ov['nproc'] = 2
-    return dict(overrides=ov, branch=branch, metric='laps/rsum', nproc=min(nproc, 2), rows=rows, trains=bool(dense or laps_ep),
-                recipe_batch=dict(per_process=int(params.get('batch_size', 64)), processes=nproc, grad_accum=1, recipe=64 * nproc))

@@ -52,7 +52,7 @@ def check_recipe_batch(rb:dict|None)->str:
 PLANS = {
     '11_crossget': 'vlrepro.crossget_clip:rehearsal_clip',
     '12_crossget_llava': 'vlrepro.crossget_llava:rehearsal_llava',
-    '30_laps': 'vlrepro.laps:rehearsal',
+    '30_laps': 'vlrepro.laps_retrieval:rehearsal',
     '40_ademvl': 'vlrepro.ademvl:rehearsal',
     '50_vqascore': 'vlrepro.vqascore:rehearsal',
 }
