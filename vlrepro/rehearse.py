@@ -49,7 +49,7 @@ def check_recipe_batch(rb:dict|None)->str:
 
 # %% ../nbs/08_rehearse.ipynb #45f88f81
 PLANS = {'11_crossget': 'vlrepro.crossget:rehearsal_clip', '12_crossget_llava': 'vlrepro.crossget:rehearsal_llava',
-         '30_laps': 'vlrepro.laps:rehearsal', '40_ademvl': 'vlrepro.ademvl:rehearsal',
+         '30_laps': 'vlrepro.laps:rehearsal', '40_ademvl': 'vlrepro.ademvl_sqa:rehearsal',
          '50_vqascore': 'vlrepro.vqascore:rehearsal'}
 
 def plan_function(stem:str, params:dict)->Callable:

@@ -177,7 +177,7 @@ def _input_checks(values:dict, params:dict[str, Param])->dict:
 
 # %% ../nbs/06_run.ipynb #e5238030
 CONFIGS = {'11_crossget': 'vlrepro.crossget:Config', '20_das': 'vlrepro.das:Config', '30_laps': 'vlrepro.laps:Config',
-           '40_ademvl': 'vlrepro.ademvl:Config'}   # notebook stem -> the typed config (a `vlrepro.core.Config`) of its parameters
+           '40_ademvl': 'vlrepro.ademvl_sqa:Config'}   # notebook stem -> the typed config (a `vlrepro.core.Config`) of its parameters
 
 def config_class(stem:str)->type|None:
     "The config class that checks notebook `stem`'s parameters (None: the notebook has none; its parameters cell alone)."
