@@ -199,7 +199,7 @@ def _vision_parts(vision_tower:nn.Module):
     parts = [getattr(vm, n, None) for n in ('embeddings', 'pre_layrnorm', 'encoder', 'post_layernorm')]
     if any(p is None for p in parts) or not hasattr(parts[2], 'layers'):
         raise TypeError(f"ademvl supports Hugging Face CLIPVisionModel / CLIPVisionTransformer vision towers, got "
-                        f"{type(vision_tower).__name__}; load OpenAI weights with ademvl.load_clip_vision")
+                        f"{type(vision_tower).__name__}; load OpenAI weights with ademvl_sqa.load_clip_vision")
     return vm, *parts
 
 def clip_features(vision_tower:nn.Module, # HF CLIPVisionModel (patched or not)
@@ -219,7 +219,7 @@ def _llm_parts(model:nn.Module):
     from transformers import LlamaForCausalLM
     if not isinstance(model, LlamaForCausalLM):
         raise TypeError(f"ademvl.patch supports Hugging Face LlamaForCausalLM (LLaMA-1/2 layout), got {type(model).__name__}; "
-                        "convert Meta consolidated.*.pth weights with ademvl.load_llama(..., llama_format='meta')")
+                        "convert Meta consolidated.*.pth weights with ademvl_sqa.load_llama(..., llama_format='meta')")
     return model.model.layers, model.get_input_embeddings()
 
 def _grid(vision_tower:nn.Module)->int:
