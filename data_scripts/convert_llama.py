@@ -3,7 +3,7 @@
 
 --src holds tokenizer.model and <size>/{params.json, consolidated.00.pth[, consolidated.01.pth]}; the 13B shards are merged,
 q/k rows are permuted to HF's rotate-half RoPE layout (logic and tests: vlrepro.models, nbs/02_models.ipynb). The HF folder
-then loads with `ademvl.load_llama(out, 'hf')` or `LlamaForCausalLM.from_pretrained(out)`. tokenizer.model is copied
+then loads with `ademvl_sqa.load_llama(out, 'hf')` or `LlamaForCausalLM.from_pretrained(out)`. tokenizer.model is copied
 beside the weights as it is (transformers 5 cannot convert it without protobuf; `das_lavin.load_llama_tokenizer(out)`
 reads it with sentencepiece).
 Example: python data_scripts/convert_llama.py --src data/weights --size 7B --out data/llama-7b-hf [--dry-run]
@@ -21,7 +21,7 @@ def main(argv=None):
     p.add_argument('--dry-run', action='store_true', help='check the files and print the config, write nothing')
     a = p.parse_args(argv)
     import torch
-    from vlrepro import ademvl, models
+    from vlrepro import ademvl_sqa, models
     d = a.src/a.size
     shards = sorted(d.glob('consolidated.*.pth'))
     if not shards or not (d/'params.json').exists():
@@ -29,7 +29,7 @@ def main(argv=None):
     params = json.loads((d/'params.json').read_text())
     print(f"{len(shards)} shard(s); {models.llama_config_from_params(params).to_json_string()[:200]}...")
     if a.dry_run: return 0
-    m = ademvl.load_llama(a.src, 'meta', a.size, dtype=getattr(torch, a.dtype))
+    m = ademvl_sqa.load_llama(a.src, 'meta', a.size, dtype=getattr(torch, a.dtype))
     m.save_pretrained(a.out)
     # the file itself, not a transformers conversion: LlamaTokenizer(vocab_file=...) silently builds an empty tokenizer
     # under transformers 5 without protobuf, and saving that would lose the vocabulary

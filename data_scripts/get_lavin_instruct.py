@@ -25,8 +25,8 @@ def main(argv=None):
     if a.download: raise ValueError("get_lavin_instruct.py cannot download all_data.json (the LaVIN README's Google Drive link); "
                                     "fetch it and the images by hand, then pass --src")
     src = data.resolve_src(a, DOWNLOADS)
-    from vlrepro import ademvl
-    counts = ademvl.convert_lavin_instructions(src, a.root/a.name, key=a.key, split=a.split, json_name=a.json,
+    from vlrepro import ademvl_sqa
+    counts = ademvl_sqa.convert_lavin_instructions(src, a.root/a.name, key=a.key, split=a.split, json_name=a.json,
                                                copy_images=a.copy_images, check_images=a.check_images, dry_run=a.dry_run)
     print(data.report(counts, a))
 

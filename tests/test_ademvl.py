@@ -3,7 +3,7 @@ import json, math
 import pytest, torch
 from torch import nn
 import torch.nn.functional as F
-from vlrepro import ademvl, bench, core, data, metrics, models, train
+from vlrepro import ademvl, ademvl_sqa, bench, core, data, metrics, models, train
 
 torch.set_num_threads(1)
 IMG_PRE, TXT_PRE = [3, 4], [3, 4, 11, 12, 13]  # "Image: " / "Image: N/A" stand-ins
@@ -252,7 +252,7 @@ def test_sequence_growth_independent_of_M(batch, dsn):
 def test_labels_supervise_exactly_answer_and_eos():
     enc = lambda s: [10 + (ord(ch) % 40) for ch in s]
     prompt, answer = data.sqa_prompt(dict(question='Q?', choices=['x', 'y'], answer=1))
-    ids, lab = ademvl.tokenize_example(enc, prompt, answer, max_len=200)
+    ids, lab = ademvl_sqa.tokenize_example(enc, prompt, answer, max_len=200)
     n_prompt = 1 + len(enc(prompt))
     assert (lab[:n_prompt] == 0).all()
     sup = lab[lab > 0].tolist()
@@ -288,13 +288,13 @@ def test_batch_cut_at_last_supervised_position(batch):
 
 # ---------------------------------------------------------------- §9.8 learning rate
 def test_lr_schedule():
-    lr = ademvl.effective_lr(9e-3, 32)
+    lr = ademvl_sqa.effective_lr(9e-3, 32)
     assert math.isclose(lr, 1.125e-3)
-    assert ademvl.lr_at(0, lr, 2, 20) == 0
-    assert math.isclose(ademvl.lr_at(2, lr, 2, 20), 1.125e-3)
-    assert math.isclose(ademvl.lr_at(11, lr, 2, 20), 5.625e-4)
-    assert abs(ademvl.lr_at(20, lr, 2, 20)) < 1e-12
-    assert math.isclose(ademvl.lr_at(1, lr, 2, 20), lr / 2)
+    assert ademvl_sqa.lr_at(0, lr, 2, 20) == 0
+    assert math.isclose(ademvl_sqa.lr_at(2, lr, 2, 20), 1.125e-3)
+    assert math.isclose(ademvl_sqa.lr_at(11, lr, 2, 20), 5.625e-4)
+    assert abs(ademvl_sqa.lr_at(20, lr, 2, 20)) < 1e-12
+    assert math.isclose(ademvl_sqa.lr_at(1, lr, 2, 20), lr / 2)
 
 
 # ---------------------------------------------------------------- §9.9 generation pad invariance
@@ -316,14 +316,14 @@ def test_generation_pad_invariance():
 
 # ---------------------------------------------------------------- §9.10 scores, §4.2 parsing
 def test_parse_answer_malformed_never_crashes():
-    assert ademvl.parse_answer('B', 3) == 1
-    assert ademvl.parse_answer('The answer is C.', 3) == 2
-    assert ademvl.parse_answer(' A.', 5) == 0
+    assert ademvl_sqa.parse_answer('B', 3) == 1
+    assert ademvl_sqa.parse_answer('The answer is C.', 3) == 2
+    assert ademvl_sqa.parse_answer(' A.', 5) == 0
     for bad in ['', 'The', 'D', 'A or B', 'AB', 'B B C', None, 42, '\n', '(E)']:
-        assert ademvl.parse_answer(bad, 3) == -1
-    assert ademvl.parse_answer('The', 3, mode='official') == -1   # 'T' is not an option (§6.12)
-    assert ademvl.parse_answer('AB', 3, mode='official') == 0     # upstream: first capital letter
-    with pytest.raises(ValueError, match='strict'): ademvl.parse_answer('A', 3, mode='lenient')
+        assert ademvl_sqa.parse_answer(bad, 3) == -1
+    assert ademvl_sqa.parse_answer('The', 3, mode='official') == -1   # 'T' is not an option (§6.12)
+    assert ademvl_sqa.parse_answer('AB', 3, mode='official') == 0     # upstream: first capital letter
+    with pytest.raises(ValueError, match='strict'): ademvl_sqa.parse_answer('A', 3, mode='lenient')
 
 
 def test_category_scores_recomputed():
@@ -332,7 +332,7 @@ def test_category_scores_recomputed():
              dict(subject='language science', grade='grade9', hint='', image=None, answer=2),
              dict(subject='natural science', grade='grade1', hint='h', image='y.png', answer=1)]
     preds = [0, 1, -1, 0]
-    got = ademvl.sqa_scores(preds, probs)
+    got = ademvl_sqa.sqa_scores(preds, probs)
     ok = [p == q['answer'] for p, q in zip(preds, probs)]
     def acc(m): sel = [o for o, q in zip(ok, probs) if m(q)]; return 100 * sum(sel) / len(sel)
     want = dict(NAT=acc(lambda q: q['subject'] == 'natural science'), SOC=acc(lambda q: q['subject'] == 'social science'),
@@ -363,74 +363,74 @@ def test_sqa_prompt_handwritten():
 
 
 def test_caption_and_instruction_formats(tmp_path):
-    assert ademvl.pre_caption('A Dog (running)!  On the   beach.') == 'a dog running on the beach'
-    assert len(ademvl.pre_caption(' '.join(['w'] * 50)).split()) == 30
-    assert ademvl.caption_example('Two cats.') == ('a picture of', 'a picture of two cats')
-    assert ademvl.extract_caption('a picture of a dog') == 'a dog'
-    assert ademvl.extract_caption('garbage') == 'garbage'
-    assert ademvl.mme_prompt('Is there a cat?') == 'Instruction: Is there a cat?\nResponse:'
-    assert ademvl.instruction_example({'instruction': 'Do x.', 'answer': 'ok'}) == ('Do x.', 'ok')
-    with pytest.raises(ValueError, match='conversation'): ademvl.instruction_example({'id': 1, 'conversations': []})
-    ademvl.write_mme_predictions(tmp_path, 'existence', [('a.jpg', 'q1', 'Yes', 'Yes'), ('a.jpg', 'q2', 'No', 'yes\nit is'),
+    assert ademvl_sqa.pre_caption('A Dog (running)!  On the   beach.') == 'a dog running on the beach'
+    assert len(ademvl_sqa.pre_caption(' '.join(['w'] * 50)).split()) == 30
+    assert ademvl_sqa.caption_example('Two cats.') == ('a picture of', 'a picture of two cats')
+    assert ademvl_sqa.extract_caption('a picture of a dog') == 'a dog'
+    assert ademvl_sqa.extract_caption('garbage') == 'garbage'
+    assert ademvl_sqa.mme_prompt('Is there a cat?') == 'Instruction: Is there a cat?\nResponse:'
+    assert ademvl_sqa.instruction_example({'instruction': 'Do x.', 'answer': 'ok'}) == ('Do x.', 'ok')
+    with pytest.raises(ValueError, match='conversation'): ademvl_sqa.instruction_example({'id': 1, 'conversations': []})
+    ademvl_sqa.write_mme_predictions(tmp_path, 'existence', [('a.jpg', 'q1', 'Yes', 'Yes'), ('a.jpg', 'q2', 'No', 'yes\nit is'),
                                                         ('b.jpg', 'q1', 'Yes', 'Yes, there is'), ('b.jpg', 'q2', 'No', 'No')])
-    s = ademvl.mme_scores(tmp_path)
+    s = ademvl_sqa.mme_scores(tmp_path)
     assert math.isclose(s['existence'], 75 + 50) and math.isclose(s['MME-P'], 125) and s['MME-C'] == 0
 
 
 # ---------------------------------------------------------------- §8 loading / conversion
 def test_meta_conversion_roundtrip(tmp_path):
     src = tiny_llama(seed=2)
-    meta = ademvl.hf_to_meta(src.state_dict(), 4)
+    meta = ademvl_sqa.hf_to_meta(src.state_dict(), 4)
     halves = [{}, {}]
     for k, v in meta.items():
         dim = models._SHARD_DIM.get(k.split('.')[-2])
         for j in range(2): halves[j][k] = v if dim is None or v.ndim == 1 else v.chunk(2, dim)[j].clone()
-    merged = ademvl.merge_meta_shards(halves)
+    merged = ademvl_sqa.merge_meta_shards(halves)
     assert all(torch.equal(merged[k], meta[k]) for k in meta)
     d = tmp_path / '13B'; d.mkdir()
     for j in range(2): torch.save(halves[j], d / f'consolidated.0{j}.pth')
     (d / 'params.json').write_text(json.dumps({'dim': 32, 'n_heads': 4, 'n_layers': 2, 'norm_eps': 1e-6, 'multiple_of': 64, 'vocab_size': -1}))
-    back = ademvl.load_llama(tmp_path, 'meta', '13B', dtype=torch.float32)
+    back = ademvl_sqa.load_llama(tmp_path, 'meta', '13B', dtype=torch.float32)
     ids = torch.tensor([[1, 5, 9, 20]])
     with torch.no_grad(): torch.testing.assert_close(back(ids).logits, src(ids).logits)
     assert not any(p.requires_grad for p in back.parameters())
     W = torch.randn(32, 32)
-    assert torch.equal(ademvl.permute_qk(ademvl.permute_qk(W, 4, True), 4, False), W)
+    assert torch.equal(ademvl_sqa.permute_qk(ademvl_sqa.permute_qk(W, 4, True), 4, False), W)
 
 
 def test_hf_folder_loading(tmp_path):
     src = tiny_llama(seed=4)
     src.save_pretrained(tmp_path / 'hf')
-    back = ademvl.load_llama(tmp_path / 'hf', 'hf', dtype=torch.float32)
+    back = ademvl_sqa.load_llama(tmp_path / 'hf', 'hf', dtype=torch.float32)
     ids = torch.tensor([[1, 5, 9]])
     with torch.no_grad(): torch.testing.assert_close(back(ids).logits, src(ids).logits)
 
 
 def test_ffn_and_config():
-    assert ademvl.ffn_dim(4096) == 11008 and ademvl.ffn_dim(5120) == 13824
-    cfg = ademvl.llama_config_from_params({'dim': 4096, 'n_heads': 32, 'n_layers': 32, 'norm_eps': 1e-6, 'multiple_of': 256, 'vocab_size': -1})
+    assert ademvl_sqa.ffn_dim(4096) == 11008 and ademvl_sqa.ffn_dim(5120) == 13824
+    cfg = ademvl_sqa.llama_config_from_params({'dim': 4096, 'n_heads': 32, 'n_layers': 32, 'norm_eps': 1e-6, 'multiple_of': 256, 'vocab_size': -1})
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size) == (4096, 11008, 32, 32000)
 
 
 def test_missing_weights_and_vocab_mismatch(tmp_path):
-    with pytest.raises(FileNotFoundError, match='does not exist'): ademvl.load_llama(tmp_path / 'nope')
-    with pytest.raises(FileNotFoundError, match='config.json'): ademvl.load_llama(tmp_path, 'hf')
-    with pytest.raises(FileNotFoundError, match='consolidated'): ademvl.load_llama(tmp_path, 'meta', '7B')
-    with pytest.raises(ValueError, match='llama_format'): ademvl.load_llama(tmp_path, 'gguf')
+    with pytest.raises(FileNotFoundError, match='does not exist'): ademvl_sqa.load_llama(tmp_path / 'nope')
+    with pytest.raises(FileNotFoundError, match='config.json'): ademvl_sqa.load_llama(tmp_path, 'hf')
+    with pytest.raises(FileNotFoundError, match='consolidated'): ademvl_sqa.load_llama(tmp_path, 'meta', '7B')
+    with pytest.raises(ValueError, match='llama_format'): ademvl_sqa.load_llama(tmp_path, 'gguf')
 
     class Tok:
         def __len__(self): return 100
-    with pytest.raises(ValueError, match='does not belong'): ademvl.check_vocab(Tok(), tiny_llama(vocab=64))
-    ademvl.check_vocab(type('T', (), {'__len__': lambda s: 64})(), tiny_llama(vocab=64))
+    with pytest.raises(ValueError, match='does not belong'): ademvl_sqa.check_vocab(Tok(), tiny_llama(vocab=64))
+    ademvl_sqa.check_vocab(type('T', (), {'__len__': lambda s: 64})(), tiny_llama(vocab=64))
 
 
 # ---------------------------------------------------------------- methods of the §7 comparison, data through the workbench
 def test_methods_agree_on_text_only(batch):
     ids, _, px, ind = batch
-    txt = ademvl.TextOnlyVL(tiny_llama(), IMG_PRE, TXT_PRE)
-    isv = ademvl.InputSpaceVL(tiny_llama(), tiny_clip(), IMG_PRE, TXT_PRE)
+    txt = ademvl_sqa.TextOnlyVL(tiny_llama(), IMG_PRE, TXT_PRE)
+    isv = ademvl_sqa.InputSpaceVL(tiny_llama(), tiny_clip(), IMG_PRE, TXT_PRE)
     llm, _ = patched()
-    adem = ademvl.ADEMVLModel(llm)
+    adem = ademvl_sqa.ADEMVLModel(llm)
     no = torch.tensor([False, False])
     with torch.no_grad():
         ref = txt(ids, px, no)['logits']
@@ -445,10 +445,10 @@ def test_sqa_examples_match_workbench_prompt():
         assert data.sqa_prompt(r, oracle=True)[0].startswith(f"Context: {(r['description'] + ' ' + (r['hint'] or '')).strip() or 'N/A'}\n")
         assert data.sqa_prompt(r)[0].startswith(f"Context: {r['hint'] or 'N/A'}\n")
     mc = data.MCQADataset(s)
-    tok = ademvl.demo_tokenizer(s.rows)
-    ex = ademvl.SQAExamples(mc, tok, max_len=96)
-    b = ademvl.collate_sqa([ex[i] for i in range(8)])
-    enc = ademvl.encoder_of(tok)
+    tok = ademvl_sqa.demo_tokenizer(s.rows)
+    ex = ademvl_sqa.SQAExamples(mc, tok, max_len=96)
+    b = ademvl_sqa.collate_sqa([ex[i] for i in range(8)])
+    enc = ademvl_sqa.encoder_of(tok)
     for i in range(8):
         p, a = data.sqa_prompt(s.rows[i])
         sup = b['labels'][i][b['labels'][i] > 0].tolist()
@@ -459,28 +459,28 @@ def test_sqa_examples_match_workbench_prompt():
 
 def test_demo_pipeline_smoke(tmp_path):
     tr, te = data.generate('sciqa', 64, seed=0, split='train'), data.generate('sciqa', 16, seed=0, split='test')
-    tok = ademvl.demo_tokenizer(tr.rows + te.rows)
+    tok = ademvl_sqa.demo_tokenizer(tr.rows + te.rows)
     trm, tem = data.MCQADataset(tr), data.MCQADataset(te)
-    train, test = ademvl.SQAExamples(trm, tok), ademvl.SQAExamples(tem, tok)
+    train, test = ademvl_sqa.SQAExamples(trm, tok), ademvl_sqa.SQAExamples(tem, tok)
     llm, vit = models.tiny_hf('ademvl-llama', seed=0), models.tiny_hf('ademvl-clip-vision', seed=0)
-    ademvl.check_vocab(tok, llm)
-    ademvl.train_text_llm(llm, train, tok, steps=2, batch_size=8)
-    ademvl.train_vision(vit, trm, steps=2, batch_size=8)
+    ademvl_sqa.check_vocab(tok, llm)
+    ademvl_sqa.train_text_llm(llm, train, tok, steps=2, batch_size=8)
+    ademvl_sqa.train_vision(vit, trm, steps=2, batch_size=8)
     assert not any(p.requires_grad for p in llm.parameters()) and not any(p.requires_grad for p in vit.parameters())
-    enc = ademvl.encoder_of(tok)
-    ademvl.patch(llm, vit, down_sample_num=(64, 16), hidden_proj=32, image_prefix_ids=enc(ademvl.IMAGE_PREFIX),
-                 text_prefix_ids=enc(ademvl.TEXT_PREFIX))
-    m = ademvl.ADEMVLModel(llm)
+    enc = ademvl_sqa.encoder_of(tok)
+    ademvl.patch(llm, vit, down_sample_num=(64, 16), hidden_proj=32, image_prefix_ids=enc(ademvl_sqa.IMAGE_PREFIX),
+                 text_prefix_ids=enc(ademvl_sqa.TEXT_PREFIX))
+    m = ademvl_sqa.ADEMVLModel(llm)
     assert core.count_parameters(ademvl.trainable_parameters(llm)) == ademvl.expected_trainable(96, 64, 80, 32, 3, 12)
     before = llm.ademvl.adapter_emb2.detach().clone()
-    ademvl._fit(m, train, ademvl.fit_config(steps=2, batch_size=8, lr=1e-3, weight_decay=0.02))
+    ademvl_sqa._fit(m, train, ademvl_sqa.fit_config(steps=2, batch_size=8, lr=1e-3, weight_decay=0.02))
     assert not torch.equal(before, llm.ademvl.adapter_emb2)
-    ev = ademvl.evaluate_sqa(m, test, tok, batch_size=8)
+    ev = ademvl_sqa.evaluate_sqa(m, test, tok, batch_size=8)
     assert set(ev['scores']) >= {'NAT', 'SOC', 'LAN', 'TXT', 'IMG', 'NO', 'G1-6', 'G7-12', 'Avg'}
     assert len(ev['preds']) == 16 and all(-1 <= p < 3 for p in ev['preds'])
-    c = ademvl.method_cost(m, ademvl.collate_sqa([test[i] for i in range(4)]))
+    c = ademvl_sqa.method_cost(m, ademvl_sqa.collate_sqa([test[i] for i in range(4)]))
     assert c['llm_gflops_per_example'] > 0 and c['total_gflops_per_example'] >= c['llm_gflops_per_example']
-    fm = ademvl.fusion_maps(llm, *(ademvl.collate_sqa([test[i] for i in range(2)])[k] for k in ('input_ids', 'pixel_values', 'has_image')))
+    fm = ademvl.fusion_maps(llm, *(ademvl_sqa.collate_sqa([test[i] for i in range(2)])[k] for k in ('input_ids', 'pixel_values', 'has_image')))
     assert fm['A'].shape[-1] == 80
 
 
@@ -511,34 +511,34 @@ def test_full_scale_path_on_local_tiny_checkpoints(tmp_path):
     root = tmp_path / 'data'
     data.make_synthetic(root, 'sciqa', splits={'train': 32, 'test': 8}, name='scienceqa')
     rows = [r for sp in ('train', 'test') for r in data.read_jsonl(root / 'scienceqa' / f'{sp}.jsonl', image_fields=())]
-    tok = ademvl.demo_tokenizer(rows)
+    tok = ademvl_sqa.demo_tokenizer(rows)
     llm = models.tiny_hf('ademvl-llama', seed=0); llm.save_pretrained(tmp_path / 'llama'); tok.save_pretrained(tmp_path / 'llama')
     models.tiny_hf('ademvl-clip-vision', seed=0).save_pretrained(tmp_path / 'clip')
     kw = dict(llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'), out_dir=str(tmp_path / 'run'), epochs=1,
               warmup_epochs=0.1, batch_size=4, accum_iter=2, max_seq_len=128, hidden_proj=16, down_sample_num=(64, 16), max_steps=2,
               device='cpu', eval_prompt_format='QCM-A', eval_use_caption=True)
-    with pytest.raises(ValueError, match='no captions'): ademvl.run_full_scale('sqa', str(root), **kw)  # before any training
+    with pytest.raises(ValueError, match='no captions'): ademvl_sqa.run_full_scale(ademvl_sqa.full_config(task='sqa', data_root=str(root), **kw))  # before any training
     assert not (tmp_path / 'run').exists()
     (tmp_path / 'captions.json').write_text(json.dumps({'captions': {r['id']: 'A picture.' for r in rows}}))
-    out = ademvl.run_full_scale('sqa', str(root), caption_file=str(tmp_path / 'captions.json'), **kw)
+    out = ademvl_sqa.run_full_scale(ademvl_sqa.full_config(task='sqa', data_root=str(root), caption_file=str(tmp_path / 'captions.json'), **kw))
     assert set(out['metrics']) >= {'LLaMA-7B ScienceQA/Avg', 'LLaMA-7B ScienceQA/IMG'}
     assert out['efficiency']['trainable_params'] == ademvl.expected_trainable(96, 64, 80, 16, 3, 12)
     # the same through the workbench launcher (one plain-python process; torchrun/DeepSpeed on GPUs)
-    out2 = ademvl.run_full_scale('sqa', str(root), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'),
+    out2 = ademvl_sqa.run_full_scale(ademvl_sqa.full_config(task='sqa', data_root=str(root), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'),
                                  out_dir=str(tmp_path / 'run2'), epochs=1, warmup_epochs=0.1, batch_size=4, accum_iter=1,
                                  max_seq_len=128, hidden_proj=16, down_sample_num=(64, 16), max_steps=2, device='cpu',
-                                 nproc=1, launcher='python', caption_file=str(tmp_path / 'captions.json'))
+                                 nproc=1, launcher='python', caption_file=str(tmp_path / 'captions.json')))
     assert set(out2['metrics']) == set(out['metrics'])
     with pytest.raises(FileNotFoundError, match='does not exist'):
-        ademvl.run_full_scale('sqa', str(tmp_path / 'nope'), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'))
+        ademvl_sqa.run_full_scale(ademvl_sqa.full_config(task='sqa', data_root=str(tmp_path / 'nope'), llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip')))
     with pytest.raises(FileNotFoundError, match='does not exist'):
-        ademvl.run_full_scale('sqa', str(root), llama_dir=str(tmp_path / 'missing'), clip_path=str(tmp_path / 'clip'), eval_use_caption=False)
+        ademvl_sqa.run_full_scale(ademvl_sqa.full_config(task='sqa', data_root=str(root), llama_dir=str(tmp_path / 'missing'), clip_path=str(tmp_path / 'clip'), eval_use_caption=False))
 
 
 def test_convert_llama_script(tmp_path):
     import runpy, pathlib
     src = tiny_llama(seed=5)
-    meta = ademvl.hf_to_meta(src.state_dict(), 4)
+    meta = ademvl_sqa.hf_to_meta(src.state_dict(), 4)
     (tmp_path / 'w' / '7B').mkdir(parents=True)
     torch.save(meta, tmp_path / 'w' / '7B' / 'consolidated.00.pth')
     (tmp_path / 'w' / '7B' / 'params.json').write_text(json.dumps({'dim': 32, 'n_heads': 4, 'n_layers': 2, 'norm_eps': 1e-6, 'multiple_of': 64, 'vocab_size': -1}))
@@ -547,7 +547,7 @@ def test_convert_llama_script(tmp_path):
     assert main(['--src', str(tmp_path / 'w'), '--out', str(tmp_path / 'hf'), '--dry-run']) == 0
     assert not (tmp_path / 'hf').exists()
     assert main(['--src', str(tmp_path / 'w'), '--out', str(tmp_path / 'hf'), '--dtype', 'float32']) == 0
-    back = ademvl.load_llama(tmp_path / 'hf', 'hf', dtype=torch.float32)
+    back = ademvl_sqa.load_llama(tmp_path / 'hf', 'hf', dtype=torch.float32)
     ids = torch.tensor([[1, 7, 3]])
     with torch.no_grad(): torch.testing.assert_close(back(ids).logits, src(ids).logits)
 
@@ -569,7 +569,7 @@ def test_notebook_smoke_run(tmp_path):
 
 def _tiny_checkpoints(tmp_path, texts):
     "A tiny random Llama (+ word-level tokenizer over `texts`) and CLIP saved in HF layout, as the full-scale path loads them."
-    tok = models.build_tokenizer('ademvl', [ademvl.IMAGE_PREFIX, ademvl.TEXT_PREFIX, *texts], vocab_size=128)
+    tok = models.build_tokenizer('ademvl', [ademvl_sqa.IMAGE_PREFIX, ademvl_sqa.TEXT_PREFIX, *texts], vocab_size=128)
     models.tiny_hf('ademvl-llama', seed=0).save_pretrained(tmp_path / 'llama'); tok.save_pretrained(tmp_path / 'llama')
     models.tiny_hf('ademvl-clip-vision', seed=0).save_pretrained(tmp_path / 'clip')
     return dict(llama_dir=str(tmp_path / 'llama'), clip_path=str(tmp_path / 'clip'))
@@ -593,10 +593,10 @@ def test_full_scale_coco_caption_end_to_end(tmp_path):
     (tmp_path / 'karpathy.json').write_text(json.dumps({'dataset': 'coco', 'images': imgs}))
     root = tmp_path / 'data'
     data.convert_karpathy(tmp_path / 'karpathy.json', tmp_path / 'src', root / 'coco')
-    texts = [f'{ademvl.CAPTION_PROMPT} {ademvl.pre_caption(s["raw"])}' for im in imgs for s in im['sentences']]
-    out = ademvl.run_full_scale('coco_caption', str(root), **_tiny_checkpoints(tmp_path, texts), out_dir=str(tmp_path / 'run'),
+    texts = [f'{ademvl_sqa.CAPTION_PROMPT} {ademvl_sqa.pre_caption(s["raw"])}' for im in imgs for s in im['sentences']]
+    out = ademvl_sqa.run_full_scale(ademvl_sqa.full_config(task='coco_caption', data_root=str(root), **_tiny_checkpoints(tmp_path, texts), out_dir=str(tmp_path / 'run'),
                                 epochs=1, warmup_epochs=0.1, batch_size=2, accum_iter=1, hidden_proj=16,
-                                down_sample_num=(64, 16), max_steps=2, device='cpu', eval_batch_size=3)
+                                down_sample_num=(64, 16), max_steps=2, device='cpu', eval_batch_size=3))
     assert set(out['metrics']) == {'LLaMA-7B COCO caption/BLEU-4', 'LLaMA-7B COCO caption/CIDEr'}
     assert all(math.isfinite(v) and v >= 0 for v in out['metrics'].values())
     assert out['train']['step'] == 2 and math.isfinite(out['train']['loss'])
@@ -617,10 +617,10 @@ def test_full_scale_instruction_end_to_end(tmp_path):
     mme = tmp_path / 'mme' / 'color'
     _png(mme / 'a.jpg', (220, 30, 30))
     (mme / 'a.txt').write_text('Is it red? Please answer yes or no.\tYes\nIs it blue? Please answer yes or no.\tNo\n')
-    texts = [ademvl.mme_prompt('What color is it?') + ' It is red. blue. Yes. No. Say yes. Is it red? Please answer yes or no.']
-    out = ademvl.run_full_scale('instruction', str(root), dataset='llava', **_tiny_checkpoints(tmp_path, texts), out_dir=str(tmp_path / 'run'),
+    texts = [ademvl_sqa.mme_prompt('What color is it?') + ' It is red. blue. Yes. No. Say yes. Is it red? Please answer yes or no.']
+    out = ademvl_sqa.run_full_scale(ademvl_sqa.full_config(task='instruction', data_root=str(root), dataset='llava', **_tiny_checkpoints(tmp_path, texts), out_dir=str(tmp_path / 'run'),
                                 epochs=1, warmup_epochs=0.2, batch_size=3, accum_iter=1, max_seq_len=64, hidden_proj=16,
-                                down_sample_num=(64, 16), max_steps=2, device='cpu', mme_root=str(tmp_path / 'mme'))
+                                down_sample_num=(64, 16), max_steps=2, device='cpu', mme_root=str(tmp_path / 'mme')))
     assert set(out['metrics']) == {'LLaMA-7B instruction/MME-P', 'LLaMA-7B instruction/MME-C'}
     assert out['train']['step'] == 2 and math.isfinite(out['train']['loss'])
     rows = (tmp_path / 'run' / 'mme' / 'color.txt').read_text().splitlines()
@@ -643,7 +643,7 @@ class _FakeScenes:
             self.rows.append(dict(has_image=True, objects=objs))
         self.rows.append(dict(has_image=False))  # text items are skipped
     def __getitem__(self, i):
-        c, s = ademvl.cell_targets(self.rows[i], sorted(self.options['colors']), sorted(self.options['shapes']))
+        c, s = ademvl_sqa.cell_targets(self.rows[i], sorted(self.options['colors']), sorted(self.options['shapes']))
         x = torch.cat([F.one_hot(torch.tensor(c), 3).flatten(), F.one_hot(torch.tensor(s), 3).flatten()]).float()
         return {'image': x if self.informative else torch.zeros_like(x)}
 
@@ -655,9 +655,9 @@ class _FlatTower(nn.Module):
 
 
 def test_probe_accuracy_perfect_and_chance_features():
-    good = ademvl.probe_accuracy(_FlatTower(), _FakeScenes(200, True), _FakeScenes(100, True, seed=1), steps=200)
+    good = ademvl_sqa.probe_accuracy(_FlatTower(), _FakeScenes(200, True), _FakeScenes(100, True, seed=1), steps=200)
     assert good['color_acc'] == 1.0 and good['shape_acc'] == 1.0
-    bad = ademvl.probe_accuracy(_FlatTower(), _FakeScenes(200, False), _FakeScenes(100, False, seed=1), steps=200)
+    bad = ademvl_sqa.probe_accuracy(_FlatTower(), _FakeScenes(200, False), _FakeScenes(100, False, seed=1), steps=200)
     # constant features: the head can only predict the majority class (empty), so accuracy is the empty-cell share
     assert bad['color_acc'] == pytest.approx(bad['empty_share']) and bad['shape_acc'] == pytest.approx(bad['empty_share'])
     assert 0.5 < bad['empty_share'] < 0.7

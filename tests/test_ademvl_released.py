@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlrepro import ademvl
+from vlrepro import ademvl, ademvl_sqa
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ademvl import patched  # noqa: E402
@@ -37,7 +37,7 @@ def test_released_round_trip(ddp):
     assert {'adapter_emb1', 'adapter_emb2', 'adapter_proj.fc2.bias', 'adapter_proj_cls.fc1.weight',
             'backbone.visual.transformer.resblocks.1.adapter_mlp.fc2.weight'} <= keys
     llm, _ = patched(seed=1)
-    rep = ademvl.load_released(llm, ck)
+    rep = ademvl_sqa.load_released(llm, ck)
     assert rep['options'] == dict(alpha=0.1, beta=0.01, drop_ratio=0.1, adapter_dim=12, hidden_proj=128, down_sample_num=[64, 16], no_cls=False)
     got = llm.state_dict()
     for k, v in ck['model'].items():
@@ -56,26 +56,26 @@ def test_released_errors(tmp_path):
         a = argparse.Namespace(**{**vars(ck['args']), **args})
         return {**ck, 'model': model if model is not None else ck['model'], 'args': a}
     with pytest.raises(ValueError, match=r"trained with --alpha 0\.2 but the model is patched with alpha=0\.1: patch with alpha=0\.2"):
-        ademvl.load_released(patched()[0], with_(alpha=0.2))
+        ademvl_sqa.load_released(patched()[0], with_(alpha=0.2))
     with pytest.raises(ValueError, match=r"--down_sample_num \[256, 64\].*down_sample_num=\[256, 64\]"):
-        ademvl.load_released(patched()[0], with_(down_sample_num=[256, 64]))
+        ademvl_sqa.load_released(patched()[0], with_(down_sample_num=[256, 64]))
     with pytest.raises(ValueError, match=r"trained without the \[CLS\] token.*with_cls=False"):
-        ademvl.load_released(patched()[0], with_(no_cls=True))
+        ademvl_sqa.load_released(patched()[0], with_(no_cls=True))
     with pytest.raises(ValueError, match=r"unknown key 'layers\.0\.adapter_mlp\.fc1\.weight'.*no weights"):
-        ademvl.load_released(patched()[0], with_({**ck['model'], 'layers.0.adapter_mlp.fc1.weight': torch.zeros(1)}))
+        ademvl_sqa.load_released(patched()[0], with_({**ck['model'], 'layers.0.adapter_mlp.fc1.weight': torch.zeros(1)}))
     with pytest.raises(ValueError, match=r"'backbone\.visual\.transformer\.resblocks\.5\.adapter_mlp\.fc1\.weight' does not fit.*2 blocks"):
-        ademvl.load_released(patched()[0], with_({**ck['model'], 'backbone.visual.transformer.resblocks.5.adapter_mlp.fc1.weight': torch.zeros(1)}))
+        ademvl_sqa.load_released(patched()[0], with_({**ck['model'], 'backbone.visual.transformer.resblocks.5.adapter_mlp.fc1.weight': torch.zeros(1)}))
     with pytest.raises(ValueError, match=r"'adapter_emb1' has shape \(1, 5, 32\).*\(1, 80, 32\)"):
-        ademvl.load_released(patched()[0], with_({**ck['model'], 'adapter_emb1': torch.zeros(1, 5, 32)}))
+        ademvl_sqa.load_released(patched()[0], with_({**ck['model'], 'adapter_emb1': torch.zeros(1, 5, 32)}))
     with pytest.raises(ValueError, match=r"lacks 1 trained weight.*adapter_proj_cls\.fc1\.bias"):
-        ademvl.load_released(patched()[0], with_({k: v for k, v in ck['model'].items() if k != 'adapter_proj_cls.fc1.bias'}))
-    with pytest.raises(FileNotFoundError, match='checkpoint-<epoch>.pth'): ademvl.load_released(patched()[0], tmp_path/'x.pth')
+        ademvl_sqa.load_released(patched()[0], with_({k: v for k, v in ck['model'].items() if k != 'adapter_proj_cls.fc1.bias'}))
+    with pytest.raises(FileNotFoundError, match='checkpoint-<epoch>.pth'): ademvl_sqa.load_released(patched()[0], tmp_path/'x.pth')
     # without [CLS]: the official model has no adapter_proj_cls, and none is required
     llm, _ = patched(with_cls=False)
     noc = {k: v for k, v in ck['model'].items() if 'adapter_proj_cls' not in k}
-    assert 'adapter_emb1' in ademvl.load_released(llm, with_(noc, no_cls=True))['loaded']
+    assert 'adapter_emb1' in ademvl_sqa.load_released(llm, with_(noc, no_cls=True))['loaded']
     torch.save(with_(), tmp_path/'checkpoint-19.pth')
-    assert len(ademvl.load_released(patched()[0], tmp_path/'checkpoint-19.pth')['loaded']) == len(ck['model'])
+    assert len(ademvl_sqa.load_released(patched()[0], tmp_path/'checkpoint-19.pth')['loaded']) == len(ck['model'])
 
 
 def test_released_set_evaluates_the_standin_without_training(tmp_path):
@@ -83,14 +83,14 @@ def test_released_set_evaluates_the_standin_without_training(tmp_path):
     from vlrepro import rehearse as R
     root = Path(__file__).resolve().parents[1]
     params = R.load_param_set(root/'nbs'/'params'/'40_ademvl.sqa_7b.released.yaml')
-    plan = ademvl.rehearsal(params, tmp_path)
+    plan = ademvl_sqa.rehearsal(params, tmp_path)
     ck = torch.load(tmp_path/params['released_ckpt'], map_location='cpu', weights_only=False)
     assert {'adapter_emb1', 'adapter_proj_cls.fc2.bias', 'backbone.visual.transformer.resblocks.0.adapter_mlp.fc1.weight'} <= set(ck['model'])
     assert ck['args'].down_sample_num == [64, 16] and ck['args'].hidden_proj == 16 and not plan['trains']
     p = {**params, **plan['overrides'], 'out_dir': str(tmp_path/'run'), 'limit_eval': 2}
     for k in ('data_root', 'llama_dir', 'clip_path', 'released_ckpt'): p[k] = str(tmp_path/params[k])
-    sig = ademvl.run_full_scale.__code__.co_varnames
-    out = ademvl.run_full_scale(**{k: v for k, v in p.items() if k in sig})
+    sig = ademvl_sqa.Config.names()
+    out = ademvl_sqa.run_full_scale(ademvl_sqa.full_config(**{k: v for k, v in p.items() if k in sig}))
     assert out['extra']['released']['tensors'] == len(ck['model']) and out['train']['step'] == 0
     assert not (tmp_path/'run'/'train'/'checkpoint.pt').exists()
     torch.testing.assert_close(out['model'].llm.state_dict()['ademvl.adapter_emb1'], ck['model']['adapter_emb1'], rtol=0, atol=0)

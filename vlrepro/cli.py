@@ -18,7 +18,7 @@ CONFIGS = {
     '11_crossget': 'vlrepro.crossget_clip:Config',
     '20_das': 'vlrepro.das:Config',
     '30_laps': 'vlrepro.laps_retrieval:Config',
-    '40_ademvl': 'vlrepro.ademvl:Config',
+    '40_ademvl': 'vlrepro.ademvl_sqa:Config',
 }
 
 def config_class(stem:str)->type|None:

@@ -53,7 +53,7 @@ PLANS = {
     '11_crossget': 'vlrepro.crossget_clip:rehearsal_clip',
     '12_crossget_llava': 'vlrepro.crossget_llava:rehearsal_llava',
     '30_laps': 'vlrepro.laps_retrieval:rehearsal',
-    '40_ademvl': 'vlrepro.ademvl:rehearsal',
+    '40_ademvl': 'vlrepro.ademvl_sqa:rehearsal',
     '50_vqascore': 'vlrepro.vqascore:rehearsal',
 }
 
