@@ -87,17 +87,10 @@ def test_run_checks_laps_values_and_p_overrides(tmp_path):
 
 
 def test_crossget_das_ademvl_values_name_the_field():
-<<<<<<< HEAD
-    from vlrepro import ademvl, crossget_clip, das
+    from vlrepro import ademvl_sqa, crossget_clip, das
     with pytest.raises(ValueError, match="finetunes entries are 'method:rv:rl'.*got 'crossget:16'"): crossget_clip.Config(finetunes=['crossget:16'])
     with pytest.raises(ValueError, match="preset='full' needs real data"): crossget_clip.Config(preset='full')
     assert crossget_clip.Config(preset='cpu-demo', finetune_steps=7).finetune_steps == 7     # a given value wins over the preset
-=======
-    from vlrepro import ademvl_sqa, crossget, das
-    with pytest.raises(ValueError, match="finetunes entries are 'method:rv:rl'.*got 'crossget:16'"): crossget.Config(finetunes=['crossget:16'])
-    with pytest.raises(ValueError, match="preset='full' needs real data"): crossget.Config(preset='full')
-    assert crossget.Config(preset='cpu-demo', finetune_steps=7).finetune_steps == 7     # a given value wins over the preset
->>>>>>> h-B
     with pytest.raises(ValueError, match='search_epochs=3 must equal das_epoch=5'): das.Config(das_epoch=5)
     with pytest.raises(ValueError, match="model='tiny-vilt' runs the synthetic ShapesVQA demonstration only"): das.Config(task='vqav2')
     with pytest.raises(ValueError, match="skip_list must be a list of block indices like"): das.Config(model='vilt', task='vqav2', skip_list='[1,')
@@ -106,14 +99,8 @@ def test_crossget_das_ademvl_values_name_the_field():
     assert ademvl_sqa.Config(preset='smoke', steps_c=99).steps_c == 10                      # ADEM-VL's preset sets its knobs
 
 
-# issue 15: no library function takes more than 12 parameters. These still do (their runners are next to convert to
-# configs); the list may only shrink: a new function above 12, or one of these brought under it, fails here.
-<<<<<<< HEAD
-OVER_12 = {'ademvl.run_full_scale', 'ademvl._build_full'}
-=======
-OVER_12 = {'das_lavin.run_full_scale', 'das_lavin.build', 'das_vl.run_full_scale',
-           'das.search', 'models.train_tokenizer', 'core.write_results'}
->>>>>>> h-B
+# issue 15: no library function takes more than 12 parameters (runners take their typed config instead)
+OVER_12:set = set()
 
 
 def test_no_new_function_takes_more_than_12_parameters():
