@@ -5,6 +5,8 @@
 # %% ../nbs/10_merge.ipynb #6da11694
 from __future__ import annotations
 import math, numbers
+
+import numpy as np
 from dataclasses import dataclass
 from typing import Callable
 
@@ -344,7 +346,6 @@ def plot_merge_groups(image:Tensor,       # (3, H, W) image in [0, 1]
                      ):
     "Draw the image and, per method, the final merge groups of its patches (one colour per group)."
     import matplotlib.pyplot as plt
-    import numpy as np
     C, H, W = image.shape
     g = H // patch_size
     patches = image.unfold(1, patch_size, patch_size).unfold(2, patch_size, patch_size)  # (3, g, g, p, p)
