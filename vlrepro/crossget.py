@@ -155,7 +155,8 @@ def block_crossget_forward(self:nn.Module,           # an open_clip ResidualAtte
     if r > 0:
         qk, unit = qkv.view(B, N, 3, C), state.method != 'tome'            # (ToMe merges on the raw head-mean keys)
         if unit: qk = _unit(qk)                              # q and k (v comes along) normalised in one call
-        step = _reduce(x.view(B, N, C), size, token_id, qk[:, :, 0], qk[:, :, 1], r, side, state, H, unit, batch)
+        q_, k_, _ = qk.unbind(2)                             # one op for both views (indexing twice is two)
+        step = _reduce(x.view(B, N, C), size, token_id, q_, k_, r, side, state, H, unit, batch)
         x, size, token_id = step.x, step.size, step.token_id
         N = x.shape[1]; x = x.reshape(B * N, C)
     x = x + self.ls_2(self.mlp(self.ln_2(x)))
