@@ -454,7 +454,8 @@ def report(paths:list[str|Path],     # run folders or results.json files
 # seconds of each notebook's default run on 2 shared CPU cores, one thread each (CI, 2026-12); `reproduce` only uses them
 # to start the longest first, so that two at a time finish together; a default run recorded on this machine overrides them
 EXPECTED_S = {'20_das': 640, '40_ademvl': 600, '11_crossget': 200, '50_vqascore': 120, '30_laps': 90,
-              '12_crossget_llava': 40, '22_das_lavin': 30}
+              '12_crossget_llava': 40, '41_ademvl_sqa': 40, '13_crossget_clip': 35, '31_laps_retrieval': 35,
+              '51_vqascore_eval': 35, '22_das_lavin': 30}
 
 def longest_first(notebooks:list[Path],       # the notebooks to run
                   runs:Path|None=None,         # a folder of earlier runs (results.json with wall_time_s), e.g. nbs/_runs
