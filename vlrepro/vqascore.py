@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_vqascore.ipynb #4d155423
 from __future__ import annotations
-import csv, json, math, os, random, re, sys, time, warnings
+import argparse, contextlib, csv, io, json, math, os, random, re, subprocess, sys, time, warnings, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -13,8 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
+from PIL import Image
 
-from . import core, data as vdata
+from . import bench, core, data as vdata, metrics, models
+from .run import find_nbs
 
 # %% auto #0
 __all__ = ['IMAGE_TOKEN_INDEX', 'DEFAULT_IMAGE_TOKEN', 'SYSTEM_MSG', 'QUESTION_TEMPLATE', 'ANSWER_TEMPLATE',
@@ -94,7 +96,6 @@ def pad_to_square(img,                                  # a PIL image
                   fill:tuple[int, int, int]=PAD_COLOR,  # background colour
                  ):                                     # a PIL image of side max(w, h)
     "Letterbox a PIL image onto a square of `fill`, centred (LLaVA's `expand2square`)."
-    from PIL import Image
     w, h = img.size
     if w == h: return img
     s = max(w, h); out = Image.new(img.mode, (s, s), fill)
@@ -109,7 +110,6 @@ class CLIPPreprocess:
         if aspect not in ('pad', 'square'): raise ValueError(f"aspect must be 'pad' or 'square', got {aspect!r}")
         self.size, self.aspect, self.mean, self.std = size, aspect, torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     def __call__(self, img)->Tensor:
-        from PIL import Image
         if isinstance(img, np.ndarray): img = Image.fromarray(img)
         img = img.convert('RGB')
         if self.aspect == 'pad': img = pad_to_square(img)
@@ -230,7 +230,6 @@ class CLIPFlanT5(nn.Module):
 # %% ../nbs/50_vqascore.ipynb #5b6937dd
 def tiny_clip_flant5(vocab_size:int=200, seed:int=0, vision_tower:nn.Module|None=None, **t5_overrides)->CLIPFlanT5:
     "The demonstration's tiny CLIP-FlanT5 (random init; pass a trained `vision_tower` to reuse it)."
-    from vlrepro import models
     tower = vision_tower if vision_tower is not None else models.tiny_hf('vqascore-clip-vision', seed=seed)
     t5 = models.tiny_hf('vqascore-t5', seed=seed, vocab_size=vocab_size, **t5_overrides)
     with torch.random.fork_rng(devices=[]):
@@ -298,7 +297,6 @@ class Scorer:
         return torch.stack(out)
 
     def _autocast(self):
-        import contextlib
         return torch.autocast(self.device.type, self.dtype) if self.dtype is not None else contextlib.nullcontext()
 
     @torch.no_grad()
@@ -627,7 +625,6 @@ def train_task(stage:int=1,                  # 1: projector only (split text); 2
                seed:int=0,                   # ... and the seed of their order
               )->dict:
     "Build a CLIP-FlanT5 training stage for `vlrepro.train` (called in every process)."
-    from vlrepro import models
     t5 = models.load_hf('t5', base_model); tower = models.load_hf('clip_vision', vision_tower)
     t5.config.use_cache = False
     if gradient_checkpointing:   # transformers 5 renamed it
@@ -755,7 +752,6 @@ def convert_winoground(src:str|Path,            # the HF dataset's files: exampl
                              source=_WINO_SOURCE, license=_WINO_LICENSE)
     out_dir = Path(out_dir); (out_dir/'images').mkdir(parents=True, exist_ok=True)
     if zipf is not None:   # a zip cannot be linked: unpack the images the rows name
-        import zipfile
         want = {r[k] for r in rows for k in ('image_0', 'image_1')}
         with zipfile.ZipFile(zipf) as z:
             for info in z.infolist():
@@ -798,7 +794,6 @@ def benchmark_scores(kind:str,        # 'winoground' | 'auc' | 'correlation' | '
                      items:Sequence[dict]|None=None, # the benchmark items (labels / human scores / preferences)
                     )->dict:
     "Apply a benchmark's scoring rule (t2v_metrics `dataset.py`) to a score tensor."
-    from vlrepro import metrics
     s = torch.as_tensor(scores, dtype=torch.float64)
     if kind == 'winoground': return metrics.winoground_scores(s)
     flat = s.reshape(len(s), -1)
@@ -935,7 +930,6 @@ class WorldImages:
         for i, r in enumerate(ds.rows): self.by_family.setdefault(r['family'], []).append(i)
 
 def _tensor_to_pil(x:Tensor):
-    from PIL import Image
     return Image.fromarray((x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
 
 class ClipBatches(torch.utils.data.Dataset):
@@ -1051,7 +1045,6 @@ def winoground_matrix(scorer:Callable, items)->Tensor:
 def scoring_benchmark(model:CLIPFlanT5, tokenizer, n_texts:int=8, repeats:int=5, image_size:int|None=None,
                       batch_size:int=16, device=None)->dict:
     "Pairs/s of scoring 1 image × n texts with the image encoded once vs once per pair (t2v style)."
-    from vlrepro import bench
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     size = image_size or model.vision_tower.config.image_size
     img = torch.randn(3, size, size)
@@ -1066,14 +1059,12 @@ def scoring_benchmark(model:CLIPFlanT5, tokenizer, n_texts:int=8, repeats:int=5,
 
 def xl_like(layers:int=2, vocab_size:int=32128, seed:int=0)->CLIPFlanT5:
     "Random-init CLIP-FlanT5 with the real XL widths (ViT-L/14-336 tower, FlanT5-XL) and `layers` blocks per stack."
-    from vlrepro import models
     tower = models.build_hf('clip_vision', 'large-336', seed=seed, num_hidden_layers=layers)
     t5 = models.build_hf('t5', 'xl', seed=seed, num_layers=layers, num_decoder_layers=layers, vocab_size=vocab_size)
     return CLIPFlanT5(tower, t5)
 
 def bench_main(argv:list[str]|None=None)->int:
     "`vlrepro bench vqascore [--layers 2] [--texts 16] [--device cpu] [--out f.json]`: scoring speed at real XL widths."
-    import argparse
     ap = argparse.ArgumentParser(prog='vlrepro bench vqascore', description=(
         "Pairs/s of VQAScore on a random-init CLIP-FlanT5 with the XL widths (ViT-L/14-336 tower, FlanT5-XL) and a few "
         "blocks per stack: one image scored against N texts with the image encoded once, vs once per pair; interleaved."))
@@ -1095,7 +1086,6 @@ def bench_main(argv:list[str]|None=None)->int:
     return 0
 
 def _bench_tokenizer():
-    from vlrepro import models
     return models.build_tokenizer('vqascore', world_corpus() + [f"a caption number {i} about" for i in range(64)])
 
 # %% ../nbs/50_vqascore.ipynb #3e6417e6
@@ -1107,25 +1097,22 @@ def _repo()->Path:
     "The project folder holding data_scripts/ (for running the converters as a user would)."
     here = Path(__file__).resolve().parents[1] if '__file__' in globals() else None
     if here is not None and (here/'data_scripts').is_dir(): return here
-    from vlrepro.run import find_nbs
     return find_nbs().parent
 
 def _script(name:str, *args:str):
     "Run `python data_scripts/<name> ARGS` from the repository root, as the README tells a user to."
-    import subprocess
     r = subprocess.run([sys.executable, f'data_scripts/{name}', *map(str, args)], cwd=_repo(), capture_output=True, text=True,
                        env={**os.environ, 'OMP_NUM_THREADS': '1'})
     if r.returncode: raise RuntimeError(f"data_scripts/{name} {' '.join(map(str, args))} failed:\n{r.stdout}{r.stderr}")
     return r.stdout
 
 def _image(path:Path, seed:int, size=(40, 30), fmt:str|None=None):
-    from PIL import Image
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
 
 def write_t5_tokenizer(path:str|Path, texts:Sequence[str]|None=None, extra_ids:int=100)->Path:
     "A tiny FlanT5-style tokenizer trained offline: sentencepiece unigram `spiece.model` (<pad>=0, </s>=1, <unk>=2, no BOS) + `tokenizer.json`, as `google/flan-t5-*` ship it."
-    import io, sentencepiece as spm, transformers
+    import sentencepiece as spm, transformers
     p = Path(path); p.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(list(texts or world_corpus() + STANDIN_CAPTIONS)), model_writer=buf,
@@ -1141,7 +1128,6 @@ def write_t5_tokenizer(path:str|Path, texts:Sequence[str]|None=None, extra_ids:i
 
 def write_flant5_standin(path:str|Path, seed:int=0)->Path:
     "A tiny `google/flan-t5-*` folder: T5 v1.1 config (gated GELU, untied head, more embedding rows than tokens) in safetensors shards + tokenizer."
-    from vlrepro import models
     p = write_t5_tokenizer(path)
     n = len(models.load_tokenizer(p))
     t5 = models.tiny_hf('vqascore-t5', seed=seed, vocab_size=-(-(n + 1) // 64) * 64)   # like 32,128 rows for 32,100 ids
@@ -1150,7 +1136,6 @@ def write_flant5_standin(path:str|Path, seed:int=0)->Path:
 
 def write_clip_standin(path:str|Path, seed:int=0)->Path:
     "A tiny `openai/clip-vit-large-patch14-336`-style folder: a whole `CLIPModel` (the tower is read out of it) + preprocessor config."
-    from vlrepro import models
     p = Path(path); p.mkdir(parents=True, exist_ok=True)
     clip = models.tiny_hf('vqascore-clip', seed=seed)
     clip.save_pretrained(str(p))
@@ -1171,7 +1156,6 @@ def write_clip_flant5_standin(path:str|Path,        # where to write the release
                               seed:int=0, shards:int=2)->Path:
     "A tiny `zhiqiulin/clip-flant5-*` folder: the authors' config fields and every key of their `state_dict()` in bf16 `.bin` shards."
     import transformers
-    from vlrepro import models
     p = Path(path); p.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -1233,7 +1217,6 @@ def write_llava_mix_raw(src:str|Path)->Path:
 
 def write_winoground_raw(src:str|Path, n:int=3)->Path:
     "Winoground's upstream files (HF `facebook/winoground`): data/examples.jsonl + data/images.zip (images/ex_N_img_K.png)."
-    import zipfile
     src = Path(src); d = src/'data'; d.mkdir(parents=True, exist_ok=True)
     lines = []
     with zipfile.ZipFile(d/'images.zip', 'w') as z:
