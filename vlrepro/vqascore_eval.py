@@ -121,7 +121,7 @@ def t5vl_loss(model, batch:dict):
     "Training loss: HF T5's mean token cross-entropy over every non-ignored label of the batch (as in training; scoring takes a per-row mean)."
     return model(batch['input_ids'], batch['pixel_values'], labels=batch['labels'], image_rows=batch.get('image_rows')).loss
 
-# %% ../nbs/51_vqascore_eval.ipynb #fb5d26ea
+# %% ../nbs/51_vqascore_eval.ipynb #c3eaf28e
 _MM_FIELDS = ('mm_vision_tower', 'mm_hidden_size', 'mm_projector_type', 'mm_vision_select_layer',
               'mm_vision_select_feature', 'image_aspect_ratio', 'use_mm_proj')
 
@@ -150,6 +150,7 @@ def split_official_state(sd:dict[str, Tensor])->tuple[dict, dict, dict]:
         if alias is not None: t5sd['shared.weight'] = alias
     return proj, tw, t5sd
 
+# %% ../nbs/51_vqascore_eval.ipynb #dff0c0d8
 def load_clip_flant5(path:str|Path,                      # local folder of a released (or saved) CLIP-FlanT5
                      vision_tower_path:str|Path|None=None,# local CLIPVisionModel folder (default: the config's mm_vision_tower)
                      dtype:torch.dtype|None=None,
@@ -190,6 +191,7 @@ def _load_tower(tower:nn.Module, sd:dict):
         sd = {(k[len('vision_model.'):] if k.startswith('vision_model.') else 'vision_model.' + k): v for k, v in sd.items()}
     tower.load_state_dict(sd)
 
+# %% ../nbs/51_vqascore_eval.ipynb #85a610b9
 def official_state_dict(model:CLIPFlanT5)->dict[str, Tensor]:
     "The keys the authors' `CLIPT5ForConditionalGeneration.state_dict()` has: T5's (with its embedding aliases and the extra top-level `embed_tokens.weight`), `mm_projector.*`, `vision_tower.vision_tower.vision_model.*`."
     sd = dict(model.t5.state_dict())
@@ -358,7 +360,7 @@ class Reordered(torch.utils.data.Dataset):
     def __len__(self): return len(self.order)
     def __getitem__(self, p): return self.dataset[self.order[p]]
 
-# %% ../nbs/51_vqascore_eval.ipynb #94d3cffc
+# %% ../nbs/51_vqascore_eval.ipynb #3b216d92
 WINOGROUND_FIELDS = ('id', 'image_0', 'image_1', 'caption_0', 'caption_1', 'tag', 'secondary_tag', 'num_main_preds',
                      'collapsed_tag')
 
@@ -438,6 +440,7 @@ def read_pairs(path:str|Path, score_field:str='human')->list[dict]:
     return [dict(images=[path.parent/r['image']], texts=[r['text']], human=float(r[score_field]), **{k: v for k, v in r.items()
             if k not in ('image', 'text', score_field)}) for r in rows]
 
+# %% ../nbs/51_vqascore_eval.ipynb #64a53e4d
 def benchmark_scores(kind:str,        # 'winoground' | 'auc' | 'correlation' | 'preference' | 'ranking'
                      scores,          # [sample, image, text] scores (torch or numpy)
                      items:Sequence[dict]|None=None, # the benchmark items (labels / human scores / preferences)
