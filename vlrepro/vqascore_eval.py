@@ -482,7 +482,7 @@ def score_benchmark(scorer:Callable,       # scorer(images, texts) -> (K, L) sco
         if fh: fh.close()
     return torch.stack(out)
 
-# %% ../nbs/51_vqascore_eval.ipynb #ea51344e
+# %% ../nbs/51_vqascore_eval.ipynb #0421c2c5
 def read_prompts(path:str|Path)->list[dict]:
     "Rows {image, prompt} from a CSV or JSONL prompts file (line numbers in errors)."
     path = Path(path)
@@ -525,6 +525,7 @@ def prompt_rows(prompts:str|Path|Sequence,   # a prompts file, rows {image, prom
         return [dict(image=i, prompt=p) for i, p in zip(images, prompts)]
     return [dict(image=i, prompt=p) for i in images for p in prompts]
 
+# %% ../nbs/51_vqascore_eval.ipynb #4ad37bef
 def score_folder(scorer:Callable,         # a Scorer (or CLIPScorer): scorer([image], texts) -> (1, N)
                  images_dir:str|Path,     # folder of generated images
                  prompts:str|Path|list,   # prompts file, rows {image, prompt}, or prompt strings (see `prompt_rows`)
