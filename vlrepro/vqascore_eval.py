@@ -694,7 +694,7 @@ def winoground_matrix(scorer:Callable, items)->Tensor:
     "(n, 2, 2) scores [item, image, text] of Winoground-style items (two images, two captions)."
     return torch.stack([scorer([it['image_0'], it['image_1']], [it['caption_0'], it['caption_1']]) for it in items])
 
-# %% ../nbs/51_vqascore_eval.ipynb #3e6417e6
+# %% ../nbs/51_vqascore_eval.ipynb #696da4dc
 STANDIN_CAPTIONS = ['a red circle left of a blue square', 'a green triangle left of a yellow circle',
                     'a blue square left of a red triangle', 'a yellow circle left of a green square',
                     'the dog chases the cat', 'the cat chases the dog', 'a mug on a table', 'a table on a mug']
@@ -716,6 +716,7 @@ def _image(path:Path, seed:int, size=(40, 30), fmt:str|None=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
 
+# %% ../nbs/51_vqascore_eval.ipynb #85a345d6
 def write_t5_tokenizer(path:str|Path, texts:Sequence[str]|None=None, extra_ids:int=100)->Path:
     "A tiny FlanT5-style tokenizer trained offline: sentencepiece unigram `spiece.model` (<pad>=0, </s>=1, <unk>=2, no BOS) + `tokenizer.json`, as `google/flan-t5-*` ship it."
     import sentencepiece as spm, transformers
@@ -794,6 +795,7 @@ def write_projector_standin(path:str|Path, flant5:str|Path, tower:str|Path, seed
                                                     'mm_hidden_size': vcfg.hidden_size, 'tune_mm_mlp_adapter': True})
     return p
 
+# %% ../nbs/51_vqascore_eval.ipynb #5a2587f7
 def write_llava_pretrain_raw(src:str|Path, n:int=4)->Path:
     "LLaVA-Pretrain's upstream files: `blip_laion_cc_sbu_558k.json` + images/00000/*.jpg."
     src = Path(src); rows = []
