@@ -573,7 +573,7 @@ def score_folder(scorer:Callable,         # a Scorer (or CLIPScorer): scorer([im
             fh.flush(); os.fsync(fh.fileno())
     return counts
 
-# %% ../nbs/51_vqascore_eval.ipynb #d3ec1d0a
+# %% ../nbs/51_vqascore_eval.ipynb #8c4bb2a7
 class WorldImages:
     "Training scenes of the synthetic world held in memory: pixels per row, rows grouped by family."
     def __init__(self, ds, preprocess:Callable):
@@ -585,6 +585,7 @@ class WorldImages:
 def _tensor_to_pil(x:Tensor):
     return Image.fromarray((x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
 
+# %% ../nbs/51_vqascore_eval.ipynb #b3a61fad
 class ClipBatches(torch.utils.data.Dataset):
     "Stage 0: item i is a whole contrastive batch ('web': one row per family; 'hard': `batch` random rows)."
     def __init__(self, world:WorldImages, steps:int, mode:str='web', batch:int=64, seed:int=0):
