@@ -8,7 +8,7 @@ The dataset is gated: accept its terms on the Hub, then --download (with HF_TOKE
 Example: python data_scripts/get_winoground.py --src ~/raw/winoground --root data
 """
 from vlrepro import data
-from vlrepro.vqascore import convert_winoground
+from vlrepro.vqascore_eval import convert_winoground
 
 H = 'https://huggingface.co/datasets/facebook/winoground/resolve/main/data/'
 # file -> (url, sha256); sha256 None = not pinned yet: --download prints the digest it saw, record it here.

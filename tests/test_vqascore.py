@@ -3,7 +3,7 @@ import csv, json, math, random, warnings
 from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
-from vlrepro import vqascore as V, models, core
+from vlrepro import vqascore as V, vqascore_eval as E, models, core
 
 @pytest.fixture(scope='module')
 def tok(): return models.build_tokenizer('vqascore', V.world_corpus())
@@ -85,13 +85,13 @@ def test_real_size_token_counts():
 def test_split_text_and_flattening():
     r = random.Random(0)
     for cap in ['a yellow square left of a red circle', 'xy', 'z']:
-        enc, dec = V.split_text(cap, r)
+        enc, dec = E.split_text(cap, r)
         assert enc.startswith('<image>') and enc[7:] + dec == cap
     conv = [{'from': 'human', 'value': '<image>\nq1'}, {'from': 'gpt', 'value': 'a1'},
             {'from': 'human', 'value': 'q2'}, {'from': 'gpt', 'value': 'a2'}]
-    flat = V.flatten_conversations([{'id': 's', 'conversations': conv}])
+    flat = E.flatten_conversations([{'id': 's', 'conversations': conv}])
     assert len(flat) == 2 and flat[1]['conversations'][0]['value'] == '<image>\nq2'
-    assert V.t5_v1(flat[0]['conversations']) == (V.SYSTEM_MSG + ' USER: <image>\nq1 ASSISTANT: ', 'a1')
+    assert E.t5_v1(flat[0]['conversations']) == (V.SYSTEM_MSG + ' USER: <image>\nq1 ASSISTANT: ', 'a1')
 
 def test_stage_trainable_sets_and_frozen_tower(model, tok):
     V.set_stage(model, 1)
@@ -100,28 +100,28 @@ def test_stage_trainable_sets_and_frozen_tower(model, tok):
     assert {n.split('.')[0] for n, p in model.named_parameters() if p.requires_grad} == {'mm_projector', 't5'}
     before = {k: v.clone() for k, v in model.vision_tower.state_dict().items()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    b = V.T5VLCollate(tok)([dict(encoder='<image>a red', decoder=' circle', pixels=torch.randn(3, 32, 32))])
-    V.t5vl_loss(model.train(), b).backward(); opt.step()
+    b = E.T5VLCollate(tok)([dict(encoder='<image>a red', decoder=' circle', pixels=torch.randn(3, 32, 32))])
+    E.t5vl_loss(model.train(), b).backward(); opt.step()
     assert all(torch.equal(before[k], v) for k, v in model.vision_tower.state_dict().items())
     model.eval()
 
 def test_checkpoint_round_trip_official_layout(model, tmp_path):
     model.vision_tower.save_pretrained(tmp_path/'tower')
-    V.save_clip_flant5(model, tmp_path/'ck', tmp_path/'tower', save_tower=True)
+    E.save_clip_flant5(model, tmp_path/'ck', tmp_path/'tower', save_tower=True)
     from safetensors.torch import load_file
     keys = set(load_file(str(tmp_path/'ck'/'model.safetensors')))
     assert 'mm_projector.0.weight' in keys and any(k.startswith('vision_tower.vision_tower.vision_model.') for k in keys)
-    m2 = V.load_clip_flant5(tmp_path/'ck')
+    m2 = E.load_clip_flant5(tmp_path/'ck')
     ids = torch.tensor([[5, 1, -200, 6, 1]]); px = torch.randn(1, 3, 32, 32); lab = torch.tensor([[7, 1]])
     with torch.no_grad(): torch.testing.assert_close(m2(ids, px, labels=lab).logits, model(ids, px, labels=lab).logits)
     with pytest.raises(FileNotFoundError, match='vision tower folder'):
-        V.load_clip_flant5(tmp_path/'ck', vision_tower_path=tmp_path/'missing')
+        E.load_clip_flant5(tmp_path/'ck', vision_tower_path=tmp_path/'missing')
 
 def test_winoground_rules():
     same = torch.full((5, 2, 2), 0.5)
-    assert V.benchmark_scores('winoground', same) == {'text': 0.0, 'image': 0.0, 'group': 0.0}
+    assert E.benchmark_scores('winoground', same) == {'text': 0.0, 'image': 0.0, 'group': 0.0}
     g = torch.Generator().manual_seed(0)
-    w = V.benchmark_scores('winoground', torch.rand(20000, 2, 2, generator=g))
+    w = E.benchmark_scores('winoground', torch.rand(20000, 2, 2, generator=g))
     assert abs(w['text'] - 25) < 1.5 and abs(w['image'] - 25) < 1.5 and abs(w['group'] - 100 / 6) < 1.5
     assert w['group'] <= min(w['text'], w['image'])
 
@@ -135,13 +135,13 @@ def test_bad_inputs(model, tok, tmp_path):
         V.Scorer(model, tok, max_length=12)([torch.randn(3, 32, 32)], ['a red circle left of a blue square ' * 3])
         assert any('truncated to 12' in str(x.message) for x in w)
     (tmp_path/'p.jsonl').write_text('{"image": "a.png", "prompt": "x"}\n{"img": 1}\n')
-    with pytest.raises(ValueError, match="row 2 lacks 'image' or 'prompt'"): V.read_prompts(tmp_path/'p.jsonl')
+    with pytest.raises(ValueError, match="row 2 lacks 'image' or 'prompt'"): E.read_prompts(tmp_path/'p.jsonl')
 
 def test_score_folder_resumes(model, tok, tmp_path):
     for i in range(3): Image.fromarray(np.random.randint(0, 255, (24, 40, 3), np.uint8)).save(tmp_path/f'{i}.png')
     rows = [dict(image=f'{i}.png', prompt=f'a red circle {i}') for i in range(3)]
-    V.score_folder(V.Scorer(model, tok), tmp_path, rows[:2], tmp_path/'s.csv', log=lambda *_: None)
-    c = V.score_folder(V.Scorer(model, tok), tmp_path, rows, tmp_path/'s.csv', log=lambda *_: None)
+    E.score_folder(V.Scorer(model, tok), tmp_path, rows[:2], tmp_path/'s.csv', log=lambda *_: None)
+    c = E.score_folder(V.Scorer(model, tok), tmp_path, rows, tmp_path/'s.csv', log=lambda *_: None)
     assert c == dict(scored=1, skipped=0, resumed=2, retried=0)
     got = list(csv.DictReader((tmp_path/'s.csv').open()))
     assert [r['image'] for r in got] == ['0.png', '1.png', '2.png'] and all(float(r['score']) > 0 for r in got)

@@ -54,7 +54,7 @@ PLANS = {
     '12_crossget_llava': 'vlrepro.crossget_llava:rehearsal_llava',
     '30_laps': 'vlrepro.laps_retrieval:rehearsal',
     '40_ademvl': 'vlrepro.ademvl_sqa:rehearsal',
-    '50_vqascore': 'vlrepro.vqascore:rehearsal',
+    '50_vqascore': 'vlrepro.vqascore_eval:rehearsal',
 }
 
 def plan_function(stem:str, params:dict)->Callable:
