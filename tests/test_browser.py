@@ -25,7 +25,7 @@ def _free_port() -> int:
     return port
 
 def explorer_cells(nb: dict) -> list[int]:
-    """The cells the explorer needs: the definitions above the parameters cell (`#| export` / `#| hide`), the
+    """The cells the explorer needs: the definitions and imports above the parameters cell (`#| export` / `#| hide`), the
     parameters, setup and data cells, the `show_scene` cell and the explorer; the trainings, evaluations and
     benchmarks are skipped (the explorer then shows the untrained base model)."""
     src = [''.join(c['source']) for c in nb['cells']]
@@ -34,7 +34,8 @@ def explorer_cells(nb: dict) -> list[int]:
     data = next(i for i in code if 'do_retrieval = ' in src[i])
     show = next(i for i in code if 'def show_scene' in src[i])
     explorer = next(i for i in code if 'widgets.interact(' in src[i])
-    head = [i for i in code if i < params and re.match(r'#\|\s*(export|exporti|hide)\b', src[i])]
+    head = [i for i in code if i < params and (re.match(r'#\|\s*(export|exporti|hide)\b', src[i])
+                                                or src[i].startswith(('from ', 'import ')))]   # and the pipeline's imports
     return head + [i for i in code if params <= i <= data] + [show, explorer]
 
 def test_explorer_cells_found():

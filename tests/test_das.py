@@ -329,7 +329,7 @@ def test_meter_checkpoint_converter_round_trip(tmp_path):
 
 def test_position_embedding_resize():
     pe = torch.randn(1 + 18 * 18, 8)
-    assert das._resize_pos(pe, 1 + 24 * 24).shape == (577, 8)
+    assert D._resize_pos(pe, 1 + 24 * 24).shape == (577, 8)
 
 def test_paper_numbers_registered():
     rows = core.paper_numbers('das')
@@ -379,7 +379,7 @@ def test_notebook_papermill_smoke(tmp_path):
 
 
 def test_full_scale_dispatch_errors():
-    with pytest.raises(ValueError, match="rehearsed by vlrepro.das_vl.rehearsal"): das.rehearsal({'model': 'vilt'})
+    with pytest.raises(ValueError, match="das_vl.rehearsal for vilt/meter"): das.rehearsal({'model': 'vilt'})
 
 
 def test_fit_schedules():

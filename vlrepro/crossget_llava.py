@@ -179,7 +179,7 @@ def patch_llava(model:nn.Module,        # a transformers LlavaForConditionalGene
     check_unpatched(model, 'crossget')
     found = _locate_llava(model)
     if found is None:
-        raise TypeError(f"crossget.patch_llava supports transformers' LlavaForConditionalGeneration / LlavaModel "
+        raise TypeError(f"crossget_llava.patch_llava supports transformers' LlavaForConditionalGeneration / LlavaModel "
                         f"(CLIP vision tower + Llama), not {type(model).__name__}; for open_clip models use crossget.patch")
     inner, tower, lm = found['llava'], found['vision'], found['lm']
     vcfg = tower.config

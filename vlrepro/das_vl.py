@@ -490,7 +490,7 @@ def load_das_checkpoint(model:DASVLTask,           # the task model (patched her
         else: raise ValueError(f"unknown key {k!r} in the DAS {fam} checkpoint: not a backbone, adapter or head weight of "
                                f"DAS {fam}; remove it from the state dict or convert the checkpoint of that model instead")
     pe = 'backbone.vit_model.embeddings.position_embedding.weight'
-    if pe in target and target[pe].shape != want[pe].shape: target[pe] = das._resize_pos(target[pe], want[pe].shape[0])
+    if pe in target and target[pe].shape != want[pe].shape: target[pe] = _resize_pos(target[pe], want[pe].shape[0])
     nb = target.get('backbone.vqa_classifier.3.bias', target.get('vqa_classifier.3.bias'))
     core.check_state_dict(want, target, names=official, required=[n for n, p in model.named_parameters() if p.requires_grad],
         fix_unexpected=f"this {fam} model has no weight for it; build the model with the checkpoint's sizes (same depth and fusion layers)",
