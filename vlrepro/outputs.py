@@ -84,12 +84,15 @@ def fresh_copy(nb_path:Path,  # the notebook
             if f.name != nbs.name and not f.name.startswith('.'): (dest/f.name).symlink_to(f)
     return dest/nbs.name/nb_path.name
 
-def clean_like_nbdev(nb_path:Path):
-    "Clean a notebook with `nbdev_clean` itself, under its project's settings (nbdev reads them from the current folder)."
-    from nbdev.clean import nbdev_clean
-    cwd = os.getcwd()
-    try: os.chdir(_project(Path(nb_path).resolve())); nbdev_clean.__wrapped__(fname=str(Path(nb_path).resolve()))
-    finally: os.chdir(cwd)
+def clean_like_nbdev(nb:dict,       # the parsed notebook, cleaned in place
+                     nb_path:Path,  # its file (for the project's settings)
+                    )->dict:
+    "Clean `nb` with `nbdev_clean`'s own function and the project's settings, in memory (the file is written once, atomically)."
+    from nbdev.clean import clean_nb
+    cfg = _config(Path(nb_path).resolve())
+    clean_nb(nb, cfg.clear_all, cfg.get('allowed_metadata_keys', '').split(), cfg.get('allowed_cell_metadata_keys', '').split(),
+             cfg.clean_ids)
+    return nb
 
 # %% ../nbs/09_outputs.ipynb #14911d30
 def _execute(nb_path:Path, nb)->float:
@@ -142,8 +145,7 @@ def save_outputs(nb_path:Path|str,   # the notebook; rewritten in place with out
         r['outputs'] = _shrink(json.loads(json.dumps(c.get('outputs', []))), max_width, max_lines)
         r['execution_count'] = None
     raw.setdefault('metadata', {})[STAMP_KEY] = {'outputs_code': code_stamp(nb_path), 'made_by': 'vlrepro outputs'}
-    atomic_write_text(nb_path, nb2str(raw))
-    clean_like_nbdev(nb_path)   # settings.ini keeps the stamp's key (allowed_metadata_keys)
+    atomic_write_text(nb_path, nb2str(clean_like_nbdev(raw, nb_path)))   # settings.ini keeps the stamp's key
     return dt
 
 # %% ../nbs/09_outputs.ipynb #21d4dac8
