@@ -147,9 +147,8 @@ def report(paths:list,                # run folders or results.json files
           )->str:
     "`vlrepro.run.report`, after importing the module of each paper the runs belong to (which registers its numbers)."
     from vlrepro import run
-    for f in run.find_results(paths):
-        paper = json.loads(f.read_text()).get('paper')
-        if paper in PAPERS: paper_modules(paper)
+    papers = {json.loads(f.read_text()).get('paper') for f in run.find_results(paths)}
+    for paper in sorted(papers & set(PAPERS)): paper_modules(paper)   # once per paper, not per record
     return run.report(paths, out=out)
 
 def _list(args):
