@@ -110,7 +110,7 @@ def test_rehearse_one_set_per_branch(tmp_path):
     # is left to `--all` (the long test below) to keep CI near its time budget
     p, lines = _rehearse(tmp_path, '--one-per-branch', '--compare', 'none')
     n = len(H.select_sets([], all_sets=True, one_per_branch=True))
-    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    assert p.returncode == 0, '\n'.join(l for l in lines if not l.startswith('ok '))[-8000:] + p.stderr[-2000:]
     assert lines[-1] == f"{n}/{n} parameter sets rehearsed"
     ok = [l for l in lines if l.startswith('ok ')]
     assert len(ok) == n and all(', resumed' in l or 'no training to kill' in l for l in ok), '\n'.join(ok)
@@ -134,3 +134,18 @@ def test_rehearse_all(tmp_path):
     p, lines = _rehearse(tmp_path, '--all')
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     assert lines[-1] == f"{len(SETS)}/{len(SETS)} parameter sets rehearsed"
+
+
+def test_a_child_failure_keeps_its_message_and_names_its_log(tmp_path):
+    "Bug (CI): only a FAIL line's first line reached the test, cut at 4000 characters, and the child's output was lost."
+    log = tmp_path / '11_crossget.x.log'
+    log.write_text("rehearsing 1 parameter set(s) into /r\n    11_crossget.x: overrides epochs=1\n"
+                   "FAIL 11_crossget.x: the rerun after the kill failed: training job failed (exit 1)\n"
+                   "terminate called without an active exception\n0/1 parameter sets rehearsed\n")
+    assert H._outcome(log, 1).splitlines() == [
+        "FAIL 11_crossget.x: the rerun after the kill failed: training job failed (exit 1)",
+        "terminate called without an active exception", f"     (the whole output: {log})"]
+    log.write_text("Traceback (most recent call last):\nMemoryError\n")       # died before printing its outcome
+    assert H._outcome(log, -9).splitlines()[0] == "FAIL 11_crossget.x: the rehearsal process exited -9"
+    log.write_text("ok  11_crossget.x  clip  1 proc\n1/1 parameter sets rehearsed\n")
+    assert H._outcome(log, 0) == "ok  11_crossget.x  clip  1 proc"

@@ -370,3 +370,30 @@ def test_cosine_epoch_schedule_is_set_once_per_epoch(tmp_path):
         if r.get('kind') == 'train': lrs.setdefault(r['step'] // 4, set()).add(round(r['lr'], 12))
     want = {e: round(1e-3 * 0.5 * (1 + math.cos(math.pi * min(1.0, e / 3))), 12) for e in range(4)}   # 1e-3, 7.5e-4, 2.5e-4, 0
     assert lrs == {e: {want[e]} for e in range(4)}, lrs
+
+
+CRASHY = '''
+import atexit, os, signal
+from vlrepro.train import demo_task
+def task(**kw):   # the process aborts at interpreter exit, after the run is done (as gloo's teardown once did in CI)
+    atexit.register(lambda: os.kill(os.getpid(), signal.SIGABRT))
+    return demo_task(**kw)
+def broken(**kw): raise RuntimeError('the task could not build its data')
+'''
+
+def test_a_crash_while_shutting_down_keeps_a_finished_run(tmp_path, capsys):
+    "Bug (CI): a torchrun worker aborted in C++ teardown after training had finished and saved; the notebook failed."
+    (tmp_path / 'crashy.py').write_text(CRASHY)
+    env = {**ENV, 'PYTHONPATH': f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cfg = dict(max_steps=2, batch_size=4, save_every=1, progress=False)
+    r = launch('crashy:task', dict(cfg, out_dir=str(tmp_path / 'one')), launcher='python', task_args=dict(n=16),
+               env=env, timeout=300, quiet=True)
+    assert r['finished'] and r['step'] == 2 and (tmp_path / 'one' / 'model.pt').exists()
+    assert 'a process exited -6 while shutting down; its results are kept' in capsys.readouterr().out
+    # workers of a multi-process job end without C++ teardown: the same task exits 0 under torchrun
+    r = launch('crashy:task', dict(cfg, out_dir=str(tmp_path / 'two')), nproc=2, launcher='torchrun',
+               task_args=dict(n=16), env=env, timeout=300, quiet=True)
+    assert r['finished'] and 'shutting down' not in capsys.readouterr().out
+    # a job that dies before its summary is still a failure, with the job's own error in the message
+    with pytest.raises(RuntimeError, match=r"(?s)training job failed \(exit 1\).*could not build its data"):
+        launch('crashy:broken', dict(cfg, out_dir=str(tmp_path / 'bad')), launcher='python', env=env, timeout=300, quiet=True)

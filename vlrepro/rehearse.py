@@ -216,10 +216,26 @@ def select_sets(names:list[str],  # notebooks (30_laps, laps) or parameter-set f
     return sets
 
 def _child(command:list, s:Path, out:Path, compare:bool, kill:bool, device:str)->subprocess.Popen:
+    "Rehearse set `s` in a child process whose whole output goes to out/<set>.log (a file: no pipe to fill up)."
     cmd = [*command, str(s), '--out', str(out), '--jobs', '1',
            '--compare', 'all' if compare else 'none', '--device', device] + ([] if kill else ['--no-kill'])
     env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out/f"{s.stem}.log", 'w') as f:
+        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
+
+def _outcome(log:Path, rc:int)->str:
+    "A child's 'ok'/'FAIL' lines; a FAIL keeps its message's following lines and names the log with the rest."
+    text = log.read_text(errors='replace').splitlines() if log.exists() else []
+    keep, inside = [], 0
+    for l in text:
+        if l.startswith(('ok ', 'FAIL ')): inside = 60 if l.startswith('FAIL ') else 0; keep.append(l)
+        elif l.endswith('parameter sets rehearsed'): inside = 0
+        elif inside: keep.append(l); inside -= 1
+    if rc and not any(l.startswith('FAIL ') for l in keep):
+        keep.append(f"FAIL {log.stem}: the rehearsal process exited {rc}")
+    if rc: keep.append(f"     (the whole output: {log})")
+    return '\n'.join(keep)
 
 def cli(args,                          # the parsed `vlrepro rehearse` arguments
         config_of:Callable|None=None,  # notebook stem -> its typed config class (the CLI passes its config_class)
@@ -257,8 +273,7 @@ def cli(args,                          # the parsed `vlrepro rehearse` arguments
             for s, p in list(running):
                 if p.poll() is None: continue
                 running.remove((s, p))
-                lines = [l for l in p.stdout.read().splitlines() if l.startswith(('ok ', 'FAIL '))]
-                print('\n'.join(lines) or f"FAIL {s.stem}: the rehearsal process exited {p.returncode}", flush=True)
+                print(_outcome(out/f"{s.stem}.log", p.returncode), flush=True)
                 ok += p.returncode == 0
     print(f"{ok}/{len(todo)} parameter sets rehearsed", flush=True)
     return 0 if ok == len(todo) else 1

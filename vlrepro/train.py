@@ -789,12 +789,20 @@ def run_cli(argv:Sequence[str]|None=None)->dict:
     if trainer.is_main and trainer.out_dir:
         atomic_write_json(trainer.out_dir / 'summary.json', {k: v for k, v in res.items() if k != 'history'})
     if trainer._owns_group:
+        trainer._barrier()            # every rank past summary.json before any tears its group down
         dist.destroy_process_group()
     return res
 
 def main(argv:Sequence[str]|None=None)->int:
     "Command-line entry point: `python -m vlrepro.train --task module:function --config cfg.json` (exit status 0)."
     run_cli(argv); return 0
+
+def _exit_worker(code:int=0):
+    """End a worker of a multi-process job at once, after flushing its output: its results are on disk and its group
+    is gone, and C++ teardown at interpreter exit has aborted a gloo worker ("terminate called without an active
+    exception", exit -6) after a finished run."""
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)
 
 # %% ../nbs/04_train.ipynb #ffef7fd6
 def launch_command(task:str,                        # module:function of the task
@@ -845,13 +853,21 @@ def launch(task:str,                         # module:function of the task
         except subprocess.TimeoutExpired:
             p.kill(); p.wait()
             raise RuntimeError(f"training job ran over {timeout} s and was killed: {' '.join(cmd)}\n{''.join(tail)}") from None
-    if p.returncode:
+    summary = out / 'summary.json'
+    done = summary.exists() and summary.stat().st_mtime >= t0   # written by rank 0 after the last checkpoint and barrier
+    if p.returncode and not done:
         raise RuntimeError(f"training job failed (exit {p.returncode}): {' '.join(cmd)}\n{''.join(tail)}")
-    return json.loads((out / 'summary.json').read_text())
+    if p.returncode:   # the job ended and saved everything; a process died while shutting down: keep the result
+        print(f"vlrepro.train: the job finished and wrote {summary}, then a process exited {p.returncode} "
+              f"while shutting down; its results are kept", flush=True)
+    return json.loads(summary.read_text())
 
 # %% ../nbs/04_train.ipynb #5ff4581a
 def _in_ipython()->bool:
     try: get_ipython; return True   # noqa: F821 — defined under Jupyter, papermill and nbdev_test
     except NameError: return False
 
-if __name__ == '__main__' and not _in_ipython(): sys.exit(main())
+if __name__ == '__main__' and not _in_ipython():
+    rc = main()
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1: _exit_worker(rc)   # a torchrun / DeepSpeed worker
+    sys.exit(rc)
