@@ -21,7 +21,7 @@ from .models import create_open_clip, register_open_clip_configs, tiny_hf
 from .bench import benchmark, count_flops, cuda_graphed
 from .merge import (parse_r, token_schedule, clip_r, protected_mask, complete_graph_soft_matching,
                            bipartite_soft_matching, Match, merge_wavg, merge_ensemble, merge_token_ids, merge_plain,
-                           cross_importance, proportional_attention, _unit)
+                           cross_importance, proportional_attention, _unit, RowIndex, row_index)
 
 # %% auto #0
 __all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 'GFLOPS_SETTINGS', 'PAPER_NUMBERS', 'LLAVA_TABLE',
@@ -100,7 +100,8 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
                   method:str='crossget',      # 'crossget' / 'complete' (complete graph) or 'tome' (bipartite, CLS protected)
                   num_protected:int|None=None, # P when `protected` is a mask (saves a host sync)
                   normalized:bool=False,      # `q` and `k` rows are unit vectors already (the block normalises both in one call)
-                  batch:Tensor|None=None,     # (B, 1) `arange(B)[:, None]`, made once per forward by the caller; None = made here
+                  batch:RowIndex|None=None,   # `merge.row_index(B, ...)`, made once per forward by the caller; None = made here
+                  guide_query:Tensor|None=None, # (B, C, 1) the guide's unit query, if the caller has it as one view; None = from q
                  )->ReduceStep:
     "One CrossGET merge step (official `CLIP/clip/reducer.py`, `TokenReduction`): importance from the guiding query, complete-graph matching, ensemble."
     B, N, C = x.shape
@@ -111,18 +112,21 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
         kn = k if normalized else _unit(k)                      # normalised once: importance and similarity
         imp = None
         if guide is not None and method == 'crossget':          # Eq. (4): I_j = cos(k_j, q_guide)
-            qg = q[:, guide] if isinstance(guide, int) else q[torch.arange(B, device=q.device), guide]
-            imp = torch.bmm(kn, (qg if normalized else _unit(qg))[:, :, None])[..., 0]
+            qg = guide_query
+            if qg is None:
+                qg = q[:, guide] if isinstance(guide, int) else q[torch.arange(B, device=q.device), guide]
+                qg = (qg if normalized else _unit(qg))[:, :, None]
+            imp = torch.bmm(kn, qg)[..., 0]
     match = complete_graph_soft_matching(kn, r, imp, protected, num_protected, normalized=True, batch=batch)
     if token_id is not None: token_id = merge_token_ids(token_id, size, match)
     return ReduceStep(*merge_ensemble(x, size, match), token_id, match, imp)
 
-def _reduce(x:Tensor, size:Tensor, token_id:Tensor|None, q:Tensor, k:Tensor, r:int, side:str,
-            state:CrossGETState, num_heads:int, normalized:bool=False, batch:Tensor|None=None)->ReduceStep:
+def _reduce(x:Tensor, size:Tensor, token_id:Tensor|None, q:Tensor, k:Tensor, r:int, side:str, state:CrossGETState,
+            num_heads:int, normalized:bool=False, batch:RowIndex|None=None, guide_query:Tensor|None=None)->ReduceStep:
     "The family's choices for `reduce_tokens`: vision protects CLS (+ cross token), text also the EOT, whose query guides."
     if state.method == 'tome': k = k.view(*k.shape[:2], num_heads, -1).mean(2)   # ToMe's metric: head-mean keys
     kw = dict(method=state.method, num_protected=1 + state.cross + (side == 'text'),
-              normalized=normalized, batch=batch)
+              normalized=normalized, batch=batch, guide_query=guide_query)
     if side == 'text':
         eot = token_id.argmax(-1)
         kw.update(protected=protected_mask(x.shape[0], x.shape[1], first=True, last=state.cross, extra=eot, device=x.device),
@@ -140,7 +144,7 @@ def block_crossget_forward(self:nn.Module,           # an open_clip ResidualAtte
                            r:int,                    # tokens to remove in this block
                            side:str,                 # 'vision' or 'text'
                            state:CrossGETState,      # the knobs
-                           batch:Tensor|None=None,   # (B, 1) `arange(B)[:, None]`, made once per forward (None = each step makes it)
+                           batch:RowIndex|None=None, # `merge.row_index(B, ...)`, made once per forward (None = each step makes it)
                           )->tuple[Tensor, Tensor|None, Tensor|None]: # tokens, sizes, token ids
     "Run the block with proportional attention and reduce `r` tokens between attention and MLP (as the official `ResidualAttentionBlock`)."
     B, N, C = x.shape
@@ -154,9 +158,11 @@ def block_crossget_forward(self:nn.Module,           # an open_clip ResidualAtte
     x = x + self.ls_1(self.attn.out_proj(a.transpose(1, 2).reshape(B * N, C)))
     if r > 0:
         qk, unit = qkv.view(B, N, 3, C), state.method != 'tome'            # (ToMe merges on the raw head-mean keys)
-        if unit: qk = _unit(qk)                              # q and k (v comes along) normalised in one call
+        if unit: qk = _unit(qk)                              # q and k (v comes along) normalised in one call: fresh, contiguous
         q_, k_, _ = qk.unbind(2)                             # one op for both views (indexing twice is two)
-        step = _reduce(x.view(B, N, C), size, token_id, q_, k_, r, side, state, H, unit, batch)
+        gq = (qk.as_strided((B, C, 1), (N * 3 * C, 1, 1), (N - 1) * 3 * C)   # = q_[:, -1][:, :, None], in one view
+              if unit and side == 'vision' else None)        # vision's guide: the cross token (last)
+        step = _reduce(x.view(B, N, C), size, token_id, q_, k_, r, side, state, H, unit, batch, gq)
         x, size, token_id = step.x, step.size, step.token_id
         N = x.shape[1]; x = x.reshape(B * N, C)
     x = x + self.ls_2(self.mlp(self.ln_2(x)))
@@ -179,7 +185,7 @@ def _run_blocks(blocks:nn.ModuleList, x:Tensor, token_id:Tensor|None, attn_mask:
     "Run the blocks with reduction; returns tokens, token ids and the cross tokens entering each block."
     B = x.shape[0]
     size = x.new_ones(B, x.shape[1], 1) if any(sched) else None
-    batch = torch.arange(B, device=x.device)[:, None] if any(sched) else None     # the merges' row index, made once
+    batch = row_index(B, x.device, x.dtype) if any(sched) else None               # the merges' index constants, made once
     crosses = []
     inplace = cross is not None and side == 'vision' and not torch.is_grad_enabled()  # inference: the same sum, in place
     if inplace: cross = cross.to(x.dtype).unbind(0)                                 # one view per block, in one call

@@ -8,7 +8,7 @@ import math, numbers
 
 import numpy as np
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +16,9 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['do_nothing', 'clip_r', 'bipartite_soft_matching', 'merge_wavg', 'merge_source', 'parse_r', 'token_schedule', 'Match',
-           'protected_mask', 'complete_graph_soft_matching', 'cross_importance', 'attention_importance',
-           'merge_ensemble', 'merge_plain', 'merge_token_ids', 'as_merge', 'size_bias', 'proportional_attention',
-           'merge_groups', 'plot_merge_groups']
+           'RowIndex', 'row_index', 'protected_mask', 'complete_graph_soft_matching', 'cross_importance',
+           'attention_importance', 'merge_ensemble', 'merge_plain', 'merge_token_ids', 'as_merge', 'size_bias',
+           'proportional_attention', 'merge_groups', 'plot_merge_groups']
 
 # %% ../nbs/10_merge.ipynb #87b55b8b
 def do_nothing(x:Tensor,     # any tensor
@@ -146,10 +146,24 @@ class Match:
     keep:Tensor  # (B, N - r) kept indices, ascending (order preserved)
     alpha:Tensor # (B, r, 2) ensemble weights (alpha_src, alpha_dst), each row sums to 1
     num_tokens:int # N, tokens before the step
-    index:tuple|None = None # (b, b[..., None], (B, r, 2) stacked (src, dst)) with b = arange(B)[:, None]: reused by `merge_ensemble`
+    index:tuple|None = None # (RowIndex, (B, r, 2) stacked (src, dst)): reused by `merge_ensemble`
 
     @property
     def r(self)->int: return self.src.shape[1]
+
+class RowIndex(NamedTuple):
+    "Constants every merge step of one forward reuses, made once per forward: no per-layer allocation or view."
+    b:Tensor      # (B, 1) `arange(B)[:, None]`: the row of each (batch, token) index
+    b3:Tensor     # (B, 1, 1) the same for (B, r, 2) pair indices
+    shift:Tensor  # (2, 1) [[0], [-1]]: Eq. (7)'s weights are 2 alpha + shift = (2 alpha_s, 2 alpha_d - 1), in one add
+
+def row_index(batch:int,   # B
+              device=None, # the tokens' device
+              dtype=None,  # the tokens' dtype (of `shift`)
+             )->RowIndex:
+    "The per-forward constants of the merge steps (`RowIndex`)."
+    b = torch.arange(batch, device=device)[:, None]
+    return RowIndex(b, b[..., None], torch.tensor([[0.0], [-1.0]], device=device, dtype=dtype))
 
 # %% ../nbs/10_merge.ipynb #6410d2c2
 def protected_mask(batch:int,             # B
@@ -203,7 +217,7 @@ def complete_graph_soft_matching(metric:Tensor,               # (B, N, c) keys (
                                  protected:Tensor|tuple|None=None, # (B, N) bool, same count P in every row; or fixed positions, e.g. (0, -1)
                                  num_protected:int|None=None, # P if known (saves a sync with a mask; lets FLOPs be counted on 'meta')
                                  normalized:bool=False,       # `metric` rows are already unit vectors (reuse them)
-                                 batch:Tensor|None=None,      # (B, 1) `arange(B)[:, None]` if the caller made it once per forward; None = made here
+                                 batch:RowIndex|None=None,    # `row_index(B, ...)` if the caller made it once per forward; None = made here
                                 )->Match|None:                # the pairs, or None when r_eff = 0
     "CrossGET's complete-graph soft matching with cross-guided source selection and ensemble weights (Eq. 3-6)."
     B, N, _ = metric.shape
@@ -217,13 +231,14 @@ def complete_graph_soft_matching(metric:Tensor,               # (B, N, c) keys (
         neg = R if importance is None else torch.sub(R, importance.to(S.dtype), alpha=2)
         src, rest = torch.sort(neg, dim=-1, descending=True, stable=True).indices.split([r, N - r], dim=-1)
         keep = rest.sort(dim=-1).values
-        b = torch.arange(B, device=S.device)[:, None] if batch is None else batch
+        idx = row_index(B, S.device, S.dtype) if batch is None else batch
+        b = idx.b
         rows = S[b, src]                                                  # sources' rows of the unmasked S
         cols = src.as_strided((B, r, r), (src.stride(0), 0, src.stride(1)))   # src[:, None, :].expand(B, r, r) in one view
         dst = rows.scatter_(2, cols, -math.inf).argmax(dim=-1)            # best non-source (first on ties)
-        pairs, b3 = torch.stack([src, dst], dim=-1), b[..., None]         # (B, r, 2), (B, 1, 1)
-        alpha = S.new_full((B, r, 2), 0.5) if importance is None else importance.to(S.dtype)[b3, pairs].softmax(dim=-1)
-    return Match(src, dst, keep, alpha, N, (b, b3, pairs))
+        pairs = torch.stack([src, dst], dim=-1)                           # (B, r, 2)
+        alpha = S.new_full((B, r, 2), 0.5) if importance is None else importance.to(S.dtype)[idx.b3, pairs].softmax(dim=-1)
+    return Match(src, dst, keep, alpha, N, (idx, pairs))
 
 # %% ../nbs/10_merge.ipynb #9783d4a4
 def cross_importance(keys:Tensor,  # (B, N, c)
@@ -250,12 +265,11 @@ def merge_ensemble(x:Tensor,              # (B, N, C) tokens (the residual strea
     if match is None: return x, size
     if size is None: size = torch.ones_like(x[..., :1])
     src, dst = match.src, match.dst
-    if match.index is None: b = torch.arange(x.shape[0], device=x.device)[:, None]; b3, pairs = b[..., None], torch.stack([src, dst], -1)
-    else: b, b3, pairs = match.index                          # (batch, token) indexing: whole rows
+    idx, pairs = match.index or (row_index(x.shape[0], x.device, x.dtype), torch.stack([src, dst], -1))
+    b = idx.b                                                 # (batch, token) indexing: whole rows
     y = x * size
-    w = match.alpha.to(x.dtype) * 2
-    w[..., 1].sub_(1)                                         # (2 alpha_s, 2 alpha_d - 1), a fresh tensor: in place
-    contrib = (w[..., None] * y[b3, pairs]).sum(2)            # both terms from one gather; a sum of two is exact a + b
+    w = torch.add(idx.shift.to(x.dtype), match.alpha.to(x.dtype)[..., None], alpha=2)  # (B, r, 2, 1): 2 alpha_s, 2 alpha_d - 1
+    contrib = (w * y[idx.b3, pairs]).sum(2)                   # both terms from one gather; a sum of two is exact a + b
     acc = y.index_put_((b, dst), contrib, accumulate=True)[b, match.keep]   # y is our own temporary: in place
     new_size = size.index_put((b, dst), size[b, src], accumulate=True)[b, match.keep]   # plain sums (exact: integers)
     return acc / new_size, new_size
