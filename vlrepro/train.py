@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 from .core import atomic_torch_save, atomic_write_json, atomic_write_text, get_device, kill_point, seed_everything, seed_worker
 
 # %% auto #0
-__all__ = ['ZERO2', 'ZERO3', 'TrainConfig', 'make_param_groups', 'lr_multiplier', 'warmup_steps', 'epoch_batches',
+__all__ = ['ZERO2', 'ZERO3', 'SHM', 'TrainConfig', 'make_param_groups', 'lr_multiplier', 'warmup_steps', 'epoch_batches',
            'SeededDataset', 'dist_env', 'unwrap', 'to_device', 'preserve_rng', 'EpochBatches', 'StepInfo', 'Trainer',
-           'demo_task', 'deepspeed_config', 'write_deepspeed_config', 'load_task', 'run_cli', 'main', 'launch_command',
-           'launch']
+           'demo_task', 'deepspeed_config', 'write_deepspeed_config', 'load_task', 'run_cli', 'main',
+           'remove_shm_buffers', 'launch_command', 'launch']
 
 # %% ../nbs/04_train.ipynb #c0bc9e41
 @dataclass
@@ -805,6 +805,29 @@ def _exit_worker(code:int=0):
     os._exit(code)
 
 # %% ../nbs/04_train.ipynb #ffef7fd6
+SHM = Path('/dev/shm')
+
+def _mapped_shm()->set[str]:
+    "Names in `SHM` that some process on this machine has mapped (from /proc/*/maps)."
+    names, d = set(), f'{SHM}/'
+    for maps in Path('/proc').glob('[0-9]*/maps'):
+        try: names |= {l.split(d, 1)[1].split()[0] for l in maps.read_text().splitlines() if d in l}
+        except (OSError, IndexError): pass
+    return names
+
+def remove_shm_buffers(port:int|None=None, # the job's rendezvous port; None = every buffer no process maps
+                      )->list[str]:        # the names removed
+    """Remove DeepSpeed's CPU allreduce buffers: each process of a multi-process job creates one (69 MB, named
+    `deepspeed_allreduce_buffer_<id>_<addr>_<port>_<rank>` in /dev/shm) and nothing unlinks it, so every run leaks them
+    until the machine's memory is full. `launch` removes its job's after the job; `port=None` sweeps leftovers of jobs
+    killed with their parent (do it when no DeepSpeed job is starting: a buffer is unmapped for a moment at creation)."""
+    if not SHM.is_dir(): return []
+    found = list(SHM.glob(f'deepspeed_allreduce_buffer_*_{port}_*' if port else 'deepspeed_allreduce_buffer_*'))
+    busy = set() if port else _mapped_shm()
+    gone = [f.name for f in found if f.name not in busy]
+    for n in gone: (SHM/n).unlink(missing_ok=True)
+    return gone
+
 def launch_command(task:str,                        # module:function of the task
                    config_path:Path|str,            # JSON file of TrainConfig fields
                    nproc:int=1,                     # processes (GPUs, or CPU slots)
@@ -841,7 +864,8 @@ def launch(task:str,                         # module:function of the task
     e = {**os.environ, **(env or {})}
     e.setdefault('OMP_NUM_THREADS', '1')
     if launcher == 'deepspeed' and not torch.cuda.is_available(): e.setdefault('DS_ACCELERATOR', 'cpu')
-    cmd = launch_command(task, cfg_path, nproc, launcher, task_args)
+    port = _free_port()
+    cmd = launch_command(task, cfg_path, nproc, launcher, task_args, port)
     tail, t0 = deque(maxlen=40), time.time()
     with subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
         try:
@@ -853,6 +877,8 @@ def launch(task:str,                         # module:function of the task
         except subprocess.TimeoutExpired:
             p.kill(); p.wait()
             raise RuntimeError(f"training job ran over {timeout} s and was killed: {' '.join(cmd)}\n{''.join(tail)}") from None
+        finally:
+            if p.poll() is not None: remove_shm_buffers(port)   # the job's processes are gone: its buffers are garbage
     summary = out / 'summary.json'
     done = summary.exists() and summary.stat().st_mtime >= t0   # written by rank 0 after the last checkpoint and barrier
     if p.returncode and not done:
