@@ -114,3 +114,35 @@ def test_no_new_function_takes_more_than_12_parameters():
                 k -= bool(a.args and a.args[0].arg in ('self', 'cls'))
                 if k > 12: over.add(f'{f.stem}.{n.name}')
     assert over == OVER_12, (f"new: {sorted(over - OVER_12)}; now at most 12 (drop them from OVER_12): {sorted(OVER_12 - over)}")
+
+
+def test_llava_and_vqascore_values_name_the_field():
+    from vlrepro import crossget_llava, vqascore_eval
+    L, V = crossget_llava.Config, vqascore_eval.Config
+    with pytest.raises(ValueError, match="deepspeed must be one of '', 'zero2', 'zero3', got 'zero1'"): L(deepspeed='zero1')
+    with pytest.raises(ValueError, match="bench_preset must be one of 'tiny', 'cpu-vitl', '7b', '13b', got '70b'"): L(bench_preset='70b')
+    with pytest.raises(ValueError, match=r"eval_benchmarks \['gqa'\] need real data: set data_root"): L(eval_benchmarks=['gqa'])
+    with pytest.raises(ValueError, match=r"eval_benchmarks: unknown \['gqaa'\] with data_root 'data'; choose from"):
+        L(data_root='data', eval_benchmarks=['gqa', 'gqaa'])
+    with pytest.raises(ValueError, match="per_device_batch_size must be at least 1, got 0"): L(per_device_batch_size=0)
+    with pytest.raises(ValueError, match=r"warmup_ratio must lie in \[0, 1\), got 1.0"): L(warmup_ratio=1.0)
+    assert L(model='ckpt/llava-1.5-13b-hf', data_root='data', eval_benchmarks=['gqa']).size_tag == '13B'
+    assert L(data_root='data', eval_benchmarks=['gqa'], paper_row='7B').size_tag == '7B'
+    with pytest.raises(ValueError, match="preset must be one of 'tiny', 'cpu-demo', 'full', got 'xl'"): V(preset='xl')
+    with pytest.raises(ValueError, match="style must be one of .*got 'chat'"): V(style='chat')
+    with pytest.raises(ValueError, match=r"scoring a folder \(images_dir\) needs a real model: set preset='full'"): V(images_dir='gen')
+    with pytest.raises(ValueError, match="train_stage=2 trains the full-size model: set preset='full'"): V(train_stage=2)
+    with pytest.raises(ValueError, match="train_stage must be one of 0, 1, 2, got 3"): V(preset='full', train_stage=3)
+    with pytest.raises(ValueError, match="preset 'full' with train_stage=2 needs base_model, vision_tower_path, data_json, "
+                                         "image_folder, pretrain_mm_mlp_adapter"): V(preset='full', train_stage=2)
+    with pytest.raises(ValueError, match="prompts_file is read only with images_dir"): V(prompts_file='p.csv')
+    assert V(preset='cpu-demo', clip_steps=5).steps == dict(clip_steps=5, stage1_steps=300, stage2_steps=600)
+
+
+def test_run_checks_llava_and_vqascore_values(tmp_path):
+    "A set's bad value fails `vlrepro run --dry-run` with the config's message and the set's name."
+    p = _bad_set(tmp_path, '12_crossget_llava', deepspeed='zero1')
+    with pytest.raises(ValueError, match=f"deepspeed must be one of .*got 'zero1' in {p}"):
+        R.run_notebook('12_crossget_llava', param_file=p, dry_run=True, config_of=C.config_class)
+    with pytest.raises(ValueError, match="scoring a folder .* given with -p"):
+        R.run_notebook('50_vqascore', params={'images_dir': 'gen'}, dry_run=True, config_of=C.config_class)

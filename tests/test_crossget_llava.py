@@ -245,3 +245,24 @@ def test_llm_cross_token_compiles_without_graph_breaks(tiny):
     inner = getattr(m, 'model', m)
     n, why = cg._explain(inner.language_model, inputs_embeds=torch.randn(1, 8, m.config.text_config.hidden_size))
     assert n == 0, why
+
+
+def test_llava_claims_hand_made():
+    "The paper's LLaVA claims from hand-made figures: all hold at the paper's numbers, none at worse ones; MME (points) left out."
+    acc = {'LLaVA': dict(gqa=62.0, sqa=66.8, mme=1510.7, vqav2_answers=10), 'CrossGET': dict(gqa=61.4, sqa=66.7, mme=1400.0)}
+    c = cgl.llava_claims({'LLaVA': 576, 'CrossGET': 278}, {'LLaVA': 8600.0, 'CrossGET': 4600.0}, 1.9, acc)
+    assert [x['holds'] for x in c] == [True] * 4
+    assert c[0]['measured'] == '576 -> 278 (0.48x)' and c[3]['measured'] == 'mean loss 0.35 points over gqa, sqa'
+    c = cgl.llava_claims({'LLaVA': 64, 'CrossGET': 40}, {'LLaVA': 1.0, 'CrossGET': 0.7}, 1.05,
+                         {'LLaVA': dict(gqa=62.0), 'CrossGET': dict(gqa=59.5)})
+    assert [x['holds'] for x in c] == [False] * 4 and c[1]['measured'] == '1 -> 0.7 GFLOPs (0.70x)'
+    assert len(cgl.llava_claims({'LLaVA': 64, 'CrossGET': 26}, {'LLaVA': 1.0, 'CrossGET': 0.5}, 1.3)) == 3   # no accuracy: 3 claims
+    assert len(cgl.llava_claims({'LLaVA': 64, 'CrossGET': 26}, {'LLaVA': 1.0, 'CrossGET': 0.5}, 1.3,
+                                {'LLaVA': {'vqav2_answers': 4}, 'CrossGET': {'vqav2_answers': 4}})) == 3   # server-scored only
+
+
+def test_prefill_gflops_fall_with_the_tokens(tiny):
+    m = copy.deepcopy(tiny)
+    stock = cgl.llava_prefill_gflops(m)
+    cgl.patch_llava(m, r=13)
+    assert 0.4 < cgl.llava_prefill_gflops(m) / stock < 2 / 3

@@ -150,3 +150,29 @@ def test_paper_numbers_registered():
     rows = {(r.setting, r.metric): r.value for r in core.paper_numbers('vqascore')}
     assert rows[('CLIP-FlanT5-XXL VQAScore', 'winoground_group')] == 46.0
     assert rows[('CLIP-FlanT5-XL VQAScore', 'genai_bench_video_pairwise_acc')] == 60.2
+
+
+def test_demo_claims_hand_made():
+    "The demonstration's claims from hand-made scores: all hold, then none; matching vs mismatched means by hand."
+    S = torch.tensor([[[0.9, 0.2], [0.3, 0.8]], [[0.6, 0.4], [0.5, 0.7]]])   # matching (0.9+0.8+0.6+0.7)/4, mismatched (0.2+0.3+0.4+0.5)/4
+    assert E.match_scores(S) == pytest.approx((0.75, 0.35))
+    ms = {'VQAScore/winoground_group': 30.0, 'VisualGPTScore/winoground_group': 20.0,
+          'CLIPScore (web)/winoground_group': 10.0, 'CLIPScore (hard)/winoground_group': 25.0}
+    sp = dict(n_texts=8, vision_passes_once=1, vision_passes_naive=8, speedup=1.5)
+    c = E.demo_claims(ms, S, sp)
+    assert [x['holds'] for x in c] == [True] * 6
+    assert c[0]['measured'] == '0.750 vs 0.350' and c[4]['measured'] == '1 vs 8 passes for 8 texts'
+    worse = {**ms, 'VQAScore/winoground_group': 5.0, 'VisualGPTScore/winoground_group': 100 / 6, 'CLIPScore (hard)/winoground_group': 10.0}
+    c = E.demo_claims(worse, S.flip(2), dict(sp, vision_passes_naive=7, speedup=1.0))   # swapped captions: mismatched scores higher
+    assert [x['holds'] for x in c] == [False] * 6
+
+
+def test_benchmark_points_beside_the_model_zoo():
+    pts = E.benchmark_points({'tiny VQAScore/winoground_group': 12.5, 'tiny VQAScore/winoground_text': 40.0,
+                              'stage2/final_loss': 1.0, 'folder/scored': 3}, 'tiny-synthetic')
+    assert [(p['source'], p['setting'], p['metric'], p['value'], p['scale']) for p in pts] == [
+        ('paper', 'CLIP-FlanT5-XXL VQAScore', 'winoground_group', 46.0, 'paper'),
+        ('paper', 'CLIP-FlanT5-XL VQAScore', 'winoground_group', 34.8, 'paper'),
+        ('this run', 'tiny VQAScore', 'winoground_group', 12.5, 'tiny-synthetic'),
+        ('this run', 'tiny VQAScore', 'winoground_text', 40.0, 'tiny-synthetic')]
+    assert E.benchmark_points({'stage1/final_loss': 2.0}, 'full') == []

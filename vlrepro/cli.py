@@ -16,9 +16,11 @@ __all__ = ['CONFIGS', 'PAPERS', 'BENCH_ALL', 'config_class', 'paper_modules', 'b
 # notebook stem -> the typed config (a `vlrepro.core.Config`) of its parameters; one entry per line
 CONFIGS = {
     '11_crossget': 'vlrepro.crossget_clip:Config',
+    '12_crossget_llava': 'vlrepro.crossget_llava:Config',
     '20_das': 'vlrepro.das:Config',
     '30_laps': 'vlrepro.laps_retrieval:Config',
     '40_ademvl': 'vlrepro.ademvl_sqa:Config',
+    '50_vqascore': 'vlrepro.vqascore_eval:Config',
 }
 
 def config_class(stem:str)->type|None:

@@ -12,7 +12,7 @@ __all__ = ['unpatch_llava', 'LLAVA_SYSTEM', 'SHORT_ANSWER', 'LETTER_ANSWER', 'LL
            'llava_score', 'llava_throughput', 'llava_image_transform', 'enable_checkpointing', 'llava_train_task',
            'load_crossget_llava', 'mix67k', 'llava_benchmark_records', 'score_benchmark', 'llava_upload',
            'llava_answers', 'convert_llava_eval', 'write_llava_mix665k', 'write_llava_eval_upstream', 'write_llava_hf',
-           'rehearsal_llava']
+           'rehearsal_llava', 'Config', 'llava_prefill_gflops', 'llava_claims']
 
 # %% ../nbs/12_crossget_llava.ipynb #bf30bb97
 import base64, contextlib, contextvars, csv, io, json, re, random, subprocess, sys, time, warnings
@@ -26,6 +26,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from . import data, models
+from .bench import count_flops
+from .core import Config as BaseConfig
 from .core import (swap_class, restore_class, check_unpatched, set_patched, clear_patched, get_patch_state,
                           is_patched as _core_is_patched, get_device, atomic_write_text)
 from .data import CLIP_MEAN, CLIP_STD
@@ -35,7 +37,7 @@ from .metrics import (MME_COGNITION, MME_PERCEPTION, mme_scores, mme_yes_no, par
                              normalize_answer, parse_yes_no, vqa_accuracy, pope_scores)
 from .models import build_hf, load_hf, load_tokenizer, train_tokenizer
 from .train import unwrap
-from .crossget import PATCHERS, is_patched, unpatch, _subclasses   # the family registry and generic unpatch of 11_crossget
+from .crossget import PATCHERS, LLAVA_METRICS, is_patched, unpatch, _subclasses   # the family registry and generic unpatch of 11_crossget
 
 # %% ../nbs/12_crossget_llava.ipynb #fd76d71b
 @dataclass
@@ -1067,3 +1069,104 @@ def rehearsal_llava(params:dict,            # the parameter set's YAML mapping
         write_llava_eval_upstream(root/'raw/eval', benches, n=4)
         _script('get_llava_eval.py', '--bench', ','.join(benches), '--src', root/'raw/eval', '--root', data_root)
     return plan
+
+# %% ../nbs/12_crossget_llava.ipynb #a250682c
+@dataclass
+class Config(BaseConfig):
+    """The parameters of the CrossGET LLaVA-1.5 pipeline (the notebook's parameters cell; `nbs/params/12_crossget_llava.*.yaml`),
+    checked once. Defaults are the tiny CPU demonstration; the comment gives the official recipe's value."""
+    model:str = 'crossget-llava'      # local llava-hf LLaVA-1.5 folder (ckpt/llava-1.5-7b-hf); the default names the tiny model
+    data_root:str = ''                # folder with train_name/ and one folder per benchmark; '' = synthetic data
+    train_name:str = 'llava_mix67k'   # training set under data_root (mix67k: every 10th row of mix665k)
+    crossget_weights:str = ''         # model.pt of a finished fine-tune to evaluate ('' = train one)
+    paper_row:str = ''                # '7B' or '13B' ('' = from the model folder's name)
+    r_vision:int = 13                 # tokens merged per vision layer (13)
+    cross_loss_weight:float = 0.001   # w in L_lm + w L_cross (7B 0.001, 13B 0.1)
+    base_steps:int = 40               # tiny run: base-model tuning steps (0 keeps the model as loaded)
+    steps:int = 16                    # fine-tuning steps (0: `epochs` over the data, as the recipe)
+    epochs:int = 1                    # passes over the training set when steps is 0 (1)
+    lr:float = 0.0005                 # fine-tuning lr (2e-5)
+    base_lr:float = 0.002             # tiny base model lr
+    weight_decay:float = 0.0          # AdamW weight decay (0)
+    warmup_ratio:float = 0.03         # linear warm-up fraction (0.03)
+    per_device_batch_size:int = 8     # batch per process (16, x 8 GPUs)
+    grad_accum:int = 1                # gradient accumulation (1)
+    model_max_length:int = 2048       # truncation length (2048)
+    precision:str = 'fp32'            # 'fp32', 'bf16', 'fp16' or 'auto' (bf16)
+    deepspeed:str = ''                # '', 'zero2' or 'zero3' (zero3)
+    nproc:int = 1                     # training processes (8 GPUs)
+    gradient_checkpointing:bool = False # activation checkpointing (True)
+    system_prompt:bool = False        # the vicuna_v1 system message (True)
+    eval_benchmarks:list[str] = field(default_factory=lambda: ['synthetic'])  # 'synthetic', or keys of LLAVA_BENCHMARKS with data_root
+    eval_limit:int = 0                # questions per benchmark (0 = all)
+    n_train_vqa:int = 192             # synthetic training VQA items
+    n_train_mc:int = 96               # synthetic training multiple-choice items
+    n_test_vqa:int = 64               # synthetic test VQA items
+    n_test_mc:int = 32                # synthetic test multiple-choice items
+    max_new_tokens:int = 3            # greedy answer length (128)
+    bench_preset:str = 'tiny'         # throughput model: a key of LLAVA_BENCH_PRESETS ('7b', '13b')
+    bench_batch:int = 8               # throughput batch
+    bench_repeats:int = 3             # timed rounds, interleaved
+    bench_new_tokens:int = 4          # decode length in the throughput benchmark
+    device:str = 'cpu'                # 'cpu', 'cuda' or 'auto'
+    seed:int = 0                      # global seed (42)
+    out_dir:str = '_runs/12_crossget_llava' # results.json goes here
+
+    def validate(self):
+        for name, ok in (('precision', ('fp32', 'bf16', 'fp16', 'auto')), ('deepspeed', ('', 'zero2', 'zero3')),
+                         ('paper_row', ('', '7B', '13B')), ('bench_preset', tuple(LLAVA_BENCH_PRESETS))):
+            if getattr(self, name) not in ok:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, ok))}, got {getattr(self, name)!r}")
+        if self.tiny:
+            if set(self.eval_benchmarks) - {'synthetic'}:
+                raise ValueError(f"eval_benchmarks {self.eval_benchmarks} need real data: set data_root to the folder holding "
+                                 f"them (python data_scripts/get_llava_eval.py), or keep ['synthetic']")
+        else:
+            bad = [b for b in self.eval_benchmarks if b not in LLAVA_BENCHMARKS]
+            if bad or not self.eval_benchmarks:
+                raise ValueError(f"eval_benchmarks: unknown {bad or self.eval_benchmarks!r} with data_root {self.data_root!r}; "
+                                 f"choose from {sorted(LLAVA_BENCHMARKS)}")
+        for name in ('per_device_batch_size', 'grad_accum', 'nproc', 'epochs', 'model_max_length', 'max_new_tokens',
+                     'bench_batch', 'bench_repeats', 'bench_new_tokens'):
+            if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ('r_vision', 'base_steps', 'steps', 'eval_limit', 'n_train_vqa', 'n_train_mc', 'n_test_vqa', 'n_test_mc'):
+            if getattr(self, name) < 0: raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1: raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.cross_loss_weight < 0: raise ValueError(f"cross_loss_weight must be 0 or more, got {self.cross_loss_weight}")
+
+    @property
+    def tiny(self)->bool: return self.data_root == ''   # the synthetic demonstration on the tiny LLaVA
+    @property
+    def size_tag(self)->str:
+        "The paper's model size of a real run: paper_row, else read from the model folder's name."
+        return self.paper_row or ('13B' if '13b' in Path(self.model).name.lower() else '7B')
+
+def llava_prefill_gflops(model:nn.Module, prompt_len:int=40, seed:int=0)->float:
+    "fvcore GFLOPs of one prefill of the whole model, batch 1: BOS + the visual tokens it hands its LLM + `prompt_len` text tokens."
+    inp = _bench_inputs(model, 1, prompt_len, seed)
+    return count_flops(lambda: model(**inp)).fvcore / 1e9
+
+_PAPER_DROP = {'7B': 1.4, '13B': 1.3}   # the paper's mean accuracy loss of CrossGET vs LLaVA-1.5 over its %-benchmarks (MME left out)
+
+def llava_claims(visual_tokens:dict,       # {'LLaVA': n, 'CrossGET': n}: visual tokens the LLM receives
+                 gflops:dict,              # {'LLaVA': g, 'CrossGET': g}: whole-model prefill GFLOPs (`llava_prefill_gflops`)
+                 speedup:float,            # throughput of CrossGET over LLaVA (`llava_throughput`)
+                 accuracy:dict|None=None,  # {'LLaVA': {benchmark: %}, 'CrossGET': {...}} on the paper's benchmarks; None: not checked
+                )->list[dict]:             # [dict(claim, measured, holds)] for `core.write_results(extra=dict(claims=...))`
+    "The paper's LLaVA-1.5 claims, measured by this run: r = 13 halves the visual tokens (576 -> 278), the prefill's GFLOPs fall "
+    "with them, the whole model runs faster (~1.9x at 7B), and the accuracy stays close to LLaVA-1.5's."
+    tok = visual_tokens['CrossGET'] / visual_tokens['LLaVA']
+    fl = gflops['CrossGET'] / gflops['LLaVA']
+    out = [dict(claim='CrossGET hands the LLM about half the visual tokens or fewer (ViT-L/14-336, r=13: 576 -> 278)',
+                measured=f"{visual_tokens['LLaVA']} -> {visual_tokens['CrossGET']} ({tok:.2f}x)", holds=tok <= 0.55),
+           dict(claim='the prefill of the whole model costs at most two thirds of the GFLOPs',
+                measured=f"{gflops['LLaVA']:.4g} -> {gflops['CrossGET']:.4g} GFLOPs ({fl:.2f}x)", holds=fl <= 2 / 3),
+           dict(claim='CrossGET speeds up the whole model (the paper: ~1.9x at 7B, ~2.0x at 13B)',
+                measured=f"throughput {speedup:.2f}x LLaVA's", holds=speedup > 1.1)]
+    if accuracy:
+        common = [b for b in LLAVA_METRICS if b != 'mme' and b in accuracy.get('LLaVA', {}) and b in accuracy.get('CrossGET', {})]
+        if common:
+            drop = sum(accuracy['LLaVA'][b] - accuracy['CrossGET'][b] for b in common) / len(common)
+            out.append(dict(claim='CrossGET loses at most 2 points against LLaVA-1.5 on average (the paper: 1.4 at 7B, 1.3 at 13B)',
+                            measured=f"mean loss {drop:.2f} points over {', '.join(common)}", holds=drop <= 2))
+    return out

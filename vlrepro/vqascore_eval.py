@@ -30,7 +30,7 @@ __all__ = ['WINOGROUND_FIELDS', 'SCORE_COLUMNS', 'IMAGE_EXTS', 'PRESETS', 'STAGE
            'Stage1Items', 'Stage2Items', 'clip_loss_fn', 'tower_from_clip', 'resolve_steps', 'full_inputs',
            'winoground_matrix', 'write_t5_tokenizer', 'write_flant5_standin', 'write_clip_standin',
            'write_clip_flant5_standin', 'write_projector_standin', 'write_llava_pretrain_raw', 'write_llava_mix_raw',
-           'write_winoground_raw', 'rehearsal']
+           'write_winoground_raw', 'rehearsal', 'Config', 'match_scores', 'demo_claims', 'benchmark_points']
 
 # %% ../nbs/51_vqascore_eval.ipynb #46c8132e
 class CLIPScorer:
@@ -893,3 +893,124 @@ def rehearsal(params:dict,            # the parameter set's YAML mapping, as in 
         _script('get_winoground.py', '--src', raw, '--root', _under(root, params.get('data_root', ''), 'data_root'))
     return dict(overrides=dict(device=device), branch='vqascore-eval', metric=f'CLIP-FlanT5-{size} VQAScore/winoground_group',
                 nproc=1, rows=[(f'CLIP-FlanT5-{size} VQAScore', 'winoground_group')], trains=False)
+
+# %% ../nbs/51_vqascore_eval.ipynb #4d67b2db
+from dataclasses import dataclass
+from .vqascore import CONVERSATION_STYLES, PAPER
+
+@dataclass
+class Config(core.Config):
+    """The parameters of the VQAScore pipeline (notebook 50_vqascore's parameters cell; `nbs/params/50_vqascore.*.yaml`),
+    checked once. Defaults are the CPU demonstration; the comment gives the official value (CLIP-FlanT5 `scripts/`)."""
+    preset:str = 'tiny'               # 'tiny', 'cpu-demo' (synthetic world) or 'full' (released or trained CLIP-FlanT5)
+    clip_steps:int = 0                # stage-0 CLIP steps (0: the preset's)
+    stage1_steps:int = 0              # stage-1 split-text steps (0: the preset's)
+    stage2_steps:int = 0              # stage-2 VQA steps (0: the preset's)
+    clip_batches:str = 'web'          # 'web' or 'hard' batches for the demonstration's CLIP tower
+    style:str = 't5_chat_no_system'   # conversation style of the demonstration ('t5_chat', the released scorers')
+    n_train:int = 1000                # synthetic training scenes
+    n_test:int = 100                  # synthetic Winoground-style test items
+    batch_size:int = 32               # demonstration stage-1/2 batch
+    data_root:str = ''                # preset full: folder with winoground/ (scoring) or the LLaVA data (training)
+    model_path:str = ''               # preset full: local zhiqiulin/clip-flant5-xxl (or -xl) folder
+    tokenizer_path:str = ''           # preset full: local google/flan-t5-xxl folder (its tokenizer)
+    vision_tower_path:str = ''        # preset full: local openai/clip-vit-large-patch14-336 folder
+    eval_limit:int = 0                # preset full scoring: first N Winoground items (0: all 400)
+    images_dir:str = ''               # score this folder of generated images (preset full)
+    prompts_file:str = ''             # with images_dir: CSV/JSONL of image,prompt
+    bench_texts:int = 8               # texts per image in the scoring-speed benchmark
+    train_stage:int = 0               # preset full: 0 scores; 1 or 2 trains that stage
+    base_model:str = ''               # preset full training: local google/flan-t5-xxl (or -xl) folder
+    data_json:str = ''                # preset full training: the stage's data under data_root
+    image_folder:str = ''             # preset full training: the images data_json names, under data_root
+    pretrain_mm_mlp_adapter:str = ''  # stage 2: the stage-1 mm_projector.bin
+    lr:float = 0.0                    # training lr (0: the stage's: 1e-2 stage 1, 2e-5 stage 2)
+    per_device_batch:int = 0          # micro-batch per GPU (0: 32 stage 1, 6 stage 2)
+    grad_accum:int = 0                # accumulation (0: 1 stage 1, 2 stage 2)
+    nproc:int = 1                     # training processes (8 GPUs)
+    zero_stage:int = 0                # DeepSpeed ZeRO stage (0: 2 for stage 1, 3 for stage 2)
+    group_by_modality:bool = True     # stage 2: group_by_modality_length batches (True)
+    stop_step:int = 0                 # stop training after this step (0: to the end)
+    precision:str = 'auto'            # 'auto' (bf16 on a GPU, fp32 on a CPU), 'bf16' or 'fp32' (bf16)
+    device:str = 'cpu'                # 'cpu', 'cuda' or 'auto'
+    seed:int = 0                      # global seed
+    out_dir:str = '_runs/50_vqascore' # results.json and scores go here
+
+    def validate(self):
+        if self.preset not in PRESETS: raise ValueError(f"preset must be one of {', '.join(map(repr, PRESETS))}, got {self.preset!r}")
+        for name, ok in (('clip_batches', ('web', 'hard')), ('precision', ('auto', 'bf16', 'fp32')), ('train_stage', (0, 1, 2)),
+                         ('zero_stage', (0, 1, 2, 3)), ('style', tuple(CONVERSATION_STYLES))):
+            if getattr(self, name) not in ok:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, ok))}, got {getattr(self, name)!r}")
+        for name in ('n_train', 'n_test', 'batch_size', 'bench_texts', 'nproc'):
+            if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ('clip_steps', 'stage1_steps', 'stage2_steps', 'eval_limit', 'per_device_batch', 'grad_accum', 'stop_step', 'lr'):
+            if getattr(self, name) < 0: raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.preset != 'full':
+            if self.images_dir:
+                raise ValueError("scoring a folder (images_dir) needs a real model: set preset='full' with model_path, tokenizer_path "
+                                 "and vision_tower_path (the tiny demonstration model knows only the synthetic world)")
+            if self.train_stage: raise ValueError(f"train_stage={self.train_stage} trains the full-size model: set preset='full'")
+        else: full_inputs(self.train_stage, self.data_root, self.images_dir, **self._paths())   # names the empty required paths
+        if self.prompts_file and not self.images_dir: raise ValueError("prompts_file is read only with images_dir: set both, or neither")
+
+    def _paths(self)->dict:
+        return dict(model_path=self.model_path, tokenizer_path=self.tokenizer_path, vision_tower_path=self.vision_tower_path,
+                    base_model=self.base_model, data_json=self.under(self.data_json), image_folder=self.under(self.image_folder),
+                    pretrain_mm_mlp_adapter=self.pretrain_mm_mlp_adapter)
+
+    def under(self, p:str)->str:
+        "A `[data]` value: relative ones live under data_root."
+        return str(Path(self.data_root)/p) if p and self.data_root and not os.path.isabs(p) else p
+
+    @property
+    def steps(self)->dict:
+        "Step counts of the demonstration's stages: the preset's, with any nonzero given value taking precedence."
+        return resolve_steps(self.preset, clip_steps=self.clip_steps, stage1_steps=self.stage1_steps, stage2_steps=self.stage2_steps)
+
+    def inputs(self)->dict[str, tuple]:
+        "Everything preset 'full' reads, {name: (path, how to make it)} for `core.require_inputs` ({} for the demonstration)."
+        return full_inputs(self.train_stage, self.data_root, self.images_dir, **self._paths()) if self.preset == 'full' else {}
+
+# %% ../nbs/51_vqascore_eval.ipynb #5aea1e8b
+def match_scores(scores:Tensor)->tuple[float, float]:
+    "Mean score of the matching pairs (image k, caption k) and of the mismatched ones, over (n, 2, 2) scores [item, image, caption]."
+    S = torch.as_tensor(scores, dtype=torch.float64)
+    d = torch.diagonal(S, dim1=1, dim2=2)
+    return float(d.mean()), float((S.sum((1, 2)) - d.sum(1)).mean() / 2)
+
+def demo_claims(metrics:dict,      # the demonstration's '<scorer>/winoground_<text|image|group>' -> %
+                vqascore:Tensor,   # (n, 2, 2) VQAScores of the held-out swaps [item, image, caption]
+                speed:dict,        # `vqascore.scoring_benchmark`'s figures
+               )->list[dict]:      # [dict(claim, measured, holds)] for `core.write_results(extra=dict(claims=...))`
+    "The claims the CPU demonstration checks, as this run measured them (holds or not; none is asserted here)."
+    g = lambda s: metrics[f'{s}/winoground_group']
+    match, mismatch = match_scores(vqascore)
+    n, once, naive = speed['n_texts'], speed['vision_passes_once'], speed['vision_passes_naive']
+    return [dict(claim='VQAScore scores a matching image-text pair above a mismatched one (mean P(Yes), held-out swaps)',
+                 measured=f'{match:.3f} vs {mismatch:.3f}', holds=match > mismatch),
+            dict(claim='VQAScore beats CLIPScore on compositional swaps (Winoground-style group score)',
+                 measured=f"{g('VQAScore'):.1f} vs {g('CLIPScore (web)'):.1f} %", holds=g('VQAScore') > g('CLIPScore (web)')),
+            dict(claim='the generative score of the answerer beats chance on the swaps (VisualGPTScore group > 16.7 %)',
+                 measured=f"{g('VisualGPTScore'):.1f} %", holds=g('VisualGPTScore') > 100 / 6),
+            dict(claim='CLIPScore acts like a bag of words: a CLIP trained without hard negatives (web batches) does worse on swaps',
+                 measured=f"web {g('CLIPScore (web)'):.1f} vs hard {g('CLIPScore (hard)'):.1f} %",
+                 holds=g('CLIPScore (web)') < g('CLIPScore (hard)')),
+            dict(claim='encoding each image once takes one vision pass per image instead of one per text',
+                 measured=f'{once} vs {naive} passes for {n} texts', holds=once == 1 and naive == n),
+            dict(claim='encoding each image once scores one image against many texts faster than pair by pair (t2v_metrics)',
+                 measured=f"{speed['speedup']:.2f}x the pairs/s of scoring pair by pair", holds=speed['speedup'] > 1)]
+
+_BENCHMARKS = ('winoground', 'eqben_mini', 'drawbench', 'editbench', 'coco_t2i', 'tifa160', 'pickapic', 'genai_bench')
+
+def benchmark_points(metrics:dict,   # this run's 'setting/metric' -> value
+                     scale:str,      # the run's scale ('full', 'rehearsal', 'tiny-synthetic', ...)
+                     prefix:str='',  # prepended to this run's settings (the demonstration's 'tiny ')
+                    )->list[dict]:   # dict(source, setting, metric, value, unit, scale), the model zoo's rows first
+    "Per-benchmark points for the report's figure: the model zoo's number of every benchmark metric this run measured, then this run's."
+    mine = [dict(source='this run', setting=prefix + k.split('/')[0], metric=k.split('/')[1], value=float(v), unit='%', scale=scale)
+            for k, v in metrics.items() if '/' in k and k.split('/')[1].startswith(_BENCHMARKS) and isinstance(v, (int, float))]
+    seen = {p['metric'] for p in mine}
+    zoo = [dict(source='paper', setting=r.setting, metric=r.metric, value=r.value, unit=r.unit, scale='paper')
+           for r in core.paper_numbers(PAPER) if r.metric in seen]
+    return zoo + mine
