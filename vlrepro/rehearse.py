@@ -14,7 +14,7 @@ from .run import RunFailed, find_nbs, load_param_set, run_notebook
 
 # %% auto #0
 __all__ = ['PLANS', 'Plan', 'check_recipe_batch', 'plan_function', 'set_notebook', 'make_plan', 'RehearsalFailed',
-           'compare_metrics', 'filled_rows', 'rehearse_set', 'summary_line', 'select_sets', 'cli']
+           'compare_metrics', 'filled_rows', 'record_problems', 'rehearse_set', 'summary_line', 'select_sets', 'cli']
 
 # %% ../nbs/80_rehearse.ipynb #608f770d
 @dataclass
@@ -106,6 +106,19 @@ def filled_rows(rec:dict)->list[tuple]:
     return [(c.get('setting'), c.get('metric')) for c in rec.get('comparison') or []
             if c.get('paper') is not None and c.get('this_run') is not None]
 
+# %% ../nbs/80_rehearse.ipynb #ca6f50ba
+def record_problems(rec:dict,   # a rehearsed run's results.json
+                    plan:Plan,  # its set's plan
+                   )->list[str]: # what is wrong with the record ([] = nothing)
+    "A rehearsed run's record must be complete, at rehearsal scale, carry the set's metric and fill its registry rows."
+    problems = []
+    if rec.get('status', 'complete') != 'complete': problems.append(f"status {rec.get('status')!r}, not 'complete'")
+    if rec.get('scale') != 'rehearsal': problems.append(f"scale {rec.get('scale')!r}, not 'rehearsal'")
+    if plan.metric not in rec['metrics']: problems.append(f"metric {plan.metric!r} missing from results.json")
+    missing = [r for r in plan.rows if tuple(r) not in filled_rows(rec)]
+    if missing: problems.append(f"registry rows not filled: {missing}")
+    return problems
+
 # %% ../nbs/80_rehearse.ipynb #d100843e
 def rehearse_set(path:Path|str,        # a parameter-set YAML
                  out:Path|str,         # the rehearsal folder; this set's runs go to out/<set name>/
@@ -144,14 +157,7 @@ def rehearse_set(path:Path|str,        # a parameter-set YAML
     except RunFailed as e:
         raise RehearsalFailed(f"{'the rerun after the kill' if killed else 'the run'} failed: {e}") from None
     rec = read_results(run_dir)
-    problems = []
-    if rec.get('status', 'complete') != 'complete': problems.append(f"status {rec.get('status')!r}, not 'complete'")
-    if rec.get('scale') != 'rehearsal': problems.append(f"scale {rec.get('scale')!r}, not 'rehearsal'")
-    if plan.metric not in rec['metrics']: problems.append(f"metric {plan.metric!r} missing from results.json")
-    rows = filled_rows(rec)
-    missing = [r for r in plan.rows if tuple(r) not in rows]
-    if missing: problems.append(f"registry rows not filled: {missing}")
-    differ = []
+    problems, rows = record_problems(rec, plan), filled_rows(rec)
     if compare:
         try: go(d/'clean', {})
         except RunFailed as e: raise RehearsalFailed(f"the uninterrupted run failed: {e}") from None
@@ -215,6 +221,7 @@ def select_sets(names:list[str],  # notebooks (30_laps, laps) or parameter-set f
         sets = [s for s in sets if s in keep]
     return sets
 
+# %% ../nbs/80_rehearse.ipynb #d26d453e
 def _child(command:list, s:Path, out:Path, compare:bool, kill:bool, device:str)->subprocess.Popen:
     "Rehearse set `s` in a child process whose whole output goes to out/<set>.log (a file: no pipe to fill up)."
     cmd = [*command, str(s), '--out', str(out), '--jobs', '1',
@@ -237,6 +244,7 @@ def _outcome(log:Path, rc:int)->str:
     if rc: keep.append(f"     (the whole output: {log})")
     return '\n'.join(keep)
 
+# %% ../nbs/80_rehearse.ipynb #8f4ab8d1
 def cli(args,                          # the parsed `vlrepro rehearse` arguments
         config_of:Callable|None=None,  # notebook stem -> its typed config class (the CLI passes its config_class)
         command:list|None=None,        # the command that rehearses one set in a child process (needed for --jobs > 1)
