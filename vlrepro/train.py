@@ -828,6 +828,7 @@ def remove_shm_buffers(port:int|None=None, # the job's rendezvous port; None = e
     for n in gone: (SHM/n).unlink(missing_ok=True)
     return gone
 
+# %% ../nbs/04_train.ipynb #5480eb45
 def launch_command(task:str,                        # module:function of the task
                    config_path:Path|str,            # JSON file of TrainConfig fields
                    nproc:int=1,                     # processes (GPUs, or CPU slots)
@@ -847,6 +848,7 @@ def launch_command(task:str,                        # module:function of the tas
                 '--module', 'vlrepro.train', *args, '--set', 'backend=deepspeed']
     raise ValueError(f"launcher must be 'torchrun', 'deepspeed' or 'python', got {launcher!r}")
 
+# %% ../nbs/04_train.ipynb #6b3358f9
 def launch(task:str,                         # module:function of the task
            config:TrainConfig|dict,          # the run's knobs; out_dir is required
            nproc:int=1,                      # processes
