@@ -39,6 +39,7 @@ def paper_modules(paper:str):
     for f in sorted(Path(vlrepro.__file__).parent.glob(f'{paper}_*.py')): importlib.import_module(f'vlrepro.{f.stem}')
     return importlib.import_module(f'vlrepro.{paper}')
 
+# %% ../nbs/90_cli.ipynb #9a949678
 # paper -> {'cpu': [(label, argv)] at reduced sizes (about a minute for all), 'gpu': [(label, argv)] at the papers' sizes};
 # `bench_all` adds --device, --out and, on a GPU, --precision for the papers in _PRECISION
 BENCH_ALL = {
@@ -64,49 +65,60 @@ _PRECISION = {'crossget': ('fp32', 'bf16'), 'das': ('bf16', 'fp32'), 'laps': ('f
 
 def _num(v)->bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
+# %% ../nbs/90_cli.ipynb #ee610304
+def _crossget_claims(table:dict, eff:dict)->list[dict]:
+    claims, breaks = [], table.get('graph_breaks') or []
+    ops = table.get('aten_ops') or {}
+    if _num(ops.get('extra_per_layer')): eff['aten_ops_extra_per_layer'] = float(ops['extra_per_layer'])
+    if breaks:
+        eff['graph_breaks'] = float(sum(b['breaks'] for b in breaks))
+        claims.append(dict(claim="the patched models compile without graph breaks (torch._dynamo.explain)",
+                           measured='; '.join(f"{b['what']}: {b['breaks']}" for b in breaks), holds=eff['graph_breaks'] == 0))
+    for r in table['rows']:
+        if _num(r.get('measured/ideal')) and 'crossget' in str(r.get('name', '')).lower():
+            claims.append(dict(claim=f"{r['name']}: speedup within 15 % of the GFLOPs ideal",
+                               measured=f"{r['speedup']:.2f}x vs ideal {r['ideal_speedup']:.2f}x", holds=r['measured/ideal'] >= 0.85))
+    return claims
+
+def _das_claims(table:dict, eff:dict)->list[dict]:
+    r = table['rows'][-1]
+    flops = r.get('flops_reduction', r.get('flops_reduction_blocks'))   # LLaMA: the skipped share of the blocks
+    return [dict(claim=f"{r['name']}: latency falls with the FLOPs (within 5 points)",
+                 measured=f"latency -{100 * r['latency_reduction']:.1f} %, FLOPs -{100 * flops:.1f} %",
+                 holds=r['latency_reduction'] >= flops - 0.05)]
+
+def _laps_claims(table:dict, eff:dict)->list[dict]:
+    r = table['rows'][-1]
+    return [dict(claim=f"{r['variant']}: alignment time falls with the kept tokens",
+                 measured=f"time {r['time_vs_dense']:.2f}x, FLOPs {r['flops_vs_dense']:.2f}x of dense", holds=r['time_vs_dense'] < 1)]
+
+def _ademvl_claims(table:dict, eff:dict)->list[dict]:
+    a = table['rows'][1]   # ADEM (embedded); the ratios are against rows[2], input-space fusion
+    return [dict(claim="embedded fusion costs less than input-space fusion per LLM layer",
+                 measured=f"FLOPs {a['flops_vs_input_space']:.2f}x, time {a.get('time_vs_input_space', float('nan')):.2f}x",
+                 holds=a['flops_vs_input_space'] < 1 and a.get('time_vs_input_space', 0) < 1)]
+
+def _vqascore_claims(table:dict, eff:dict)->list[dict]:
+    r = table['rows'][0]
+    return [dict(claim="encoding the image once speeds up scoring one image against many texts",
+                 measured=f"{r['speedup']:.2f}x pairs/s", holds=r['speedup'] > 1)]
+
+_CLAIMS = dict(crossget=_crossget_claims, das=_das_claims, laps=_laps_claims, ademvl=_ademvl_claims, vqascore=_vqascore_claims)
+
+# %% ../nbs/90_cli.ipynb #745c4017
 def _bench_figures(paper:str, table:dict)->tuple[dict, list[dict], dict]:
     "Efficiency figures (name -> value), the claims a benchmark table checks, and the numbers comparable to the paper's."
-    rows, eff, claims, vs_paper = table['rows'], {}, [], {}
-    for r in rows:
+    eff, vs_paper = {}, {}
+    for r in table['rows']:
         name = r.get('name', r.get('variant', ''))
-        for k, v in r.items():
-            if _num(v): eff[f"{name}/{k}"] = float(v)
-    if paper == 'crossget':
-        ops, breaks = table.get('aten_ops') or {}, table.get('graph_breaks') or []
-        if _num(ops.get('extra_per_layer')): eff['aten_ops_extra_per_layer'] = float(ops['extra_per_layer'])
-        if breaks:
-            eff['graph_breaks'] = float(sum(b['breaks'] for b in breaks))
-            claims.append(dict(claim="the patched models compile without graph breaks (torch._dynamo.explain)",
-                               measured='; '.join(f"{b['what']}: {b['breaks']}" for b in breaks), holds=eff['graph_breaks'] == 0))
-        for r in rows:
-            if _num(r.get('measured/ideal')) and 'crossget' in str(r.get('name', '')).lower():
-                claims.append(dict(claim=f"{r['name']}: speedup within 15 % of the GFLOPs ideal",
-                                   measured=f"{r['speedup']:.2f}x vs ideal {r['ideal_speedup']:.2f}x", holds=r['measured/ideal'] >= 0.85))
-    elif paper == 'das':
-        r = rows[-1]
-        flops = r.get('flops_reduction', r.get('flops_reduction_blocks'))   # LLaMA: the skipped share of the blocks
-        claims.append(dict(claim=f"{r['name']}: latency falls with the FLOPs (within 5 points)",
-                           measured=f"latency -{100 * r['latency_reduction']:.1f} %, FLOPs -{100 * flops:.1f} %",
-                           holds=r['latency_reduction'] >= flops - 0.05))
-        if table.get('model') == 'llama' and table.get('layers', 32) == 32:   # LaVIN-7B: DAS-k skips k of its 32 blocks
-            vs_paper = {(f"DAS{r_['name'].removeprefix('k=')}-7B", 'relative_inference_time'): 1 - r_['latency_reduction']
-                        for r_ in rows if r_['name'] != 'k=0'}
-    elif paper == 'laps':
-        r = rows[-1]
-        claims.append(dict(claim=f"{r['variant']}: alignment time falls with the kept tokens",
-                           measured=f"time {r['time_vs_dense']:.2f}x, FLOPs {r['flops_vs_dense']:.2f}x of dense",
-                           holds=r['time_vs_dense'] < 1))
-    elif paper == 'ademvl':
-        a = rows[1]   # ADEM (embedded); the ratios are against rows[2], input-space fusion
-        claims.append(dict(claim="embedded fusion costs less than input-space fusion per LLM layer",
-                           measured=f"FLOPs {a['flops_vs_input_space']:.2f}x, time {a.get('time_vs_input_space', float('nan')):.2f}x",
-                           holds=a['flops_vs_input_space'] < 1 and a.get('time_vs_input_space', 0) < 1))
-    elif paper == 'vqascore':
-        r = rows[0]
-        claims.append(dict(claim="encoding the image once speeds up scoring one image against many texts",
-                           measured=f"{r['speedup']:.2f}x pairs/s", holds=r['speedup'] > 1))
+        eff |= {f"{name}/{k}": float(v) for k, v in r.items() if _num(v)}
+    claims = _CLAIMS[paper](table, eff) if paper in _CLAIMS else []
+    if paper == 'das' and table.get('model') == 'llama' and table.get('layers', 32) == 32:   # LaVIN-7B: DAS-k skips k of 32
+        vs_paper = {(f"DAS{r['name'].removeprefix('k=')}-7B", 'relative_inference_time'): 1 - r['latency_reduction']
+                    for r in table['rows'] if r['name'] != 'k=0'}
     return eff, claims, vs_paper
 
+# %% ../nbs/90_cli.ipynb #0f6f76e8
 def bench_all(device:str='cpu',            # 'cpu' (reduced sizes) or 'cuda' (the papers' sizes, bf16 and fp32)
               out:str|Path|None=None,       # folder for the tables and results records (None: a new one under nbs/_runs)
               papers:tuple=PAPERS,          # which papers

@@ -95,13 +95,13 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
                                               # ToMe's metric, the keys averaged over heads, (B, N, C // heads))
                   r:int,                      # tokens to remove (clipped to (N - P) // 2)
                   protected:tuple|Tensor=(0, -1), # fixed positions (CLS, cross token) or a (B, N) bool mask (text: + EOT)
-                  guide:int|Tensor|None=-1,   # the guiding query: a position (vision: the cross token, -1), (B,) positions (text: EOT), None = no guidance
+                  guide:int|Tensor|None=-1,   # the guiding query: a position (vision: the cross token, -1), (B,) positions (text: EOT),
+                                              # the (B, C, 1) unit query itself (the block passes the cross token's, one view), None = none
                   token_id:Tensor|None=None,  # (B, N) float token ids to carry (text), or None
                   method:str='crossget',      # 'crossget' / 'complete' (complete graph) or 'tome' (bipartite, CLS protected)
                   num_protected:int|None=None, # P when `protected` is a mask (saves a host sync)
                   normalized:bool=False,      # `q` and `k` rows are unit vectors already (the block normalises both in one call)
                   batch:RowIndex|None=None,   # `merge.row_index(B, ...)`, made once per forward by the caller; None = made here
-                  guide_query:Tensor|None=None, # (B, C, 1) the guide's unit query, if the caller has it as one view; None = from q
                  )->ReduceStep:
     "One CrossGET merge step (official `CLIP/clip/reducer.py`, `TokenReduction`): importance from the guiding query, complete-graph matching, ensemble."
     B, N, C = x.shape
@@ -112,7 +112,7 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
         kn = k if normalized else _unit(k)                      # normalised once: importance and similarity
         imp = None
         if guide is not None and method == 'crossget':          # Eq. (4): I_j = cos(k_j, q_guide)
-            qg = guide_query
+            qg = guide if isinstance(guide, Tensor) and guide.ndim == 3 else None
             if qg is None:
                 qg = q[:, guide] if isinstance(guide, int) else q[torch.arange(B, device=q.device), guide]
                 qg = (qg if normalized else _unit(qg))[:, :, None]
@@ -126,12 +126,12 @@ def _reduce(x:Tensor, size:Tensor, token_id:Tensor|None, q:Tensor, k:Tensor, r:i
     "The family's choices for `reduce_tokens`: vision protects CLS (+ cross token), text also the EOT, whose query guides."
     if state.method == 'tome': k = k.view(*k.shape[:2], num_heads, -1).mean(2)   # ToMe's metric: head-mean keys
     kw = dict(method=state.method, num_protected=1 + state.cross + (side == 'text'),
-              normalized=normalized, batch=batch, guide_query=guide_query)
+              normalized=normalized, batch=batch)
     if side == 'text':
         eot = token_id.argmax(-1)
         kw.update(protected=protected_mask(x.shape[0], x.shape[1], first=True, last=state.cross, extra=eot, device=x.device),
                   guide=eot, token_id=token_id)
-    else: kw.update(protected=(0, -1) if state.cross else (0,), guide=-1)
+    else: kw.update(protected=(0, -1) if state.cross else (0,), guide=-1 if guide_query is None else guide_query)
     step = reduce_tokens(x, size, q, k, r, **kw)
     if state.trace is not None: state.trace.record(side, r, dict(x=x, size=size, q=q, k=k, r=r, **kw), step)
     return step
