@@ -109,6 +109,7 @@ def train_retrieval(model:nn.Module,      # a patched open_clip CLIP (patch with
 
 # %% ../nbs/13_crossget_clip.ipynb #12eba4f7
 _METADATA_KEYS = ('input_resolution', 'context_length', 'vocab_size')  # OpenAI's archive metadata, not weights
+
 _QUEUE_KEYS = ('image_queue', 'text_queue', 'idx_queue', 'ptr_queue')   # feature queues of BLIP-style retrieval trainers
 
 def _torch_load(path:str|Path):
@@ -130,6 +131,7 @@ def convert_state_dict(sd:dict,  # CLIP weights in OpenAI / official CrossGET ke
         out[k] = v
     return out
 
+# %% ../nbs/13_crossget_clip.ipynb #5d40df28
 def read_checkpoint(path:str|Path)->dict: # CLIP state_dict in our key names
     "Read a CLIP checkpoint file: a plain state_dict, or one wrapped as the authors save it ({'model': ..., 'optimizer': ..., 'config': ..., 'epoch': ...})."
     obj = _torch_load(path)
@@ -156,6 +158,7 @@ def load_init_checkpoint(model:nn.Module,  # an open_clip CLIP, patched or not
                          "(another model size, or not a CLIP checkpoint)")
     return model
 
+# %% ../nbs/13_crossget_clip.ipynb #6785fc70
 def retrieval_transform(size:int): # -> vlrepro.data.ImageTransform
     "Resize to `size`² (bicubic) and normalise with CLIP's statistics (the official test transform)."
     return image_transform(size, mean=CLIP_MEAN, std=CLIP_STD)
@@ -175,6 +178,17 @@ def train_task(model:str='ViT-B-16', pretrained:str='', init_checkpoint:str='', 
     tok = make_tokenize(models.open_clip_tokenizer(model))
     return dict(model=clip, loss_fn=retrieval_loss_fn(tok, w), train_data=ds.caption_view(view, seed=seed), collate_fn=data.collate)
 
+# %% ../nbs/13_crossget_clip.ipynb #a8ccfe1b
+def _coop_prompt_ids(ids:Tensor, # (n_cls, T) token ids of the class prompts, SOT first, zero padded
+                     n_ctx:int,  # context slots to open after SOT
+                    )->Tensor:   # (n_cls, T): SOT, n_ctx zero placeholders, the prompt's other tokens, truncated to T
+    "Open `n_ctx` placeholder slots after SOT; an error if a prompt would lose tokens."
+    T = ids.shape[1]
+    n_words = int((ids > 0).sum(1).max())
+    if n_words + n_ctx > T:
+        raise ValueError(f"prompts need {n_words + n_ctx} tokens but the context length is {T}; use fewer n_ctx")
+    return torch.cat([ids[:, :1], ids.new_zeros(len(ids), n_ctx), ids[:, 1:T - n_ctx]], 1)
+
 # %% ../nbs/13_crossget_clip.ipynb #9b23e0dd
 class CoOp(nn.Module):
     "CoOp prompt learner around a frozen, CrossGET-patched open_clip CLIP; `forward(images)` returns class logits."
@@ -191,12 +205,7 @@ class CoOp(nn.Module):
         for n, p in clip.named_parameters():                                     # the cross tokens train
             if n.split('.')[-1].startswith('crossget_'): p.requires_grad_(True)
         ids = tokenize([f"{c}{suffix}" if suffix else c for c in classnames])
-        T = ids.shape[1]
-        n_words = int((ids > 0).sum(1).max())
-        if n_words + n_ctx > T:
-            raise ValueError(f"prompts need {n_words + n_ctx} tokens but the context length is {T}; use fewer n_ctx")
-        self.register_buffer('prompt_ids', torch.cat([ids[:, :1], ids.new_zeros(len(ids), n_ctx), ids[:, 1:T - n_ctx]], 1),
-                             persistent=False)
+        self.register_buffer('prompt_ids', _coop_prompt_ids(ids, n_ctx), persistent=False)
         width = clip.token_embedding.weight.shape[1]
         init = torch.randn(n_ctx, width) * 0.02 if ctx_init is None else ctx_init.detach().clone()
         self.coop_ctx = nn.Parameter(init.to(clip.token_embedding.weight))
@@ -222,6 +231,7 @@ class CoOp(nn.Module):
         zt = zt.view(L, len(self.classnames), E)[:, labels].reshape(-1, E)          # the label's prompt, per layer
         return logits, cross_alignment_loss(zi, zt)
 
+# %% ../nbs/13_crossget_clip.ipynb #5d4f5509
 def coop_loss(model:CoOp, batch:dict, cross_factor:float=10.0)->tuple[Tensor, dict]:
     "`(CE + cross_factor·L_cross)/2` (the official CoOp trainer, `cross_factor` = 10); plain CE without cross tokens."
     logits, cr = model(batch['image'], batch['label'])
@@ -260,6 +270,7 @@ class LabelledImages(torch.utils.data.Dataset):
             x = (self.transform or to_tensor)(load_image(x))
         return dict(image=x, label=torch.tensor(self.labels[i]))
 
+# %% ../nbs/13_crossget_clip.ipynb #d8fe266a
 def read_coop_context(path:str|Path, # a tensor file (n_ctx, C), or CoOp's prompt_learner/model.pth.tar-<epoch>
                      )->Tensor:      # (n_ctx, C) float32
     "The learned context of an ordinary CoOp run: CoOp saves {'state_dict': {'ctx', 'token_prefix', 'token_suffix'}, 'epoch', ...}."
@@ -290,6 +301,7 @@ COOP_DATASETS:dict[str, dict] = {  # our name -> CoOp DATASETS.md folder, image 
     'ucf101': dict(folder='ucf101', images='UCF-101-midframes', split='split_zhou_UCF101.json', column='UCF101'),
 }
 
+# %% ../nbs/13_crossget_clip.ipynb #29f09ef3
 def _coop_rows_json(path:Path)->dict[str, list[dict]]:
     "Rows of a CoOp split file {'train'|'val'|'test': [[path, label, classname], ...]}."
     d = _load_json(path, 'CoOp split')
@@ -305,6 +317,7 @@ def _coop_rows_json(path:Path)->dict[str, list[dict]]:
         out[sp] = rows
     return out
 
+# %% ../nbs/13_crossget_clip.ipynb #21f20ecd
 def _coop_rows_imagenet(d:Path)->dict[str, list[dict]]:
     "ImageNet as Dassl reads it: `classnames.txt` ('<wnid> <name>' per line), class folders under images/train and images/val (= test)."
     names = {}
@@ -338,6 +351,7 @@ def _coop_rows_aircraft(d:Path)->dict[str, list[dict]]:
         out[sp] = rows
     return out
 
+# %% ../nbs/13_crossget_clip.ipynb #5526e6e4
 def convert_coop(src:str|Path,      # CoOp's DATA folder (holding dtd/, caltech-101/, imagenet/, ...)
                  name:str,          # a key of COOP_DATASETS
                  out_dir:str|Path,  # our dataset folder, e.g. data/coop/dtd
@@ -461,6 +475,7 @@ def write_openai_clip(path:str|Path, name:str=REHEARSAL_CLIP, seed:int=0)->Path:
         torch.jit.save(traced, str(path))
     return path
 
+# %% ../nbs/13_crossget_clip.ipynb #c693271b
 _HALF = r'(conv1|c_fc|c_proj|out_proj)\.(weight|bias)$|in_proj_(weight|bias)$|^text_projection$|^visual\.proj$'
 
 def write_authors_checkpoint(path:str|Path,  # e.g. ckpt/finetune_retrieval_flickr_clip.pth
@@ -480,6 +495,7 @@ def write_authors_checkpoint(path:str|Path,  # e.g. ckpt/finetune_retrieval_flic
                config=dict(dataset='flickr', image_size=224, batch_size_train=64, init_lr=1e-5, max_epoch=12), epoch=11)
     return atomic_torch_save(obj, path)
 
+# %% ../nbs/13_crossget_clip.ipynb #4f67a442
 def write_coop_prompt_learner(folder:str|Path,  # a CoOp run folder, e.g. output/dtd/CoOp/vit_b16_16shots/nctx16_cscFalse_ctpend/seed1
                               n_ctx:int, width:int, n_cls:int, epoch:int=200, context_length:int=77, seed:int=0,
                              )->Path:           # the checkpoint file
@@ -494,6 +510,7 @@ def write_coop_prompt_learner(folder:str|Path,  # a CoOp run folder, e.g. output
     (d / 'checkpoint').write_text(f.name + '\n')
     return f
 
+# %% ../nbs/13_crossget_clip.ipynb #bf089d45
 def _write_tiny_jpegs(folder:Path, names:list[str], seed:int):
     rng = np.random.default_rng(seed)
     for n in names:
@@ -520,6 +537,7 @@ def write_karpathy_flickr(src:str|Path, n:dict|None=None, seed:int=0)->Path:
     _write_tiny_jpegs(src / 'flickr30k-images', [im['filename'] for im in images], seed)
     return src
 
+# %% ../nbs/13_crossget_clip.ipynb #3cbab44d
 def write_coop_dataset(src:str|Path,  # CoOp's DATA folder
                        name:str,      # a key of COOP_DATASETS
                        n_cls:int=3, n:dict|None=None, seed:int=0)->Path:
@@ -552,6 +570,7 @@ def write_coop_dataset(src:str|Path,  # CoOp's DATA folder
         (d / spec['split']).write_text(json.dumps(split))
     return d
 
+# %% ../nbs/13_crossget_clip.ipynb #3098fbdb
 def _clip_repo()->Path:
     return Path(vlrepro.__file__).resolve().parent.parent
 
@@ -565,6 +584,37 @@ def _set_path(root:Path, p:str)->Path:
     if Path(p).is_absolute(): raise ValueError(f"the rehearsal writes stand-ins at the set's relative paths; {p!r} is absolute")
     return root / p
 
+# %% ../nbs/13_crossget_clip.ipynb #5dd69279
+def _rehearsal_coop(params:dict, root:Path|None, data:Path|None, sizes:dict)->dict:
+    "The plan of a CoOp set; with `root`, write its dataset (CoOp's layout, converted) and its ordinary-CoOp context."
+    name = Path(params['coop_dataset']).name
+    rv, col = int(params.get('coop_rv', 16)), COOP_DATASETS[name]['column']
+    if root is not None:
+        write_coop_dataset(root / 'raw' / 'coop', name)
+        _clip_script('data_scripts/get_coop.py', '--src', str(root / 'raw' / 'coop'), '--root', str(data),
+                '--name', Path(params['coop_dataset']).parent.name or 'coop', '--datasets', name)
+        if params.get('coop_init_prompt'):
+            run = root / 'raw' / 'coop_output' / name / 'CoOp' / 'vit_b16_16shots' / 'nctx16_cscFalse_ctpend' / 'seed1'
+            write_coop_prompt_learner(run, int(params.get('coop_n_ctx', 16)), CLIP_CONFIGS[REHEARSAL_CLIP]['text_cfg']['width'],
+                                      3, int(params.get('coop_epochs') or 200))
+            _clip_script('data_scripts/extract_coop_context.py', '--src', str(run), '--out', str(_set_path(root, params['coop_init_prompt'])))
+    return dict(branch='coop', nproc=1, trains=True, metric=f'CoOp CrossGET rv={rv}/acc',
+                rows=[('CoOp', f'acc_{col}'), (f'CoOp CrossGET rv={rv}', f'acc_{col}')],
+                recipe_batch=dict(per_process=int(params.get('coop_batch_size', 32)), processes=int(params.get('nproc', 1)),
+                                  grad_accum=1, recipe=int(params['recipe_batch'])) if params.get('recipe_batch') else None,
+                overrides=dict(coop_epochs=1, coop_batch_size=3, **sizes))
+
+def _write_retrieval_inputs(params:dict, root:Path, data:Path):
+    "Karpathy's Flickr30k stand-in, converted by data_scripts/get_flickr30k.py; the authors' checkpoint if the set names one."
+    write_karpathy_flickr(root / 'raw' / 'flickr30k')
+    _clip_script('data_scripts/get_flickr30k.py', '--src', str(root / 'raw' / 'flickr30k'), '--root', str(data),
+            '--name', params.get('dataset', 'flickr30k'))
+    if params.get('init_checkpoint'):   # the authors' fine-tuned CLIP: the stand-in OpenAI weights, perturbed
+        register_configs()
+        pre = str(_set_path(root, params['pretrained'])) if params.get('pretrained') else ''
+        write_authors_checkpoint(_set_path(root, params['init_checkpoint']), create_open_clip(REHEARSAL_CLIP, pretrained=pre).state_dict())
+
+# %% ../nbs/13_crossget_clip.ipynb #332f8c60
 def rehearsal_clip(params:dict,           # the parameter set's YAML mapping
                    root:Path|None=None,   # rehearsal root; None = only return the plan
                    device:str='cpu',      # 'cpu' (fp32) or 'cuda' (bf16)
@@ -581,35 +631,13 @@ def rehearsal_clip(params:dict,           # the parameter set's YAML mapping
     tiny = dict(model=REHEARSAL_CLIP, bench_model=REHEARSAL_CLIP)
     if root is not None and params.get('pretrained'): write_openai_clip(_set_path(root, params['pretrained']))
     if params.get('coop_dataset') and not params.get('dataset'):                 # CoOp prompt tuning
-        name = Path(params['coop_dataset']).name
-        rv, col = int(params.get('coop_rv', 16)), COOP_DATASETS[name]['column']
-        if root is not None:
-            write_coop_dataset(root / 'raw' / 'coop', name)
-            _clip_script('data_scripts/get_coop.py', '--src', str(root / 'raw' / 'coop'), '--root', str(data),
-                    '--name', Path(params['coop_dataset']).parent.name or 'coop', '--datasets', name)
-            if params.get('coop_init_prompt'):
-                run = root / 'raw' / 'coop_output' / name / 'CoOp' / 'vit_b16_16shots' / 'nctx16_cscFalse_ctpend' / 'seed1'
-                write_coop_prompt_learner(run, int(params.get('coop_n_ctx', 16)), CLIP_CONFIGS[REHEARSAL_CLIP]['text_cfg']['width'],
-                                          3, int(params.get('coop_epochs') or 200))
-                _clip_script('data_scripts/extract_coop_context.py', '--src', str(run), '--out', str(_set_path(root, params['coop_init_prompt'])))
-        return dict(branch='coop', nproc=1, trains=True, metric=f'CoOp CrossGET rv={rv}/acc',
-                    rows=[('CoOp', f'acc_{col}'), (f'CoOp CrossGET rv={rv}', f'acc_{col}')],
-                    recipe_batch=dict(per_process=int(params.get('coop_batch_size', 32)), processes=int(params.get('nproc', 1)),
-                                      grad_accum=1, recipe=int(params['recipe_batch'])) if params.get('recipe_batch') else None,
-                    overrides=dict(coop_epochs=1, coop_batch_size=3, **tiny, **common))
+        return _rehearsal_coop(params, root, data, dict(**tiny, **common))
     specs = [tuple(int(x) if i else x for i, x in enumerate(f.split(':'))) for f in params.get('finetunes', [])]
     cg = [(rv, rl) for m, rv, rl in specs if m == 'crossget']
     rows = [('CLIP', k) for k in _RET_KEYS + ['gflops']]
     rows += [(paper_setting(rv, rl), k) for rv, rl in cg for k in _RET_KEYS + ['gflops']]
     rv, rl = cg[0] if cg else (specs[0][1], specs[0][2]) if specs else (0, 0)
-    if root is not None:
-        write_karpathy_flickr(root / 'raw' / 'flickr30k')
-        _clip_script('data_scripts/get_flickr30k.py', '--src', str(root / 'raw' / 'flickr30k'), '--root', str(data),
-                '--name', params.get('dataset', 'flickr30k'))
-        if params.get('init_checkpoint'):   # the authors' fine-tuned CLIP: the stand-in OpenAI weights, perturbed
-            register_configs()
-            pre = str(_set_path(root, params['pretrained'])) if params.get('pretrained') else ''
-            write_authors_checkpoint(_set_path(root, params['init_checkpoint']), create_open_clip(REHEARSAL_CLIP, pretrained=pre).state_dict())
+    if root is not None: _write_retrieval_inputs(params, root, data)
     if not specs:   # evaluation only: the authors' fine-tuned CLIP (the paper's "CLIP" row), nothing trained
         if not params.get('init_checkpoint'): raise ValueError("a retrieval set without finetunes evaluates init_checkpoint; it names none")
         return dict(branch='clip-retrieval', nproc=1, trains=False, metric='base (no reduction)/rmean', rows=rows,

@@ -191,6 +191,7 @@ def _lavin_sd(ck:dict)->dict:
     sd = ck.get('model', ck)
     return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in sd.items()}
 
+# %% ../nbs/22_das_lavin.ipynb #15be3135
 def released_skip(ckpt:str|Path|dict)->list[int]|None: # sorted skip set, or None when the file does not tell
     "The skip set of a LaVIN-DAS checkpoint: `args.skip_list`, checked against the blocks that hold only a replacement adapter."
     ck = _lavin_ckpt(ckpt); sd = _lavin_sd(ck)
@@ -204,6 +205,7 @@ def released_skip(ckpt:str|Path|dict)->list[int]|None: # sorted skip set, or Non
                          f"blocks {inferred}): the file was edited; pass skip= to choose")
     return stored if stored is not None else inferred
 
+# %% ../nbs/22_das_lavin.ipynb #a41661ba
 def _lavin_key(k:str, vis_prefix:str)->str|None:
     "An official LaVIN-DAS adapter name -> `LaVIN`'s, or None if it is not one."
     m = re.match(r'layers\.(\d+)\.(adapter_attn|replaced_adapter)\.(\w+)\.(weight|bias)$', k)
@@ -215,6 +217,7 @@ def _lavin_key(k:str, vis_prefix:str)->str|None:
     if m: return f"adapter_proj.{'fc1' if m[1] == 'A' else 'fc2'}.{m[2]}"
     return k if k == 'adapter_modality_embedding.weight' else None
 
+# %% ../nbs/22_das_lavin.ipynb #5a4c51eb
 def load_das_checkpoint(model:LaVIN,             # built with the checkpoint's skip set (`released_skip`)
                         ckpt:str|Path|dict,      # LaVIN-DAS's checkpoint-<epoch>.pth (or its dict)
                         skip:Sequence[int]|str|None=None, # the skip set the file was trained with; None = read it from the file
@@ -259,6 +262,7 @@ def image_tokens(model:LaVIN, pixel_values:Tensor)->Tensor: # (B, n_prompt, d) p
     f = clip_cls_features(v, pixel_values.to(device=v.device, dtype=v.dtype), model.n_prompt)
     return model.adapter_proj(f)
 
+# %% ../nbs/22_das_lavin.ipynb #c5e1eb48
 def build_inputs(model:LaVIN,                  # the model (its embedding, prefixes, modality embedding)
                  input_ids:Tensor,             # (B, T) [BOS] text ..., padded with 0
                  labels:Tensor|None=None,      # (B, T) aligned with input_ids, 0 = ignored
@@ -300,6 +304,7 @@ def build_inputs(model:LaVIN,                  # the model (its embedding, prefi
         if out_l is not None: out_l[b, sl] = labs[b]
     return dict(inputs_embeds=out_e, attention_mask=mask, labels=out_l)
 
+# %% ../nbs/22_das_lavin.ipynb #eacbad7e
 def lm_loss(logits:Tensor, labels:Tensor)->Tensor:
     "Next-token cross-entropy, ignore index 0 (modality token, image prefix, prompt, padding)."
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=0)
@@ -319,6 +324,7 @@ def _forward(self:LaVIN, input_ids:Tensor, labels:Tensor|None=None, pixel_values
     out = dict(logits=logits, labels=inp['labels'], attention_mask=inp['attention_mask'])
     if labels is not None: out['loss'] = lm_loss(logits, inp['labels'])
     return out
+
 LaVIN.forward = _forward
 
 # %% ../nbs/22_das_lavin.ipynb #c074fe2b
@@ -331,6 +337,7 @@ def _sample(logits:Tensor, temperature:float, top_p:float, generator:torch.Gener
     choice = torch.multinomial((sp / sp.sum(-1, keepdim=True)).cpu(), 1, generator=generator).to(si.device)
     return si.gather(-1, choice)[:, 0]
 
+# %% ../nbs/22_das_lavin.ipynb #eb6d6e1a
 @torch.no_grad()
 def generate(model:LaVIN,                      # the model (eval mode is set here)
              prompt_ids:Tensor,                # (B, T) [BOS] prompt, right-padded with 0
@@ -391,8 +398,10 @@ def tokenize_pair(encode:Callable[[str], list[int]], # text -> ids without BOS/E
 
 # %% ../nbs/22_das_lavin.ipynb #de8cf9fc
 LANG_TASKS = {'boolq': 'BoolQ', 'csqa': 'CSQA', 'gsm8k': 'GSM8K'}
+
 _TASK_ALIASES = {'commonsense_qa': 'csqa', 'commonsenseqa': 'csqa', 'gsm8k': 'gsm8k', 'boolq': 'boolq', 'csqa': 'csqa',
                  'scienceqa': 'scienceqa', 'sqa': 'scienceqa'}
+
 _BOOLQ_HEAD = 'Answer the question according to the passage'
 
 def normalize_language_row(task:str, r:dict, i:int=0)->dict:
@@ -412,6 +421,7 @@ def normalize_language_row(task:str, r:dict, i:int=0)->dict:
                     rationale=sol.strip())
     raise ValueError(f"unknown language task {task!r}; use one of {sorted(LANG_TASKS)}")
 
+# %% ../nbs/22_das_lavin.ipynb #f1b4b3dc
 def language_prompt(task:str, row:dict, train:bool=True, style:str='official')->tuple[str, str]:
     "LaVIN's language prompt and target of a normalised row (train/eval prompts differ as shipped in the official scripts)."
     if style not in ('official', 'unified'): raise ValueError(f"prompt style must be 'official' or 'unified', got {style!r}")
@@ -427,6 +437,7 @@ def language_prompt(task:str, row:dict, train:bool=True, style:str='official')->
     else: t = f"The answer is {chr(65 + int(row['answer']))}." if int(row['answer']) >= 0 else ''
     return p, t
 
+# %% ../nbs/22_das_lavin.ipynb #d984e2f9
 def _split_file(d:Path, split:str)->Path|None:
     for pat in (f'{split}.jsonl', f'{split}.json', f'{split}.parquet', f'{split}-*.parquet', f'data/{split}-*.parquet',
                 f'*/{split}-*.parquet', f'{split}/*.parquet'):
@@ -563,6 +574,7 @@ def _skip_set_k(k:int, L:int=32)->list[int]:
     "A k-block skip set spread over the upper blocks (which blocks does not matter for identical blocks)."
     return sorted({L - 1 - round(i * (L // 2) / max(k, 1)) for i in range(k)})
 
+# %% ../nbs/22_das_lavin.ipynb #d0a5dd0a
 def lavin_latency(ks:Sequence[int]=(0, 2, 4, 6), # skipped blocks per variant
                   mode:str='auto',               # 'full' (32 blocks, needs memory: GPU), 'extrapolate' (1 block) or 'auto'
                   seq:int=128,                   # prompt tokens (LaVIN's fvcore note: (1, 128, 4096))
@@ -663,6 +675,7 @@ class Build:
     eval_split:str = 'test'     # evaluated split
     prompt_style:str = 'official'  # language prompts
 
+# %% ../nbs/22_das_lavin.ipynb #0a9f7fa3
 def build(spec:Build,                 # checkpoints and data
           skip:Sequence[int]=(),      # the skip set
           search:bool=False,          # every adapter (the search's super-network)
@@ -704,6 +717,7 @@ def build(spec:Build,                 # checkpoints and data
     return dict(model=m, tok=tok, train=mk(lim(tr, limit_train), True), reward=mk(lim(tr, limit_train), True),
                 eval=mk(lim(te, limit_eval), False), eval_split=used, device=dev)
 
+# %% ../nbs/22_das_lavin.ipynb #6186f464
 def _lavin_loss(m:nn.Module, batch:dict)->Tensor: return m(**batch)['loss']
 
 def train_task(skip:Sequence[int]=(), **spec)->dict:
@@ -798,23 +812,15 @@ def config(model:str,              # 'lavin' (multimodal LaVIN, ScienceQA) or 'l
     return das.Config(**{**RECIPE, **fields, **dict(model=model, task=task, data_root=str(data_root), ckpt=str(ckpt),
                                                      vision_ckpt=str(vision_ckpt))})
 
+# %% ../nbs/22_das_lavin.ipynb #32be8b3f
 def _settings(cfg:das.Config)->SimpleNamespace:
     "The run's values: a field left unset (0 / '' of `das.UNSET_MEANS_DEFAULT`) takes the recipe's."
     return SimpleNamespace(**{k: RECIPE[k] if k in das.UNSET_MEANS_DEFAULT and k in RECIPE and v in (0, '') else v
                               for k, v in cfg.asdict().items()}, skip=cfg.skip)
 
-def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's parameters, checked when built
-                  )->dict:         # metrics, efficiency, extra, scale (+ model)
-    c = _settings(cfg)
-    "Search (or take `skip_list`), retrain and evaluate LaVIN-DAS on ScienceQA or language-only LLaMA-DAS."
-    t0 = time.time()
-    c.task, S, L, d = _check_run(c)
-    out = Path(c.out_dir); out.mkdir(parents=True, exist_ok=True)
-    dev = core.get_device(c.device)
-    bk = Build(model=c.model, task=c.task, data_root=str(c.data_root), ckpt=str(c.ckpt), vision_ckpt=str(c.vision_ckpt),
-               text_ckpt=str(c.text_ckpt), precision=c.precision, device=str(dev), max_text_len=c.max_text_len,
-               limit_train=c.limit_train, limit_eval=c.limit_eval, eval_split=c.eval_split, prompt_style=c.prompt_style)
-    extra = dict(task=c.task, num_blocks=L)
+# %% ../nbs/22_das_lavin.ipynb #77311021
+def _global_batch(c:SimpleNamespace)->tuple[int, dict]:
+    "Gradient accumulation and the global batch (per process x processes x accumulation), checked against the recipe's."
     world = max(1, c.nproc) if c.nproc else int(__import__('os').environ.get('WORLD_SIZE', 1))
     if c.batch_size % (c.per_gpu_batchsize * world):
         raise ValueError(f"batch_size={c.batch_size} must be a multiple of per_gpu_batchsize={c.per_gpu_batchsize} x {world} process(es) "
@@ -822,10 +828,12 @@ def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's para
     accum = max(1, c.batch_size // (c.per_gpu_batchsize * world))
     gb = dict(per_process=c.per_gpu_batchsize, processes=world, grad_accum=accum, global_=c.per_gpu_batchsize * world * accum,
               recipe=c.batch_size)
-    extra['global_batch'] = gb
     print(f"das_lavin: global batch {gb['global_']} = {c.per_gpu_batchsize} per process x {world} process(es) x {accum} "
           f"accumulation (recipe {c.batch_size})")
-    # 1. search
+    return accum, gb
+
+def _search_skip(c:SimpleNamespace, bk:Build, out:Path, S:list[int]|None, extra:dict)->list[int]|None:
+    "Step 1: search a skip set unless one is given (`run_search` on the super-network); notes go to `extra`."
     if S is None and c.skip_num:
         core.seed_everything(c.seed)
         b = build(bk, search=True)
@@ -837,9 +845,11 @@ def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's para
         extra.update(search=dict(skip=S, gates=res.gates, updates=len(res.trajectory), trajectory=res.trajectory,
                                  das_turn=res.config['das_turn']))
         del b
-    S = sorted(S or [])
-    extra['skip'] = S
-    # 2. retrain from the checkpoint with the skip set
+    return S
+
+# %% ../nbs/22_das_lavin.ipynb #401a8633
+def _retrain(c:SimpleNamespace, bk:Build, S:list[int], out:Path, dev:torch.device, accum:int)->tuple[dict, dict]:
+    "Step 2: retrain from the checkpoint with the skip set (the Trainer, or `train.launch` for `nproc`); (build, summary)."
     warm = c.lr_warmup_epochs if c.lr_warmup_epochs >= 0 else (2.0 if c.task == 'scienceqa' else 1.0)
     tcfg = TrainConfig(out_dir=str(out/'train'), epochs=c.train_epochs, max_steps=c.max_steps, batch_size=c.per_gpu_batchsize,
                        grad_accum=accum, lr=c.lr, weight_decay=c.weight_decay, betas=(0.9, 0.95), warmup_epochs=warm,
@@ -859,9 +869,11 @@ def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's para
         b = build(bk, skip=S)
         tr = Trainer(b['model'], _lavin_loss, b['train'], tcfg, collate_fn=collate_lavin)
         summary = tr.fit()
-    m = b['model']
-    # 3. evaluate
-    ev = evaluate(m, b['eval'], c.eval_batch_size, 0, c.temperature, c.top_p, c.answer_fallback, c.seed, dev)
+    return b, summary
+
+# %% ../nbs/22_das_lavin.ipynb #39cc4ad5
+def _scores(c:SimpleNamespace, m:LaVIN, ev:dict, S:list[int], L:int, d:int, summary:dict, dev:torch.device)->tuple[dict, dict]:
+    "Step 3's numbers: the metrics under the paper's setting name, and the efficiency (trainable parameters, times)."
     setting = setting_name(c.model, len(S), L, d)
     if c.task == 'scienceqa': metrics = {f'{setting}/{col}': v for col, v in ev['scores'].items()}
     else: metrics = {f'{setting} {LANG_TASKS[c.task]}/accuracy': ev['scores']['accuracy']}
@@ -871,6 +883,32 @@ def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's para
                skipped_blocks=len(S), blocks_skipped_frac=len(S) / L, train_seconds=summary.get('seconds'),
                device=str(dev), eval_batch_size=c.eval_batch_size)
     if (L, d) == (32, 4096): eff['trainable_params_spec'] = das.das_adapter_params('lavin' if c.model == 'lavin' else 'llama', len(S))
+    return metrics, eff
+
+# %% ../nbs/22_das_lavin.ipynb #52331270
+def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's parameters, checked when built
+                  )->dict:         # metrics, efficiency, extra, scale (+ model)
+    c = _settings(cfg)
+    "Search (or take `skip_list`), retrain and evaluate LaVIN-DAS on ScienceQA or language-only LLaMA-DAS."
+    t0 = time.time()
+    c.task, S, L, d = _check_run(c)
+    out = Path(c.out_dir); out.mkdir(parents=True, exist_ok=True)
+    dev = core.get_device(c.device)
+    bk = Build(model=c.model, task=c.task, data_root=str(c.data_root), ckpt=str(c.ckpt), vision_ckpt=str(c.vision_ckpt),
+               text_ckpt=str(c.text_ckpt), precision=c.precision, device=str(dev), max_text_len=c.max_text_len,
+               limit_train=c.limit_train, limit_eval=c.limit_eval, eval_split=c.eval_split, prompt_style=c.prompt_style)
+    extra = dict(task=c.task, num_blocks=L)
+    accum, extra['global_batch'] = _global_batch(c)
+    # 1. search
+    S = _search_skip(c, bk, out, S, extra)
+    S = sorted(S or [])
+    extra['skip'] = S
+    # 2. retrain from the checkpoint with the skip set
+    b, summary = _retrain(c, bk, S, out, dev, accum)
+    m = b['model']
+    # 3. evaluate
+    ev = evaluate(m, b['eval'], c.eval_batch_size, 0, c.temperature, c.top_p, c.answer_fallback, c.seed, dev)
+    metrics, eff = _scores(c, m, ev, S, L, d, summary, dev)
     extra.update(eval_split=b['eval_split'], n_eval=len(b['eval']), n_train=len(b['train']), train_steps=summary.get('step'),
                  train_loss=summary.get('loss'), train_finished=summary.get('finished'),
                  unparsed=sum(p == -1 or p == '' for p in ev['preds']), examples=ev['texts'][:5], wall_s=time.time() - t0)
@@ -924,6 +962,7 @@ def write_scienceqa_raw(folder:str|Path, sizes:dict|None=None, seed:int=0)->list
     (folder/'pid_splits.json').write_text(json.dumps(splits))
     return texts
 
+# %% ../nbs/22_das_lavin.ipynb #91eee830
 def write_language_raw(folder:str|Path, task:str, sizes:dict|None=None, seed:int=0)->list[str]:
     "A task's Hugging Face export as JSON lines, one file per split (google/boolq, tau/commonsense_qa, openai/gsm8k 'main')."
     rnd, folder = random.Random(seed), Path(folder)
@@ -981,6 +1020,7 @@ def write_clip_folder(folder:str|Path, seed:int=0)->Path:
                                                 image_size=32, patch_size=8), projection_dim=16)).save_pretrained(folder)
     return Path(folder)
 
+# %% ../nbs/22_das_lavin.ipynb #3f18b1f8
 def write_standins(params:dict, root:str|Path, seed:int=0)->dict:
     "Write a LaVIN / LLaMA set's inputs under `root` at the set's own paths: raw upstream files converted by data_scripts/."
     model, root = params['model'], Path(root)

@@ -27,21 +27,25 @@ __all__ = ['TASKS', 'TASK_NAMES', 'ARROW_PREFIX', 'ARROW_SPLITS', 'SPLITS', 'EVA
            'DASVLTask', 'model_inputs', 'task_loss', 'released_skip', 'load_das_checkpoint', 'pixelbert_size',
            'VLTransform', 'pad_images', 'vilt_vqa_score', 'VQATargets', 'NLVR2Dataset', 'F30KTrainDataset', 'VLCollate',
            'convert_nlvr2', 'convert_vilt_arrow', 'evaluate_vqa', 'evaluate_nlvr2', 'retrieval_scores', 'evaluate_f30k',
-           'task_splits', 'parse_skip_list', 'build_task_model', 'task_dataset', 'train_task', 'config',
-           'run_full_scale', 'required_inputs', 'write_vilt_arrows', 'write_nlvr2_json', 'write_bert_folder',
-           'write_vilt_ckpt', 'write_roberta_folder', 'write_meter_standin', 'write_standins', 'rehearsal']
+           'task_splits', 'parse_skip_list', 'build_task_model', 'task_dataset', 'train_task', 'required_inputs',
+           'config', 'run_full_scale', 'write_vilt_arrows', 'write_nlvr2_json', 'write_bert_folder', 'write_vilt_ckpt',
+           'write_roberta_folder', 'write_meter_standin', 'write_standins', 'rehearsal']
 
 # %% ../nbs/21_das_vl.ipynb #9f6463e1
 _VILT_BLOCK = (('norm1.', 'layernorm_before.'), ('attn.proj.', 'attention.output.dense.'), ('norm2.', 'layernorm_after.'),
                ('mlp.fc1.', 'intermediate.dense.'), ('mlp.fc2.', 'output.dense.'))
+
 _VILT_TOP = (('text_embeddings.', 'embeddings.text_embeddings.'), ('transformer.cls_token', 'embeddings.cls_token'),
              ('transformer.patch_embed.proj.', 'embeddings.patch_embeddings.projection.'),
              ('transformer.pos_embed', 'embeddings.position_embeddings'),
              ('token_type_embeddings.', 'embeddings.token_type_embeddings.'), ('transformer.norm.', 'layernorm.'),
              ('pooler.dense.', 'pooler.dense.'))
+
 _QKV = ('query', 'key', 'value')
+
 # DAS's adapters in the official checkpoints (ViLT `Adapter_Layer`, METER `ParallelAdapter`: the same module) -> ours
 _ADAPTER_PART = {'adapter_layer_norm_before': 'ln', 'down_proj': 'down', 'up_proj': 'up'}
+
 _DAS_KEYS = {'vilt': ((r'transformer\.blocks\.(\d+)\.adapter0\.', r'encoder.layer.\1.das_adapter_attn.'),
                       (r'transformer\.blocks\.(\d+)\.adapter1\.', r'encoder.layer.\1.das_adapter_mlp.'),
                       (r'adapter_list\.(\d+)\.0\.', r'encoder.layer.\1.das_skip.')),
@@ -51,6 +55,7 @@ _DAS_KEYS = {'vilt': ((r'transformer\.blocks\.(\d+)\.adapter0\.', r'encoder.laye
                        (r'adapter_list_l\.(\d+)\.0\.', r'cross_modal_text_layers.\1.das_skip.'),
                        (r'adapter_list_v\.(\d+)\.0\.', r'cross_modal_image_layers.\1.das_skip.'))}
 
+# %% ../nbs/21_das_vl.ipynb #22f526d0
 def split_das_adapters(sd:dict,      # an official ViLT / METER state dict (DAS fine-tuned, or pre-trained: no adapters)
                        family:str,   # 'vilt' or 'meter'
                       )->tuple[dict, dict]: # (the other weights, untouched; the adapters in vlrepro's DAS names)
@@ -76,6 +81,7 @@ def split_das_adapters(sd:dict,      # an official ViLT / METER state dict (DAS 
                              f"{', '.join(names)}; a checkpoint of another model or method cannot be loaded here")
     return rest, ad
 
+# %% ../nbs/21_das_vl.ipynb #d6e55184
 def das_adapters_to_official(adapters:dict, # vlrepro DAS adapter names (`das_adapter_*`, `das_skip`) -> tensors
                              family:str,    # 'vilt' or 'meter'
                             )->dict:        # the same tensors in the official key names
@@ -96,6 +102,7 @@ def das_adapters_to_official(adapters:dict, # vlrepro DAS adapter names (`das_ad
         out[f'{pre}.{inv[part]}.{leaf}'] = v
     return out
 
+# %% ../nbs/21_das_vl.ipynb #eb753798
 def _state_dict(ckpt, what:str, hint:str)->dict:
     "The state dict of a checkpoint path (Lightning `{'state_dict': ...}` or plain) or of a dict."
     if not isinstance(ckpt, dict):
@@ -130,6 +137,7 @@ def convert_vilt_checkpoint(ckpt:str|Path|dict, # the original `vilt_200k_mlm_it
                          "checkpoint (for METER use convert_meter_checkpoint)")
     return out, heads
 
+# %% ../nbs/21_das_vl.ipynb #da1f3a2e
 def vilt_to_official(model:nn.Module|dict, # a `ViltModel` (or its state dict)
                      heads:dict|None=None, # weights to add as they are (e.g. {'itm_score.fc.weight': ...})
                     )->dict:               # {'state_dict': ...} in the original ViLT names
@@ -171,6 +179,7 @@ def vilt_config_from_state_dict(sd:dict,       # a state dict in `ViltModel` nam
     kw.update(overrides)
     return ViltConfig(**kw)
 
+# %% ../nbs/21_das_vl.ipynb #f97f9cb2
 def _hf_heads(folder:Path)->dict:
     "ITM / rank_output weights stored in a Hugging Face ViLT folder (empty if it has none)."
     if (folder/'model.safetensors').is_file():
@@ -209,6 +218,7 @@ def _resize_pos(pe:Tensor, n_new:int)->Tensor:
     grid = F.interpolate(grid.float(), size=(g_new, g_new), mode='bicubic', align_corners=False).to(pe.dtype)
     return torch.cat([pe[:1], grid.permute(0, 2, 3, 1).reshape(g_new * g_new, -1)])
 
+# %% ../nbs/21_das_vl.ipynb #f500cd4d
 def convert_meter_checkpoint(ckpt:str|Path|dict,  # path of METER's .ckpt (Lightning: {'state_dict': ...}) or a state dict
                              model:das.METER|None=None, # target, to resize the position embedding and check the keys
                             )->tuple[dict, dict]:  # (state dict for `METER`, the task heads' weights: vqa_classifier, itm_score, ...)
@@ -450,25 +460,9 @@ def _patched_key(k:str, blocks:list[str])->str:
             return k if rest.startswith('das_') else f'{b}.base.{rest}'
     return k
 
-def load_das_checkpoint(model:DASVLTask,           # the task model (patched here with the checkpoint's skip set if not yet)
-                        ckpt:str|Path|dict,        # an official DAS ViLT/METER fine-tuned checkpoint (Lightning) or its dict
-                        skip:Sequence[int]|str|None=None, # the skip set; None = the one stored in the checkpoint
-                       )->dict:                    # skip, loaded / unused / ignored keys (official names)
-    "Load an official DAS ViLT/METER fine-tuned checkpoint into a `DASVLTask`: adapters, head, poolers, backbone."
-    ck = _load_ckpt(ckpt, 'DAS checkpoint', 'pass the local path of the fine-tuned ViLT/METER .ckpt')
-    sd = ck.get('state_dict', ck)
-    S, stored = (parse_skip_list(skip) if skip is not None else None), released_skip(ck)
-    if S is not None and stored is not None and S != stored:   # the file has every adapter: a wrong set would load untrained ones
-        raise ValueError(f"skip={S} but the checkpoint was trained with skip_module={stored}: drop skip= to use the stored set")
-    S = stored if S is None else S
-    if S is None: raise ValueError("the checkpoint records no skip set (no hyper_parameters['config']['skip_module']): pass "
-                                   "skip=[...] (the skip_module=[...] of the training command)")
-    if not das.is_patched(model): das.patch(model, skip=S)
-    elif sorted(das.das_state(model).skip) != S:
-        raise ValueError(f"the model is patched with skip set {sorted(das.das_state(model).skip)} but the checkpoint was "
-                         f"trained with {S}: build a fresh DASVLTask and let load_das_checkpoint patch it")
-    fam = model.family
-    rest, ad = split_das_adapters(sd, fam)
+# %% ../nbs/21_das_vl.ipynb #8df0bc2f
+def _das_targets(model:DASVLTask, fam:str, rest:dict, ad:dict)->tuple[dict, dict, list, list, dict]:
+    "Checkpoint weights -> the patched model's names: (targets, their official names, unused adapters, ignored heads, heads)."
     off_ad = dict(zip(ad, das_adapters_to_official(ad, fam)))        # our name -> official name, for the messages
     if fam == 'vilt':
         conv, heads = convert_vilt_checkpoint({k: v for k, v in rest.items()})
@@ -491,6 +485,30 @@ def load_das_checkpoint(model:DASVLTask,           # the task model (patched her
                                f"DAS {fam}; remove it from the state dict or convert the checkpoint of that model instead")
     pe = 'backbone.vit_model.embeddings.position_embedding.weight'
     if pe in target and target[pe].shape != want[pe].shape: target[pe] = _resize_pos(target[pe], want[pe].shape[0])
+    return target, official, unused, ignored, heads
+
+# %% ../nbs/21_das_vl.ipynb #d6b267eb
+def load_das_checkpoint(model:DASVLTask,           # the task model (patched here with the checkpoint's skip set if not yet)
+                        ckpt:str|Path|dict,        # an official DAS ViLT/METER fine-tuned checkpoint (Lightning) or its dict
+                        skip:Sequence[int]|str|None=None, # the skip set; None = the one stored in the checkpoint
+                       )->dict:                    # skip, loaded / unused / ignored keys (official names)
+    "Load an official DAS ViLT/METER fine-tuned checkpoint into a `DASVLTask`: adapters, head, poolers, backbone."
+    ck = _load_ckpt(ckpt, 'DAS checkpoint', 'pass the local path of the fine-tuned ViLT/METER .ckpt')
+    sd = ck.get('state_dict', ck)
+    S, stored = (parse_skip_list(skip) if skip is not None else None), released_skip(ck)
+    if S is not None and stored is not None and S != stored:   # the file has every adapter: a wrong set would load untrained ones
+        raise ValueError(f"skip={S} but the checkpoint was trained with skip_module={stored}: drop skip= to use the stored set")
+    S = stored if S is None else S
+    if S is None: raise ValueError("the checkpoint records no skip set (no hyper_parameters['config']['skip_module']): pass "
+                                   "skip=[...] (the skip_module=[...] of the training command)")
+    if not das.is_patched(model): das.patch(model, skip=S)
+    elif sorted(das.das_state(model).skip) != S:
+        raise ValueError(f"the model is patched with skip set {sorted(das.das_state(model).skip)} but the checkpoint was "
+                         f"trained with {S}: build a fresh DASVLTask and let load_das_checkpoint patch it")
+    fam = model.family
+    rest, ad = split_das_adapters(sd, fam)
+    target, official, unused, ignored, heads = _das_targets(model, fam, rest, ad)
+    want = model.state_dict()
     nb = target.get('backbone.vqa_classifier.3.bias', target.get('vqa_classifier.3.bias'))
     core.check_state_dict(want, target, names=official, required=[n for n, p in model.named_parameters() if p.requires_grad],
         fix_unexpected=f"this {fam} model has no weight for it; build the model with the checkpoint's sizes (same depth and fusion layers)",
@@ -563,6 +581,7 @@ class VQATargets(torch.utils.data.Dataset):
         return dict(image=self.base.load(r['image']), question=r['question'], target=t,
                     question_id=r.get('question_id', r.get('id')), has_answers=bool(scores))
 
+# %% ../nbs/21_das_vl.ipynb #3ac9e5e3
 def _nlvr2_label(v)->int:
     if isinstance(v, str):
         if v.lower() not in ('true', 'false'): raise ValueError(f"NLVR2 label must be 'True' or 'False', got {v!r}")
@@ -653,6 +672,7 @@ def convert_nlvr2(src:str|Path,               # folder with the NLVR2 JSONs (<sp
 
 # %% ../nbs/21_das_vl.ipynb #00cc1139
 ARROW_PREFIX = {'vqav2': 'vqav2', 'f30k': 'f30k_caption_karpathy', 'nlvr2': 'nlvr2'}
+
 ARROW_SPLITS = {'vqav2': ('train', 'val', 'trainable_val', 'rest_val', 'test', 'test-dev'),
                 'f30k': ('train', 'val', 'test'), 'nlvr2': ('train', 'dev', 'test1')}
 
@@ -672,6 +692,32 @@ def _write_image(root:Path, rel:str, b:bytes, dry_run:bool):
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + '.tmp'); tmp.write_bytes(b); tmp.replace(p)
 
+# %% ../nbs/21_das_vl.ipynb #026d457a
+def _arrow_item_rows(task:str, r:dict, sp:str, out_dir:Path, dry_run:bool, label2ans:dict)->list[dict]:
+    "Our rows of one arrow row (an image: its questions or captions; NLVR2: a pair and its sentences), its images written."
+    rows = []
+    if task == 'vqav2':
+        img = f"{sp}/{r['image_id']}{_ext(r['image'])}"; _write_image(out_dir, img, r['image'], dry_run)
+        answers, labels, scores = r.get('answers') or [], r.get('answer_labels') or [], r.get('answer_scores') or []
+        for j, (q, qid) in enumerate(zip(r['questions'], r['question_id'])):
+            a, l, s = (answers[j], labels[j], scores[j]) if j < len(answers) else ([], [], [])
+            label2ans.update(zip(l, a))
+            sc = dict(zip(a, s))
+            rows.append(dict(id=str(qid), question_id=qid, image_id=r['image_id'], image=img, question=q,
+                             answers=[x for x, v in sc.items() for _ in range(max(1, round(v / 0.3)) if v < 1 else 4)],
+                             answer=max(sc, key=sc.get) if sc else '', answer_scores=sc))
+    elif task == 'f30k':
+        name = str(r['image_id']); img = f"{sp}/{name if Path(name).suffix else name + _ext(r['image'])}"
+        _write_image(out_dir, img, r['image'], dry_run)
+        rows.append(dict(id=name, image=img, captions=[c.strip() for c in r['caption']]))
+    else:
+        iden = r['identifier']; i0, i1 = f'{sp}/{iden}-img0.png', f'{sp}/{iden}-img1.png'
+        _write_image(out_dir, i0, r['image_0'], dry_run); _write_image(out_dir, i1, r['image_1'], dry_run)
+        for j, (s, a) in enumerate(zip(r['questions'], r['answers'])):
+            rows.append(dict(id=f'{iden}-{j}', pair=iden, image_0=i0, image_1=i1, sentence=s, label=bool(_nlvr2_label(a))))
+    return rows
+
+# %% ../nbs/21_das_vl.ipynb #ee3af72e
 def convert_vilt_arrow(src:str|Path,           # folder with ViLT's arrow files
                        out_dir:str|Path,        # our dataset folder, e.g. data/vqav2_vilt
                        task:str,                # 'vqav2', 'f30k' or 'nlvr2'
@@ -692,26 +738,7 @@ def convert_vilt_arrow(src:str|Path,           # folder with ViLT's arrow files
         label2ans = {i: a for i, a in enumerate(json.loads(vocab_path.read_text())) if not a.startswith('<label_')}
     for sp, f in files.items():
         rows = []
-        for n, r in enumerate(_arrow_rows(f)):
-            if task == 'vqav2':
-                img = f"{sp}/{r['image_id']}{_ext(r['image'])}"; _write_image(out_dir, img, r['image'], dry_run)
-                answers, labels, scores = r.get('answers') or [], r.get('answer_labels') or [], r.get('answer_scores') or []
-                for j, (q, qid) in enumerate(zip(r['questions'], r['question_id'])):
-                    a, l, s = (answers[j], labels[j], scores[j]) if j < len(answers) else ([], [], [])
-                    label2ans.update(zip(l, a))
-                    sc = dict(zip(a, s))
-                    rows.append(dict(id=str(qid), question_id=qid, image_id=r['image_id'], image=img, question=q,
-                                     answers=[x for x, v in sc.items() for _ in range(max(1, round(v / 0.3)) if v < 1 else 4)],
-                                     answer=max(sc, key=sc.get) if sc else '', answer_scores=sc))
-            elif task == 'f30k':
-                name = str(r['image_id']); img = f"{sp}/{name if Path(name).suffix else name + _ext(r['image'])}"
-                _write_image(out_dir, img, r['image'], dry_run)
-                rows.append(dict(id=name, image=img, captions=[c.strip() for c in r['caption']]))
-            else:
-                iden = r['identifier']; i0, i1 = f'{sp}/{iden}-img0.png', f'{sp}/{iden}-img1.png'
-                _write_image(out_dir, i0, r['image_0'], dry_run); _write_image(out_dir, i1, r['image_1'], dry_run)
-                for j, (s, a) in enumerate(zip(r['questions'], r['answers'])):
-                    rows.append(dict(id=f'{iden}-{j}', pair=iden, image_0=i0, image_1=i1, sentence=s, label=bool(_nlvr2_label(a))))
+        for r in _arrow_rows(f): rows += _arrow_item_rows(task, r, sp, out_dir, dry_run, label2ans)
         out[sp] = rows
     counts = {k: len(v) for k, v in out.items()}
     if dry_run: return counts
@@ -753,6 +780,7 @@ def evaluate_vqa(model:nn.Module, ds:VQATargets, collate:VLCollate, batch_size:i
         core.atomic_write_json(submission_path, sub); out['submission'] = str(submission_path)
     return out
 
+# %% ../nbs/21_das_vl.ipynb #2df939d4
 @torch.no_grad()
 def evaluate_nlvr2(model:nn.Module, ds:NLVR2Dataset, collate:VLCollate, batch_size:int=64, device:str='cpu')->dict:
     "NLVR2 accuracy (×100) of a split."
@@ -763,6 +791,7 @@ def evaluate_nlvr2(model:nn.Module, ds:NLVR2Dataset, collate:VLCollate, batch_si
     model.train(was)
     return dict(n=n, accuracy=100.0 * hit / max(n, 1))
 
+# %% ../nbs/21_das_vl.ipynb #29a5bc18
 @torch.no_grad()
 def retrieval_scores(model:nn.Module, ds:data.RetrievalDataset, collate:VLCollate, batch_size:int=64, device:str='cpu',
                      limit:int=0,                # score only the first `limit` images and their captions (0 = all)
@@ -796,9 +825,12 @@ def evaluate_f30k(model:nn.Module, ds:data.RetrievalDataset, collate:VLCollate, 
 SPLITS = {('vilt', 'vqav2'): (('train', 'trainable_val'), 'rest_val'), ('meter', 'vqav2'): (('train', 'val'), 'val'),
           ('vilt', 'nlvr2'): (('train',), 'train'), ('meter', 'nlvr2'): (('train',), 'train'),
           ('vilt', 'f30k'): (('train', 'val'), 'val'), ('meter', 'f30k'): (('train', 'val'), 'val')}
+
 EVAL_SPLITS = {'vqav2': ('test',), 'nlvr2': ('dev', 'test1'), 'f30k': ('test',)}
+
 IMAGE_SIZE = {('vilt', 'vqav2'): 384, ('vilt', 'nlvr2'): 384, ('vilt', 'f30k'): 384,
               ('meter', 'vqav2'): 384, ('meter', 'nlvr2'): 288, ('meter', 'f30k'): 384}
+
 MAX_TEXT_LEN = {('vilt', 'vqav2'): 40, ('vilt', 'nlvr2'): 40, ('vilt', 'f30k'): 40,
                 ('meter', 'vqav2'): 50, ('meter', 'nlvr2'): 50, ('meter', 'f30k'): 40}
 
@@ -821,6 +853,7 @@ def build_task_model(model:str, task:str, ckpt:str, vision_ckpt:str='', text_ckp
     else: raise ValueError(f"model must be 'vilt' or 'meter', got {model!r}")
     return DASVLTask(bb, task, num_answers, heads)
 
+# %% ../nbs/21_das_vl.ipynb #a0bb8bf2
 def task_dataset(task:str, folder:str|Path, split:str, transform:Callable, train:bool=False, limit:int=0,
                  answer_vocab:Sequence[str]|None=None)->torch.utils.data.Dataset:
     "The dataset of one split: VQATargets, NLVR2Dataset, F30KTrainDataset (train) or RetrievalDataset (eval)."
@@ -863,6 +896,7 @@ def _lr_mults(model:str, lr_mult_head:float, lr_mult_cross_modal:float)->dict:
     if model == 'vilt': return {r'(vqa|nlvr2)_classifier': lr_mult_head}
     return {r'das_skip': 1.0, heads: lr_mult_head, r'cross_modal': lr_mult_cross_modal}
 
+# %% ../nbs/21_das_vl.ipynb #c7bd08cb
 def _macs(model:str, m:DASVLTask, S, T:int, image_size:int)->int:
     "Analytic MACs per sample of the skippable part (ViLT encoder; METER fusion), LayerNorm and softmax ignored."
     bb, st = m.backbone, das.das_state(m)
@@ -893,6 +927,7 @@ def _paper_sized(model:str, m:DASVLTask)->bool:
     if model == 'vilt': return (c.hidden_size, c.num_hidden_layers) == (768, 12)
     return (c.hidden_size, len(m.backbone.cross_modal_text_layers)) == (768, 6)
 
+# %% ../nbs/21_das_vl.ipynb #e069ee7b
 def train_task(model:str, task:str, data_root:str, ckpt:str, skip:Sequence[int], vision_ckpt:str='', text_ckpt:str='',
                image_size:int=384, max_text_len:int=40, limit_train:int=0, seed:int=0)->dict:
     "Model, loss and data of the skip-and-retrain step, for `vlrepro.train.launch` (`vlrepro.das_vl:train_task`)."
@@ -908,6 +943,22 @@ def train_task(model:str, task:str, data_root:str, ckpt:str, skip:Sequence[int],
     das.patch(m, skip=list(skip))
     collate = VLCollate(models.load_tokenizer(_tokenizer_dir(model, ckpt, text_ckpt)), max_text_len, task, model)
     return dict(model=m, loss_fn=task_loss, train_data=ds, collate_fn=collate)
+
+# %% ../nbs/21_das_vl.ipynb #bba1274b
+_DATA_HOW = {'vqav2': "python data_scripts/convert_vilt_arrow.py --src <folder of ViLT's vqav2_*.arrow> --task vqav2 --root {root} --name {name}",
+             'f30k': "python data_scripts/convert_vilt_arrow.py --src <folder of ViLT's f30k_caption_karpathy_*.arrow> --task f30k --root {root} --name {name}",
+             'nlvr2': "python data_scripts/convert_nlvr2.py --src <nlvr2/data with train.json, dev.json, test1.json> --images <NLVR2 "
+                      "image folders> --root {root} --name {name} (or convert_vilt_arrow.py --task nlvr2)"}
+
+def required_inputs(model:str, task:str, data_root:str, eval_split:str='test', skip_list:str='',
+                   )->dict:          # {what: (path, how to make it)} for `core.require_inputs`
+    "The split files `run_full_scale` reads under `data_root`, each with the data script that writes it."
+    if model not in ('vilt', 'meter') or task not in TASKS or not data_root: return {}
+    tr, rw, ev = task_splits(model, task, eval_split)
+    need = dict.fromkeys([*tr, *([] if parse_skip_list(skip_list) is not None else [rw]), *ev])
+    d = Path(data_root)
+    how = _DATA_HOW[task].format(root=d.parent, name=d.name)
+    return {f'data_root split {s!r}': (str(d/f'{s}.jsonl'), how) for s in need}
 
 # %% ../nbs/21_das_vl.ipynb #8b66d448
 def _check_inputs(c:SimpleNamespace):
@@ -930,6 +981,7 @@ def _check_inputs(c:SimpleNamespace):
         raise ValueError(f"batch_size={batch_size} must be a multiple of per_gpu_batchsize={per_gpu_batchsize} x {world} process(es) "
                          "(the rest is gradient accumulation)")
 
+# %% ../nbs/21_das_vl.ipynb #11cddf3a
 # the official recipe (`config.py`, `*_search.sh` / `*_train.sh` of ViLT/ and METER/): `config` starts from it, and a field
 # a `das.Config` leaves unset (0 / '' of `das.UNSET_MEANS_DEFAULT`, e.g. from the 20_das notebook) takes its value here
 RECIPE = dict(skip_num=1,              # k: blocks the search selects (1 ViLT, 4 METER in the scripts)
@@ -965,34 +1017,18 @@ def _settings(cfg:das.Config)->SimpleNamespace:
     return SimpleNamespace(**{k: RECIPE[k] if k in das.UNSET_MEANS_DEFAULT and k in RECIPE and v in (0, '') else v
                               for k, v in cfg.asdict().items()}, skip=cfg.skip)
 
-def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's parameters, checked when built
-                  )->dict:         # metrics, efficiency, extra, scale
-    c = _settings(cfg)
-    t0 = time.time()
-    _check_inputs(c)
-    fixed = None if c.skip is None else sorted(c.skip)
-    T = c.max_text_len or MAX_TEXT_LEN[(c.model, c.task)]
-    c.image_size = c.image_size or IMAGE_SIZE[(c.model, c.task)]
-    tr_splits, rw_split, ev_splits = task_splits(c.model, c.task, c.eval_split)
-    need = sorted({*tr_splits, *ev_splits, *([] if fixed is not None else [rw_split])})
-    have = sorted(p.stem for p in Path(c.data_root).glob('*.jsonl'))
-    if [s for s in need if s not in have]:
-        raise FileNotFoundError(f"{c.data_root} lacks the split(s) {[s for s in need if s not in have]} that {c.model}/{c.task} "
-                                f"needs (it has {have}); convert them (see SPLITS) or set eval_split")
-    dev = core.get_device(c.device)
-    out = Path(c.out_dir); out.mkdir(parents=True, exist_ok=True)
-    tok = models.load_tokenizer(_tokenizer_dir(c.model, c.ckpt, c.text_ckpt))
-    tf = VLTransform(c.model, c.image_size, 32 if c.model == 'vilt' else 16)
-    collate = VLCollate(tok, T, c.task, c.model)
+# %% ../nbs/21_das_vl.ipynb #86076ff3
+def _train_data(c:SimpleNamespace, tr_splits:tuple, tf:Callable)->tuple[torch.utils.data.Dataset, list|None]:
+    "The training splits concatenated (capped at `limit_train`) and the VQA answer vocabulary of the first one."
     train_parts = [task_dataset(c.task, c.data_root, tr_splits[0], tf, train=True)]
     vocab = getattr(train_parts[0], 'answer_vocab', None)
     train_parts += [task_dataset(c.task, c.data_root, s, tf, train=True, answer_vocab=vocab) for s in tr_splits[1:]]
     train_ds = torch.utils.data.ConcatDataset(train_parts)
     if c.limit_train: train_ds = torch.utils.data.Subset(train_ds, range(min(c.limit_train, len(train_ds))))
-    n_ans = len(vocab) if vocab else 3129
-    build = lambda: build_task_model(c.model, c.task, c.ckpt, c.vision_ckpt, c.text_ckpt, c.image_size, n_ans)
-    core.seed_everything(c.seed)
-    m = build()
+    return train_ds, vocab
+
+def _check_blocks(c:SimpleNamespace, m:DASVLTask, T:int, fixed:list[int]|None)->int:
+    "The candidate blocks of the model (ViLT: its blocks; METER: 2 x fusion layers), checked against the text length and skips."
     if c.model == 'vilt' and T > m.backbone.config.max_position_embeddings:
         raise ValueError(f"max_text_len={T} exceeds this ViLT's {m.backbone.config.max_position_embeddings} text positions")
     L = 2 * len(m.backbone.cross_modal_text_layers) if c.model == 'meter' else m.backbone.config.num_hidden_layers
@@ -1000,18 +1036,12 @@ def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's para
         raise ValueError(f"skip_list {fixed} does not fit this {c.model}: it has {L} candidate blocks (0..{L-1}); "
                          "a skip list found on a model of another depth cannot be reused")
     if fixed is None and not 1 <= c.skip_num < L: raise ValueError(f"skip_num={c.skip_num} must be in 1..{L-1} for {L} blocks")
-    auto = dev.type == 'cuda' and c.precision != 'fp32'
-    amp = torch.autocast('cuda', dtype=torch.bfloat16) if auto else None
-    world = max(1, c.nproc)
-    accum = c.batch_size // (c.per_gpu_batchsize * world)
-    gb = dict(per_process=c.per_gpu_batchsize, processes=world, grad_accum=accum, global_=c.per_gpu_batchsize * world * accum,
-              recipe=c.batch_size)
-    print(f"das_vl: global batch {gb['global_']} = {c.per_gpu_batchsize} per process x {world} process(es) x {accum} accumulation "
-          f"(recipe {c.batch_size})")
-    extra = dict(model=c.model, task=c.task, splits=dict(train=list(tr_splits), reward=rw_split, eval=list(ev_splits)),
-                 max_text_len=T, image_size=c.image_size, num_blocks=L, global_batch=gb)
-    if c.task == 'f30k': extra['rank_output_init'] = m.rank_output_init
-    # 1. search ------------------------------------------------------------------------------------------------------
+    return L
+
+# %% ../nbs/21_das_vl.ipynb #4595706b
+def _search_step(c:SimpleNamespace, m:DASVLTask, out:Path, L:int, fixed:list[int]|None, dev:torch.device, amp,
+                 train_ds, collate:VLCollate, rw_split:str, tf:Callable, vocab, extra:dict)->list[int]:
+    "Step 1: the skip set — given, loaded from `out/search.json`, or searched (`das.search`, resumable); notes go to `extra`."
     if fixed is not None: S, extra['search'] = fixed, 'skipped (skip_list given)'
     elif (out/'search.json').is_file():
         res = das.SearchResult.load(out/'search.json')
@@ -1038,9 +1068,12 @@ def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's para
         res.save(out/'search.json')
         S, extra['search'] = res.skip, 'ran'
         extra.update(gates=res.gates, trajectory=res.trajectory, search_updates=len(res.history))
-    extra['skip'] = sorted(S)
-    # 2. skip and retrain --------------------------------------------------------------------------------------------
-    del m
+    return S
+
+# %% ../nbs/21_das_vl.ipynb #e2ca1b36
+def _retrain_step(c:SimpleNamespace, S:list[int], out:Path, dev:torch.device, accum:int, T:int, build:Callable,
+                  train_ds, collate:VLCollate, extra:dict)->tuple[DASVLTask, dict]:
+    "Step 2: a fresh model with the skips, trained by the Trainer (or `train.launch` for `nproc`); (model, Trainer result)."
     tcfg = TrainConfig(out_dir=str(out/'train'), epochs=c.train_epochs, max_steps=c.max_steps, batch_size=c.per_gpu_batchsize,
                        grad_accum=accum, lr=c.lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8,
                        lr_mults=_lr_mults(c.model, c.lr_mult_head, c.lr_mult_cross_modal), schedule='linear', warmup_ratio=0.1,
@@ -1060,10 +1093,12 @@ def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's para
         start = trainer.step
         tres = trainer.fit()
         extra['train_steps_run'] = tres['step'] - start
-    extra['train_loss'], finished = tres.get('loss'), bool(tres.get('finished', True))
-    # 3. evaluate ----------------------------------------------------------------------------------------------------
-    setting = f"{'ViLT' if c.model == 'vilt' else 'METER'} DAS-{len(S)} {TASK_NAMES[c.task]}"
-    metrics = {'train/loss': tres.get('loss')}   # the only local number of VQAv2 test (its answers are scored by EvalAI)
+    return m, tres
+
+# %% ../nbs/21_das_vl.ipynb #87245267
+def _evaluate_step(c:SimpleNamespace, m:DASVLTask, setting:str, ev_splits:tuple, tf:Callable, vocab, collate:VLCollate,
+                   dev:torch.device, out:Path, metrics:dict, extra:dict):
+    "Step 3: evaluate on each split into `metrics` (VQA also writes the EvalAI JSON of a split without answers)."
     for sp in ev_splits:
         ds = task_dataset(c.task, c.data_root, sp, tf, limit=c.limit_eval if c.task != 'f30k' else 0, answer_vocab=vocab)
         if c.task == 'vqav2':
@@ -1074,7 +1109,9 @@ def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's para
         else:
             r = evaluate_f30k(m, ds, collate, c.per_gpu_batchsize, str(dev), c.limit_eval)
             metrics.update({f'{setting} {sp}/{k}': v for k, v in r.items() if k != 'n_images'})
-    # 4. cost --------------------------------------------------------------------------------------------------------
+
+def _cost(c:SimpleNamespace, m:DASVLTask, S:list[int], T:int, tres:dict, metrics:dict)->dict:
+    "Step 4: analytic FLOPs with and without the skips, and the trainable parameters the skip set uses."
     used = das.trainable_parameters(m, used_only=True)
     f0, f1 = _macs(c.model, m, [], T, c.image_size), _macs(c.model, m, S, T, c.image_size)
     w0, w1 = _model_macs(c.model, m, [], T, c.image_size), _model_macs(c.model, m, S, T, c.image_size)
@@ -1085,27 +1122,59 @@ def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's para
            'adapter_params': sum(p.numel() for n, p in used.items() if '.das_' in n), 'train_seconds': tres.get('seconds')}
     if (c.model, c.task) == ('meter', 'vqav2'):   # the abstract's "11.97 %" row: whole-model FLOPs (encoders + fusion), in %
         metrics['METER DAS VQA2.0/flops_reduction'] = 100.0 * (1 - w1 / w0)
+    return eff
+
+# %% ../nbs/21_das_vl.ipynb #ffd038eb
+def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's parameters, checked when built
+                  )->dict:         # metrics, efficiency, extra, scale
+    c = _settings(cfg)
+    t0 = time.time()
+    _check_inputs(c)
+    fixed = None if c.skip is None else sorted(c.skip)
+    T = c.max_text_len or MAX_TEXT_LEN[(c.model, c.task)]
+    c.image_size = c.image_size or IMAGE_SIZE[(c.model, c.task)]
+    tr_splits, rw_split, ev_splits = task_splits(c.model, c.task, c.eval_split)
+    need = sorted({*tr_splits, *ev_splits, *([] if fixed is not None else [rw_split])})
+    have = sorted(p.stem for p in Path(c.data_root).glob('*.jsonl'))
+    if [s for s in need if s not in have]:
+        raise FileNotFoundError(f"{c.data_root} lacks the split(s) {[s for s in need if s not in have]} that {c.model}/{c.task} "
+                                f"needs (it has {have}); convert them (see SPLITS) or set eval_split")
+    dev = core.get_device(c.device)
+    out = Path(c.out_dir); out.mkdir(parents=True, exist_ok=True)
+    tok = models.load_tokenizer(_tokenizer_dir(c.model, c.ckpt, c.text_ckpt))
+    tf = VLTransform(c.model, c.image_size, 32 if c.model == 'vilt' else 16)
+    collate = VLCollate(tok, T, c.task, c.model)
+    train_ds, vocab = _train_data(c, tr_splits, tf)
+    n_ans = len(vocab) if vocab else 3129
+    build = lambda: build_task_model(c.model, c.task, c.ckpt, c.vision_ckpt, c.text_ckpt, c.image_size, n_ans)
+    core.seed_everything(c.seed)
+    m = build()
+    L = _check_blocks(c, m, T, fixed)
+    auto = dev.type == 'cuda' and c.precision != 'fp32'
+    amp = torch.autocast('cuda', dtype=torch.bfloat16) if auto else None
+    world = max(1, c.nproc)
+    accum = c.batch_size // (c.per_gpu_batchsize * world)
+    gb = dict(per_process=c.per_gpu_batchsize, processes=world, grad_accum=accum, global_=c.per_gpu_batchsize * world * accum,
+              recipe=c.batch_size)
+    print(f"das_vl: global batch {gb['global_']} = {c.per_gpu_batchsize} per process x {world} process(es) x {accum} accumulation "
+          f"(recipe {c.batch_size})")
+    extra = dict(model=c.model, task=c.task, splits=dict(train=list(tr_splits), reward=rw_split, eval=list(ev_splits)),
+                 max_text_len=T, image_size=c.image_size, num_blocks=L, global_batch=gb)
+    if c.task == 'f30k': extra['rank_output_init'] = m.rank_output_init
+    S = _search_step(c, m, out, L, fixed, dev, amp, train_ds, collate, rw_split, tf, vocab, extra)   # 1. search
+    extra['skip'] = sorted(S)
+    del m
+    m, tres = _retrain_step(c, S, out, dev, accum, T, build, train_ds, collate, extra)                 # 2. skip and retrain
+    extra['train_loss'], finished = tres.get('loss'), bool(tres.get('finished', True))
+    setting = f"{'ViLT' if c.model == 'vilt' else 'METER'} DAS-{len(S)} {TASK_NAMES[c.task]}"
+    metrics = {'train/loss': tres.get('loss')}   # the only local number of VQAv2 test (its answers are scored by EvalAI)
+    _evaluate_step(c, m, setting, ev_splits, tf, vocab, collate, dev, out, metrics, extra)              # 3. evaluate
+    eff = _cost(c, m, S, T, tres, metrics)                                                               # 4. cost
     full = not (c.max_steps or c.limit_train or c.limit_eval) and _paper_sized(c.model, m)
     scale, status = core.scale_label(True, full=full), 'complete' if finished else 'partial'
     result = dict(metrics=metrics, efficiency=eff, extra=extra, scale=scale, status=status)
     core.atomic_write_json(out/'full_scale.json', dict(result, wall_time_s=time.time() - t0))
     return result
-
-# %% ../nbs/21_das_vl.ipynb #bba1274b
-_DATA_HOW = {'vqav2': "python data_scripts/convert_vilt_arrow.py --src <folder of ViLT's vqav2_*.arrow> --task vqav2 --root {root} --name {name}",
-             'f30k': "python data_scripts/convert_vilt_arrow.py --src <folder of ViLT's f30k_caption_karpathy_*.arrow> --task f30k --root {root} --name {name}",
-             'nlvr2': "python data_scripts/convert_nlvr2.py --src <nlvr2/data with train.json, dev.json, test1.json> --images <NLVR2 "
-                      "image folders> --root {root} --name {name} (or convert_vilt_arrow.py --task nlvr2)"}
-
-def required_inputs(model:str, task:str, data_root:str, eval_split:str='test', skip_list:str='',
-                   )->dict:          # {what: (path, how to make it)} for `core.require_inputs`
-    "The split files `run_full_scale` reads under `data_root`, each with the data script that writes it."
-    if model not in ('vilt', 'meter') or task not in TASKS or not data_root: return {}
-    tr, rw, ev = task_splits(model, task, eval_split)
-    need = dict.fromkeys([*tr, *([] if parse_skip_list(skip_list) is not None else [rw]), *ev])
-    d = Path(data_root)
-    how = _DATA_HOW[task].format(root=d.parent, name=d.name)
-    return {f'data_root split {s!r}': (str(d/f'{s}.jsonl'), how) for s in need}
 
 # %% ../nbs/21_das_vl.ipynb #d0c0df81
 RECIPE_BATCH = {('vilt', 'vqav2'): 256, ('vilt', 'nlvr2'): 128, ('vilt', 'f30k'): 256,   # official scripts: one GPU, per-GPU x accumulation
@@ -1119,6 +1188,7 @@ def _write_arrow(path:Path, cols:dict):
     t = pa.table(cols); path.parent.mkdir(parents=True, exist_ok=True)
     with pa.OSFile(str(path), 'wb') as sink, pa.ipc.new_file(sink, t.schema) as w: w.write_table(t)
 
+# %% ../nbs/21_das_vl.ipynb #603b7de0
 def write_vilt_arrows(folder:str|Path,   # where the *.arrow files go
                       task:str,          # 'vqav2' (train, val, trainable_val, rest_val, test) or 'f30k' (train, val, test)
                       n_images:int=6,    # images per split
@@ -1151,6 +1221,7 @@ def write_vilt_arrows(folder:str|Path,   # where the *.arrow files go
     else: raise ValueError(f"write_vilt_arrows writes 'vqav2' or 'f30k' arrows, got {task!r} (NLVR2: write_nlvr2_json)")
     return texts
 
+# %% ../nbs/21_das_vl.ipynb #9bf58ab3
 def write_nlvr2_json(folder:str|Path, n_pairs:int=6, seed:int=0)->list[str]:
     "NLVR2's official layout: data/{train,dev,test1}.json (JSON lines) and images/<split>[/<directory>]/<pair>-img{0,1}.png."
     folder, texts = Path(folder), []
@@ -1190,6 +1261,7 @@ def write_bert_folder(folder:str|Path, texts:Sequence[str], max_len:int=40, seed
                                    intermediate_size=64, max_position_embeddings=512)).save_pretrained(folder)
     return tok
 
+# %% ../nbs/21_das_vl.ipynb #9cc9c69a
 def write_vilt_ckpt(path:str|Path, vocab_size:int, hidden:int=32, layers:int=4, seed:int=0)->Path:
     "A tiny random ViLT saved as the original release is: a Lightning checkpoint in ViLT's names, with ITM and MLM heads."
     from transformers import ViltConfig, ViltModel
@@ -1203,6 +1275,7 @@ def write_vilt_ckpt(path:str|Path, vocab_size:int, hidden:int=32, layers:int=4, 
         ck = vilt_to_official(ViltModel(cfg), heads)
     return core.atomic_torch_save({**ck, 'epoch': 99, 'global_step': 200_000}, path)
 
+# %% ../nbs/21_das_vl.ipynb #925b5162
 def write_roberta_folder(folder:str|Path, texts:Sequence[str], d:int=32, seed:int=0):
     "A `roberta-base`-style folder: a byte-level BPE tokenizer trained on the texts and a tiny RobertaForMaskedLM."
     from tokenizers import ByteLevelBPETokenizer
@@ -1220,6 +1293,7 @@ def write_roberta_folder(folder:str|Path, texts:Sequence[str], d:int=32, seed:in
         torch.manual_seed(seed); RobertaForMaskedLM(cfg).save_pretrained(folder)
     return tok, cfg
 
+# %% ../nbs/21_das_vl.ipynb #e6c40e07
 def write_meter_standin(ckpt:str|Path, vision_dir:str|Path, text_dir:str|Path, texts:Sequence[str], d:int=32,
                         fusion_layers:int=3, seed:int=0)->Path:
     "METER's release in miniature: the pre-trained .ckpt in METER's names, a CLIP folder and a roberta-base folder."

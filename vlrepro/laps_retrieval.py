@@ -61,6 +61,7 @@ def authors_state_dict(model:LAPSModel)->dict:
         out[back[pre] + k[len(pre):]] = v
     return out
 
+# %% ../nbs/31_laps_retrieval.ipynb #8ef52c3d
 def load_authors_checkpoint(model:LAPSModel,     # a patched model of the checkpoint's encoders, embed_size and ratios
                             checkpoint,          # path of the authors' model_best.pth, or the loaded dict / state dict
                            )->dict:              # what was loaded: epoch, best_rsum, skipped keys
@@ -166,6 +167,7 @@ def augment_caption(tokenizer,            # a BERT-style tokenizer ([CLS]/[SEP]/
         ids += sub
     return ids + [tokenizer.sep_token_id]
 
+# %% ../nbs/31_laps_retrieval.ipynb #e4e894f0
 def tokenize(tokenizer,                # tokenizer with [CLS] $A [SEP] template and pad id 0
              captions:list[str],       # B captions
              max_len:int,              # the text encoder's limit (position embeddings)
@@ -185,6 +187,7 @@ def _pad_ids(enc:list[list[int]], max_len:int)->tuple[Tensor, int]:
     for i, e in enumerate(enc): ids[i, :len(e)] = torch.tensor(e)
     return ids, n_cut
 
+# %% ../nbs/31_laps_retrieval.ipynb #7f5b5c76
 class AugmentSeeds(torch.utils.data.Dataset):
     "Add an `aug_seed` drawn from `random` to each item: under `vlrepro.train` (seeded per epoch and item) the caption augmentation then resumes exactly."
     def __init__(self, dataset): self.dataset = dataset
@@ -294,6 +297,7 @@ def make_loss_fn(margin:float=0.2, ratio_weight:float=2.0, vse_mean_warmup_epoch
         return loss, logs
     return loss_fn
 
+# %% ../nbs/31_laps_retrieval.ipynb #948754b9
 @dataclass
 class Recipe(BaseConfig):
     "The released optimisation recipe of one LAPS training (`train_laps`, `train_config`); paper values in the comments."
@@ -521,7 +525,9 @@ class Config(BaseConfig):
 
 # %% ../nbs/31_laps_retrieval.ipynb #a0a1b022
 _ROW_METRICS = ('i2t_r1', 'i2t_r5', 't2i_r1', 't2i_r5')
+
 _STANDIN_COLORS = {'red': (220, 40, 40), 'green': (40, 180, 60), 'blue': (50, 80, 230), 'yellow': (230, 210, 40), 'white': (240, 240, 240)}
+
 _STANDIN_THINGS = ('dog', 'cat', 'ball', 'car', 'boat')
 
 def _standin_image(i:int)->tuple:
@@ -529,6 +535,7 @@ def _standin_image(i:int)->tuple:
     cols = list(_STANDIN_COLORS)
     return cols[i % len(cols)], _STANDIN_THINGS[(i // len(cols)) % len(_STANDIN_THINGS)]
 
+# %% ../nbs/31_laps_retrieval.ipynb #6c3f424b
 def _write_karpathy(dataset:str, src, n:dict)->list[str]:
     "Tiny JPEGs + Karpathy's `dataset_<name>.json` (upstream format) under `src`; returns the caption words."
     src, rows, words, i = Path(src), [], set(), 0
@@ -551,6 +558,7 @@ def _write_karpathy(dataset:str, src, n:dict)->list[str]:
     (src / f'dataset_{name}.json').write_text(json.dumps(dict(images=rows, dataset=name)))
     return sorted(words)
 
+# %% ../nbs/31_laps_retrieval.ipynb #944a7461
 def _write_hf_standins(vit_type:str, vision_dir, text_dir, words:list[str], seed:int=0):
     "Tiny ViT/Swin and BERT (+ WordPiece vocab) saved like the released Hugging Face checkpoints."
     import transformers
@@ -571,6 +579,7 @@ def _write_hf_standins(vit_type:str, vision_dir, text_dir, words:list[str], seed
                                                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
         t.save_pretrained(text_dir)   # bert-base-uncased layout: BertForMaskedLM (keys bert.*, cls.*)
 
+# %% ../nbs/31_laps_retrieval.ipynb #c333e73e
 def _relative(params:dict, key:str)->str:
     "The set's value of `key`, checked to be a path relative to the root."
     v = params.get(key) or ''
@@ -600,6 +609,7 @@ def _write_standins(params:dict, root, overrides:dict):
         opt = argparse.Namespace(sparse_ratio=m.laps_head.sparse_ratio, aggr_ratio=m.laps_head.aggr_ratio, embed_size=m.embed_size, vit_type=vit)
         torch.save({'model': authors_state_dict(m), 'opt': opt, 'epoch': 1, 'best_rsum': 0.0, 'Eiters': 1}, p)
 
+# %% ../nbs/31_laps_retrieval.ipynb #ed4ba6b6
 def rehearsal(params:dict,          # the parameter set's YAML mapping, as in the file
               root:Path|None=None,  # rehearsal root; None: only return the plan, write nothing
               device:str='cpu',     # 'cpu' (fp32) or 'cuda' (bf16 autocast)

@@ -225,6 +225,7 @@ def load_projector(model:CLIPFlanT5, path:str|Path)->CLIPFlanT5:
     model.mm_projector.load_state_dict({k.split('mm_projector.', 1)[-1]: v for k, v in sd.items()})
     return model
 
+# %% ../nbs/51_vqascore_eval.ipynb #36622002
 def export_trained(model_pt:str|Path,          # a Trainer's model.pt of a CLIPFlanT5 (keys vision_tower.*, mm_projector.*, t5.*)
                    base_model:str|Path,        # the FlanT5 folder the run started from (its config.json)
                    out:str|Path,               # folder to write in the official layout
@@ -274,6 +275,7 @@ class LlavaT5Dataset(torch.utils.data.Dataset):
         else: enc, dec = t5_v1(r['conversations'], has_image=has)
         return dict(encoder=enc, decoder=dec, pixels=px, has_image=has)
 
+# %% ../nbs/51_vqascore_eval.ipynb #9e5f3d91
 def train_task(stage:int=1,                  # 1: projector only (split text); 2: projector + T5 (t5_v1)
                base_model:str='',            # local google/flan-t5-xxl (or -xl) folder
                vision_tower:str='',          # local openai/clip-vit-large-patch14-336 folder
@@ -344,6 +346,7 @@ def modality_grouped_order(lengths:Sequence[int],  # `modality_lengths` of the s
     full = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
     return [i for m in full + ([sorted(last)] if last else []) for i in m]
 
+# %% ../nbs/51_vqascore_eval.ipynb #af665544
 def shard_order(order:Sequence[int], batch:int, processes:int)->list[int]:
     "Re-lay a global sampler order for `vlrepro.train` (process r takes positions r, r+P, ...), so that process r's j-th micro-batch is the order's global batch j x P + r, as the HF/accelerate loader deals them."
     out, B = [], len(order) // (batch * processes) * processes   # whole rounds of P global batches
@@ -379,8 +382,10 @@ def _winoground_rows(f:Path)->list[dict]:
 def _image_name(name:str)->str: return name if Path(name).suffix else name + '.png'   # examples.jsonl names lack '.png'
 
 _WINO_SOURCE = 'https://huggingface.co/datasets/facebook/winoground'
+
 _WINO_LICENSE = 'Winoground license (research use; images from Getty Images, see the dataset card)'
 
+# %% ../nbs/51_vqascore_eval.ipynb #f5bd3430
 def convert_winoground(src:str|Path,            # the HF dataset's files: examples.jsonl (or data/examples.jsonl) + images/ or images.zip
                        out_dir:str|Path,        # our dataset folder, e.g. data/winoground
                        copy_images:bool=False, check_images:bool=True, dry_run:bool=False,
@@ -416,6 +421,7 @@ def convert_winoground(src:str|Path,            # the HF dataset's files: exampl
     vdata.write_manifest(out_dir, source=_WINO_SOURCE, license=_WINO_LICENSE, counts={'test': len(rows)}, images=2 * len(rows))
     return {'test': len(rows)}
 
+# %% ../nbs/51_vqascore_eval.ipynb #1ca8f35a
 def read_winoground(root:str|Path)->list[dict]:
     "Winoground as items {'images': [2 paths], 'texts': [2 captions], 'tag', 'id'}: our `test.jsonl` (data_scripts/get_winoground.py) or the raw `examples.jsonl` + images/."
     root = Path(root)
@@ -459,6 +465,8 @@ def benchmark_scores(kind:str,        # 'winoground' | 'auc' | 'correlation' | '
     if kind == 'ranking':
         return {'rank_acc': metrics.rank_accuracy(np.array([it['human'] for it in items]), flat.numpy())}       # already %
     raise ValueError(f"unknown benchmark kind {kind!r}; use winoground, auc, correlation, preference or ranking")
+
+# %% ../nbs/51_vqascore_eval.ipynb #c3360b24
 def score_benchmark(scorer:Callable,       # scorer(images, texts) -> (K, L) scores
                     items:Sequence[dict],  # benchmark items {'images': [K], 'texts': [L], 'id'}
                     path:str|Path|None=None, # JSONL of per-item scores, appended as it goes; a rerun reuses the rows there
@@ -500,8 +508,10 @@ def read_prompts(path:str|Path)->list[dict]:
     return rows
 
 SCORE_COLUMNS = ['image', 'prompt', 'score', 'error']
+
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif')
 
+# %% ../nbs/51_vqascore_eval.ipynb #9b3f7a89
 def prompt_rows(prompts:str|Path|Sequence,   # a prompts file, rows {image, prompt}, or prompt strings
                 images_dir:str|Path,         # the folder of images (for prompt strings)
                 pairing:str='auto',          # strings: 'zip' (prompt i <-> i-th image by name), 'all' (every prompt x every image), 'auto'
@@ -598,6 +608,7 @@ class ClipBatches(torch.utils.data.Dataset):
                else [r.randrange(len(self.w.rows)) for _ in range(self.batch)])
         return dict(pixels=self.w.pixels[idx], captions=[self.w.rows[j]['caption'] for j in idx])
 
+# %% ../nbs/51_vqascore_eval.ipynb #8b65d9a8
 class Stage1Items(torch.utils.data.Dataset):
     "Stage 1: item i = (random scene, its caption split at a random character)."
     def __init__(self, world:WorldImages, n:int, seed:int=0): self.w, self.n, self.seed = world, n, seed
@@ -758,6 +769,7 @@ _OFFICIAL_MM = dict(mm_vision_tower='openai/clip-vit-large-patch14-336', mm_proj
                     tune_mm_mlp_adapter=False, freeze_mm_mlp_adapter=False, mm_use_im_start_end=False,
                     mm_use_im_patch_token=False)
 
+# %% ../nbs/51_vqascore_eval.ipynb #7d23ca89
 def write_clip_flant5_standin(path:str|Path,        # where to write the released-style folder
                               flant5:str|Path,      # the FlanT5 folder it starts from (write_flant5_standin)
                               tower:str|Path,       # the CLIP folder (write_clip_standin)
