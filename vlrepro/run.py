@@ -401,15 +401,17 @@ def _plot_tradeoff(pts:list[dict], paper:str, out:Path)->list[Path]:
     if df.empty or not (df.source != 'paper').any(): return []
     panels = list(dict.fromkeys(zip(df[df.source != 'paper'].metric, df[df.source != 'paper'].unit)))
     has_paper = False
-    fig, axs = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 1.8, 4), squeeze=False)
     for ax, (metric, unit) in zip(axs[0], panels):
         g = df[(df.metric == metric) & (df.unit == unit)]
         has_paper |= bool((g.source == 'paper').any())
         sns.scatterplot(data=g, x='gflops', y='value', hue='source', style='scale', s=70, ax=ax)
         log = g.gflops.min() > 0 and g.gflops.max() / g.gflops.min() > 20
         if log: ax.set_xscale('log')
+        else: ax.set_xlim(0, 1.15 * g.gflops.max())                   # cost from zero: equal costs look equal
         ax.set(xlabel='GFLOPs per sample' + (' (log scale)' if log else ''), ylabel=f'{metric} ({unit})', title=metric)
-        ax.legend(fontsize=7, loc='best')
+    for ax in axs[0][:-1]: ax.get_legend().remove()                 # one legend, beside the last panel
+    axs[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
     note = ("the paper's points and this project's runs" if has_paper else
             "this project's runs only: the paper reports no GFLOPs for these metrics")
     fig.suptitle(f"{PAPER_TITLES.get(paper, paper)}: accuracy vs GFLOPs, {note}", fontsize=9)
