@@ -203,3 +203,42 @@ def test_bench_all_on_cpu_writes_records_and_report(tmp_path):
     rep = (tmp_path/'b'/'report'/'report.md').read_text()
     assert rep.count('| bench-') >= 5 and 'architecture-reduced' in rep
     assert '| bench-das | k=4/latency_reduction |' in rep    # efficiency figures listed per run
+
+def test_report_claims_and_tradeoff_per_paper(tmp_path):
+    # two papers: 'pa' registers GFLOPs (metric 'GFLOPs', in MFLOPs) beside its accuracies, 'pb' has no GFLOPs at all
+    register_paper_numbers('pa', [PaperNumber('pa', 'T', 'base', 'acc', 80.0), PaperNumber('pa', 'T', 'base', 'GFLOPs', 4000.0, 'MFLOPs'),
+                                  PaperNumber('pa', 'T', 'fast', 'acc', 78.0), PaperNumber('pa', 'T', 'fast', 'GFLOPs', 2000.0, 'MFLOPs'),
+                                  PaperNumber('pa', 'T', 'fast', 'latency', 3.0, 's')])
+    register_paper_numbers('pb', [PaperNumber('pb', 'T', 'base', 'Avg', 90.0)])
+    write_results(tmp_path/'runA', 'pa', {}, {'acc': 30.0},
+                  extra=dict(claims=[dict(claim='fast within 3 points of base', measured='29.0 vs 30.0', holds=True),
+                                     dict(claim='fast beats base', measured='29.0 vs 30.0', holds=False)],
+                             tradeoff=[dict(method='base', setting='s0', metric='acc', value=30.0, gflops=0.02),
+                                       dict(method='fast', setting='s1', metric='acc', value=29.0, gflops=0.01)]))
+    write_results(tmp_path/'runB', 'pb', {}, {'Avg': 0.5},
+                  extra=dict(claims=[dict(claim='fusion learns the picture', measured='+12 points', holds=True)],
+                             tradeoff=[dict(method='m', setting='s', metric='Avg', value=0.5, gflops=0.1, unit='fraction'),
+                                       dict(method='n', setting='s', metric='Avg', value=0.4, gflops=0.2, unit='fraction')]))
+    pa = R.tradeoff_points(R._records([tmp_path]), 'pa')
+    assert sorted((p['source'], p['gflops'], p['value']) for p in pa) == [('base', 0.02, 30.0), ('fast', 0.01, 29.0),
+                                                                        ('paper', 2.0, 78.0), ('paper', 4.0, 80.0)]
+    pb = R.tradeoff_points(R._records([tmp_path]), 'pb')
+    assert [(p['source'], p['unit'], p['value']) for p in pb] == [('m', '%', 50.0), ('n', '%', 40.0)]
+    summary = R.report([tmp_path], out=tmp_path/'rep')
+    md = (tmp_path/'rep'/'report.md').read_text()
+    assert md.count('### Claims checked') == 2
+    assert '| fast within 3 points of base | 29.0 vs 30.0 | holds | runA | tiny-synthetic |' in md
+    assert '| fast beats base | 29.0 vs 30.0 | does not hold | runA | tiny-synthetic |' in md
+    assert '| fusion learns the picture | +12 points | holds | runB | tiny-synthetic |' in md
+    figs = sorted(p.name for p in (tmp_path/'rep').glob('*.png'))
+    assert figs == ['pa_acc_vs_gflops.png', 'pb_avg_vs_gflops.png'], figs
+    assert '![pa_acc_vs_gflops](pa_acc_vs_gflops.png)' in md and '![pb_avg_vs_gflops](pb_avg_vs_gflops.png)' in md
+    lines = summary.splitlines()
+    assert lines[0].startswith('pa: claims holding 1 of 2;') and lines[0].endswith('1 figure(s)'), lines
+    assert lines[1].startswith('pb: claims holding 1 of 1;') and lines[1].endswith('1 figure(s)'), lines
+
+def test_tradeoff_figure_needs_a_run_point(tmp_path):
+    register_paper_numbers('pc', [PaperNumber('pc', 'T', 'base', 'acc', 80.0), PaperNumber('pc', 'T', 'base', 'gflops', 4.0, 'GFLOPs')])
+    write_results(tmp_path/'r', 'pc', {}, {'acc': 1.0})
+    assert R.report([tmp_path], out=tmp_path/'rep').splitlines()[0].endswith('0 figure(s)')
+    assert not list((tmp_path/'rep').glob('*.png'))

@@ -30,7 +30,7 @@ __all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 
            'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode',
            'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'register_configs', 'meta_clip', 'gflops',
            'gflops_table', 'merge_share', 'aten_op_counts', 'graph_breaks', 'throughput', 'bench_main', 'MergeTrace',
-           'tracing', 'trace_merges', 'plot_trace', 'paper_setting', 'register_llava_numbers']
+           'tracing', 'trace_merges', 'plot_trace', 'paper_setting', 'register_llava_numbers', 'demo_claims']
 
 # %% ../nbs/11_crossget.ipynb #2abeb22a
 METHODS = ('crossget', 'complete', 'tome')
@@ -863,3 +863,50 @@ def register_llava_numbers()->list[PaperNumber]:
     return register_paper_numbers('crossget', others + _llava_paper_rows())
 
 LLAVA_PAPER_NUMBERS = [r for r in register_llava_numbers() if r.table == LLAVA_TABLE]
+
+# %% ../nbs/11_crossget.ipynb #fc98aeb9
+def demo_claims(rows:list[dict],             # evaluation rows: setting, method ('none' for the base model), rv, rl, gflops, rmean
+                base_loss:list=(),           # the base model's training losses, first to last
+                coop:list[dict]=(),          # CoOp rows: setting ('CoOp', 'CoOp CrossGET rv=16', ...), acc
+                arch_gflops:list[tuple]=(),  # (setting, measured, paper) GFLOPs on the paper's architecture
+               )->list[dict]:                # [dict(claim, measured, holds)]
+    "The claims the CPU demonstration checks, from a run's tables: in words, with the measured figures and whether each holds."
+    out, base = [], next((r for r in rows if r['method'] == 'none'), None)
+    shelf = lambda m: sorted([r for r in rows if r['method'] == m and r['setting'].startswith('off-the-shelf')], key=lambda r: r['rv'])
+    tuned = lambda m: [r for r in rows if r['method'] == m and r['setting'].startswith('fine-tuned') and not r.get('rl')]
+    if base:
+        b, gb = base['rmean'], base['gflops']
+        cg = shelf('crossget')
+        if cg:
+            g = [r['gflops'] / gb for r in cg]
+            out.append(dict(claim='GFLOPs fall as more tokens are merged (off-the-shelf CrossGET, r = ' + ' / '.join(str(r['rv']) for r in cg) + ')',
+                            measured='GFLOPs ratio ' + ' / '.join(f'{x:.2f}' for x in g), holds=g[0] < 1 and all(x > y for x, y in zip(g, g[1:]))))
+        for m, name, tol in (('complete', 'complete-graph merging', 1), ('tome', 'ToMe (bipartite) merging', 2)):
+            if shelf(m):
+                r = shelf(m)[-1]
+                out.append(dict(claim=f'{name} without training keeps mean recall within {tol} point(s) of the base model at r = {r["rv"]}',
+                                measured=f"{r['rmean']:.1f} vs {b:.1f} at {r['gflops'] / gb:.2f}x GFLOPs", holds=r['rmean'] >= b - tol))
+        for r in tuned('crossget'):
+            out.append(dict(claim=f'fine-tuned CrossGET rv = {r["rv"]} keeps mean recall within 1 point of the base model '
+                                  '(the paper: no loss at 0.58x GFLOPs)',
+                            measured=f"{r['rmean']:.1f} vs {b:.1f} at {r['gflops'] / gb:.2f}x GFLOPs", holds=r['rmean'] >= b - 1))
+            o = [s for s in cg if s['rv'] == r['rv']]
+            if o: out.append(dict(claim=f'the short fine-tune recovers what the untrained cross token costs (CrossGET rv = {r["rv"]})',
+                                  measured=f"{r['rmean']:.1f} fine-tuned vs {o[0]['rmean']:.1f} off the shelf", holds=r['rmean'] >= o[0]['rmean']))
+        ft = [r for m in ('crossget', 'tome', 'complete') for r in tuned(m)]
+        if len(ft) > 1:
+            v = [r['rmean'] for r in ft]
+            out.append(dict(claim='after the same fine-tune the methods are within 2 points of each other (mean recall)',
+                            measured=' / '.join(f"{r['method']} {r['rmean']:.1f}" for r in ft), holds=max(v) - min(v) <= 2))
+    if len(base_loss) > 1:
+        out.append(dict(claim='training the base model lowers the loss', measured=f"{base_loss[0]:.3f} -> {base_loss[-1]:.3f}",
+                        holds=base_loss[-1] < base_loss[0]))
+    plain = [r for r in coop if r['setting'] == 'CoOp']
+    for r in (r for r in coop if r['setting'].startswith('CoOp CrossGET') and plain):
+        out.append(dict(claim=f"{r['setting']} stays within 2 points of CoOp (the paper's average: 76.7 vs 78.5 at rv = 16)",
+                        measured=f"{r['acc']:.1f} vs {plain[0]['acc']:.1f} %", holds=r['acc'] >= plain[0]['acc'] - 2))
+    if arch_gflops:
+        d = max(abs(m - p) for _, m, p in arch_gflops)
+        out.append(dict(claim="the GFLOPs of ViT-B/16 (one image, one 77-token caption, fvcore) match the paper's table to its printed precision",
+                        measured=f"largest difference {d:.4f} GFLOPs over {len(arch_gflops)} settings", holds=d <= 2e-3))
+    return out

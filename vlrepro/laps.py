@@ -24,7 +24,8 @@ __all__ = ['PAPER_NUMBERS', 'check_ratio', 'num_kept', 'num_aggregated', 'num_fi
            'image_salience', 'caption_means', 'text_relevance', 'Selection', 'select_patches', 'show_selection',
            'TokenAggregation', 'patch_word_similarity', 'dense_similarity', 'similarity_cost', 'bench_main', 'LAPSHead',
            'align_loss', 'ratio_loss', 'laps_loss', 'gather_batch', 'LAPSModel', 'patch', 'unpatch', 'is_patched',
-           'laps_parameters', 'trainable_parameters', 'param_groups', 'build_encoders', 'build_tokenizer']
+           'laps_parameters', 'trainable_parameters', 'param_groups', 'build_encoders', 'build_tokenizer',
+           'demo_claims']
 
 # %% ../nbs/30_laps.ipynb #52bd65f7
 def check_ratio(name:str,    # parameter name, for the message
@@ -566,3 +567,31 @@ PAPER_NUMBERS = [PaperNumber('laps', _T, s, m, v, '%', _COCO_T2I if s.startswith
                                  'MSCOCO-5K ViT': (56.1, 83.9, 71.9, 93.7), 'MSCOCO-5K Swin': (65.1, 90.2, 51.2, 79.3)}.items()
                  for m, v in zip(('i2t_r1', 'i2t_r5', 't2i_r1', 't2i_r5'), vals)]
 register_paper_numbers('laps', PAPER_NUMBERS)
+
+# %% ../nbs/30_laps.ipynb #f4114a70
+def demo_claims(rsum:dict,            # model name ('laps', 'dense') -> rsum on the test set
+                tokens:dict,          # model name -> visual tokens per pair
+                coverage:dict|None=None, # named-tile coverage per score ('official', 'a_txt', 'a_img'); None off the synthetic scenes
+                n_test:int=0,         # test images (chance rsum is about 3200 / n_test: R@K of a random ranking is about K / n_test)
+               )->list[dict]:         # [dict(claim, measured, holds)]
+    "The claims the CPU demonstration checks, from a run's figures: in words, with the measured figures and whether each holds."
+    out = []
+    if 'dense' in rsum and 'dense' in tokens:
+        l, d = rsum['laps'], rsum['dense']
+        out.append(dict(claim='LAPS aligns fewer visual tokens per pair than dense patch-word matching',
+                        measured=f"{tokens['laps']} vs {tokens['dense']} tokens", holds=tokens['laps'] < tokens['dense']))
+        out.append(dict(claim='LAPS retrieves at least as well as dense patch-word matching (rsum; the paper\'s claim, '
+                              'not expected from random-init encoders)', measured=f"rsum {l:.1f} vs {d:.1f}", holds=l >= d))
+    if n_test:
+        chance = 3200 / n_test
+        for n, v in rsum.items():
+            out.append(dict(claim=f'{n} learns: rsum at least 120 (chance about {chance:.0f})', measured=f"rsum {v:.1f}",
+                            holds=v >= 120))
+    if coverage:
+        out.append(dict(claim='the caption-conditioned selection keeps the tiles the caption names: coverage at least 0.60 '
+                              '(random 0.50)', measured=f"coverage {coverage['official']:.2f}", holds=coverage['official'] >= 0.60))
+        out.append(dict(claim='the text term does the selecting: a_txt alone covers at least 0.65 of the named tiles',
+                        measured=f"a_txt {coverage['a_txt']:.2f} (a_img {coverage['a_img']:.2f})", holds=coverage['a_txt'] >= 0.65))
+        out.append(dict(claim='the image-salience term alone is at chance on the tiles (0.45 to 0.55)',
+                        measured=f"a_img {coverage['a_img']:.2f}", holds=0.45 <= coverage['a_img'] <= 0.55))
+    return out

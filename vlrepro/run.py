@@ -366,38 +366,59 @@ th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{background:#fff8e1;border-left:4px solid #f0c36d;padding:.5em 1em}img{max-width:100%}"""
 
 # %% ../nbs/06_run.ipynb #ae8d921e
+_FLOP_UNITS = {'GFLOPs': 1.0, 'MFLOPs': 1e-3, 'TFLOPs': 1e3}   # a paper's cost column -> GFLOPs
+
 def tradeoff_points(records:list, paper:str)->list[dict]:
-    "Accuracy-vs-GFLOPs points: the paper's (settings with both numbers) and each run's (`extra['tradeoff']`, scale kept)."
+    """Accuracy-vs-GFLOPs points: the paper's (each setting with a '%' metric and a GFLOPs number, metric 'gflops' in any case,
+    unit GFLOPs, MFLOPs or TFLOPs) and each run's `extra['tradeoff']` points dict(method, setting, metric, value, gflops[, unit])
+    with its scale; a run's unit defaults to '%', and unit 'fraction' is converted to %."""
     pts, by = [], {}
     for n in registry(paper): by.setdefault(n.setting, {})[n.metric] = n
     for s, ms in by.items():
-        g = ms.get('gflops')
+        g = next((n for m, n in ms.items() if m.lower() == 'gflops' and n.unit in _FLOP_UNITS), None)
+        if g is None: continue
         for m, n in ms.items():
-            if g is not None and m != 'gflops' and n.unit == '%':
-                pts.append(dict(source='paper', setting=s, metric=m, value=n.value, gflops=g.value, scale='paper'))
+            if m.lower() != 'gflops' and n.unit == '%':
+                pts.append(dict(source='paper', setting=s, metric=m, unit='%', value=n.value,
+                                gflops=g.value * _FLOP_UNITS[g.unit], scale='paper'))
     for run, r in records:
         if r['paper'] != paper: continue
         for t in (r.get('extra') or {}).get('tradeoff', []):
-            if _num(t.get('gflops')) and _num(t.get('value')):
-                pts.append(dict(source=t.get('method', run), setting=t.get('setting', ''), metric=t['metric'],
-                                value=t['value'], gflops=t['gflops'], scale=r.get('scale', '')))
+            if not (_num(t.get('gflops')) and _num(t.get('value'))): continue
+            unit, v = t.get('unit', '%'), t['value']
+            if unit == 'fraction': unit, v = '%', 100 * v
+            pts.append(dict(source=t.get('method', run), setting=t.get('setting', ''), metric=t['metric'], unit=unit,
+                            value=v, gflops=t['gflops'], scale=r.get('scale', '')))
     return pts
 
 def _plot_tradeoff(pts:list[dict], paper:str, out:Path)->list[Path]:
-    "One figure per metric with both paper and run points; returns the PNG paths."
+    """One figure for the paper: a panel per metric this project's runs measured, with the paper's points of that metric
+    (colour: method or 'paper'; marker: scale); the title says when the paper has no GFLOPs to set beside them.
+    Returns the PNG paths ([] when no run has trade-off points)."""
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
-    df, files = pd.DataFrame(pts), []
-    if df.empty: return files
-    for metric, g in df.groupby('metric'):
-        if g.source.nunique() < 2 and len(g) < 2: continue
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    df = pd.DataFrame(pts)
+    if df.empty or not (df.source != 'paper').any(): return []
+    panels = list(dict.fromkeys(zip(df[df.source != 'paper'].metric, df[df.source != 'paper'].unit)))
+    has_paper = False
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 1.8, 4), squeeze=False)
+    for ax, (metric, unit) in zip(axs[0], panels):
+        g = df[(df.metric == metric) & (df.unit == unit)]
+        has_paper |= bool((g.source == 'paper').any())
         sns.scatterplot(data=g, x='gflops', y='value', hue='source', style='scale', s=70, ax=ax)
-        ax.set(xlabel='GFLOPs per sample', ylabel=f'{metric} (%)',
-               title=f'{paper}: {metric} vs cost (paper points and this project\'s runs)')
-        ax.legend(fontsize=7, loc='best'); fig.tight_layout()
-        f = out/f"{paper}_{_slug(metric)}_vs_gflops.png"; fig.savefig(f, dpi=90); plt.close(fig); files.append(f)
-    return files
+        log = g.gflops.min() > 0 and g.gflops.max() / g.gflops.min() > 20
+        if log: ax.set_xscale('log')
+        else: ax.set_xlim(0, 1.15 * g.gflops.max())                   # cost from zero: equal costs look equal
+        ax.set(xlabel='GFLOPs per sample' + (' (log scale)' if log else ''), ylabel=f'{metric} ({unit})', title=metric)
+    for ax in axs[0][:-1]: ax.get_legend().remove()                 # one legend, beside the last panel
+    axs[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
+    note = ("the paper's points and this project's runs" if has_paper else
+            "this project's runs only: the paper reports no GFLOPs for these metrics")
+    import textwrap
+    fig.suptitle(textwrap.fill(f"{PAPER_TITLES.get(paper, paper)}: accuracy vs GFLOPs, {note}", int(13 * fig.get_figwidth())), fontsize=9)
+    fig.tight_layout()
+    f = out/f"{paper}_{'_'.join(_slug(m) for m, _ in panels)}_vs_gflops.png"; fig.savefig(f, dpi=90); plt.close(fig)
+    return [f]
 
 # %% ../nbs/06_run.ipynb #8d302e94
 def report(paths:list[str|Path],     # run folders or results.json files
