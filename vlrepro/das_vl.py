@@ -1039,9 +1039,10 @@ def _check_blocks(c:SimpleNamespace, m:DASVLTask, T:int, fixed:list[int]|None)->
     return L
 
 # %% ../nbs/21_das_vl.ipynb #4595706b
-def _search_step(c:SimpleNamespace, m:DASVLTask, out:Path, L:int, fixed:list[int]|None, dev:torch.device, amp,
+def _search_step(c:SimpleNamespace, m:DASVLTask, out:Path, fixed:list[int]|None, dev:torch.device, amp,
                  train_ds, collate:VLCollate, rw_split:str, tf:Callable, vocab, extra:dict)->list[int]:
     "Step 1: the skip set — given, loaded from `out/search.json`, or searched (`das.search`, resumable); notes go to `extra`."
+    L = extra['num_blocks']
     if fixed is not None: S, extra['search'] = fixed, 'skipped (skip_list given)'
     elif (out/'search.json').is_file():
         res = das.SearchResult.load(out/'search.json')
@@ -1161,7 +1162,7 @@ def run_full_scale(cfg:das.Config, # `config(...)` or the 20_das notebook's para
     extra = dict(model=c.model, task=c.task, splits=dict(train=list(tr_splits), reward=rw_split, eval=list(ev_splits)),
                  max_text_len=T, image_size=c.image_size, num_blocks=L, global_batch=gb)
     if c.task == 'f30k': extra['rank_output_init'] = m.rank_output_init
-    S = _search_step(c, m, out, L, fixed, dev, amp, train_ds, collate, rw_split, tf, vocab, extra)   # 1. search
+    S = _search_step(c, m, out, fixed, dev, amp, train_ds, collate, rw_split, tf, vocab, extra)   # 1. search
     extra['skip'] = sorted(S)
     del m
     m, tres = _retrain_step(c, S, out, dev, accum, T, build, train_ds, collate, extra)                 # 2. skip and retrain

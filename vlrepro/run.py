@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_run.ipynb #dd4442d7
 from __future__ import annotations
-import base64, datetime, difflib, json, logging, os, re, shutil, sys
+import base64, datetime, difflib, json, logging, os, re, shutil, sys, textwrap
 import html as _h
 from ast import literal_eval
 from dataclasses import dataclass
@@ -414,7 +414,6 @@ def _plot_tradeoff(pts:list[dict], paper:str, out:Path)->list[Path]:
     axs[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
     note = ("the paper's points and this project's runs" if has_paper else
             "this project's runs only: the paper reports no GFLOPs for these metrics")
-    import textwrap
     fig.suptitle(textwrap.fill(f"{PAPER_TITLES.get(paper, paper)}: accuracy vs GFLOPs, {note}", int(13 * fig.get_figwidth())), fontsize=9)
     fig.tight_layout()
     f = out/f"{paper}_{'_'.join(_slug(m) for m, _ in panels)}_vs_gflops.png"; fig.savefig(f, dpi=90); plt.close(fig)
