@@ -242,3 +242,13 @@ def test_tradeoff_figure_needs_a_run_point(tmp_path):
     write_results(tmp_path/'r', 'pc', {}, {'acc': 1.0})
     assert R.report([tmp_path], out=tmp_path/'rep').splitlines()[0].endswith('0 figure(s)')
     assert not list((tmp_path/'rep').glob('*.png'))
+
+def test_report_draws_benchmark_points_for_a_paper_without_costs(tmp_path):
+    "VQAScore has no GFLOPs axis: its runs record per-benchmark points (the paper's and theirs), drawn as one figure."
+    pts = [dict(source='paper', setting='CLIP-FlanT5-XXL', metric='winoground_group', value=46.0, unit='%', scale='paper'),
+           dict(source='this run', setting='tiny VQAScore', metric='winoground_group', value=0.0, unit='%', scale='tiny-synthetic')]
+    write_results(tmp_path/'run', 'pv', {}, {'x': 1.0}, extra=dict(benchmark_points=pts))
+    summary = R.report([tmp_path], out=tmp_path/'rep')
+    assert summary.splitlines()[0].endswith('1 figure(s)')
+    assert '![pv_benchmarks](pv_benchmarks.png)' in (tmp_path/'rep'/'report.md').read_text()
+    assert (tmp_path/'rep'/'pv_benchmarks.png').stat().st_size > 1000

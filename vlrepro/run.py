@@ -20,7 +20,7 @@ __all__ = ['PAPER_TITLES', 'SCALES', 'EXPECTED_S', 'find_nbs', 'list_notebooks',
            'notebook_parameters', 'check_parameters', 'load_param_set', 'RunFailed', 'RunInterrupted',
            'default_run_dir', 'path_kind', 'resolve_paths', 'run_notebook', 'find_results', 'registry', 'comparable',
            'report_rows', 'paper_tables', 'claims_rows', 'efficiency_rows', 'markdown_table', 'tradeoff_points',
-           'report', 'longest_first', 'make_readme', 'site_order', 'build_site']
+           'benchmark_rows', 'report', 'longest_first', 'make_readme', 'site_order', 'build_site']
 
 # %% ../nbs/06_run.ipynb #cdb52257
 def find_nbs(start:Path|str|None=None)->Path:
@@ -419,6 +419,30 @@ def _plot_tradeoff(pts:list[dict], paper:str, out:Path)->list[Path]:
     f = out/f"{paper}_{'_'.join(_slug(m) for m, _ in panels)}_vs_gflops.png"; fig.savefig(f, dpi=90); plt.close(fig)
     return [f]
 
+# %% ../nbs/06_run.ipynb #9b160d90
+def benchmark_rows(records:list, paper:str)->list[dict]:
+    "Per-benchmark points of the runs of `paper` (`extra['benchmark_points']`: the paper's numbers and the run's, scale kept)."
+    return [dict(p, run=run) for run, r in records if r['paper'] == paper
+            for p in (r.get('extra') or {}).get('benchmark_points') or [] if _num(p.get('value'))]
+
+def _plot_benchmarks(pts:list[dict], paper:str, out:Path)->list[Path]:
+    "One figure for a paper without a cost axis: each benchmark metric, the paper's and this project's values (marker: scale)."
+    import matplotlib; matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
+    df = pd.DataFrame(pts)
+    if df.empty or not (df.scale != 'paper').any(): return []
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * df.metric.nunique() + 3.5), 4))
+    sns.scatterplot(data=df, x='metric', y='value', hue='setting', style='scale', s=70, ax=ax)
+    units = sorted(set(df.unit))
+    ax.set(xlabel='benchmark metric', ylabel=f"value ({', '.join(units)})")
+    ax.tick_params(axis='x', labelrotation=30)
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
+    fig.suptitle(textwrap.fill(f"{PAPER_TITLES.get(paper, paper)}: the paper's numbers and this project's runs per benchmark",
+                               int(13 * fig.get_figwidth())), fontsize=9)
+    fig.tight_layout()
+    f = out/f"{paper}_benchmarks.png"; fig.savefig(f, dpi=90); plt.close(fig)
+    return [f]
+
 # %% ../nbs/06_run.ipynb #8d302e94
 def report(paths:list[str|Path],     # run folders or results.json files
            out:str|Path|None=None,   # folder for report.md, report.html and the figures (None: write nothing)
@@ -450,7 +474,8 @@ def report(paths:list[str|Path],     # run folders or results.json files
             md += [f'### {name}', '', markdown_table(t)]; html += [f'<h3>{name}</h3>', _html_table(t)]
         eff = efficiency_rows(recs, paper)
         if eff: md += ['### Efficiency (per run)', '', markdown_table(eff)]; html += ['<h3>Efficiency (per run)</h3>', _html_table(eff)]
-        figs = _plot_tradeoff(tradeoff_points(recs, paper), paper, out) if (plots and out is not None) else []
+        figs = (_plot_tradeoff(tradeoff_points(recs, paper), paper, out) + _plot_benchmarks(benchmark_rows(recs, paper), paper, out)
+                if (plots and out is not None) else [])
         for f in figs:
             md.append(f'![{f.stem}]({f.name})')
             html.append(f'<img alt="{f.stem}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}">')
