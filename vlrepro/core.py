@@ -16,7 +16,7 @@ from torch import nn
 # %% auto #0
 __all__ = ['DTYPES', 'RESULTS_SCHEMA', 'seed_everything', 'seed_worker', 'make_generator', 'get_device', 'atomic_write_text',
            'atomic_write_json', 'atomic_torch_save', 'git_commit', 'library_versions', 'write_results', 'read_results',
-           'require_inputs', 'rehearsal_active', 'scale_label', 'kill_point', 'Config', 'PaperNumber',
+           'require_inputs', 'rehearsal_active', 'widgets_live', 'scale_label', 'kill_point', 'Config', 'PaperNumber',
            'register_paper_numbers', 'paper_numbers', 'compare', 'comparison_table', 'swap_class', 'restore_class',
            'replace_module', 'find_modules', 'is_patched', 'check_unpatched', 'set_patched', 'get_patch_state',
            'clear_patched', 'count_parameters', 'check_state_dict', 'Timer']
@@ -193,6 +193,12 @@ def require_inputs(inputs:dict[str, tuple],  # parameter name -> (path, how to m
 def rehearsal_active()->bool:
     "True inside `vlrepro rehearse` (environment variable `VLREPRO_REHEARSAL`)."
     return bool(os.environ.get('VLREPRO_REHEARSAL'))
+
+def widgets_live()->bool:
+    """False in a papermill batch run (`vlrepro run`, `reproduce`, `rehearse` set `VLREPRO_BATCH` / `VLREPRO_REHEARSAL`):
+    nbclient can wait forever on a widget cell's messages (jupyter/nbclient issue 312). True in Jupyter, under
+    nbdev_test and in `vlrepro outputs` (which run in-process), so explorers still draw and save their first state."""
+    return not (os.environ.get('VLREPRO_BATCH') or os.environ.get('VLREPRO_REHEARSAL'))
 
 def scale_label(real:bool,          # real data and the paper's model (else: the synthetic stand-in)
                 full:bool=True,     # the paper's full schedule and sizes (False: a shortened real-data run)

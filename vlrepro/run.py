@@ -220,7 +220,8 @@ def run_notebook(name:str,                     # notebook stem, module name or p
     run_dir = run_dir.resolve(); run_dir.mkdir(parents=True, exist_ok=True)
     if 'out_dir' in valid: given['out_dir'] = str(run_dir)
     executed = run_dir/nb.name
-    saved = {k: os.environ.get(k) for k in (env or {})}
+    env = {'VLREPRO_BATCH': '1', **(env or {})}   # a batch run: the notebooks leave their live widgets out (core.widgets_live)
+    saved = {k: os.environ.get(k) for k in env}
     os.environ.update({k: str(v) for k, v in (env or {}).items()})
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=given, cwd=str(nb.parent), progress_bar=progress,
