@@ -95,7 +95,7 @@ def clip_layer_crossget_forward(layer:nn.Module,     # a transformers CLIPEncode
     x, size = merge_ensemble(x, size, match)
     return x + layer.mlp(layer.layer_norm2(x)), size
 
-# %% ../nbs/12_crossget_llava.ipynb #92b94dff
+# %% ../nbs/12_crossget_llava.ipynb #74b3be3e
 def _vision_model(tower:nn.Module)->nn.Module:
     "The module holding embeddings / pre_layrnorm / encoder (transformers 5: the CLIPVisionModel itself)."
     return getattr(tower, 'vision_model', tower)
@@ -119,6 +119,7 @@ def llava_vision_hidden_states(tower:nn.Module,          # the (patched) CLIPVis
         hs.append(x)
     return hs
 
+# %% ../nbs/12_crossget_llava.ipynb #5490bd6b
 def _llava_get_image_features(self, pixel_values:Tensor, vision_feature_layer=None, vision_feature_select_strategy=None,
                               image_sizes=None, **kwargs):
     "LlavaModel.get_image_features through CrossGET (the selected layer, CLS dropped, cross token kept; as the official LLaVA code)."
@@ -142,7 +143,7 @@ def _llama_layer_forward(self, hidden_states:Tensor, *args, **kwargs)->Tensor:
         hidden_states = torch.cat([c[:, None], hidden_states[:, 1:]], dim=1)
     return type(self).__mro__[1].forward(self, hidden_states, *args, **kwargs)
 
-# %% ../nbs/12_crossget_llava.ipynb #f60379f2
+# %% ../nbs/12_crossget_llava.ipynb #5e46d5ed
 import functools as _functools
 
 @_functools.cache
@@ -172,6 +173,7 @@ def _locate_llava(model:nn.Module)->dict|None:
         raise TypeError(f"crossget supports LLaVA with a Llama language model, not {type(lm).__name__}")
     return dict(family='llava', llava=inner, vision=inner.vision_tower, lm=lm)
 
+# %% ../nbs/12_crossget_llava.ipynb #9e2ca9df
 def patch_llava(model:nn.Module,        # a transformers LlavaForConditionalGeneration (or LlavaModel)
                 r:int=13,               # vision tokens merged in every CLIP layer (paper: 13)
                 cross:bool|None=None,   # insert the cross tokens; None = yes when r > 0
@@ -204,6 +206,7 @@ def patch_llava(model:nn.Module,        # a transformers LlavaForConditionalGene
     set_patched(model, 'crossget', state)
     return model
 
+# %% ../nbs/12_crossget_llava.ipynb #39582be4
 unpatch_llava = unpatch  # the generic `crossget.unpatch` restores every family (classes, cross tokens, state)
 
 def _patch_llava_via_patch(model:nn.Module, rv:int|list=13, rl:int|list=0, method:str='crossget', cross:bool|None=None,
@@ -323,7 +326,7 @@ def parse_answer(benchmark:str,        # a key of LLAVA_BENCHMARKS
     if p == 'yesno': return parse_yes_no(text)
     return mme_yes_no(text, 'llava')
 
-# %% ../nbs/12_crossget_llava.ipynb #b39a6193
+# %% ../nbs/12_crossget_llava.ipynb #46e542c4
 def tokenize_llava(tokenizer,                   # a transformers tokenizer (tiny word-level or LLaVA's Llama)
                    conversations:list[dict],    # LLaVA records: [{'from': 'human'|'gpt', 'value': ...}, ...]
                    num_image_tokens:int,        # placeholders per '<image>' (`llava_visual_tokens(model)`)
@@ -352,6 +355,7 @@ def tokenize_llava(tokenizer,                   # a transformers tokenizer (tiny
         ids, labels = ids[:max_length], labels[:max_length]
     return dict(input_ids=torch.tensor(ids), labels=torch.tensor(labels))
 
+# %% ../nbs/12_crossget_llava.ipynb #75af6bd1
 def llava_collate(items:list[dict], pad_id:int=0)->dict:
     "Right-pad tokenised items into a batch: input_ids, labels, attention_mask, pixel_values."
     n = max(len(it['input_ids']) for it in items)
@@ -415,7 +419,7 @@ def llava_tokenizer(records:list[dict], vocab_size:int=128, texts:tuple|list=())
                          f"build the model with a larger text_config vocab_size")
     return tok
 
-# %% ../nbs/12_crossget_llava.ipynb #27a97f81
+# %% ../nbs/12_crossget_llava.ipynb #00c47426
 def freeze_for_llava_tuning(model:nn.Module)->list[str]:
     "As the official `finetune_task.sh`: train the LLM, the projector and the cross tokens; freeze the vision tower except `cross_image`."
     inner = _llava_inner(model)
@@ -430,6 +434,7 @@ def _gathered(*modules):
     import deepspeed
     return deepspeed.zero.GatheredParameters(params)
 
+# %% ../nbs/12_crossget_llava.ipynb #09ddf7c5
 def llava_loss_fn(cross_weight:float=0.001, # w in L_lm + w·L_cross (7B: 0.001)
                  )->callable:              # loss_fn(model, batch, info) for vlrepro.train.Trainer
     "The LLaVA-1.5 CrossGET training loss `L_lm + w·L_cross`."
@@ -446,6 +451,7 @@ def llava_loss_fn(cross_weight:float=0.001, # w in L_lm + w·L_cross (7B: 0.001)
         return out.loss, logs
     return loss_fn
 
+# %% ../nbs/12_crossget_llava.ipynb #c0f1681b
 @torch.no_grad()
 def llava_generate(model:nn.Module,        # a LLaVA, patched or not
                    tokenizer,              # its tokenizer
@@ -484,7 +490,7 @@ def llava_score(records:list[dict], answers:list[str])->dict:
     if mc: out['mc_acc'] = 100.0 * sum(mc) / len(mc)
     return out
 
-# %% ../nbs/12_crossget_llava.ipynb #aaef7d9a
+# %% ../nbs/12_crossget_llava.ipynb #dc944e8b
 LLAVA_BENCH_PRESETS = {   # name -> (model name, config overrides) for `llava_throughput`
     'tiny': ('crossget-llava', {}),
     'cpu-vitl': ('llava', dict(size='7b', vision_config=dict(num_hidden_layers=24),       # real ViT-L/14-336 tower
@@ -505,6 +511,7 @@ def _bench_inputs(model:nn.Module, batch_size:int, prompt_len:int, seed:int=0)->
     px = torch.randn(batch_size, 3, s, s, generator=g).to(dev, next(model.parameters()).dtype)
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px)
 
+# %% ../nbs/12_crossget_llava.ipynb #b3b5f48f
 def llava_throughput(preset:str='tiny',       # a key of LLAVA_BENCH_PRESETS
                      batch_size:int=1,        # fixed batch
                      prompt_len:int=40,       # text tokens of the prompt besides the image
@@ -543,7 +550,7 @@ def llava_throughput(preset:str='tiny',       # a key of LLAVA_BENCH_PRESETS
     return dict(table=pd.DataFrame(rows), speedup=med['LLaVA'] / med['CrossGET'], prefill=prefill, preset=preset,
                 batch_size=batch_size, new_tokens=new_tokens, device=str(dev), dtype=dtype, times=times)
 
-# %% ../nbs/12_crossget_llava.ipynb #e2549f1e
+# %% ../nbs/12_crossget_llava.ipynb #30c1c6d0
 def llava_image_transform(image_size:int=336): # -> vlrepro.data.ImageTransform
     "LLaVA-1.5 images: pad to square with the CLIP mean colour, resize, normalise with CLIP's mean/std."
     return data.image_transform(image_size, data.CLIP_MEAN, data.CLIP_STD, pad_to_square=True)
@@ -553,6 +560,7 @@ def enable_checkpointing(model:nn.Module)->nn.Module:
     (getattr(model, 'activation_checkpointing_enable', None) or model.gradient_checkpointing_enable)()
     return model
 
+# %% ../nbs/12_crossget_llava.ipynb #c3849877
 def llava_train_task(model:str='',            # local LLaVA-1.5 folder (llava-hf layout), e.g. llava-hf/llava-1.5-7b-hf
                      data_root:str='data',    # folder holding `train_name/` in the vlrepro format (convert_llava)
                      train_name:str='llava_mix67k', # the mix67k subset (data_scripts/make_llava_mix67k.py); absolute = anywhere
@@ -575,6 +583,7 @@ def llava_train_task(model:str='',            # local LLaVA-1.5 folder (llava-hf
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     return dict(model=m, loss_fn=llava_loss_fn(cross_loss_weight), train_data=ds, collate_fn=_functools.partial(llava_collate, pad_id=pad))
 
+# %% ../nbs/12_crossget_llava.ipynb #21b80de5
 def load_crossget_llava(model:str|Path,     # the LLaVA-1.5 folder the fine-tune started from (llava-hf layout)
                         weights:str|Path,   # `model.pt` of a CrossGET fine-tune (`<run folder>/train/model.pt`)
                         r:int=13,           # the r it was trained with
@@ -597,6 +606,7 @@ def mix67k(records:list,  # rows of llava_v1_5_mix665k.json
     if every < 1: raise ValueError(f"every must be >= 1, got {every}")
     return list(records)[::every]
 
+# %% ../nbs/12_crossget_llava.ipynb #df8e1fc1
 CIRCULAR = ('mmbench', 'mmbench_cn')   # benchmarks asked once per rotation of their options (LLaVA's --all-rounds)
 
 def llava_benchmark_records(data_root:str,  # folder holding <benchmark>/test.jsonl + images/ (data_scripts/get_llava_eval.py)
@@ -626,6 +636,7 @@ def llava_benchmark_records(data_root:str,  # folder holding <benchmark>/test.js
                             question='<image>\n' + (r.get('prompt') or f"{r['question']}\n{b.suffix}")))
     return out
 
+# %% ../nbs/12_crossget_llava.ipynb #04b10ae2
 def score_benchmark(benchmark:str, records:list[dict], answers:list[str])->dict:
     "Score answers with the benchmark's rule; {} for a file without answers (VQAv2 / VizWiz test-dev: `llava_upload` for the server)."
     b = LLAVA_BENCHMARKS[benchmark]
@@ -653,6 +664,7 @@ def llava_upload(benchmark:str, records:list[dict], answers:list[str])->list[dic
     if benchmark == 'vizwiz': return [dict(image=Path(r['image_file']).name, answer=parse_answer('vizwiz', a)) for r, a in zip(records, answers)]
     raise ValueError(f"{benchmark} is scored here, not by a server; upload files exist for vqav2 and vizwiz")
 
+# %% ../nbs/12_crossget_llava.ipynb #8c12caae
 def llava_answers(path:str|Path|None,      # JSON-lines file keeping the answers (None: keep nothing)
                   model:nn.Module, tokenizer, records:list[dict],
                   chunk:int=256,           # records answered between two appends to `path`
@@ -1070,7 +1082,7 @@ def rehearsal_llava(params:dict,            # the parameter set's YAML mapping
         _script('get_llava_eval.py', '--bench', ','.join(benches), '--src', root/'raw/eval', '--root', data_root)
     return plan
 
-# %% ../nbs/12_crossget_llava.ipynb #a250682c
+# %% ../nbs/12_crossget_llava.ipynb #6db98ec8
 @dataclass
 class Config(BaseConfig):
     """The parameters of the CrossGET LLaVA-1.5 pipeline (the notebook's parameters cell; `nbs/params/12_crossget_llava.*.yaml`),
@@ -1141,11 +1153,13 @@ class Config(BaseConfig):
         "The paper's model size of a real run: paper_row, else read from the model folder's name."
         return self.paper_row or ('13B' if '13b' in Path(self.model).name.lower() else '7B')
 
+# %% ../nbs/12_crossget_llava.ipynb #a71e1ef1
 def llava_prefill_gflops(model:nn.Module, prompt_len:int=40, seed:int=0)->float:
     "fvcore GFLOPs of one prefill of the whole model, batch 1: BOS + the visual tokens it hands its LLM + `prompt_len` text tokens."
     inp = _bench_inputs(model, 1, prompt_len, seed)
     return count_flops(lambda: model(**inp)).fvcore / 1e9
 
+# %% ../nbs/12_crossget_llava.ipynb #32741147
 _PAPER_DROP = {'7B': 1.4, '13B': 1.3}   # the paper's mean accuracy loss of CrossGET vs LLaVA-1.5 over its %-benchmarks (MME left out)
 
 def llava_claims(visual_tokens:dict,       # {'LLaVA': n, 'CrossGET': n}: visual tokens the LLM receives
