@@ -689,7 +689,7 @@ def llava_answers(path:str|Path|None,      # JSON-lines file keeping the answers
         done += ans
     return done
 
-# %% ../nbs/12_crossget_llava.ipynb #2ddc05df
+# %% ../nbs/12_crossget_llava.ipynb #14e14237
 LLAVA_EVAL_FILES = {  # key -> (folder under playground/data/eval, question file, image folder, answer files): LLaVA's eval layout
     'vqav2': ('vqav2', 'llava_vqav2_mscoco_test-dev2015.jsonl', 'test2015', ()),              # answers: the server
     'gqa': ('gqa', 'llava_gqa_testdev_balanced.jsonl', 'data/images', ('data/testdev_balanced_questions.json',)),
@@ -704,6 +704,7 @@ LLAVA_EVAL_FILES = {  # key -> (folder under playground/data/eval, question file
     'seed': ('seed_bench', 'llava-seed-bench.jsonl', '', ('SEED-Bench.json',)),
 }
 
+# %% ../nbs/12_crossget_llava.ipynb #e393c362
 def _jsonl(path:Path)->list[dict]:
     if not path.is_file(): raise FileNotFoundError(f"{path} not found; it comes with LLaVA's eval.zip (playground/data/eval)")
     out = []
@@ -717,6 +718,7 @@ def _json(path:Path):
     if not path.is_file(): raise FileNotFoundError(f"{path} not found; see data_scripts/get_llava_eval.py --help for where it comes from")
     return json.loads(path.read_text(encoding='utf-8'))
 
+# %% ../nbs/12_crossget_llava.ipynb #5a24c67d
 def _question_rows(qs:list[dict], path:Path)->list[dict]:
     "LLaVA question-file lines -> rows with the prompt exactly as LLaVA's model_vqa_loader sends it (without `<image>`)."
     rows = []
@@ -727,6 +729,7 @@ def _question_rows(qs:list[dict], path:Path)->list[dict]:
                          question=q['text'].split('\n')[0], category=q.get('category', 'default')))
     return rows
 
+# %% ../nbs/12_crossget_llava.ipynb #be78b28d
 def _mme_answers(folder:Path)->dict:
     "MME ground truth as LLaVA's convert_answer_to_mme.py reads it: (category, '<image stem>.txt', question) -> Yes/No."
     gt = {}
@@ -748,6 +751,7 @@ def _mme_key(prompt:str, category:str, file:str, gt:dict)->tuple:
         if (category, file, q) not in gt: q = q.replace(' Please answer yes or no.', '  Please answer yes or no.')
     return (category, file, q)
 
+# %% ../nbs/12_crossget_llava.ipynb #14b4b6e9
 def _mmbench_rows(path:Path, images:Path|None)->list[dict]:
     "MMBench(-CN) tsv rows (index, question, hint, A-D, answer, category, base64 image); images decoded into `images`."
     if not path.is_file(): raise FileNotFoundError(f"{path} not found; download it with data_scripts/get_llava_eval.py --download")
@@ -770,6 +774,76 @@ def _mmbench_rows(path:Path, images:Path|None)->list[dict]:
                              category=r.get('category', ''), l2_category=r.get('l2-category', '')))
     return rows
 
+# %% ../nbs/12_crossget_llava.ipynb #c6caf8b9
+def _sqa_rows(d:Path, qfile:str)->list[dict]:
+    "SQA-IMG: the image questions of LLaVA's CQM-A file, with options, hint and answer from `problems.json`."
+    items, probs = _json(d/qfile), _json(d/'problems.json')
+    rows = []
+    for it in items:
+        if not it.get('image'): continue                         # SQA-IMG: the questions with an image
+        p = probs.get(str(it['id']))
+        if p is None: raise ValueError(f"{d/'problems.json'} has no problem {it['id']!r} (listed in {qfile})")
+        prompt = it['conversations'][0]['value'].replace('<image>', '').strip() + '\n' + LETTER_ANSWER
+        rows.append(dict(id=str(it['id']), image=it['image'], prompt=prompt, question=p['question'],
+                         hint=p.get('hint') or '', choices=p['choices'], answer=int(p['answer']),
+                         category=p.get('subject', '')))
+    return rows
+
+# %% ../nbs/12_crossget_llava.ipynb #5455095a
+def _pope_answers(rows:list[dict], d:Path, qfile:str):
+    "POPE: the labels of a category follow its questions in order (LLaVA's eval_pope.py); set in place."
+    for cat in ('adversarial', 'popular', 'random'):
+        mine = [r for r in rows if r['category'] == cat]
+        labels = _jsonl(d/f'coco/coco_pope_{cat}.json')
+        if len(labels) != len(mine):
+            raise ValueError(f"{qfile} has {len(mine)} {cat!r} questions but coco_pope_{cat}.json has {len(labels)} labels")
+        for r, l in zip(mine, labels):
+            if l.get('image') and l['image'] != r['image']:
+                raise ValueError(f"{cat} question {r['id']}: image {r['image']!r} but its label is for {l['image']!r}")
+            r['answers'] = [l['label'].strip().lower()]
+    other = sorted({r['category'] for r in rows} - {'adversarial', 'popular', 'random'})
+    if other: raise ValueError(f"{qfile}: unknown POPE categories {other}")
+
+def _seed_rows(rows:list[dict], d:Path, qfile:str)->list[dict]:
+    "SEED-I: the image questions, with their options and answer from `SEED-Bench.json`."
+    ann = {str(q['question_id']): q for q in _json(d/'SEED-Bench.json')['questions']}
+    keep = []
+    for r in rows:
+        q = ann.get(r['id'])
+        if q is None: raise ValueError(f"question {r['id']} of {qfile} is not in SEED-Bench.json")
+        if q.get('data_type', 'image') != 'image': continue       # SEED-I: the image questions
+        r.update(choices=[q[f'choice_{c}'] for c in 'abcd'], answer='ABCD'.index(q['answer']),
+                 question=q['question'], question_type_id=q.get('question_type_id'))
+        keep.append(r)
+    return keep
+
+# %% ../nbs/12_crossget_llava.ipynb #a9fcd8f8
+def _attach_answers(b:str, rows:list[dict], d:Path, qfile:str, image_src:Path|None)->list[dict]:
+    "The answers the benchmark's scorer reads, added to LLaVA's question rows (VQAv2 / VizWiz: none, the servers hold them)."
+    if b == 'gqa':
+        gt = _json(d/'data/testdev_balanced_questions.json')
+        for r in rows:
+            if r['id'] not in gt: raise ValueError(f"question {r['id']} of {qfile} is not in testdev_balanced_questions.json")
+            r['answers'] = [gt[r['id']]['answer']]
+    elif b == 'textvqa':
+        gt = {str(a['question_id']): a for a in _json(d/'TextVQA_0.5.1_val.json')['data']}
+        for r in rows:
+            if r['id'] not in gt: raise ValueError(f"question {r['id']} of {qfile} is not in TextVQA_0.5.1_val.json")
+            r['answers'] = list(gt[r['id']]['answers'])
+    elif b == 'pope': _pope_answers(rows, d, qfile)
+    elif b == 'mme':
+        gt = _mme_answers(image_src)
+        for r in rows:
+            cat, file = str(r['question_id']).split('/')[0], Path(str(r['question_id'])).stem + '.txt'
+            k = _mme_key(r['prompt'], cat, file, gt)
+            if k not in gt: raise ValueError(f"MME question {r['question_id']!r} ({r['prompt'][:60]!r}) has no answer in {image_src/cat}")
+            r.update(answers=[gt[k]], image_id=f"{cat}/{file}", category=cat)
+    elif b == 'seed': rows = _seed_rows(rows, d, qfile)
+    else: # vqav2, vizwiz: test-dev answers are held by the evaluation servers
+        for r in rows: r['answers'] = []
+    return rows
+
+# %% ../nbs/12_crossget_llava.ipynb #c9243cdc
 def convert_llava_eval(benchmark:str,            # a key of LLAVA_EVAL_FILES
                        src:str|Path,             # LLaVA's playground/data/eval folder (one sub-folder per benchmark)
                        out_dir:str|Path,         # our dataset folder, e.g. data/gqa
@@ -784,68 +858,15 @@ def convert_llava_eval(benchmark:str,            # a key of LLAVA_EVAL_FILES
     b = benchmark
     if b in ('mmbench', 'mmbench_cn'):
         rows = _mmbench_rows(d/qfile, None if dry_run else Path(out_dir)/'images')
-    elif b == 'sqa':
-        items, probs = _json(d/qfile), _json(d/'problems.json')
-        rows = []
-        for it in items:
-            if not it.get('image'): continue                         # SQA-IMG: the questions with an image
-            p = probs.get(str(it['id']))
-            if p is None: raise ValueError(f"{d/'problems.json'} has no problem {it['id']!r} (listed in {qfile})")
-            prompt = it['conversations'][0]['value'].replace('<image>', '').strip() + '\n' + LETTER_ANSWER
-            rows.append(dict(id=str(it['id']), image=it['image'], prompt=prompt, question=p['question'],
-                             hint=p.get('hint') or '', choices=p['choices'], answer=int(p['answer']),
-                             category=p.get('subject', '')))
-    else:
-        rows = _question_rows(_jsonl(d/qfile), d/qfile)
-        if b == 'gqa':
-            gt = _json(d/'data/testdev_balanced_questions.json')
-            for r in rows:
-                if r['id'] not in gt: raise ValueError(f"question {r['id']} of {qfile} is not in testdev_balanced_questions.json")
-                r['answers'] = [gt[r['id']]['answer']]
-        elif b == 'textvqa':
-            gt = {str(a['question_id']): a for a in _json(d/'TextVQA_0.5.1_val.json')['data']}
-            for r in rows:
-                if r['id'] not in gt: raise ValueError(f"question {r['id']} of {qfile} is not in TextVQA_0.5.1_val.json")
-                r['answers'] = list(gt[r['id']]['answers'])
-        elif b == 'pope':                           # LLaVA's eval_pope.py: the labels of a category follow its questions in order
-            for cat in ('adversarial', 'popular', 'random'):
-                mine = [r for r in rows if r['category'] == cat]
-                labels = _jsonl(d/f'coco/coco_pope_{cat}.json')
-                if len(labels) != len(mine):
-                    raise ValueError(f"{qfile} has {len(mine)} {cat!r} questions but coco_pope_{cat}.json has {len(labels)} labels")
-                for r, l in zip(mine, labels):
-                    if l.get('image') and l['image'] != r['image']:
-                        raise ValueError(f"{cat} question {r['id']}: image {r['image']!r} but its label is for {l['image']!r}")
-                    r['answers'] = [l['label'].strip().lower()]
-            other = sorted({r['category'] for r in rows} - {'adversarial', 'popular', 'random'})
-            if other: raise ValueError(f"{qfile}: unknown POPE categories {other}")
-        elif b == 'mme':
-            gt = _mme_answers(image_src)
-            for r in rows:
-                cat, file = str(r['question_id']).split('/')[0], Path(str(r['question_id'])).stem + '.txt'
-                k = _mme_key(r['prompt'], cat, file, gt)
-                if k not in gt: raise ValueError(f"MME question {r['question_id']!r} ({r['prompt'][:60]!r}) has no answer in {image_src/cat}")
-                r.update(answers=[gt[k]], image_id=f"{cat}/{file}", category=cat)
-        elif b == 'seed':
-            ann = {str(q['question_id']): q for q in _json(d/'SEED-Bench.json')['questions']}
-            keep = []
-            for r in rows:
-                q = ann.get(r['id'])
-                if q is None: raise ValueError(f"question {r['id']} of {qfile} is not in SEED-Bench.json")
-                if q.get('data_type', 'image') != 'image': continue       # SEED-I: the image questions
-                r.update(choices=[q[f'choice_{c}'] for c in 'abcd'], answer='ABCD'.index(q['answer']),
-                         question=q['question'], question_type_id=q.get('question_type_id'))
-                keep.append(r)
-            rows = keep
-        else: # vqav2, vizwiz: test-dev answers are held by the evaluation servers
-            for r in rows: r['answers'] = []
+    elif b == 'sqa': rows = _sqa_rows(d, qfile)
+    else: rows = _attach_answers(b, _question_rows(_jsonl(d/qfile), d/qfile), d, qfile, image_src)
     if not rows: raise ValueError(f"{d/qfile} gave no {benchmark} questions")
     src_name = {'mmbench': 'https://github.com/open-compass/MMBench', 'mmbench_cn': 'https://github.com/open-compass/MMBench'}
     return data._finish(out_dir, {'test': rows}, image_src, copy_images, check_images and image_src is not None, dry_run,
                         source=src_name.get(b, 'https://github.com/haotian-liu/LLaVA/blob/main/docs/Evaluation.md'),
                         license='see the benchmark; images: their own licenses', benchmark=b)
 
-# %% ../nbs/12_crossget_llava.ipynb #eebcd2bf
+# %% ../nbs/12_crossget_llava.ipynb #8f1d8672
 _STANDIN_WORDS = ('red green blue yellow white black circle square triangle star cat dog bus car tree sign '
                   'left right top bottom one two three four yes no many small large book table person boat').split()
 
@@ -858,6 +879,7 @@ def _standin_image(path:Path, seed:int, size:tuple=(40, 30)):
 
 def _phrase(g:random.Random, n:int)->str: return ' '.join(g.choice(_STANDIN_WORDS) for _ in range(n))
 
+# %% ../nbs/12_crossget_llava.ipynb #b5b79033
 def write_llava_mix665k(src:str|Path,    # folder for llava_v1_5_mix665k.json and its image folders
                         n:int=80,        # conversations (every 10th is kept by mix67k)
                         text_only:tuple=(30,), # indices of ShareGPT-style rows without an image
@@ -883,6 +905,116 @@ def write_llava_mix665k(src:str|Path,    # folder for llava_v1_5_mix665k.json an
     out.write_text(json.dumps(items))
     return out
 
+# %% ../nbs/12_crossget_llava.ipynb #76dbd431
+def _jl(p:Path, rows): p.parent.mkdir(parents=True, exist_ok=True); p.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+def _q(text, suffix=SHORT_ANSWER): return f"{text}\n{suffix}" if suffix else text
+
+def _upstream_vqa(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Random, seed:int):
+    "VQAv2 / VizWiz / GQA / TextVQA: question file, images, and the answer files GQA, TextVQA and VizWiz ship."
+    rows, gt = [], {}
+    for i in range(n):
+        im = {'vqav2': f'COCO_test2015_{262144 + i:012d}.jpg', 'vizwiz': f'VizWiz_test_{i:08d}.jpg',
+              'gqa': f'n{435808 + i}.jpg', 'textvqa': f'{i:016x}.jpg'}[b]
+        _standin_image(d/img_dir/im, seed * 100 + i)
+        qid = {'vqav2': 262144000 + i, 'vizwiz': i, 'gqa': str(20968379 + i), 'textvqa': 34602 + i}[b]
+        text = f"What {_phrase(g, 1)} is the {_phrase(g, 1)}?"
+        if b == 'textvqa': text += f"\nReference OCR token: {_phrase(g, 2).replace(' ', ', ')}"
+        sfx = (LLAVA_BENCHMARKS['vizwiz'].suffix.replace(SHORT_ANSWER, '').strip() + '\n' + SHORT_ANSWER) if b == 'vizwiz' else SHORT_ANSWER
+        rows.append({'question_id': qid, 'image': im, 'text': _q(text, sfx), 'category': 'default'})
+        gt[str(qid)] = [_phrase(g, 1) for _ in range(10)]
+    _jl(d/qfile, rows)
+    if b == 'gqa':
+        (d/'data').mkdir(parents=True, exist_ok=True)
+        (d/'data/testdev_balanced_questions.json').write_text(json.dumps(
+            {k: {'answer': v[0], 'imageId': r['image'][:-4], 'question': r['text'].split('\n')[0]} for (k, v), r in zip(gt.items(), rows)}))
+    if b == 'textvqa':
+        (d/'TextVQA_0.5.1_val.json').write_text(json.dumps({'dataset_name': 'textvqa', 'dataset_split': 'val', 'data': [
+            {'question_id': r['question_id'], 'question': r['text'].split('\n')[0], 'image_id': r['image'][:-4],
+             'answers': gt[str(r['question_id'])]} for r in rows]}))
+    if b == 'vizwiz':
+        (d/'test.json').write_text(json.dumps([{'image': r['image'], 'question': r['text'].split('\n')[0]} for r in rows]))
+
+# %% ../nbs/12_crossget_llava.ipynb #88bf98c4
+def _upstream_pope(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Random, seed:int):
+    "POPE: questions of the three categories, one label file per category."
+    rows, k = [], 0
+    for cat in ('adversarial', 'popular', 'random'):
+        labels = []
+        for i in range(n):
+            im = f'COCO_val2014_{16631 + i:012d}.jpg'
+            _standin_image(d/img_dir/im, seed * 100 + i)
+            text, k = f"Is there a {_phrase(g, 1)} in the image?", k + 1
+            rows.append({'question_id': k, 'image': im, 'text': _q(text), 'category': cat})
+            labels.append({'question_id': i + 1, 'image': im, 'text': text, 'label': 'yes' if (i + k) % 2 else 'no'})
+        _jl(d/f'coco/coco_pope_{cat}.json', labels)
+    _jl(d/qfile, rows)
+
+def _upstream_mme(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Random, seed:int):
+    "MME: images with their 'question<TAB>answer' files, flat and nested layouts."
+    rows = []
+    for j, cat in enumerate(('existence', 'artwork', 'code_reasoning')):   # flat layout / images + questions_answers_YN
+        nested = cat == 'artwork'
+        for i in range(max(1, n // 2)):
+            name = f'{10002 + i}.jpg' if nested else f'{i:04d}.png'
+            img = f"{cat}/images/{name}" if nested else f"{cat}/{name}"
+            _standin_image(d/img_dir/img, seed * 100 + 10 * j + i)
+            qa = d/img_dir/cat/('questions_answers_YN' if nested else '')/(Path(name).stem + '.txt')
+            qa.parent.mkdir(parents=True, exist_ok=True)
+            qs = [f"Is there a {_phrase(g, 1)} in this image? Please answer yes or no.", f"Is this a {_phrase(g, 1)}? Please answer yes or no."]
+            qa.write_text(f"{qs[0]}\tYes\n{qs[1]}\tNo\n")
+            for t in qs: rows.append({'question_id': f"{cat}/{name}", 'image': img, 'text': _q(t), 'category': cat})
+    _jl(d/qfile, rows)
+
+# %% ../nbs/12_crossget_llava.ipynb #925b4e12
+def _upstream_mmbench(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Random, seed:int):
+    "MMBench(-CN): one tsv with base64 images, some questions with three options."
+    d.mkdir(parents=True, exist_ok=True)
+    lines = ['\t'.join(['index', 'question', 'hint', 'A', 'B', 'C', 'D', 'answer', 'category', 'image', 'source', 'l2-category', 'comment', 'split'])]
+    for i in range(n):
+        buf = io.BytesIO(); Image.new('RGB', (24, 20), (40 * i % 256, 90, 200)).save(buf, format='JPEG')
+        opts = [_phrase(g, 1) for _ in range(4 if i % 2 == 0 else 3)] + ([] if i % 2 == 0 else [''])
+        lines.append('\t'.join([str(1000 + i), f"Which {_phrase(g, 1)} is shown?", 'nan' if i % 2 else f"The {_phrase(g, 2)}.",
+                                *opts, 'AB'[i % 2], 'attribute_recognition', base64.b64encode(buf.getvalue()).decode(),
+                                'standin', 'FP-S', 'nan', 'dev']))
+    (d/qfile).write_text('\n'.join(lines) + '\n', encoding='utf-8')
+
+def _upstream_sqa(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Random, seed:int):
+    "ScienceQA: LLaVA's CQM-A question file, problems.json and pid_splits.json; one text-only question."
+    items, probs = [], {}
+    for i in range(n + 1):                                   # one text-only question (not in SQA-IMG)
+        pid = str(1000 + i)
+        ch = [_phrase(g, 1) for _ in range(2 + i % 3)]
+        probs[pid] = {'question': f"Which {_phrase(g, 1)} is {_phrase(g, 1)}?", 'choices': ch, 'answer': i % len(ch),
+                      'hint': _phrase(g, 3) if i % 2 else '', 'image': 'image.png' if i < n else None,
+                      'task': 'closed choice', 'grade': 'grade2', 'subject': 'natural science', 'split': 'test'}
+        p = probs[pid]
+        text = (f"Context: {p['hint']}\n" if p['hint'] else '') + p['question'] + '\n' + '\n'.join(f"{'ABCDE'[k]}. {c}" for k, c in enumerate(ch))
+        it = {'id': pid, 'conversations': [{'from': 'human', 'value': ('<image>\n' if i < n else '') + text},
+                                           {'from': 'gpt', 'value': 'ABCDE'[p['answer']]}]}
+        if i < n:
+            it['image'] = f'{pid}/image.png'
+            _standin_image(d/img_dir/it['image'], seed * 100 + i)
+        items.append(it)
+    (d/qfile).write_text(json.dumps(items)); (d/'problems.json').write_text(json.dumps(probs))
+    (d/'pid_splits.json').write_text(json.dumps({'test': list(probs)}))
+
+# %% ../nbs/12_crossget_llava.ipynb #808d1947
+def _upstream_seed(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Random, seed:int):
+    "SEED-Bench: LLaVA's question file and SEED-Bench.json; one video question (not in SEED-I)."
+    rows, qs = [], []
+    for i in range(n + 1):                                   # one video question (not in SEED-I)
+        video = i == n
+        im = f"SEED-Bench-{'video-' if video else ''}image/{1454426 + i}_{2591111986 + i}.{'png' if video else 'jpg'}"
+        _standin_image(d/im, seed * 100 + i)
+        ch = [_phrase(g, 1) for _ in range(4)]
+        text = f"How many {_phrase(g, 1)} are in the image?"
+        qs.append({'question_id': str(i), 'question': text, 'answer': 'ABCD'[i % 4], 'data_type': 'video' if video else 'image',
+                   'question_type_id': 1 + i % 9, 'data_id': Path(im).name, **{f'choice_{c}': x for c, x in zip('abcd', ch)}})
+        rows.append({'image': im, 'text': text + '\n' + '\n'.join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(ch)) + '\n' + LETTER_ANSWER,
+                     'category': 'Instances Counting', 'question_id': str(i)})
+    _jl(d/qfile, rows)
+    (d/'SEED-Bench.json').write_text(json.dumps({'questions': qs, 'question_type': {'Instances Counting': 5}}))
+
 def write_llava_eval_upstream(src:str|Path,        # playground/data/eval
                               benchmarks:list|tuple=tuple(LLAVA_EVAL_FILES), # keys of LLAVA_EVAL_FILES
                               n:int=4,             # questions per benchmark (POPE: per category; MME: 2 per image)
@@ -890,104 +1022,18 @@ def write_llava_eval_upstream(src:str|Path,        # playground/data/eval
                              )->Path:
     "Tiny copies of LLaVA-1.5's evaluation files in their released layout: question files, answer files, images."
     g, src = random.Random(seed), Path(src)
-    def jl(p:Path, rows): p.parent.mkdir(parents=True, exist_ok=True); p.write_text(''.join(json.dumps(r) + '\n' for r in rows))
-    def q(text, suffix=SHORT_ANSWER): return f"{text}\n{suffix}" if suffix else text
     for b in benchmarks:
         folder, qfile, img_dir, _ = LLAVA_EVAL_FILES[b]
         d = src/folder
-        if b in ('vqav2', 'vizwiz', 'gqa', 'textvqa'):
-            rows, gt = [], {}
-            for i in range(n):
-                im = {'vqav2': f'COCO_test2015_{262144 + i:012d}.jpg', 'vizwiz': f'VizWiz_test_{i:08d}.jpg',
-                      'gqa': f'n{435808 + i}.jpg', 'textvqa': f'{i:016x}.jpg'}[b]
-                _standin_image(d/img_dir/im, seed * 100 + i)
-                qid = {'vqav2': 262144000 + i, 'vizwiz': i, 'gqa': str(20968379 + i), 'textvqa': 34602 + i}[b]
-                text = f"What {_phrase(g, 1)} is the {_phrase(g, 1)}?"
-                if b == 'textvqa': text += f"\nReference OCR token: {_phrase(g, 2).replace(' ', ', ')}"
-                sfx = (LLAVA_BENCHMARKS['vizwiz'].suffix.replace(SHORT_ANSWER, '').strip() + '\n' + SHORT_ANSWER) if b == 'vizwiz' else SHORT_ANSWER
-                rows.append({'question_id': qid, 'image': im, 'text': q(text, sfx), 'category': 'default'})
-                gt[str(qid)] = [_phrase(g, 1) for _ in range(10)]
-            jl(d/qfile, rows)
-            if b == 'gqa':
-                (d/'data').mkdir(parents=True, exist_ok=True)
-                (d/'data/testdev_balanced_questions.json').write_text(json.dumps(
-                    {k: {'answer': v[0], 'imageId': r['image'][:-4], 'question': r['text'].split('\n')[0]} for (k, v), r in zip(gt.items(), rows)}))
-            if b == 'textvqa':
-                (d/'TextVQA_0.5.1_val.json').write_text(json.dumps({'dataset_name': 'textvqa', 'dataset_split': 'val', 'data': [
-                    {'question_id': r['question_id'], 'question': r['text'].split('\n')[0], 'image_id': r['image'][:-4],
-                     'answers': gt[str(r['question_id'])]} for r in rows]}))
-            if b == 'vizwiz':
-                (d/'test.json').write_text(json.dumps([{'image': r['image'], 'question': r['text'].split('\n')[0]} for r in rows]))
-        elif b == 'pope':
-            rows, k = [], 0
-            for cat in ('adversarial', 'popular', 'random'):
-                labels = []
-                for i in range(n):
-                    im = f'COCO_val2014_{16631 + i:012d}.jpg'
-                    _standin_image(d/img_dir/im, seed * 100 + i)
-                    text, k = f"Is there a {_phrase(g, 1)} in the image?", k + 1
-                    rows.append({'question_id': k, 'image': im, 'text': q(text), 'category': cat})
-                    labels.append({'question_id': i + 1, 'image': im, 'text': text, 'label': 'yes' if (i + k) % 2 else 'no'})
-                jl(d/f'coco/coco_pope_{cat}.json', labels)
-            jl(d/qfile, rows)
-        elif b == 'mme':
-            rows = []
-            for j, cat in enumerate(('existence', 'artwork', 'code_reasoning')):   # flat layout / images + questions_answers_YN
-                nested = cat == 'artwork'
-                for i in range(max(1, n // 2)):
-                    name = f'{10002 + i}.jpg' if nested else f'{i:04d}.png'
-                    img = f"{cat}/images/{name}" if nested else f"{cat}/{name}"
-                    _standin_image(d/img_dir/img, seed * 100 + 10 * j + i)
-                    qa = d/img_dir/cat/('questions_answers_YN' if nested else '')/(Path(name).stem + '.txt')
-                    qa.parent.mkdir(parents=True, exist_ok=True)
-                    qs = [f"Is there a {_phrase(g, 1)} in this image? Please answer yes or no.", f"Is this a {_phrase(g, 1)}? Please answer yes or no."]
-                    qa.write_text(f"{qs[0]}\tYes\n{qs[1]}\tNo\n")
-                    for t in qs: rows.append({'question_id': f"{cat}/{name}", 'image': img, 'text': q(t), 'category': cat})
-            jl(d/qfile, rows)
-        elif b in ('mmbench', 'mmbench_cn'):
-            d.mkdir(parents=True, exist_ok=True)
-            lines = ['\t'.join(['index', 'question', 'hint', 'A', 'B', 'C', 'D', 'answer', 'category', 'image', 'source', 'l2-category', 'comment', 'split'])]
-            for i in range(n):
-                buf = io.BytesIO(); Image.new('RGB', (24, 20), (40 * i % 256, 90, 200)).save(buf, format='JPEG')
-                opts = [_phrase(g, 1) for _ in range(4 if i % 2 == 0 else 3)] + ([] if i % 2 == 0 else [''])
-                lines.append('\t'.join([str(1000 + i), f"Which {_phrase(g, 1)} is shown?", 'nan' if i % 2 else f"The {_phrase(g, 2)}.",
-                                        *opts, 'AB'[i % 2], 'attribute_recognition', base64.b64encode(buf.getvalue()).decode(),
-                                        'standin', 'FP-S', 'nan', 'dev']))
-            (d/qfile).write_text('\n'.join(lines) + '\n', encoding='utf-8')
-        elif b == 'sqa':
-            items, probs = [], {}
-            for i in range(n + 1):                                   # one text-only question (not in SQA-IMG)
-                pid = str(1000 + i)
-                ch = [_phrase(g, 1) for _ in range(2 + i % 3)]
-                probs[pid] = {'question': f"Which {_phrase(g, 1)} is {_phrase(g, 1)}?", 'choices': ch, 'answer': i % len(ch),
-                              'hint': _phrase(g, 3) if i % 2 else '', 'image': 'image.png' if i < n else None,
-                              'task': 'closed choice', 'grade': 'grade2', 'subject': 'natural science', 'split': 'test'}
-                p = probs[pid]
-                text = (f"Context: {p['hint']}\n" if p['hint'] else '') + p['question'] + '\n' + '\n'.join(f"{'ABCDE'[k]}. {c}" for k, c in enumerate(ch))
-                it = {'id': pid, 'conversations': [{'from': 'human', 'value': ('<image>\n' if i < n else '') + text},
-                                                   {'from': 'gpt', 'value': 'ABCDE'[p['answer']]}]}
-                if i < n:
-                    it['image'] = f'{pid}/image.png'
-                    _standin_image(d/img_dir/it['image'], seed * 100 + i)
-                items.append(it)
-            (d/qfile).write_text(json.dumps(items)); (d/'problems.json').write_text(json.dumps(probs))
-            (d/'pid_splits.json').write_text(json.dumps({'test': list(probs)}))
-        elif b == 'seed':
-            rows, qs = [], []
-            for i in range(n + 1):                                   # one video question (not in SEED-I)
-                video = i == n
-                im = f"SEED-Bench-{'video-' if video else ''}image/{1454426 + i}_{2591111986 + i}.{'png' if video else 'jpg'}"
-                _standin_image(d/im, seed * 100 + i)
-                ch = [_phrase(g, 1) for _ in range(4)]
-                text = f"How many {_phrase(g, 1)} are in the image?"
-                qs.append({'question_id': str(i), 'question': text, 'answer': 'ABCD'[i % 4], 'data_type': 'video' if video else 'image',
-                           'question_type_id': 1 + i % 9, 'data_id': Path(im).name, **{f'choice_{c}': x for c, x in zip('abcd', ch)}})
-                rows.append({'image': im, 'text': text + '\n' + '\n'.join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(ch)) + '\n' + LETTER_ANSWER,
-                             'category': 'Instances Counting', 'question_id': str(i)})
-            jl(d/qfile, rows)
-            (d/'SEED-Bench.json').write_text(json.dumps({'questions': qs, 'question_type': {'Instances Counting': 5}}))
+        if b in ('vqav2', 'vizwiz', 'gqa', 'textvqa'): _upstream_vqa(b, d, qfile, img_dir, n, g, seed)
+        elif b == 'pope': _upstream_pope(b, d, qfile, img_dir, n, g, seed)
+        elif b == 'mme': _upstream_mme(b, d, qfile, img_dir, n, g, seed)
+        elif b in ('mmbench', 'mmbench_cn'): _upstream_mmbench(b, d, qfile, img_dir, n, g, seed)
+        elif b == 'sqa': _upstream_sqa(b, d, qfile, img_dir, n, g, seed)
+        elif b == 'seed': _upstream_seed(b, d, qfile, img_dir, n, g, seed)
     return src
 
+# %% ../nbs/12_crossget_llava.ipynb #7ee37d12
 _STANDIN_TEXTS = (LLAVA_SYSTEM, 'USER: ASSISTANT:', SHORT_ANSWER, LETTER_ANSWER, LLAVA_BENCHMARKS['vizwiz'].suffix,
                   'What is the ? Which is shown How many are in the image Is there a this Context : Reference OCR token , '
                   'Please answer yes or no . The A B C D E', ' '.join(_STANDIN_WORDS))
@@ -1028,6 +1074,7 @@ def _clip_mean():
 def _clip_std():
     return CLIP_STD
 
+# %% ../nbs/12_crossget_llava.ipynb #ca73d4b5
 LLAVA_RECIPE_GLOBAL_BATCH = 128   # official finetune_task.sh: per-device 16 x 8 GPUs x accumulation 1
 
 def _repo_scripts()->Path:
@@ -1042,12 +1089,10 @@ def _script(name:str, *args):
     if p.returncode: raise RuntimeError(f"data_scripts/{name} {' '.join(map(str, args))} failed:\n{p.stdout}{p.stderr}")
     return p.stdout
 
-def rehearsal_llava(params:dict,            # the parameter set's YAML mapping
-                    root:Path|None=None,    # rehearsal root; None only returns the plan
-                    device:str='cpu',       # 'cpu' or 'cuda' (bf16)
-                   )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
-    "Rehearsal plan of a 12_crossget_llava set; with `root`, write its stand-ins: a tiny llava-hf folder, LLaVA's data files converted by data_scripts."
-    p, cuda = dict(params), device == 'cuda'
+# %% ../nbs/12_crossget_llava.ipynb #1211f3af
+def _llava_plan(p:dict, device:str)->dict:
+    "What a rehearsal of the set `p` shrinks (overrides), the branch it takes, the metric it reads and the paper rows it fills."
+    cuda = device == 'cuda'
     common = dict(bench_preset='tiny', bench_batch=2, bench_repeats=1, bench_new_tokens=2, device=device,
                   precision='bf16' if cuda else 'fp32')
     if not p.get('data_root'):                                # synthetic data (cpu-demo): same cells, tiny sizes
@@ -1068,8 +1113,18 @@ def rehearsal_llava(params:dict,            # the parameter set's YAML mapping
                 recipe_batch=dict(per_process=p['per_device_batch_size'], processes=p.get('nproc', 1),
                                   grad_accum=p.get('grad_accum', 1), recipe=LLAVA_RECIPE_GLOBAL_BATCH) if train else None,
                 rows=rows, trains=train)
-    if root is None: return plan
-    root = Path(root)
+    return plan
+
+# %% ../nbs/12_crossget_llava.ipynb #d8054c24
+def rehearsal_llava(params:dict,            # the parameter set's YAML mapping
+                    root:Path|None=None,    # rehearsal root; None only returns the plan
+                    device:str='cpu',       # 'cpu' or 'cuda' (bf16)
+                   )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
+    "Rehearsal plan of a 12_crossget_llava set; with `root`, write its stand-ins: a tiny llava-hf folder, LLaVA's data files converted by data_scripts."
+    p = dict(params)
+    plan = _llava_plan(p, device)
+    if root is None or not p.get('data_root'): return plan
+    root, train, benches = Path(root), plan['trains'], list(p.get('eval_benchmarks') or [])
     sd = write_llava_hf(root/p['model'], seed=0, r=0 if train else int(p.get('r_vision', 13)))
     if not train:
         w = root/p['crossget_weights']; w.parent.mkdir(parents=True, exist_ok=True); torch.save(sd, w)
