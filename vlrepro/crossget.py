@@ -32,7 +32,7 @@ __all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 
            'gflops_table', 'merge_share', 'aten_op_counts', 'graph_breaks', 'throughput', 'bench_main', 'MergeTrace',
            'tracing', 'trace_merges', 'plot_trace', 'paper_setting', 'register_llava_numbers', 'demo_claims']
 
-# %% ../nbs/11_crossget.ipynb #2abeb22a
+# %% ../nbs/11_crossget.ipynb #c30a8bc0
 METHODS = ('crossget', 'complete', 'tome')
 
 @dataclass
@@ -50,6 +50,7 @@ class CrossGETState:
         "Per-layer r of the 'vision' or 'text' encoder."
         return parse_r(depth, self.rv if side == 'vision' else self.rl)
 
+# %% ../nbs/11_crossget.ipynb #1a284c79
 def _validate(state:CrossGETState,
               sv:list[int],          # the vision schedule (one r per vision block)
               st:list[int]|None):    # the text schedule, None without a text encoder
@@ -65,6 +66,7 @@ def _validate(state:CrossGETState,
     if st is None and any(parse_r(len(state.rl), state.rl) if isinstance(state.rl, list) else parse_r(1, state.rl)):
         raise ValueError("this model has no text encoder: use rl=0")
 
+# %% ../nbs/11_crossget.ipynb #a206b5e1
 class RClippedWarning(UserWarning):
     "A layer's r was larger than what it can merge and was clipped to (N - P) // 2."
 
@@ -79,7 +81,7 @@ def _report_clip(state:CrossGETState, side:str, n0:int, sched:list[int], P:int):
         warnings.warn(f"crossget: {side} r is larger than the mergeable tokens and was clipped to (N-P)//2 ({desc})",
                       RClippedWarning, stacklevel=3)
 
-# %% ../nbs/11_crossget.ipynb #8e42b65a
+# %% ../nbs/11_crossget.ipynb #a0520b34
 @dataclass
 class ReduceStep:
     "One reduction step: the shorter sequence and what chose it."
@@ -89,6 +91,7 @@ class ReduceStep:
     match:Match|Callable|None  # CrossGET's pairs, ToMe's `merge(x, mode)` callable, or None (nothing merged)
     importance:Tensor|None     # (B, N) cross-guided importance of the input tokens (None without guidance)
 
+# %% ../nbs/11_crossget.ipynb #9cd294cf
 def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual stream after attention)
                   size:Tensor|None,           # (B, N, 1) sizes; None = all ones
                   q:Tensor, k:Tensor,         # (B, N, C) this block's queries and keys, full width, with bias (method='tome': k is
@@ -121,6 +124,7 @@ def reduce_tokens(x:Tensor,                   # (B, N, C) tokens (the residual s
     if token_id is not None: token_id = merge_token_ids(token_id, size, match)
     return ReduceStep(*merge_ensemble(x, size, match), token_id, match, imp)
 
+# %% ../nbs/11_crossget.ipynb #ea53e69b
 def _reduce(x:Tensor, size:Tensor, token_id:Tensor|None, q:Tensor, k:Tensor, r:int, side:str, state:CrossGETState,
             num_heads:int, normalized:bool=False, batch:RowIndex|None=None, guide_query:Tensor|None=None)->ReduceStep:
     "The family's choices for `reduce_tokens`: vision protects CLS (+ cross token), text also the EOT, whose query guides."
@@ -136,6 +140,7 @@ def _reduce(x:Tensor, size:Tensor, token_id:Tensor|None, q:Tensor, k:Tensor, r:i
     if state.trace is not None: state.trace.record(side, r, dict(x=x, size=size, q=q, k=k, r=r, **kw), step)
     return step
 
+# %% ../nbs/11_crossget.ipynb #f3087eaf
 def block_crossget_forward(self:nn.Module,           # an open_clip ResidualAttentionBlock
                            x:Tensor,                 # (B, N, C) batch-first tokens
                            size:Tensor|None,         # (B, N, 1) sizes, None = encoder without reduction
@@ -168,6 +173,7 @@ def block_crossget_forward(self:nn.Module,           # an open_clip ResidualAtte
     x = x + self.ls_2(self.mlp(self.ln_2(x)))
     return x.view(B, N, C), size, token_id
 
+# %% ../nbs/11_crossget.ipynb #b0b309de
 def _block_forward(self, q_x:Tensor, k_x:Tensor|None=None, v_x:Tensor|None=None, attn_mask:Tensor|None=None,
                    crossget:tuple|None=None):
     "The block's forward: stock without `crossget`, else `block_crossget_forward(x, *crossget)` (hooks see it)."
@@ -242,7 +248,7 @@ def _vision_forward(self, x:Tensor):
     pooled, tokens, _ = self.crossget_encode(x)
     return (pooled, tokens) if self.output_tokens else pooled
 
-# %% ../nbs/11_crossget.ipynb #13c6c2a5
+# %% ../nbs/11_crossget.ipynb #9ed4a16e
 def encode_text_embeds(model:nn.Module, # a patched open_clip CLIP
                        x:Tensor,        # (B, T, C) token + position embeddings (CoOp passes its prompts here)
                        text:Tensor,     # (B, T) token ids, EOT = the largest id
@@ -269,6 +275,7 @@ def encode_text_embeds(model:nn.Module, # a patched open_clip CLIP
     if proj is not None: x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
     return x, _project_cross(crosses, model.ln_final, proj) if return_cross else None
 
+# %% ../nbs/11_crossget.ipynb #a85ec45f
 def clip_crossget_encode_text(self:nn.Module, # a patched open_clip CLIP
                               text:Tensor,    # (B, T) token ids
                               return_cross:bool=False, # also project the cross tokens for the loss
@@ -343,7 +350,7 @@ def _locate(model:nn.Module)->dict:
     raise TypeError(f"crossget.patch supports {', '.join([*FAMILIES, *PATCHERS])} models (open_clip CLIP / VisionTransformer, "
                     f"e.g. open_clip.create_model('ViT-B-16')), not {type(model).__name__}")
 
-# %% ../nbs/11_crossget.ipynb #da11ce95
+# %% ../nbs/11_crossget.ipynb #5fc4bcfa
 def patch(model:nn.Module,          # an open_clip CLIP (or VisionTransformer)
           rv:int|list=16,           # vision tokens removed per block (int, or one value per layer)
           rl:int|list=0,            # language tokens removed per block
@@ -380,6 +387,7 @@ def patch(model:nn.Module,          # an open_clip CLIP (or VisionTransformer)
     if text is not None: _report_clip(state, 'text', text.context_length + c, st, 2 + c)
     return model
 
+# %% ../nbs/11_crossget.ipynb #8e290432
 def is_patched(model:nn.Module)->bool:
     "Is CrossGET attached to `model`?"
     return core_is_patched(model, 'crossget')
@@ -718,7 +726,7 @@ def bench_main(argv:list[str]|None=None)->int:
         atomic_write_json(a.out, dict(attrs=df.attrs, rows=df.to_dict('records'), aten_ops=ops, graph_breaks=breaks))
     return 0
 
-# %% ../nbs/11_crossget.ipynb #76f76e72
+# %% ../nbs/11_crossget.ipynb #8fd1182d
 class MergeTrace:
     "What `tracing` records: one entry per reduction step, in forward order (each encoder forward starts afresh)."
     def __init__(self): self.steps, self.layer, self._source = [], None, {}
@@ -742,6 +750,7 @@ class MergeTrace:
     def __len__(self): return len(self.steps)
     def __getitem__(self, i): return self.steps[i]
 
+# %% ../nbs/11_crossget.ipynb #db8d22b4
 @contextlib.contextmanager
 def tracing(model:nn.Module, # a patched open_clip CLIP or VisionTransformer
            ):                # yields a `MergeTrace`
@@ -756,6 +765,7 @@ def tracing(model:nn.Module, # a patched open_clip CLIP or VisionTransformer
     try: yield tr
     finally: state.trace = None
 
+# %% ../nbs/11_crossget.ipynb #2ada8f42
 def trace_merges(model:nn.Module, # a patched open_clip CLIP or VisionTransformer
                  image:Tensor,    # (3, H, W) one normalised image
                 )->list[dict]:    # per reduced block: 'layer', 'tokens', 'groups' (n_patches,), 'importance' (n_patches,) or None
@@ -772,6 +782,7 @@ def trace_merges(model:nn.Module, # a patched open_clip CLIP or VisionTransforme
         out.append(dict(layer=s['layer'], tokens=s['tokens_out'], groups=prev.argmax(0)[1:n + 1], importance=imp_patch))
     return out
 
+# %% ../nbs/11_crossget.ipynb #4e6e1c80
 def plot_trace(image:Tensor,          # (3, H, W) image in [0, 1] for display
                trace:list[dict],      # from `trace_merges`
                grid:tuple,            # patch grid (rows, cols)
