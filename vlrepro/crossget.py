@@ -29,8 +29,8 @@ __all__ = ['METHODS', 'FAMILIES', 'PATCHERS', 'REHEARSAL_CLIP', 'CLIP_CONFIGS', 
            'block_crossget_forward', 'vision_crossget_encode', 'encode_text_embeds', 'clip_crossget_encode_text',
            'open_clip_classes', 'patch', 'is_patched', 'unpatch', 'trainable_parameters', 'CrossGETOutput', 'encode',
            'contrastive_loss', 'cross_alignment_loss', 'retrieval_loss', 'register_configs', 'meta_clip', 'gflops',
-           'gflops_table', 'merge_share', 'aten_op_counts', 'graph_breaks', 'throughput', 'bench_main', 'MergeTrace',
-           'tracing', 'trace_merges', 'plot_trace', 'paper_setting', 'register_llava_numbers', 'demo_claims']
+           'gflops_table', 'MergeTrace', 'tracing', 'trace_merges', 'plot_trace', 'merge_share', 'aten_op_counts',
+           'graph_breaks', 'throughput', 'bench_main', 'paper_setting', 'register_llava_numbers', 'demo_claims']
 
 # %% ../nbs/11_crossget.ipynb #c30a8bc0
 METHODS = ('crossget', 'complete', 'tome')
@@ -529,203 +529,6 @@ def gflops_table(name:str='ViT-B-16',           # open_clip model name
     df['ratio'] = 100 * df.total / df.total.iloc[0]
     return df
 
-# %% ../nbs/11_crossget.ipynb #db261e21
-def merge_share(model:nn.Module, # a patched open_clip VisionTransformer, its r set
-                x:Tensor,         # (B, 3, H, W) images
-                warmup:int=1,     # untimed rounds
-                repeats:int=5,    # timed rounds: forward and merge steps interleaved
-               )->tuple[float, float]: # median seconds of the forward and of its merge steps (matching + merge)
-    "Time a forward and, interleaved with it, its reduction steps alone (replayed from a trace of that forward)."
-    with tracing(model) as tr, torch.no_grad(): model(x)                       # the inputs of every step
-    calls = [s['inputs'] for s in tr.steps]
-    def steps():
-        for a in calls: reduce_tokens(**a)
-    df = benchmark({'forward': lambda: model(x), 'merge': steps}, warmup=warmup, repeats=repeats, baseline='forward',
-                   order='rotate').set_index('name')
-    return float(df.median_s['forward']), float(df.median_s['merge'])
-
-class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    "Counts every aten call (views apart: they launch no kernel)."
-    def __init__(self): super().__init__(); self.ops = self.views = 0
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1; self.views += bool(func.is_view)
-        return func(*args, **(kwargs or {}))
-
-def aten_op_counts(name:str='ViT-B-16', # open_clip model whose geometry (image, patch, depth) is counted
-                   rv:int=16,           # tokens removed per block
-                   batch:int=1,         # images
-                   method:str='crossget',
-                   width:int|None=64,   # vision width (random init; the count does not depend on it); None = the model's
-                  )->dict:              # ops / views of one forward, stock and patched, and the extra per layer
-    "Aten calls of one image-encoder forward through a `TorchDispatchMode` counter: stock model vs patched, per layer."
-    import open_clip
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
-    register_open_clip_configs(); register_configs()
-    cfg = open_clip.get_model_config(name)
-    if cfg is None: raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
-    vc = dict(cfg['vision_cfg'], **({} if width is None else dict(width=width, head_width=min(width, 32))))
-    torch.manual_seed(0)
-    m = _build_vision_tower(cfg['embed_dim'], CLIPVisionCfg(**vc), quick_gelu=cfg.get('quick_gelu', False)).eval()
-    x = torch.randn(batch, 3, *m.image_size)
-    out = {}
-    for label in ('stock', 'patched'):
-        if label == 'patched':
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore', RClippedWarning); patch(m, rv=rv, method=method)
-        with torch.no_grad(), _OpCounter() as c: m(x)
-        out[label], out[f'{label}_views'] = c.ops, c.views
-    L = len(m.transformer.resblocks)
-    out.update(layers=L, extra_per_layer=(out['patched'] - out['stock']) / L,
-               extra_kernels_per_layer=(out['patched'] - out['patched_views'] - out['stock'] + out['stock_views']) / L)
-    return out
-
-def _explain(fn:Callable, *args, **kwargs)->tuple[int, list[str]]:
-    "Graph breaks `torch._dynamo.explain` finds in `fn(*args)`: their count and one line per break."
-    torch._dynamo.reset()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        ex = torch._dynamo.explain(fn)(*args, **kwargs)
-    where = lambda b: f" ({b.user_stack[-1].filename.split('/')[-1]}:{b.user_stack[-1].lineno})" if b.user_stack else ''
-    return ex.graph_break_count, [str(b.reason).splitlines()[0][:120] + where(b) for b in ex.break_reasons]
-
-def graph_breaks(name:str='vlrepro-tiny-clip', # open_clip model for the CLIP checks (random init)
-                 rvs:tuple=(8, 12, 16),        # the vision r of the parameter sets
-                 rls:tuple=(6,),               # the text r of the parameter sets
-                 llava_r:int|None=13,          # the LLaVA sets' r (on the tiny LLaVA; None, or crossget_llava not imported: skip)
-                )->list[dict]:                 # one row per check: what, breaks, reasons
-    "Graph breaks of the patched models under `torch.compile` (dynamo explain): CLIP per set's r, and the LLaVA patch."
-    register_configs()
-    torch.manual_seed(0)
-    m = create_open_clip(name).eval()
-    img, txt = torch.randn(1, 3, *m.visual.image_size), torch.randint(1, 20, (1, m.context_length))
-    txt[0, -1] = txt.max() + 1                                                  # EOT = the largest id
-    rows = []
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RClippedWarning)
-        for what, kw, fn, arg in [*[(f'CLIP image rv={r}', dict(rv=r), 'encode_image', img) for r in rvs],
-                                  *[(f'CLIP text rl={r}', dict(rv=0, rl=r), 'encode_text', txt) for r in rls]]:
-            patch(m, **kw)
-            n, why = _explain(getattr(m, fn), arg)
-            unpatch(m); rows.append(dict(what=what, breaks=n, reasons=why))
-        if llava_r is not None and 'llava' in PATCHERS:   # the LLaVA family registers itself (vlrepro.crossget_llava)
-            lm = patch(tiny_hf('crossget-llava', seed=0).eval(), rv=llava_r)
-            inner, size = getattr(lm, 'model', lm), lm.config.vision_config.image_size
-            n, why = _explain(inner.get_image_features, torch.randn(1, 3, size, size))
-            rows.append(dict(what=f'LLaVA vision tower r={llava_r} (tiny)', breaks=n, reasons=why))
-            emb = torch.randn(1, 8, lm.config.text_config.hidden_size)
-            n, why = _explain(inner.language_model, inputs_embeds=emb)
-            rows.append(dict(what='LLaVA LLM with the cross token (tiny)', breaks=n, reasons=why))
-    return rows
-
-def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed does not depend on the weights)
-               batch_size:int=32,         # images per forward
-               rvs:tuple=(8, 12, 16),     # r values to time
-               methods:tuple=('tome', 'crossget'), # reduction methods to time
-               warmup:int=2,              # untimed rounds
-               repeats:int=10,            # timed rounds (interleaved); medians are reported
-               device:str='cpu',          # 'cpu', 'cuda', 'auto'
-               precision:str='fp32',      # 'fp32', 'bf16' or 'fp16' (GPU)
-               seed:int=0,
-               compile_mode:str='',       # '' eager; else a torch.compile mode ('default', 'reduce-overhead', ...): one
-                                          # compiled model per variant (rv fixed in each), the merge share not measured
-               cuda_graphs:bool=False,    # capture each variant's forward (stock included) as one CUDA graph and time its
-                                          # replay: no launch or Python cost, what a GPU kernel-bound forward would take
-              ):                          # pandas DataFrame, one row per variant
-    "Image-encoder throughput of the stock model, ToMe and CrossGET at several r: measured vs ideal speedup."
-    import pandas as pd
-    dev = get_device(device)
-    if cuda_graphs and dev.type != 'cuda':
-        raise ValueError(f"cuda_graphs=True needs a CUDA device, got {dev}; drop --cuda-graphs on {dev.type}")
-    if cuda_graphs and compile_mode: raise ValueError('choose one of compile_mode and cuda_graphs')
-    dtype = DTYPES[precision]
-    register_configs()
-    torch.manual_seed(seed)
-    base = create_open_clip(name).visual.to(dev, dtype).eval()
-    x = torch.randn(batch_size, 3, *base.image_size, device=dev, dtype=dtype)
-    models = {m: patch(copy.deepcopy(base), rv=0, method=m, cross=(m == 'crossget')) for m in methods}
-    flops_model = meta_clip(name)
-    def vision_gflops(**kw):
-        if kw: patch(flops_model, **kw)
-        g = gflops(flops_model, 'vision')['vision']
-        if kw: unpatch(flops_model)
-        return g
-    compiled = {}
-    def call(m, r):
-        if compile_mode:   # a graph per (method, r): the patched forward's shapes depend on r
-            mod = base if m is None else patch(copy.deepcopy(base), rv=r, method=m, cross=(m == 'crossget'))
-            fn = compiled[(m, r)] = torch.compile(mod, mode=compile_mode)
-            def f():
-                with torch.no_grad(): return fn(x)
-            return f
-        def f():
-            if m is not None: models[m].crossget.rv = r
-            with torch.no_grad(): return (base if m is None else models[m])(x)
-        return cuda_graphed(f) if cuda_graphs else f
-    fns, rows = {'baseline': call(None, 0)}, {'baseline': dict(method='stock', rv=0, ideal=1.0)}
-    g0 = vision_gflops()
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RClippedWarning)
-        for m in methods:
-            for r in rvs:
-                key = f'{m} rv={r}'
-                fns[key] = call(m, r)
-                rows[key] = dict(method=m, rv=r, ideal=g0 / vision_gflops(rv=r, method=m))
-        df = benchmark(fns, warmup=warmup, repeats=repeats, items=batch_size, baseline='baseline', order='rotate')
-        over = {}
-        for m in (methods if not (compile_mode or cuda_graphs) else ()):
-            for r in rvs:
-                models[m].crossget.rv = r
-                fw, mg = merge_share(models[m], x, 1, max(3, repeats // 2))
-                over[f'{m} rv={r}'] = 100 * mg / fw
-    df['method'] = [rows[n]['method'] for n in df.name]; df['rv'] = [rows[n]['rv'] for n in df.name]
-    df['ideal_speedup'] = [rows[n]['ideal'] for n in df.name]
-    df['measured/ideal'] = df.speedup / df.ideal_speedup
-    df['merge_overhead_%'] = [over.get(n, 0.0 if n == 'baseline' else float('nan')) for n in df.name]   # merge / forward
-    df.attrs.update(model=name, batch_size=batch_size, device=str(dev), precision=precision, repeats=repeats,
-                    threads=torch.get_num_threads(), compile_mode=compile_mode or ('cuda-graphs' if cuda_graphs else 'eager'))
-    return df
-
-# %% ../nbs/11_crossget.ipynb #0ef507ee
-_BENCH_SIZES = {'small': dict(model='vlrepro-tiny-clip', batch=2, repeats=3, explain='vlrepro-tiny-clip'),
-                'full': dict(model='ViT-B-16', batch=32, repeats=10, explain='ViT-B-16')}
-
-def bench_main(argv:list[str]|None=None)->int:
-    "`vlrepro bench crossget [--size small|full --model M --batch B --rv 8 12 16 --repeats N --device cpu --precision fp32 --no-compile --out f.json]`."
-    ap = argparse.ArgumentParser(prog='vlrepro bench crossget', description=throughput.__doc__)
-    ap.add_argument('--size', default='small', choices=list(_BENCH_SIZES),
-                    help='small: tiny CLIP, batch 2 (CPU, a minute); full: ViT-B/16, batch 32, 10 rounds (the issue figures)')
-    ap.add_argument('--model', default=''); ap.add_argument('--batch', type=int, default=0)
-    ap.add_argument('--rv', type=int, nargs='+', default=[8, 12, 16]); ap.add_argument('--repeats', type=int, default=0)
-    ap.add_argument('--warmup', type=int, default=2); ap.add_argument('--device', default='cpu')
-    ap.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16'])
-    ap.add_argument('--threads', type=int, default=0, help='torch threads (0 = leave as is)')
-    ap.add_argument('--gflops', action='store_true', help="also print the GFLOPs table (the paper's Table 1 geometry)")
-    ap.add_argument('--no-compile', action='store_true', help='skip the torch.compile graph-break check (dynamo explain)')
-    ap.add_argument('--compile-mode', default='', help="time torch.compile'd models (e.g. reduce-overhead: CUDA graphs on a GPU, "
-                    "where the eager merge step is launch-bound); default eager")
-    ap.add_argument('--cuda-graphs', action='store_true', help='time each variant (stock included) as a captured CUDA graph '
-                    'replay: the kernels alone, without Python and launch costs (CUDA only; no compile time)')
-    ap.add_argument('--out', default='', help='write the table as JSON here')
-    a = ap.parse_args(argv)
-    size = _BENCH_SIZES[a.size]
-    model, batch, repeats = a.model or size['model'], a.batch or size['batch'], a.repeats or size['repeats']
-    if a.threads: torch.set_num_threads(a.threads)
-    if a.gflops: print(gflops_table(model).round(3).to_string(index=False))
-    ops = aten_op_counts('ViT-B-16', rv=16, batch=1)
-    print(f"aten ops of one encode_image, ViT-B/16 batch 1 (TorchDispatchMode): stock {ops['stock']}, patched rv=16 "
-          f"{ops['patched']}: {ops['extra_per_layer']:.1f} extra per layer ({ops['extra_kernels_per_layer']:.1f} without views)")
-    breaks = [] if a.no_compile else graph_breaks(size['explain'] if not a.model else model, tuple(a.rv))
-    for b in breaks:
-        print(f"torch.compile graph breaks, {b['what']}: {b['breaks']}" + ''.join(f"\n    {w}" for w in b['reasons']))
-    df = throughput(model, batch, tuple(a.rv), warmup=a.warmup, repeats=repeats, device=a.device, precision=a.precision,
-                    compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs)
-    print(f"{model}, batch {batch}, {df.attrs['device']}, {a.precision}, {df.attrs['compile_mode']}, {df.attrs['threads']} threads, "
-          f"median of {repeats} interleaved rounds; merge_overhead_% = merge steps / forward (interleaved)")
-    print(df.round(3).to_string(index=False))
-    if a.out:
-        atomic_write_json(a.out, dict(attrs=df.attrs, rows=df.to_dict('records'), aten_ops=ops, graph_breaks=breaks))
-    return 0
-
 # %% ../nbs/11_crossget.ipynb #8fd1182d
 class MergeTrace:
     "What `tracing` records: one entry per reduction step, in forward order (each encoder forward starts afresh)."
@@ -812,6 +615,219 @@ def plot_trace(image:Tensor,          # (3, H, W) image in [0, 1] for display
     fig.tight_layout()
     return fig
 
+# %% ../nbs/11_crossget.ipynb #751398ca
+def merge_share(model:nn.Module, # a patched open_clip VisionTransformer, its r set
+                x:Tensor,         # (B, 3, H, W) images
+                warmup:int=1,     # untimed rounds
+                repeats:int=5,    # timed rounds: forward and merge steps interleaved
+               )->tuple[float, float]: # median seconds of the forward and of its merge steps (matching + merge)
+    "Time a forward and, interleaved with it, its reduction steps alone (replayed from a trace of that forward)."
+    with tracing(model) as tr, torch.no_grad(): model(x)                       # the inputs of every step
+    calls = [s['inputs'] for s in tr.steps]
+    def steps():
+        for a in calls: reduce_tokens(**a)
+    df = benchmark({'forward': lambda: model(x), 'merge': steps}, warmup=warmup, repeats=repeats, baseline='forward',
+                   order='rotate').set_index('name')
+    return float(df.median_s['forward']), float(df.median_s['merge'])
+
+# %% ../nbs/11_crossget.ipynb #f540c779
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    "Counts every aten call (views apart: they launch no kernel)."
+    def __init__(self): super().__init__(); self.ops = self.views = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1; self.views += bool(func.is_view)
+        return func(*args, **(kwargs or {}))
+
+def aten_op_counts(name:str='ViT-B-16', # open_clip model whose geometry (image, patch, depth) is counted
+                   rv:int=16,           # tokens removed per block
+                   batch:int=1,         # images
+                   method:str='crossget',
+                   width:int|None=64,   # vision width (random init; the count does not depend on it); None = the model's
+                  )->dict:              # ops / views of one forward, stock and patched, and the extra per layer
+    "Aten calls of one image-encoder forward through a `TorchDispatchMode` counter: stock model vs patched, per layer."
+    import open_clip
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    register_open_clip_configs(); register_configs()
+    cfg = open_clip.get_model_config(name)
+    if cfg is None: raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+    vc = dict(cfg['vision_cfg'], **({} if width is None else dict(width=width, head_width=min(width, 32))))
+    torch.manual_seed(0)
+    m = _build_vision_tower(cfg['embed_dim'], CLIPVisionCfg(**vc), quick_gelu=cfg.get('quick_gelu', False)).eval()
+    x = torch.randn(batch, 3, *m.image_size)
+    out = {}
+    for label in ('stock', 'patched'):
+        if label == 'patched':
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', RClippedWarning); patch(m, rv=rv, method=method)
+        with torch.no_grad(), _OpCounter() as c: m(x)
+        out[label], out[f'{label}_views'] = c.ops, c.views
+    L = len(m.transformer.resblocks)
+    out.update(layers=L, extra_per_layer=(out['patched'] - out['stock']) / L,
+               extra_kernels_per_layer=(out['patched'] - out['patched_views'] - out['stock'] + out['stock_views']) / L)
+    return out
+
+# %% ../nbs/11_crossget.ipynb #69679743
+def _explain(fn:Callable, *args, **kwargs)->tuple[int, list[str]]:
+    "Graph breaks `torch._dynamo.explain` finds in `fn(*args)`: their count and one line per break."
+    torch._dynamo.reset()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        ex = torch._dynamo.explain(fn)(*args, **kwargs)
+    where = lambda b: f" ({b.user_stack[-1].filename.split('/')[-1]}:{b.user_stack[-1].lineno})" if b.user_stack else ''
+    return ex.graph_break_count, [str(b.reason).splitlines()[0][:120] + where(b) for b in ex.break_reasons]
+
+def graph_breaks(name:str='vlrepro-tiny-clip', # open_clip model for the CLIP checks (random init)
+                 rvs:tuple=(8, 12, 16),        # the vision r of the parameter sets
+                 rls:tuple=(6,),               # the text r of the parameter sets
+                 llava_r:int|None=13,          # the LLaVA sets' r (on the tiny LLaVA; None, or crossget_llava not imported: skip)
+                )->list[dict]:                 # one row per check: what, breaks, reasons
+    "Graph breaks of the patched models under `torch.compile` (dynamo explain): CLIP per set's r, and the LLaVA patch."
+    register_configs()
+    torch.manual_seed(0)
+    m = create_open_clip(name).eval()
+    img, txt = torch.randn(1, 3, *m.visual.image_size), torch.randint(1, 20, (1, m.context_length))
+    txt[0, -1] = txt.max() + 1                                                  # EOT = the largest id
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RClippedWarning)
+        for what, kw, fn, arg in [*[(f'CLIP image rv={r}', dict(rv=r), 'encode_image', img) for r in rvs],
+                                  *[(f'CLIP text rl={r}', dict(rv=0, rl=r), 'encode_text', txt) for r in rls]]:
+            patch(m, **kw)
+            n, why = _explain(getattr(m, fn), arg)
+            unpatch(m); rows.append(dict(what=what, breaks=n, reasons=why))
+        if llava_r is not None and 'llava' in PATCHERS:   # the LLaVA family registers itself (vlrepro.crossget_llava)
+            lm = patch(tiny_hf('crossget-llava', seed=0).eval(), rv=llava_r)
+            inner, size = getattr(lm, 'model', lm), lm.config.vision_config.image_size
+            n, why = _explain(inner.get_image_features, torch.randn(1, 3, size, size))
+            rows.append(dict(what=f'LLaVA vision tower r={llava_r} (tiny)', breaks=n, reasons=why))
+            emb = torch.randn(1, 8, lm.config.text_config.hidden_size)
+            n, why = _explain(inner.language_model, inputs_embeds=emb)
+            rows.append(dict(what='LLaVA LLM with the cross token (tiny)', breaks=n, reasons=why))
+    return rows
+
+# %% ../nbs/11_crossget.ipynb #a72ae1e2
+def _vision_gflops(name:str)->Callable:
+    "`f(**patch_knobs)`: GFLOPs of the image encoder of `name` (meta device), patched with the knobs; `f()` the stock one."
+    flops_model = meta_clip(name)
+    def vision_gflops(**kw):
+        if kw: patch(flops_model, **kw)
+        g = gflops(flops_model, 'vision')['vision']
+        if kw: unpatch(flops_model)
+        return g
+    return vision_gflops
+
+def _variant(base:nn.Module, models:dict, x:Tensor, m:str|None, r:int, compile_mode:str='', cuda_graphs:bool=False)->Callable:
+    "The timed call of one variant: the stock tower (`m` None) or method `m` at rv = `r`; compiled or CUDA-graphed on request."
+    if compile_mode:   # a graph per (method, r): the patched forward's shapes depend on r
+        mod = base if m is None else patch(copy.deepcopy(base), rv=r, method=m, cross=(m == 'crossget'))
+        fn = torch.compile(mod, mode=compile_mode)
+        def f():
+            with torch.no_grad(): return fn(x)
+        return f
+    def f():
+        if m is not None: models[m].crossget.rv = r
+        with torch.no_grad(): return (base if m is None else models[m])(x)
+    return cuda_graphed(f) if cuda_graphs else f
+
+def _merge_overheads(models:dict, methods:tuple, x:Tensor, rvs:tuple, repeats:int)->dict:
+    "The merge steps' share of the forward in %, per variant `'{method} rv={r}'` (`merge_share`, interleaved)."
+    over = {}
+    for m in methods:
+        for r in rvs:
+            models[m].crossget.rv = r
+            fw, mg = merge_share(models[m], x, 1, max(3, repeats // 2))
+            over[f'{m} rv={r}'] = 100 * mg / fw
+    return over
+
+# %% ../nbs/11_crossget.ipynb #4492a4a2
+def throughput(name:str='ViT-B-16',       # open_clip model (random init: speed does not depend on the weights)
+               batch_size:int=32,         # images per forward
+               rvs:tuple=(8, 12, 16),     # r values to time
+               methods:tuple=('tome', 'crossget'), # reduction methods to time
+               warmup:int=2,              # untimed rounds
+               repeats:int=10,            # timed rounds (interleaved); medians are reported
+               device:str='cpu',          # 'cpu', 'cuda', 'auto'
+               precision:str='fp32',      # 'fp32', 'bf16' or 'fp16' (GPU)
+               seed:int=0,
+               compile_mode:str='',       # '' eager; else a torch.compile mode ('default', 'reduce-overhead', ...): one
+                                          # compiled model per variant (rv fixed in each), the merge share not measured
+               cuda_graphs:bool=False,    # capture each variant's forward (stock included) as one CUDA graph and time its
+                                          # replay: no launch or Python cost, what a GPU kernel-bound forward would take
+              ):                          # pandas DataFrame, one row per variant
+    "Image-encoder throughput of the stock model, ToMe and CrossGET at several r: measured vs ideal speedup."
+    import pandas as pd
+    dev = get_device(device)
+    if cuda_graphs and dev.type != 'cuda':
+        raise ValueError(f"cuda_graphs=True needs a CUDA device, got {dev}; drop --cuda-graphs on {dev.type}")
+    if cuda_graphs and compile_mode: raise ValueError('choose one of compile_mode and cuda_graphs')
+    dtype = DTYPES[precision]
+    register_configs()
+    torch.manual_seed(seed)
+    base = create_open_clip(name).visual.to(dev, dtype).eval()
+    x = torch.randn(batch_size, 3, *base.image_size, device=dev, dtype=dtype)
+    models = {m: patch(copy.deepcopy(base), rv=0, method=m, cross=(m == 'crossget')) for m in methods}
+    vision_gflops = _vision_gflops(name)
+    call = functools.partial(_variant, base, models, x, compile_mode=compile_mode, cuda_graphs=cuda_graphs)
+    fns, rows = {'baseline': call(None, 0)}, {'baseline': dict(method='stock', rv=0, ideal=1.0)}
+    g0 = vision_gflops()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RClippedWarning)
+        for m in methods:
+            for r in rvs:
+                key = f'{m} rv={r}'
+                fns[key] = call(m, r)
+                rows[key] = dict(method=m, rv=r, ideal=g0 / vision_gflops(rv=r, method=m))
+        df = benchmark(fns, warmup=warmup, repeats=repeats, items=batch_size, baseline='baseline', order='rotate')
+        over = _merge_overheads(models, methods if not (compile_mode or cuda_graphs) else (), x, rvs, repeats)
+    df['method'] = [rows[n]['method'] for n in df.name]; df['rv'] = [rows[n]['rv'] for n in df.name]
+    df['ideal_speedup'] = [rows[n]['ideal'] for n in df.name]
+    df['measured/ideal'] = df.speedup / df.ideal_speedup
+    df['merge_overhead_%'] = [over.get(n, 0.0 if n == 'baseline' else float('nan')) for n in df.name]   # merge / forward
+    df.attrs.update(model=name, batch_size=batch_size, device=str(dev), precision=precision, repeats=repeats,
+                    threads=torch.get_num_threads(), compile_mode=compile_mode or ('cuda-graphs' if cuda_graphs else 'eager'))
+    return df
+
+# %% ../nbs/11_crossget.ipynb #0ef507ee
+_BENCH_SIZES = {'small': dict(model='vlrepro-tiny-clip', batch=2, repeats=3, explain='vlrepro-tiny-clip'),
+                'full': dict(model='ViT-B-16', batch=32, repeats=10, explain='ViT-B-16')}
+
+def bench_main(argv:list[str]|None=None)->int:
+    "`vlrepro bench crossget [--size small|full --model M --batch B --rv 8 12 16 --repeats N --device cpu --precision fp32 --no-compile --out f.json]`."
+    ap = argparse.ArgumentParser(prog='vlrepro bench crossget', description=throughput.__doc__)
+    ap.add_argument('--size', default='small', choices=list(_BENCH_SIZES),
+                    help='small: tiny CLIP, batch 2 (CPU, a minute); full: ViT-B/16, batch 32, 10 rounds (the issue figures)')
+    ap.add_argument('--model', default=''); ap.add_argument('--batch', type=int, default=0)
+    ap.add_argument('--rv', type=int, nargs='+', default=[8, 12, 16]); ap.add_argument('--repeats', type=int, default=0)
+    ap.add_argument('--warmup', type=int, default=2); ap.add_argument('--device', default='cpu')
+    ap.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16'])
+    ap.add_argument('--threads', type=int, default=0, help='torch threads (0 = leave as is)')
+    ap.add_argument('--gflops', action='store_true', help="also print the GFLOPs table (the paper's Table 1 geometry)")
+    ap.add_argument('--no-compile', action='store_true', help='skip the torch.compile graph-break check (dynamo explain)')
+    ap.add_argument('--compile-mode', default='', help="time torch.compile'd models (e.g. reduce-overhead: CUDA graphs on a GPU, "
+                    "where the eager merge step is launch-bound); default eager")
+    ap.add_argument('--cuda-graphs', action='store_true', help='time each variant (stock included) as a captured CUDA graph '
+                    'replay: the kernels alone, without Python and launch costs (CUDA only; no compile time)')
+    ap.add_argument('--out', default='', help='write the table as JSON here')
+    a = ap.parse_args(argv)
+    size = _BENCH_SIZES[a.size]
+    model, batch, repeats = a.model or size['model'], a.batch or size['batch'], a.repeats or size['repeats']
+    if a.threads: torch.set_num_threads(a.threads)
+    if a.gflops: print(gflops_table(model).round(3).to_string(index=False))
+    ops = aten_op_counts('ViT-B-16', rv=16, batch=1)
+    print(f"aten ops of one encode_image, ViT-B/16 batch 1 (TorchDispatchMode): stock {ops['stock']}, patched rv=16 "
+          f"{ops['patched']}: {ops['extra_per_layer']:.1f} extra per layer ({ops['extra_kernels_per_layer']:.1f} without views)")
+    breaks = [] if a.no_compile else graph_breaks(size['explain'] if not a.model else model, tuple(a.rv))
+    for b in breaks:
+        print(f"torch.compile graph breaks, {b['what']}: {b['breaks']}" + ''.join(f"\n    {w}" for w in b['reasons']))
+    df = throughput(model, batch, tuple(a.rv), warmup=a.warmup, repeats=repeats, device=a.device, precision=a.precision,
+                    compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs)
+    print(f"{model}, batch {batch}, {df.attrs['device']}, {a.precision}, {df.attrs['compile_mode']}, {df.attrs['threads']} threads, "
+          f"median of {repeats} interleaved rounds; merge_overhead_% = merge steps / forward (interleaved)")
+    print(df.round(3).to_string(index=False))
+    if a.out:
+        atomic_write_json(a.out, dict(attrs=df.attrs, rows=df.to_dict('records'), aten_ops=ops, graph_breaks=breaks))
+    return 0
+
 # %% ../nbs/11_crossget.ipynb #74834afa
 _F30K = 'Table: CLIP ViT-B/16, Flickr30k 1K test (seed: Fine-tuning)'
 _COOP = 'Table: CoOp 16 shots, ViT-B/16 (seed: Prompt Tuning)'
@@ -875,40 +891,46 @@ def register_llava_numbers()->list[PaperNumber]:
 
 LLAVA_PAPER_NUMBERS = [r for r in register_llava_numbers() if r.table == LLAVA_TABLE]
 
-# %% ../nbs/11_crossget.ipynb #fc98aeb9
+# %% ../nbs/11_crossget.ipynb #543dc822
+def _retrieval_claims(rows:list[dict])->list[dict]:
+    "The retrieval claims: GFLOPs fall with r, recall kept off the shelf and after the fine-tune, the methods close after it."
+    out, base = [], next((r for r in rows if r['method'] == 'none'), None)
+    shelf = lambda m: sorted([r for r in rows if r['method'] == m and r['setting'].startswith('off-the-shelf')], key=lambda r: r['rv'])
+    tuned = lambda m: [r for r in rows if r['method'] == m and r['setting'].startswith('fine-tuned') and not r.get('rl')]
+    if not base: return out
+    b, gb = base['rmean'], base['gflops']
+    cg = shelf('crossget')
+    if cg:
+        g = [r['gflops'] / gb for r in cg]
+        out.append(dict(claim='GFLOPs fall as more tokens are merged (off-the-shelf CrossGET, r = ' + ' / '.join(str(r['rv']) for r in cg) + ')',
+                        measured='GFLOPs ratio ' + ' / '.join(f'{x:.2f}' for x in g), holds=g[0] < 1 and all(x > y for x, y in zip(g, g[1:]))))
+    for m, name, tol in (('complete', 'complete-graph merging', 1), ('tome', 'ToMe (bipartite) merging', 2)):
+        if shelf(m):
+            r = shelf(m)[-1]
+            out.append(dict(claim=f'{name} without training keeps mean recall within {tol} point(s) of the base model at r = {r["rv"]}',
+                            measured=f"{r['rmean']:.1f} vs {b:.1f} at {r['gflops'] / gb:.2f}x GFLOPs", holds=r['rmean'] >= b - tol))
+    for r in tuned('crossget'):
+        out.append(dict(claim=f'fine-tuned CrossGET rv = {r["rv"]} keeps mean recall within 1 point of the base model '
+                              '(the paper: no loss at 0.58x GFLOPs)',
+                        measured=f"{r['rmean']:.1f} vs {b:.1f} at {r['gflops'] / gb:.2f}x GFLOPs", holds=r['rmean'] >= b - 1))
+        o = [s for s in cg if s['rv'] == r['rv']]
+        if o: out.append(dict(claim=f'the short fine-tune recovers what the untrained cross token costs (CrossGET rv = {r["rv"]})',
+                              measured=f"{r['rmean']:.1f} fine-tuned vs {o[0]['rmean']:.1f} off the shelf", holds=r['rmean'] >= o[0]['rmean']))
+    ft = [r for m in ('crossget', 'tome', 'complete') for r in tuned(m)]
+    if len(ft) > 1:
+        v = [r['rmean'] for r in ft]
+        out.append(dict(claim='after the same fine-tune the methods are within 2 points of each other (mean recall)',
+                        measured=' / '.join(f"{r['method']} {r['rmean']:.1f}" for r in ft), holds=max(v) - min(v) <= 2))
+    return out
+
+# %% ../nbs/11_crossget.ipynb #8c4c079d
 def demo_claims(rows:list[dict],             # evaluation rows: setting, method ('none' for the base model), rv, rl, gflops, rmean
                 base_loss:list=(),           # the base model's training losses, first to last
                 coop:list[dict]=(),          # CoOp rows: setting ('CoOp', 'CoOp CrossGET rv=16', ...), acc
                 arch_gflops:list[tuple]=(),  # (setting, measured, paper) GFLOPs on the paper's architecture
                )->list[dict]:                # [dict(claim, measured, holds)]
     "The claims the CPU demonstration checks, from a run's tables: in words, with the measured figures and whether each holds."
-    out, base = [], next((r for r in rows if r['method'] == 'none'), None)
-    shelf = lambda m: sorted([r for r in rows if r['method'] == m and r['setting'].startswith('off-the-shelf')], key=lambda r: r['rv'])
-    tuned = lambda m: [r for r in rows if r['method'] == m and r['setting'].startswith('fine-tuned') and not r.get('rl')]
-    if base:
-        b, gb = base['rmean'], base['gflops']
-        cg = shelf('crossget')
-        if cg:
-            g = [r['gflops'] / gb for r in cg]
-            out.append(dict(claim='GFLOPs fall as more tokens are merged (off-the-shelf CrossGET, r = ' + ' / '.join(str(r['rv']) for r in cg) + ')',
-                            measured='GFLOPs ratio ' + ' / '.join(f'{x:.2f}' for x in g), holds=g[0] < 1 and all(x > y for x, y in zip(g, g[1:]))))
-        for m, name, tol in (('complete', 'complete-graph merging', 1), ('tome', 'ToMe (bipartite) merging', 2)):
-            if shelf(m):
-                r = shelf(m)[-1]
-                out.append(dict(claim=f'{name} without training keeps mean recall within {tol} point(s) of the base model at r = {r["rv"]}',
-                                measured=f"{r['rmean']:.1f} vs {b:.1f} at {r['gflops'] / gb:.2f}x GFLOPs", holds=r['rmean'] >= b - tol))
-        for r in tuned('crossget'):
-            out.append(dict(claim=f'fine-tuned CrossGET rv = {r["rv"]} keeps mean recall within 1 point of the base model '
-                                  '(the paper: no loss at 0.58x GFLOPs)',
-                            measured=f"{r['rmean']:.1f} vs {b:.1f} at {r['gflops'] / gb:.2f}x GFLOPs", holds=r['rmean'] >= b - 1))
-            o = [s for s in cg if s['rv'] == r['rv']]
-            if o: out.append(dict(claim=f'the short fine-tune recovers what the untrained cross token costs (CrossGET rv = {r["rv"]})',
-                                  measured=f"{r['rmean']:.1f} fine-tuned vs {o[0]['rmean']:.1f} off the shelf", holds=r['rmean'] >= o[0]['rmean']))
-        ft = [r for m in ('crossget', 'tome', 'complete') for r in tuned(m)]
-        if len(ft) > 1:
-            v = [r['rmean'] for r in ft]
-            out.append(dict(claim='after the same fine-tune the methods are within 2 points of each other (mean recall)',
-                            measured=' / '.join(f"{r['method']} {r['rmean']:.1f}" for r in ft), holds=max(v) - min(v) <= 2))
+    out = _retrieval_claims(rows)
     if len(base_loss) > 1:
         out.append(dict(claim='training the base model lowers the loss', measured=f"{base_loss[0]:.3f} -> {base_loss[-1]:.3f}",
                         holds=base_loss[-1] < base_loss[0]))
