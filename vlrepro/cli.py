@@ -190,7 +190,7 @@ def _run(args):
     if getattr(args, 'report', True) and (rd/'results.json').exists(): print(report([rd], out=rd/'report'))
     return 0
 
-# %% ../nbs/90_cli.ipynb #2cba1935
+# %% ../nbs/90_cli.ipynb #593fea15
 def _cells_done(path:Path)->tuple[int, int]:
     "(executed, total) code cells of a notebook papermill is writing (0, 0 while it is not there yet)."
     try: nb = json.loads(path.read_text())
@@ -198,6 +198,23 @@ def _cells_done(path:Path)->tuple[int, int]:
     code = [c for c in nb.get('cells', []) if c.get('cell_type') == 'code']
     return sum(c.get('metadata', {}).get('papermill', {}).get('status') == 'completed' for c in code), len(code)
 
+# %% ../nbs/90_cli.ipynb #10981bc5
+def _pump(nb:Path, proc, last:dict, lock)->None:
+    "Print the child's progress lines (training steps, search updates, evaluation batches) under its name."
+    for line in proc.stdout:
+        if line.startswith(('progress:', 'vlrepro.train:', 'vlrepro run:')) or 'ETA' in line:
+            with lock: print(f"[{nb.stem}] {line.rstrip()}", flush=True); last[nb.stem] = time.time()
+
+def _start(nb:Path, root:Path, running:dict, last:dict, lock)->None:
+    "Start `vlrepro run` of `nb` into root/<stem> in a child process; its progress lines are pumped to stdout."
+    env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), 'VLREPRO_PROGRESS': '1'}
+    cmd = [sys.executable, '-m', 'vlrepro.cli', 'run', str(nb), '--out', str(root/nb.stem), '-q', '--stream', '--no-report']
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    threading.Thread(target=_pump, args=(nb, proc, last, lock), daemon=True).start()
+    running[nb] = (proc, time.time()); last[nb.stem] = time.time()
+    print(f"[{nb.stem}] started", flush=True)
+
+# %% ../nbs/90_cli.ipynb #7905c2b2
 def _reproduce(args):
     from vlrepro.run import RunInterrupted, find_nbs, list_notebooks, longest_first
     nbs = find_nbs(); root = Path(args.out or nbs/'_runs'/f"reproduce-{datetime.datetime.now():%Y%m%d-%H%M%S}").resolve()
@@ -207,20 +224,9 @@ def _reproduce(args):
     print(f"reproducing {len(todo)} notebook(s), {args.jobs} at a time, into {root}", flush=True)
     pending, running, failed, t0, lock = list(todo), {}, [], time.time(), threading.Lock()
     last, beat = {}, float(os.environ.get('VLREPRO_HEARTBEAT_S', 25))
-    def pump(nb, proc):   # progress lines of the child (training steps, search updates, evaluation batches)
-        for line in proc.stdout:
-            if line.startswith(('progress:', 'vlrepro.train:', 'vlrepro run:')) or 'ETA' in line:
-                with lock: print(f"[{nb.stem}] {line.rstrip()}", flush=True); last[nb.stem] = time.time()
-    def start(nb):
-        env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), 'VLREPRO_PROGRESS': '1'}
-        cmd = [sys.executable, '-m', 'vlrepro.cli', 'run', str(nb), '--out', str(root/nb.stem), '-q', '--stream', '--no-report']
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=pump, args=(nb, proc), daemon=True).start()
-        running[nb] = (proc, time.time()); last[nb.stem] = time.time()
-        print(f"[{nb.stem}] started", flush=True)
     try:
         while pending or running:
-            while pending and len(running) < args.jobs: start(pending.pop(0))
+            while pending and len(running) < args.jobs: _start(pending.pop(0), root, running, last, lock)
             time.sleep(1)
             for nb, (proc, t) in list(running.items()):
                 if proc.poll() is not None:
@@ -241,7 +247,7 @@ def _reproduce(args):
     if failed: print(f"failed: {', '.join(failed)}", file=sys.stderr); return 1
     return 0
 
-# %% ../nbs/90_cli.ipynb #e162887f
+# %% ../nbs/90_cli.ipynb #ea6570e1
 def _report(args):
     print(report(args.runs, out=args.out)); return 0
 
@@ -261,6 +267,7 @@ def _outputs(args):
     if failed: print(f"failed (outputs left as they were): {', '.join(failed)}", file=sys.stderr); return 1
     return 0
 
+# %% ../nbs/90_cli.ipynb #34d6cbd5
 def _bench(args):
     if args.paper == 'all':
         ap = argparse.ArgumentParser(prog='vlrepro bench all', description=bench_all.__doc__)
@@ -278,6 +285,7 @@ def _bench(args):
     if not hasattr(mod, 'bench_main'): raise ValueError(f"vlrepro.{args.paper} has no benchmark entry point (bench_main)")
     return mod.bench_main(args.args) or 0
 
+# %% ../nbs/90_cli.ipynb #5375a1fa
 def _rehearse(args):
     from vlrepro import rehearse
     return rehearse.cli(args, config_of=config_class, command=[sys.executable, '-m', 'vlrepro.cli', 'rehearse'])
@@ -294,11 +302,9 @@ def _train(args):
     from vlrepro.train import main as train_main
     return train_main(args.args) or 0
 
-# %% ../nbs/90_cli.ipynb #156d060f
-def parser()->argparse.ArgumentParser:
-    "The `vlrepro` argument parser."
-    ap = argparse.ArgumentParser(prog='vlrepro', description='Teach and reproduce efficient vision-language papers.')
-    sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
+# %% ../nbs/90_cli.ipynb #0eeac18d
+def _add_run_commands(sub):
+    "`vlrepro list`, `run`, `reproduce` and `report`."
     ls = sub.add_parser('list', help='notebooks, their parameters and parameter sets'); ls.set_defaults(fn=_list)
     ls.add_argument('notebook', nargs='?', help='only this notebook (stem, e.g. 30_laps, or module name, e.g. laps)')
     r = sub.add_parser('run', help='run one notebook with papermill'); r.set_defaults(fn=_run)
@@ -318,6 +324,10 @@ def parser()->argparse.ArgumentParser:
     rr = sub.add_parser('report', help='claims, paper tables and figures of runs beside the papers'); rr.set_defaults(fn=_report)
     rr.add_argument('runs', nargs='+', help='run folders or results.json files (runs are under nbs/_runs/ by default)')
     rr.add_argument('--out', help='write report.md, report.html and the figures here')
+
+# %% ../nbs/90_cli.ipynb #2266ea5c
+def _add_tool_commands(sub):
+    "`vlrepro rehearse`, `bench`, `train`, `outputs`, `readme` and `site`."
     h = sub.add_parser('rehearse', help='run parameter sets end to end on tiny stand-ins: launched, killed, resumed, reported')
     h.set_defaults(fn=_rehearse)
     h.add_argument('sets', nargs='*', help='notebooks (30_laps, laps) or parameter-set files; none: give --all')
@@ -343,8 +353,16 @@ def parser()->argparse.ArgumentParser:
     st = sub.add_parser('site', help='HTML pages of all notebooks with their saved outputs, and a contents page')
     st.add_argument('--out', help='site folder (default: _site beside nbs/)')
     st.set_defaults(fn=_site)
+
+# %% ../nbs/90_cli.ipynb #52bf7828
+def parser()->argparse.ArgumentParser:
+    "The `vlrepro` argument parser."
+    ap = argparse.ArgumentParser(prog='vlrepro', description='Teach and reproduce efficient vision-language papers.')
+    sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
+    _add_run_commands(sub); _add_tool_commands(sub)
     return ap
 
+# %% ../nbs/90_cli.ipynb #e2fd0e58
 def main(argv:list[str]|None=None)->int:
     "Entry point of the `vlrepro` console script: one clear line and a non-zero status for every expected failure."
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -275,7 +275,7 @@ def pattern_mask(pattern:str, size:int)->np.ndarray:
     if pattern == 'checks': return ((xx//4) + (yy//4)) % 2 == 0             # 4-px squares
     raise ValueError(f"unknown pattern {pattern!r}; use one of {PATTERNS}")
 
-# %% ../nbs/01_data.ipynb #f7f4610d
+# %% ../nbs/01_data.ipynb #7a836b39
 DEFAULT_OPTIONS: dict[str, Any] = dict(
     task='captions',          # 'captions' | 'vqa' | 'tiles' | 'sciqa' | 'world'
     image_size=32,            # image side in pixels
@@ -315,6 +315,7 @@ DEFAULT_OPTIONS: dict[str, Any] = dict(
     splits={'train': (1000, 0), 'test': (200, 1)},  # default split sizes and seeds
 )
 
+# %% ../nbs/01_data.ipynb #b9fa25cb
 PRESETS: dict[str, dict[str, Any]] = {
     # CrossGET CPU demonstration: two objects in distinct quadrants, dark noisy background, 5 of 8 paraphrases
     'shapes': dict(task='captions', objects=2, shapes=('circle', 'square', 'triangle', 'cross'),
@@ -336,6 +337,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   noise=0.03*255, splits={'train': (2000, 0), 'val': (200, 1), 'test': (200, 2)}),
 }
 
+# %% ../nbs/01_data.ipynb #805522e4
 def preset_options(preset:str|dict, # a name in PRESETS or an options dict
                    **overrides,     # options to change
                   )->dict:          # the full, checked options
@@ -384,15 +386,12 @@ def _radius(rng, o)->tuple[float, str|None]:
     lo, hi = o['radius']
     return (float(lo) if lo == hi else float(rng.uniform(lo, hi))), None
 
-# %% ../nbs/01_data.ipynb #125bcfa9
-def sample_scene(rng:np.random.Generator,  # the item's random generator
-                 o:dict,                   # options (see `preset_options`)
-                 attrs:Sequence[tuple]|None=None, # force (colour, shape[, pattern]) per object (its length sets the count)
-                )->list[dict]:             # objects: shape, color, rgb, size, r, x, y, cell, pattern, box
-    "Draw the objects of one scene."
-    S, pl = o['image_size'], o['placement']
+# %% ../nbs/01_data.ipynb #a332d711
+def _how_many(rng, o:dict, attrs)->tuple[int, list[int]]:
+    "The number of objects of a scene and, for placement='grid', their cells."
+    pl, cells = o['placement'], []
     if pl == 'grid':
-        g = o['grid']; cell_px = S/g
+        g = o['grid']
         if attrs is not None: k = len(attrs)
         elif o['occupancy'] is not None:
             cells = [c for c in range(g*g) if rng.random() < o['occupancy']]; k = len(cells)
@@ -403,12 +402,23 @@ def sample_scene(rng:np.random.Generator,  # the item's random generator
     elif pl == 'leftright':
         k = len(attrs) if attrs is not None else len(o['x_ranges'])
     else: k = len(attrs) if attrs is not None else _count(rng, o['objects'])
+    return k, cells
+
+# %% ../nbs/01_data.ipynb #f80977d4
+def sample_scene(rng:np.random.Generator,  # the item's random generator
+                 o:dict,                   # options (see `preset_options`)
+                 attrs:Sequence[tuple]|None=None, # force (colour, shape[, pattern]) per object (its length sets the count)
+                )->list[dict]:             # objects: shape, color, rgb, size, r, x, y, cell, pattern, box
+    "Draw the objects of one scene."
+    S, pl = o['image_size'], o['placement']
+    k, cells = _how_many(rng, o, attrs)
     attrs = [tuple(a) + ('solid',)*(3 - len(a)) for a in attrs] if attrs is not None else _attrs(rng, o, k)
     objs, placed = [], []
     for j, (color, shape, pattern) in enumerate(attrs):
         r, size = _radius(rng, o)
         box = None
         if pl == 'grid':
+            g = o['grid']; cell_px = S/g
             row, col = divmod(cells[j], g)
             box = (col*cell_px, row*cell_px, (col + 1)*cell_px, (row + 1)*cell_px)
             jit = rng.integers(-o['jitter'], o['jitter'] + 1, 2) if o['jitter'] else (0, 0)
@@ -486,7 +496,7 @@ def _task_captions(rng, o, split):
     pick = rng.choice(len(caps), min(o['captions_per_image'], len(caps)), replace=False)
     return dict(image=0, captions=[caps[j] for j in pick]), [objs]
 
-# %% ../nbs/01_data.ipynb #6118eb02
+# %% ../nbs/01_data.ipynb #9f62bf0f
 VQA_TEMPLATES = {'color': 'what color is the {shape} ?', 'shape': 'what shape is in the {cell} ?',
                  'count': 'how many {color} objects are there ?', 'exists': 'is there a {color} {shape} ?'}
 
@@ -495,6 +505,7 @@ def vqa_answers(o:dict)->list[str]:
     cells = o['grid']**2 if o['placement'] == 'grid' else _max_objects(o)
     return list(o['colors']) + list(o['shapes']) + ['nothing'] + [str(i) for i in range(cells + 1)] + ['yes', 'no']
 
+# %% ../nbs/01_data.ipynb #41699742
 def _vqa_question(rng, kind, objs, o):
     shapes_here = Counter(ob['shape'] for ob in objs)
     if kind == 'color':
@@ -556,7 +567,7 @@ def _task_tiles(rng, o, split):
     return dict(image=0, captions=caps, caption_tiles=named, masks=masks,
                 tiles=[dict(cell=c, color=ob['color'], pattern=ob['pattern']) for c, ob in zip(cells, objs)]), [objs]
 
-# %% ../nbs/01_data.ipynb #632dc3cb
+# %% ../nbs/01_data.ipynb #5f348dbb
 SUBJECTS = {'NAT': 'natural science', 'SOC': 'social science', 'LAN': 'language science'}
 
 def _options(rng, answer, pool, k):
@@ -570,6 +581,7 @@ def describe_scene(objects:list[dict])->str:
     if not objects: return 'The picture shows nothing.'
     return 'The picture shows ' + ' and '.join(f"a {ob['color']} {ob['shape']} at the {ob['cell']}" for ob in objects) + '.'
 
+# %% ../nbs/01_data.ipynb #20f50795
 def _task_sciqa(rng, o, split):
     kinds = list(o['item_mix']); w = np.array([o['item_mix'][k] for k in kinds], float)
     kind = kinds[int(rng.choice(len(kinds), p=w/w.sum()))]
@@ -639,7 +651,7 @@ def sqa_tags(row:dict)->list[str]:
     g = int(re.sub(r'\D', '', str(row.get('grade', ''))) or 0)
     return ([subj] if subj else []) + ctx + (['G1-6'] if 1 <= g <= 6 else ['G7-12'] if g >= 7 else [])
 
-# %% ../nbs/01_data.ipynb #1674c77a
+# %% ../nbs/01_data.ipynb #06b1a331
 def world_caption(c:Sequence[str])->str:
     "Caption of a world combination (c1, s1, c2, s2)."
     return f'a {c[0]} {c[1]} left of a {c[2]} {c[3]}'
@@ -650,6 +662,7 @@ def world_swaps(c:Sequence[str])->dict[str, tuple]:
     out = {'color': (c2, s1, c1, s2), 'position': (c2, s2, c1, s1), 'shape': (c1, s2, c2, s1)}
     return {k: v for k, v in out.items() if v != tuple(c)}
 
+# %% ../nbs/01_data.ipynb #6e04e874
 def world_families(o:dict|None=None,   # options (colours, shapes, heldout_families); default the 'world' preset
                    seed:int=0,         # which families are held out
                   )->tuple[list[tuple], list[tuple], dict]: # (train combos, test combos, combo -> family id)
@@ -674,6 +687,7 @@ def world_families(o:dict|None=None,   # options (colours, shapes, heldout_famil
     test_set = set(test)
     return sorted(c for c in combos if c not in test_set), sorted(test), fam
 
+# %% ../nbs/01_data.ipynb #a624f6a8
 def _task_world(rng, o, split, families):
     train, test, fam = families
     pool = train if split == 'train' else test
@@ -688,7 +702,7 @@ def _task_world(rng, o, split, families):
 
 _TASKS = {'captions': _task_captions, 'vqa': _task_vqa, 'tiles': _task_tiles, 'sciqa': _task_sciqa, 'world': _task_world}
 
-# %% ../nbs/01_data.ipynb #8e6f5030
+# %% ../nbs/01_data.ipynb #5619d903
 IMAGE_FIELDS = ('image', 'image_0', 'image_1')
 
 @dataclass
@@ -706,6 +720,7 @@ def _split_seed(o:dict, split:str)->int:
     s = o['splits'].get(split)
     return int(s[1]) if s is not None else zlib.crc32(split.encode()) % 10_000 + 100
 
+# %% ../nbs/01_data.ipynb #d8d87e66
 def generate(preset:str|dict,     # a name in PRESETS or an options dict
              n:int|None=None,     # items to draw; default the preset's size for `split`
              seed:int=0,          # the dataset seed (mixed with the split's own seed)
@@ -733,12 +748,44 @@ def generate(preset:str|dict,     # a name in PRESETS or an options dict
     arr = np.stack(images) if images else np.zeros((0, S, S, 3), np.uint8)
     return SyntheticSplit(arr, rows, preset if isinstance(preset, str) else 'custom', split, o)
 
-# %% ../nbs/01_data.ipynb #ae79edb0
+# %% ../nbs/01_data.ipynb #1772a649
 def _jsonable(o): return json.loads(json.dumps(o, default=lambda v: v.tolist() if hasattr(v, 'tolist') else str(v)))
 
 def _to_disk_row(row:dict, names:dict[int, str])->dict:
     return {k: (names[v] if k in IMAGE_FIELDS and v is not None else v) for k, v in row.items()}
 
+class _lock:
+    "An exclusive lock on a file (POSIX flock; a no-op where fcntl is missing)."
+    def __init__(self, path:Path): self.path = path
+    def __enter__(self):
+        self.f = open(self.path, 'a')
+        if fcntl is not None: fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+    def __exit__(self, *exc): self.f.close()
+
+# %% ../nbs/01_data.ipynb #1055ecbd
+def _write_synthetic(out:Path, preset, splits:dict, seed:int, gen:dict, o:dict, overrides:dict)->Path:
+    img_dir = out/'images'; img_dir.mkdir(parents=True, exist_ok=True)
+    old = read_manifest(out)
+    stale = set(old['counts']) if old and 'generator' in old else set()   # splits an earlier, different run generated here
+    for split in stale | set(splits):
+        (out/f'{split}.jsonl').unlink(missing_ok=True)
+        for f in img_dir.glob(f'{split}_*.png'): f.unlink()
+    counts = {}
+    for split, n in splits.items():
+        sp = generate(preset, n, seed=seed, split=split, **overrides)
+        names = {}
+        for j, im in enumerate(sp.images):
+            names[j] = f'{split}_{j:06d}.png'
+            Image.fromarray(im).save(img_dir/names[j], compress_level=1)
+        write_jsonl(out/f'{split}.jsonl', (_to_disk_row(r, names) for r in sp.rows))
+        counts[split] = len(sp.rows)
+    if o['task'] == 'vqa': atomic_write_json(out/'answer_vocab.json', vqa_answers(o))
+    write_manifest(out, source='vlrepro.data synthetic scenes generator', license='CC0-1.0 (procedurally generated)',
+                   counts=counts, images=sum(1 for _ in img_dir.glob('*.png')), generator=gen, options=_jsonable(o))
+    return out
+
+# %% ../nbs/01_data.ipynb #71f5de07
 def make_synthetic(root:str|Path|None=None,  # data root (default `$VLREPRO_DATA`, else 'data')
                    preset:str|dict='shapes', # a name in PRESETS (or an options dict, with `name`)
                    splits:dict[str, int]|Sequence[str]|None=None, # {split: n}, split names (preset sizes) or None (all preset splits)
@@ -760,36 +807,6 @@ def make_synthetic(root:str|Path|None=None,  # data root (default `$VLREPRO_DATA
     with _lock(out/'.lock'):                 # notebooks run in parallel (nbdev_test) may ask for the same folder
         if not overwrite and done(): return out
         return _write_synthetic(out, preset, splits, seed, gen, o, overrides)
-
-class _lock:
-    "An exclusive lock on a file (POSIX flock; a no-op where fcntl is missing)."
-    def __init__(self, path:Path): self.path = path
-    def __enter__(self):
-        self.f = open(self.path, 'a')
-        if fcntl is not None: fcntl.flock(self.f, fcntl.LOCK_EX)
-        return self
-    def __exit__(self, *exc): self.f.close()
-
-def _write_synthetic(out:Path, preset, splits:dict, seed:int, gen:dict, o:dict, overrides:dict)->Path:
-    img_dir = out/'images'; img_dir.mkdir(parents=True, exist_ok=True)
-    old = read_manifest(out)
-    stale = set(old['counts']) if old and 'generator' in old else set()   # splits an earlier, different run generated here
-    for split in stale | set(splits):
-        (out/f'{split}.jsonl').unlink(missing_ok=True)
-        for f in img_dir.glob(f'{split}_*.png'): f.unlink()
-    counts = {}
-    for split, n in splits.items():
-        sp = generate(preset, n, seed=seed, split=split, **overrides)
-        names = {}
-        for j, im in enumerate(sp.images):
-            names[j] = f'{split}_{j:06d}.png'
-            Image.fromarray(im).save(img_dir/names[j], compress_level=1)
-        write_jsonl(out/f'{split}.jsonl', (_to_disk_row(r, names) for r in sp.rows))
-        counts[split] = len(sp.rows)
-    if o['task'] == 'vqa': atomic_write_json(out/'answer_vocab.json', vqa_answers(o))
-    write_manifest(out, source='vlrepro.data synthetic scenes generator', license='CC0-1.0 (procedurally generated)',
-                   counts=counts, images=sum(1 for _ in img_dir.glob('*.png')), generator=gen, options=_jsonable(o))
-    return out
 
 # %% ../nbs/01_data.ipynb #69e677a6
 class JsonlDataset(Dataset):
@@ -1139,7 +1156,7 @@ def download(url:str,                  # what to fetch
     if sha256 is None: print(f"downloaded {dest} (sha256 {got}; not pinned in the script)")
     return dest
 
-# %% ../nbs/01_data.ipynb #e46dba19
+# %% ../nbs/01_data.ipynb #a652ddff
 def script_parser(description:str, # the script's docstring
                   name:str,        # default dataset folder name
                   src_help:str='folder with the downloaded raw files',
@@ -1155,6 +1172,7 @@ def script_parser(description:str, # the script's docstring
     p.add_argument('--no-check-images', dest='check_images', action='store_false', help='do not check that every image exists')
     return p
 
+# %% ../nbs/01_data.ipynb #1a5cdf1f
 def fetch(downloads:dict[str, tuple[str, str|None]], # file name -> (url, sha256 or None)
           dest:str|Path,                              # folder to download (and unzip) into
          )->Path:
@@ -1179,6 +1197,7 @@ def resolve_src(args, downloads:dict[str, tuple[str, str|None]])->Path:
     if not args.src.is_dir(): raise FileNotFoundError(f"--src {args.src} is not a folder; pass the folder with the downloaded raw files")
     return args.src
 
+# %% ../nbs/01_data.ipynb #813197bd
 def script_main(main:Callable[[list[str]|None], Any], argv:list[str]|None=None)->int:
     "Run a script's `main`, turning data errors into one 'error: ...' line and exit status 2."
     try: main(argv)

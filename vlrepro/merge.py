@@ -43,16 +43,9 @@ def clip_r(r:int,             # requested tokens to remove
     r = _check_r(r)
     return max(0, min(r, (num_tokens - num_protected) // 2))
 
-# %% ../nbs/10_merge.ipynb #00980eed
-def bipartite_soft_matching(metric:Tensor,            # (B, N, c) similarity features (ToMe: head-mean keys)
-                            r:int,                    # tokens to remove (clipped to (N - P) // 2)
-                            class_token:bool=False,   # token 0 is a class token: never merged, stays first
-                            distill_token:bool=False, # token 1 is a distillation token: never receives
-                           )->tuple[Callable, Callable]: # (merge(x, mode='mean'), unmerge(x))
-    "ToMe's bipartite soft matching: pair even tokens with odd tokens, merge the `r` most similar pairs."
-    protected = int(class_token) + int(distill_token)
-    r = clip_r(r, metric.shape[1], protected)
-    if r <= 0: return do_nothing, do_nothing
+# %% ../nbs/10_merge.ipynb #8c923961
+def _bipartite_match(metric:Tensor, r:int, class_token:bool, distill_token:bool)->tuple[Tensor, Tensor, Tensor]:
+    "The pairs of ToMe's matching: (unmerged A indices, merged A indices, their B partners), each (B, ·, 1)."
     with torch.no_grad():
         m = metric / metric.norm(dim=-1, keepdim=True)
         scores = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)       # (B, Na, Nb) A -> B cosine
@@ -63,7 +56,19 @@ def bipartite_soft_matching(metric:Tensor,            # (B, N, c) similarity fea
         src_idx, unm_idx = order[:, :r], order[:, r:]            # (B, r, 1), (B, Na - r, 1)
         dst_idx = best_b[..., None].gather(1, src_idx)           # (B, r, 1) index into B
         if class_token: unm_idx = unm_idx.sort(dim=1).values     # keep CLS at index 0
+    return unm_idx, src_idx, dst_idx
 
+# %% ../nbs/10_merge.ipynb #a4bdd852
+def bipartite_soft_matching(metric:Tensor,            # (B, N, c) similarity features (ToMe: head-mean keys)
+                            r:int,                    # tokens to remove (clipped to (N - P) // 2)
+                            class_token:bool=False,   # token 0 is a class token: never merged, stays first
+                            distill_token:bool=False, # token 1 is a distillation token: never receives
+                           )->tuple[Callable, Callable]: # (merge(x, mode='mean'), unmerge(x))
+    "ToMe's bipartite soft matching: pair even tokens with odd tokens, merge the `r` most similar pairs."
+    protected = int(class_token) + int(distill_token)
+    r = clip_r(r, metric.shape[1], protected)
+    if r <= 0: return do_nothing, do_nothing
+    unm_idx, src_idx, dst_idx = _bipartite_match(metric, r, class_token, distill_token)
     def merge(x:Tensor, mode:str='mean')->Tensor:
         a, b = x[:, ::2], x[:, 1::2]
         B, na, c = a.shape
@@ -254,7 +259,7 @@ def attention_importance(attn:Tensor, # (B, N, N) post-softmax attention, averag
     with torch.no_grad():
         return attn[:, :-1].mean(dim=1) + attn[:, -1]
 
-# %% ../nbs/10_merge.ipynb #1d79cfed
+# %% ../nbs/10_merge.ipynb #6e28ba2b
 def _expand(idx:Tensor, c:int)->Tensor: return idx[:, :, None].expand(-1, -1, c)
 
 def merge_ensemble(x:Tensor,              # (B, N, C) tokens (the residual stream after attention)
@@ -274,6 +279,7 @@ def merge_ensemble(x:Tensor,              # (B, N, C) tokens (the residual strea
     new_size = size.index_put((b, dst), size[b, src], accumulate=True)[b, match.keep]   # plain sums (exact: integers)
     return acc / new_size, new_size
 
+# %% ../nbs/10_merge.ipynb #84a8f488
 def merge_plain(t:Tensor,          # (B, N, c) anything carried per token (sizes, sources, token ids × size)
                 match:Match|None,  # the pairs
                 mode:str='sum',    # 'sum', 'mean', 'amax', ... (`scatter_reduce` modes)

@@ -169,7 +169,7 @@ def vqa_score(preds:Sequence[str],                  # one predicted answer per q
         for t in dict.fromkeys(answer_types): out[t] = 100.0 * float(acc[types == t].mean())
     return out
 
-# %% ../nbs/05_metrics.ipynb #2597d482
+# %% ../nbs/05_metrics.ipynb #79bd1310
 _SUBJECTS = {'natural science': 'NAT', 'social science': 'SOC', 'language science': 'LAN'}
 SQA_CATEGORIES = ['NAT', 'SOC', 'LAN', 'TXT', 'IMG', 'NO', 'G1-6', 'G7-12', 'Avg']
 
@@ -184,6 +184,7 @@ def _grade(p:Mapping)->int:
     if not m: raise ValueError(f"grade must look like 'grade7' or 7, got {g!r}")
     return int(m.group(1))
 
+# %% ../nbs/05_metrics.ipynb #93231052
 def scienceqa_categories(problems:Sequence[Mapping] # rows with 'subject', 'hint' (or 'context'), 'has_image'/'image', 'grade'
                         )->dict[str, np.ndarray]:  # category -> boolean mask over problems (Avg: all True)
     "Boolean masks of the ScienceQA categories NAT SOC LAN TXT IMG NO G1-6 G7-12 (and Avg)."
@@ -197,6 +198,7 @@ def scienceqa_categories(problems:Sequence[Mapping] # rows with 'subject', 'hint
     return {'NAT': code == 'NAT', 'SOC': code == 'SOC', 'LAN': code == 'LAN', 'TXT': txt, 'IMG': img,
             'NO': ~txt & ~img, 'G1-6': grade <= 6, 'G7-12': grade >= 7, 'Avg': np.ones(len(problems), bool)}
 
+# %% ../nbs/05_metrics.ipynb #a5c2f71d
 def category_accuracy(correct:Sequence[bool],            # per item: answered correctly
                       masks:Mapping[str, Sequence[bool]], # category -> membership per item
                      )->dict:                            # category -> accuracy in % (nan for an empty category)
@@ -235,7 +237,7 @@ def pope_scores(preds:Sequence[str],  # free-form answers (parsed with `parse_ye
     return {'accuracy': 100.0 * float((p == y).mean()), 'precision': 100.0 * prec, 'recall': 100.0 * rec,
             'f1': 100.0 * f1, 'yes_ratio': 100.0 * float(p.mean())}
 
-# %% ../nbs/05_metrics.ipynb #9c1dc68f
+# %% ../nbs/05_metrics.ipynb #15e91748
 CHOICE_STYLES = ('llava', 'lavin', 'lavin_language', 'adem', 'strict')
 
 def parse_choice(text:str,                    # the generation, e.g. 'B', 'B. red', 'The answer is B.'
@@ -269,6 +271,7 @@ def parse_choice(text:str,                    # the generation, e.g. 'B', 'B. re
     if j < 0 and fallback == 'random' and n_choices > 0: return int(torch.randint(n_choices, (1,), generator=generator))
     return j
 
+# %% ../nbs/05_metrics.ipynb #20a5518d
 MME_PERCEPTION = ('existence', 'count', 'position', 'color', 'posters', 'celebrity', 'scene', 'landmark', 'artwork', 'OCR')
 MME_COGNITION = ('commonsense_reasoning', 'numerical_calculation', 'text_translation', 'code_reasoning')
 
@@ -392,7 +395,7 @@ def winoground_scores(scores # (N, 2, 2) scores [sample, image, text]; caption j
     image = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
     return {'text': 100.0 * text.mean(), 'image': 100.0 * image.mean(), 'group': 100.0 * (text & image).mean()}
 
-# %% ../nbs/05_metrics.ipynb #1207585a
+# %% ../nbs/05_metrics.ipynb #182a5d93
 def _pairs(x:np.ndarray)->tuple[np.ndarray, np.ndarray]:
     i, j = np.triu_indices(len(x), k=1)
     return i, j
@@ -418,6 +421,7 @@ def kendall_tau_b(x, y # paired scores (human, metric)
     n0, n1, n2 = len(i), int((dx == 0).sum()), int((dy == 0).sum())
     return float((dx * dy).sum() / math.sqrt((n0 - n1) * (n0 - n2)))
 
+# %% ../nbs/05_metrics.ipynb #85ee5894
 def pairwise_accuracy(human, metric # paired scores
                      )->float:      # best accuracy over tie thresholds, 0..1
     "Pairwise accuracy with tie calibration (Deutsch et al. 2023)."
@@ -433,6 +437,7 @@ def pairwise_accuracy(human, metric # paired scores
     at_zero = conc[gap > 0].sum() + htie[gap == 0].sum()           # eps = 0 (only exact metric ties)
     return float(max(right.max(), at_zero) / len(gap))
 
+# %% ../nbs/05_metrics.ipynb #5b4203cf
 def roc_auc(scores, labels # scores and binary labels (1 = positive)
            )->float:        # area under the ROC curve, 0..1
     "ROC-AUC: probability that a positive outscores a negative (ties count 1/2)."

@@ -52,7 +52,7 @@ def register_open_clip_configs(configs:dict[str, dict]|None=None # name -> open_
         open_clip.add_model_config(d)
     return sorted(configs)
 
-# %% ../nbs/02_models.ipynb #b700eca6
+# %% ../nbs/02_models.ipynb #bb5eb7bb
 _CKPT_SUFFIXES = ('.pt', '.pth', '.bin', '.safetensors', '.ckpt', '.tar')
 
 class _DropRecords(logging.Filter):
@@ -60,6 +60,22 @@ class _DropRecords(logging.Filter):
     def __init__(self, prefix:str): super().__init__(); self.prefix = prefix
     def filter(self, record): return not str(record.getMessage()).startswith(self.prefix)
 
+def _check_pretrained(name:str, pretrained:str, allow_download:bool)->str:
+    "`pretrained` as `create_open_clip` passes it on: an existing file's path, or an open_clip tag when downloads are allowed."
+    p = Path(pretrained).expanduser()
+    if p.is_file(): return str(p)
+    elif p.suffix in _CKPT_SUFFIXES or os.sep in pretrained or p.is_dir():
+        raise FileNotFoundError(f"open_clip checkpoint file not found: {p}. Pass the path of a state_dict file "
+            f"(e.g. one written by vlrepro.models.save_open_clip, or OpenAI's '{name}.pt' copied from a machine "
+            f"with internet), or pretrained='' for random init.")
+    elif not allow_download:
+        raise ValueError(f"pretrained={pretrained!r} is an open_clip tag, which downloads weights; vlrepro never "
+            f"downloads by default. Fetch it once on a machine with internet (open_clip.create_model('{name}', "
+            f"pretrained='{pretrained}') caches a file under ~/.cache), then pass that file's path, or pass "
+            f"allow_download=True.")
+    return pretrained
+
+# %% ../nbs/02_models.ipynb #4e3a3bf8
 def create_open_clip(name:str='vlrepro-tiny-clip',     # open_clip model name (ours or built-in, e.g. 'ViT-B-16')
                      pretrained:str='',                # '' = random init; a local checkpoint file
                      device:str|torch.device='cpu',    # where to build it
@@ -73,18 +89,7 @@ def create_open_clip(name:str='vlrepro-tiny-clip',     # open_clip model name (o
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; ours are {sorted(OPEN_CLIP_CONFIGS)}, built-ins include "
                          f"'ViT-B-16' and 'ViT-L-14-336' (see open_clip.list_models())")
-    if pretrained:
-        p = Path(pretrained).expanduser()
-        if p.is_file(): pretrained = str(p)
-        elif p.suffix in _CKPT_SUFFIXES or os.sep in pretrained or p.is_dir():
-            raise FileNotFoundError(f"open_clip checkpoint file not found: {p}. Pass the path of a state_dict file "
-                f"(e.g. one written by vlrepro.models.save_open_clip, or OpenAI's '{name}.pt' copied from a machine "
-                f"with internet), or pretrained='' for random init.")
-        elif not allow_download:
-            raise ValueError(f"pretrained={pretrained!r} is an open_clip tag, which downloads weights; vlrepro never "
-                f"downloads by default. Fetch it once on a machine with internet (open_clip.create_model('{name}', "
-                f"pretrained='{pretrained}') caches a file under ~/.cache), then pass that file's path, or pass "
-                f"allow_download=True.")
+    if pretrained: pretrained = _check_pretrained(name, pretrained, allow_download)
     jit = bool(pretrained) and _is_torchscript(pretrained)  # OpenAI's released .pt files are TorchScript archives
     if pretrained: kwargs = _check_activation(name, pretrained, jit, kwargs)
     quiet = _DropRecords('No pretrained weights loaded')  # random init is what we asked for
@@ -174,7 +179,7 @@ HF_KINDS: dict[str, tuple[str, str]] = {  # kind -> (config class, model class) 
 _NESTED = {'clip': {'vision_config': 'CLIPVisionConfig', 'text_config': 'CLIPTextConfig'},
            'llava': {'vision_config': 'CLIPVisionConfig', 'text_config': 'LlamaConfig'}}
 
-# %% ../nbs/02_models.ipynb #0ed62f79
+# %% ../nbs/02_models.ipynb #65a13df7
 _CLIP_V = {  # CLIP vision towers (OpenAI)
     'tiny': dict(image_size=32, patch_size=4, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=2, projection_dim=64),
@@ -193,6 +198,8 @@ _CLIP_T = {  # CLIP text towers; tiny uses <pad>=0 and </s>=1 (an eos id of 2 wo
                   num_attention_heads=12, max_position_embeddings=77, projection_dim=768),
 }
 _CLIP_T['large-336'] = _CLIP_T['large']
+
+# %% ../nbs/02_models.ipynb #1668fb5c
 _LLAMA = {
     'tiny': dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=4, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False,
@@ -216,7 +223,7 @@ _T5 = {  # T5 v1.1 / FlanT5: gated-GELU FFN, untied lm_head, pad = decoder start
 }
 _T5['base'] = _T5['xl']
 
-# %% ../nbs/02_models.ipynb #db8e6562
+# %% ../nbs/02_models.ipynb #5e74c501
 HF_SIZES: dict[str, dict[str, dict]] = {  # kind -> size -> config arguments
     'vit': {'tiny': dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=128),
@@ -245,21 +252,23 @@ HF_SIZES: dict[str, dict[str, dict]] = {  # kind -> size -> config arguments
              for s in ('tiny', 'base', 'large', 'large-336')},
     'llama': _LLAMA,
     't5': _T5,
-    'llava': {  # LLaVA-1.5: CLIP ViT-L/14-336 (layer -2, CLS dropped) + 2-layer GELU MLP ("mlp2x_gelu") + Vicuna
-        'tiny': dict(vision_config=_CLIP_V['tiny'], text_config=_LLAMA['tiny'], image_token_index=127,
-                     image_seq_length=64, projector_hidden_act='gelu', vision_feature_layer=-2,
-                     vision_feature_select_strategy='default'),
-        '7b': dict(vision_config=_CLIP_V['large-336'],
-                   text_config={**_LLAMA['7b'], 'vocab_size': 32064, 'max_position_embeddings': 4096,
-                                'rms_norm_eps': 1e-5, 'pad_token_id': 0},
-                   image_token_index=32000, image_seq_length=576, projector_hidden_act='gelu',
-                   vision_feature_layer=-2, vision_feature_select_strategy='default'),
-        '13b': dict(vision_config=_CLIP_V['large-336'],
-                    text_config={**_LLAMA['13b'], 'vocab_size': 32064, 'max_position_embeddings': 4096,
-                                 'rms_norm_eps': 1e-5, 'pad_token_id': 0},
-                    image_token_index=32000, image_seq_length=576, projector_hidden_act='gelu',
-                    vision_feature_layer=-2, vision_feature_select_strategy='default'),
-    },
+}
+
+# %% ../nbs/02_models.ipynb #b5dd05d7
+HF_SIZES['llava'] = {  # LLaVA-1.5: CLIP ViT-L/14-336 (layer -2, CLS dropped) + 2-layer GELU MLP ("mlp2x_gelu") + Vicuna
+    'tiny': dict(vision_config=_CLIP_V['tiny'], text_config=_LLAMA['tiny'], image_token_index=127,
+                 image_seq_length=64, projector_hidden_act='gelu', vision_feature_layer=-2,
+                 vision_feature_select_strategy='default'),
+    '7b': dict(vision_config=_CLIP_V['large-336'],
+               text_config={**_LLAMA['7b'], 'vocab_size': 32064, 'max_position_embeddings': 4096,
+                            'rms_norm_eps': 1e-5, 'pad_token_id': 0},
+               image_token_index=32000, image_seq_length=576, projector_hidden_act='gelu',
+               vision_feature_layer=-2, vision_feature_select_strategy='default'),
+    '13b': dict(vision_config=_CLIP_V['large-336'],
+                text_config={**_LLAMA['13b'], 'vocab_size': 32064, 'max_position_embeddings': 4096,
+                             'rms_norm_eps': 1e-5, 'pad_token_id': 0},
+                image_token_index=32000, image_seq_length=576, projector_hidden_act='gelu',
+                vision_feature_layer=-2, vision_feature_select_strategy='default'),
 }
 HF_SIZES['vilt_vqa'] = {'tiny': {**HF_SIZES['vilt']['tiny'], 'num_labels': 16},
                         'base': {**HF_SIZES['vilt']['base'], 'num_labels': 3129}}    # VQAv2 answer vocabulary
@@ -272,7 +281,7 @@ HF_HUB_IDS: dict[str, str] = {  # kind -> the checkpoint the papers load (for er
     'clip_vision': 'openai/clip-vit-large-patch14-336', 'clip_text': 'openai/clip-vit-base-patch16',
     'llama': 'huggyllama/llama-7b', 't5': 'google/flan-t5-xl', 'llava': 'llava-hf/llava-1.5-7b-hf'}
 
-# %% ../nbs/02_models.ipynb #50783dda
+# %% ../nbs/02_models.ipynb #33c3676e
 MODEL_PRESETS: dict[str, dict] = {f'tiny-{k}': dict(kind=k, config=v['tiny'], model_kwargs={}, source='generic tiny')
                                   for k, v in HF_SIZES.items()}
 MODEL_PRESETS.update({
@@ -292,6 +301,10 @@ MODEL_PRESETS.update({
         config=dict(vocab_size=32, hidden_size=64, num_hidden_layers=8, num_attention_heads=4,
             intermediate_size=256, image_size=32, patch_size=8, max_position_embeddings=12, layer_norm_eps=1e-6,
             num_labels=15)),
+})
+
+# %% ../nbs/02_models.ipynb #49b36145
+MODEL_PRESETS.update({
     'ademvl-llama': dict(kind='llama', source='ADEM-VL CPU demonstration', model_kwargs={},
         config=dict(vocab_size=128, hidden_size=96, intermediate_size=256, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, rms_norm_eps=1e-6,
@@ -462,7 +475,23 @@ def load_hf(name:str,      # the kind (or a preset, for its kind) of model class
     kwargs.setdefault('local_files_only', True)
     return getattr(transformers, HF_KINDS[kind][1]).from_pretrained(str(p), **kwargs).eval()
 
-# %% ../nbs/02_models.ipynb #5fb2b765
+# %% ../nbs/02_models.ipynb #a34c48df
+_OC_TOP = {'visual.class_embedding': 'vision_model.embeddings.class_embedding',
+           'visual.positional_embedding': 'vision_model.embeddings.position_embedding.weight',
+           'visual.conv1.weight': 'vision_model.embeddings.patch_embedding.weight',
+           'token_embedding.weight': 'text_model.embeddings.token_embedding.weight',
+           'positional_embedding': 'text_model.embeddings.position_embedding.weight', 'logit_scale': 'logit_scale'}
+_OC_NORMS = {'visual.ln_pre': 'vision_model.pre_layrnorm', 'visual.ln_post': 'vision_model.post_layernorm',
+             'ln_final': 'text_model.final_layer_norm'}
+_OC_SUB = {'ln_1': 'layer_norm1', 'ln_2': 'layer_norm2', 'mlp.c_fc': 'mlp.fc1', 'mlp.c_proj': 'mlp.fc2',
+           'attn.out_proj': 'self_attn.out_proj'}
+_HF_VISION_TOP = {'embeddings.class_embedding': 'class_embedding', 'embeddings.position_embedding.weight': 'positional_embedding',
+                  'embeddings.patch_embedding.weight': 'conv1.weight', 'pre_layrnorm.weight': 'ln_pre.weight',
+                  'pre_layrnorm.bias': 'ln_pre.bias', 'post_layernorm.weight': 'ln_post.weight', 'post_layernorm.bias': 'ln_post.bias'}
+_HF_BLOCK_BACK = {'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2', 'mlp.fc1': 'mlp.c_fc', 'mlp.fc2': 'mlp.c_proj',
+                  'self_attn.out_proj': 'attn.out_proj'}
+
+# %% ../nbs/02_models.ipynb #6c092f58
 def open_clip_state_dict_to_hf(sd:dict[str, torch.Tensor], # open_clip / OpenAI CLIP state_dict
                                vision_only:bool=False,      # keep the image tower only, named as `CLIPVisionModel`
                               )->dict[str, torch.Tensor]:   # the same weights under `transformers.CLIPModel` names
@@ -476,20 +505,11 @@ def open_clip_state_dict_to_hf(sd:dict[str, torch.Tensor], # open_clip / OpenAI 
         out = open_clip_state_dict_to_hf({f'visual.{k}': v for k, v in sd.items() if k != 'proj'})
         return {k[len('vision_model.'):]: v for k, v in out.items()}
     out, blocks = {}, re.compile(r'^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$')
-    top = {'visual.class_embedding': 'vision_model.embeddings.class_embedding',
-           'visual.positional_embedding': 'vision_model.embeddings.position_embedding.weight',
-           'visual.conv1.weight': 'vision_model.embeddings.patch_embedding.weight',
-           'token_embedding.weight': 'text_model.embeddings.token_embedding.weight',
-           'positional_embedding': 'text_model.embeddings.position_embedding.weight', 'logit_scale': 'logit_scale'}
-    norms = {'visual.ln_pre': 'vision_model.pre_layrnorm', 'visual.ln_post': 'vision_model.post_layernorm',
-             'ln_final': 'text_model.final_layer_norm'}
-    sub = {'ln_1': 'layer_norm1', 'ln_2': 'layer_norm2', 'mlp.c_fc': 'mlp.fc1', 'mlp.c_proj': 'mlp.fc2',
-           'attn.out_proj': 'self_attn.out_proj'}
     for k, v in sd.items():
-        if k in top: out[top[k]] = v
+        if k in _OC_TOP: out[_OC_TOP[k]] = v
         elif k == 'visual.proj': out['visual_projection.weight'] = v.t().contiguous()
         elif k == 'text_projection': out['text_projection.weight'] = v.t().contiguous()
-        elif k.rsplit('.', 1)[0] in norms: out[f"{norms[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}"] = v
+        elif k.rsplit('.', 1)[0] in _OC_NORMS: out[f"{_OC_NORMS[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}"] = v
         elif m := blocks.match(k):
             tower, i, rest = ('vision_model' if m.group(1) else 'text_model'), m.group(2), m.group(3)
             pre = f'{tower}.encoder.layers.{i}'
@@ -497,19 +517,14 @@ def open_clip_state_dict_to_hf(sd:dict[str, torch.Tensor], # open_clip / OpenAI 
                 kind = rest.rsplit('_', 1)[1]  # weight | bias
                 for name, part in zip(('q_proj', 'k_proj', 'v_proj'), v.chunk(3, dim=0)):
                     out[f'{pre}.self_attn.{name}.{kind}'] = part.contiguous()
-            elif (mod := rest.rsplit('.', 1)[0]) in sub: out[f"{pre}.{sub[mod]}.{rest.rsplit('.', 1)[1]}"] = v
+            elif (mod := rest.rsplit('.', 1)[0]) in _OC_SUB: out[f"{pre}.{_OC_SUB[mod]}.{rest.rsplit('.', 1)[1]}"] = v
             else: raise ValueError(f"cannot convert {k!r}: only plain OpenAI-style CLIP blocks are supported")
         elif k in ('attn_mask',): continue
         else: raise ValueError(f"cannot convert {k!r}: only OpenAI-style CLIP (open_clip.CLIP, no timm/HF towers, "
                                f"no layer scale or attentional pooling) is supported")
     return out
 
-_HF_VISION_TOP = {'embeddings.class_embedding': 'class_embedding', 'embeddings.position_embedding.weight': 'positional_embedding',
-                  'embeddings.patch_embedding.weight': 'conv1.weight', 'pre_layrnorm.weight': 'ln_pre.weight',
-                  'pre_layrnorm.bias': 'ln_pre.bias', 'post_layernorm.weight': 'ln_post.weight', 'post_layernorm.bias': 'ln_post.bias'}
-_HF_BLOCK_BACK = {'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2', 'mlp.fc1': 'mlp.c_fc', 'mlp.fc2': 'mlp.c_proj',
-                  'self_attn.out_proj': 'attn.out_proj'}
-
+# %% ../nbs/02_models.ipynb #7321b823
 def hf_clip_vision_to_open_clip(sd:dict[str, torch.Tensor] # `CLIPVisionModel` state_dict (embeddings.*, encoder.layers.*, ...)
                                )->dict[str, torch.Tensor]: # OpenAI's visual tower names (conv1, transformer.resblocks.*, ...), no `visual.`
     "The inverse of `open_clip_state_dict_to_hf(sd, vision_only=True)`: q/k/v fused back into `attn.in_proj_*`."
@@ -528,6 +543,7 @@ def hf_clip_vision_to_open_clip(sd:dict[str, torch.Tensor] # `CLIPVisionModel` s
                                f"encoder.layers.*)")
     return out
 
+# %% ../nbs/02_models.ipynb #b5a97e52
 def clip_vision_config(sd:dict[str, torch.Tensor], # OpenAI visual tower weights (`visual.` prefix or not)
                        n_heads:int|None=None,      # attention heads (None: width // 64, as OpenAI's ViTs)
                       )->PreTrainedConfig:         # the matching `transformers.CLIPVisionConfig` (QuickGELU, eps 1e-5)
@@ -585,7 +601,7 @@ def open_clip_to_hf(model:nn.Module|str='vlrepro-tiny-clip', # an open_clip CLIP
     p = next(model.parameters())
     return hf.to(device=p.device, dtype=p.dtype).eval()
 
-# %% ../nbs/02_models.ipynb #e61f28be
+# %% ../nbs/02_models.ipynb #98d3a740
 META_TO_HF_NAMES = {'attention.wq': 'self_attn.q_proj', 'attention.wk': 'self_attn.k_proj', 'attention.wv': 'self_attn.v_proj',
                     'attention.wo': 'self_attn.o_proj', 'feed_forward.w1': 'mlp.gate_proj', 'feed_forward.w2': 'mlp.down_proj',
                     'feed_forward.w3': 'mlp.up_proj', 'attention_norm': 'input_layernorm', 'ffn_norm': 'post_attention_layernorm'}
@@ -601,6 +617,7 @@ def permute_qk(W:torch.Tensor,       # (heads·head_dim, d) q or k projection
     if to_hf: return W.view(n_heads, h // 2, 2, d).transpose(1, 2).reshape(out, d)
     return W.view(n_heads, 2, h // 2, d).transpose(1, 2).reshape(out, d)
 
+# %% ../nbs/02_models.ipynb #bc7a7c27
 def merge_meta_shards(shards:Sequence[dict])->dict:
     "Merge model-parallel `consolidated.*.pth` state dicts (13B has two) into one."
     if len(shards) == 1: return dict(shards[0])
@@ -617,6 +634,7 @@ def llama_ffn_dim(dim:int, multiple_of:int=256, ffn_dim_multiplier:float|None=No
     if ffn_dim_multiplier: hidden = int(ffn_dim_multiplier * hidden)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
+# %% ../nbs/02_models.ipynb #75067380
 def llama_config_from_params(params:dict,                   # Meta's params.json
                              vocab_size:int=32000,          # rows of tok_embeddings (params.json says -1)
                              ffn:int|None=None,             # rows of feed_forward.w1; None: from dim / multiple_of
@@ -634,6 +652,7 @@ def llama_config_from_params(params:dict,                   # Meta's params.json
               rope_theta=params.get('rope_theta', 10000.0), tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
     return LlamaConfig(**{**kw, **overrides})
 
+# %% ../nbs/02_models.ipynb #c8237238
 def meta_to_hf(sd:dict,                  # a merged Meta LLaMA state dict
                n_heads:int,              # attention heads
                n_kv_heads:int|None=None, # key/value heads (None: n_heads)
@@ -662,6 +681,7 @@ def hf_to_meta(sd:dict, n_heads:int, n_kv_heads:int|None=None)->dict:
         out[f'layers.{parts[2]}.{name}.weight'] = v
     return out
 
+# %% ../nbs/02_models.ipynb #4eeaa7fc
 def check_vocab(tokenizer,               # a tokenizer (anything with len())
                 llm:nn.Module,           # a model with input embeddings
                 hint:str='',             # appended to the error's advice (e.g. which parameter to set)
@@ -798,7 +818,7 @@ def load_tokenizer(path:str|Path, # folder from `save_pretrained`, or a real mod
     raise FileNotFoundError(f"no tokenizer.json or tokenizer_config.json in {p}; save one with "
                             f"tokenizer.save_pretrained({str(p)!r}), or copy the tokenizer files of the checkpoint there")
 
-# %% ../nbs/02_models.ipynb #6f15c499
+# %% ../nbs/02_models.ipynb #8e3a8d47
 LLAMA_FORMATS = ('auto', 'hf', 'meta')
 
 def _check_llama_format(llama_format:str):
@@ -822,6 +842,7 @@ def llama_depth(path:str|Path)->tuple[int, int]:
                                           "(params.json + consolidated.00.pth); give the LLaMA-7B folder")
     c = json.loads((d/'params.json').read_text()); return int(c['n_layers']), int(c['dim'])
 
+# %% ../nbs/02_models.ipynb #f0270187
 def load_llama(path:str|Path,                   # HF folder, or Meta's `weights/` (or `weights/<size>/`) folder
                llama_format:str='auto',         # 'hf', 'meta', or 'auto' (HF when `config.json` is there)
                size:str='',                     # Meta sub-folder to read ('7B', '13B'); '' finds it
@@ -856,6 +877,7 @@ def load_llama(path:str|Path,                   # HF folder, or Meta's `weights/
     for q in m.parameters(): q.requires_grad_(False)
     return m.eval()
 
+# %% ../nbs/02_models.ipynb #49f55a77
 class SentencePieceTokenizer:
     "Meta's LLaMA `tokenizer.model` read with sentencepiece (BOS/EOS ids from the model), called like a `transformers` tokenizer."
     def __init__(self, path:str|Path):
@@ -887,6 +909,7 @@ class SentencePieceTokenizer:
     def __setstate__(self, s): self.__init__(s['path'])
     def __repr__(self): return f"SentencePieceTokenizer({self.path!r}, {len(self)} ids)"
 
+# %% ../nbs/02_models.ipynb #2659a177
 def load_llama_tokenizer(path:str|Path,          # HF folder, or Meta's `weights/` or `weights/<size>/` folder
                          llama_format:str='auto', # 'hf', 'meta' or 'auto'
                         )->Any:                  # `SentencePieceTokenizer` or a `transformers` tokenizer

@@ -119,7 +119,26 @@ def record_problems(rec:dict,   # a rehearsed run's results.json
     if missing: problems.append(f"registry rows not filled: {missing}")
     return problems
 
-# %% ../nbs/80_rehearse.ipynb #d100843e
+# %% ../nbs/80_rehearse.ipynb #40adc28b
+def _kill_and_resume(go:Callable, run_dir:Path, marker:Path, kill:bool)->str:
+    "Run once with a kill point (when `kill`), then again, resuming; return where the first run was killed ('' if not)."
+    killed = ''
+    if kill and not marker.exists():
+        try: go(run_dir, {'VLREPRO_REHEARSE_KILL': str(marker)})
+        except RunFailed as e:
+            if not marker.exists(): raise RehearsalFailed(f"the run failed before any kill point: {e}") from None
+        else:
+            if not marker.exists():
+                raise RehearsalFailed("the run trained but reached no kill point: its training keeps no checkpoint "
+                                      "in the run folder, so an interrupted run could not resume")
+            raise RehearsalFailed(f"the run went on after its process was killed at {marker.read_text().strip()}")
+    if marker.exists(): killed = marker.read_text().split(' pid=')[0].strip()
+    try: go(run_dir, {})
+    except RunFailed as e:
+        raise RehearsalFailed(f"{'the rerun after the kill' if killed else 'the run'} failed: {e}") from None
+    return killed
+
+# %% ../nbs/80_rehearse.ipynb #e3f8994c
 def rehearse_set(path:Path|str,        # a parameter-set YAML
                  out:Path|str,         # the rehearsal folder; this set's runs go to out/<set name>/
                  compare:bool=False,   # also run uninterrupted and compare the final metrics
@@ -142,20 +161,8 @@ def rehearse_set(path:Path|str,        # a parameter-set YAML
     def go(run_dir, extra):
         return run_notebook(stem, params=plan.overrides, param_file=path, out=run_dir, progress=False, root=root,
                             env={**env, **extra}, config_of=config_of)
-    run_dir, killed = d/'run', ''
-    if kill and plan.trains and not marker.exists():
-        try: go(run_dir, {'VLREPRO_REHEARSE_KILL': str(marker)})
-        except RunFailed as e:
-            if not marker.exists(): raise RehearsalFailed(f"the run failed before any kill point: {e}") from None
-        else:
-            if not marker.exists():
-                raise RehearsalFailed("the run trained but reached no kill point: its training keeps no checkpoint "
-                                      "in the run folder, so an interrupted run could not resume")
-            raise RehearsalFailed(f"the run went on after its process was killed at {marker.read_text().strip()}")
-    if marker.exists(): killed = marker.read_text().split(' pid=')[0].strip()
-    try: go(run_dir, {})
-    except RunFailed as e:
-        raise RehearsalFailed(f"{'the rerun after the kill' if killed else 'the run'} failed: {e}") from None
+    run_dir = d/'run'
+    killed = _kill_and_resume(go, run_dir, marker, kill and plan.trains)
     rec = read_results(run_dir)
     problems, rows = record_problems(rec, plan), filled_rows(rec)
     if compare:
@@ -244,7 +251,23 @@ def _outcome(log:Path, rc:int)->str:
     if rc: keep.append(f"     (the whole output: {log})")
     return '\n'.join(keep)
 
-# %% ../nbs/80_rehearse.ipynb #8f4ab8d1
+# %% ../nbs/80_rehearse.ipynb #9275d39f
+def _run_jobs(todo:list, jobs:int, command:list, out:Path, kill:bool, device:str)->int:
+    "Rehearse the sets of `todo` in child processes, `jobs` at a time, printing each outcome; return how many passed."
+    ok = 0
+    pending, running = list(todo), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            s, cmp = pending.pop(0); running.append((s, _child(command, s, out, cmp, kill, device)))
+        time.sleep(0.5)
+        for s, p in list(running):
+            if p.poll() is None: continue
+            running.remove((s, p))
+            print(_outcome(out/f"{s.stem}.log", p.returncode), flush=True)
+            ok += p.returncode == 0
+    return ok
+
+# %% ../nbs/80_rehearse.ipynb #d100f84b
 def cli(args,                          # the parsed `vlrepro rehearse` arguments
         config_of:Callable|None=None,  # notebook stem -> its typed config class (the CLI passes its config_class)
         command:list|None=None,        # the command that rehearses one set in a child process (needed for --jobs > 1)
@@ -273,15 +296,6 @@ def cli(args,                          # the parsed `vlrepro rehearse` arguments
             except (RehearsalFailed, FileNotFoundError, ValueError) as e:
                 print(f"FAIL {s.stem}: {e}", flush=True)
     else:
-        pending, running = list(todo), []
-        while pending or running:
-            while pending and len(running) < jobs:
-                s, cmp = pending.pop(0); running.append((s, _child(command, s, out, cmp, not args.no_kill, args.device)))
-            time.sleep(0.5)
-            for s, p in list(running):
-                if p.poll() is None: continue
-                running.remove((s, p))
-                print(_outcome(out/f"{s.stem}.log", p.returncode), flush=True)
-                ok += p.returncode == 0
+        ok = _run_jobs(todo, jobs, command, out, not args.no_kill, args.device)
     print(f"{ok}/{len(todo)} parameter sets rehearsed", flush=True)
     return 0 if ok == len(todo) else 1

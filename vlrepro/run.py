@@ -62,7 +62,7 @@ def resolve_notebook(name:str, nbs:Path|None=None)->Path:
         raise FileNotFoundError(f"no notebook named {name!r}; {hint}runnable notebooks: {avail}")
     raise ValueError(f"{name!r} matches several notebooks ({', '.join(c.stem for c in cands)}); give the full stem")
 
-# %% ../nbs/06_run.ipynb #8ee1c25f
+# %% ../nbs/06_run.ipynb #4e9f508e
 @dataclass
 class Param:
     "One parameter of a notebook's parameters cell."
@@ -78,6 +78,7 @@ def notebook_parameters(path:Path|str)->dict[str, Param]:
         out[n] = Param(n, (p.get('inferred_type_name') or 'None').replace(' ', ''), default, p.get('help') or '')
     return out
 
+# %% ../nbs/06_run.ipynb #7bd42804
 def _parse_value(raw:Any, typ:str):
     "Parse a command-line string for a parameter of type `typ`."
     if not isinstance(raw, str): return raw
@@ -100,6 +101,7 @@ def _type_ok(v:Any, typ:str)->bool:
 def _param_listing(params:dict[str, Param])->str:
     return '\n'.join(f"  {p.name}: {p.type} = {p.default!r}  # {p.help}" for p in params.values())
 
+# %% ../nbs/06_run.ipynb #a67bacd6
 def check_parameters(given:dict,                  # name -> value (strings from the command line are parsed)
                      params:dict[str, Param],     # the notebook's parameters
                      where:str='',                # where the values came from, for messages
@@ -119,6 +121,7 @@ def check_parameters(given:dict,                  # name -> value (strings from 
         out[k] = v
     return out
 
+# %% ../nbs/06_run.ipynb #f31f9884
 def load_param_set(path:Path|str,     # a YAML file in nbs/params/ (or anywhere)
                    notebook:str='',    # the notebook it is for: a set named <other stem>.<name>.yaml is refused
                   )->dict:             # parameter name -> value
@@ -173,25 +176,14 @@ def _input_checks(values:dict, params:dict[str, Param])->dict:
     return {k: (v, re.sub(r'^\s*\[(path|data)\]\s*', '', params[k].help)) for k, v in values.items()
             if k in params and path_kind(params[k]) and isinstance(v, str) and v}
 
-# %% ../nbs/06_run.ipynb #a7c3e9d1
-def run_notebook(name:str,                     # notebook stem, module name or path
-                 params:dict|None=None,        # parameter overrides (strings are parsed by type)
-                 param_file:str|Path|None=None,# a YAML parameter set
-                 out:str|Path|None=None,       # run folder (default: nbs/_runs/<stem>[.<set>]-<time>); reruns resume
-                 progress:bool=True,           # papermill's per-cell progress bar
-                 kernel:str|None=None,         # kernel name (default: the notebook's)
-                 root:str|Path|None=None,      # folder relative `[path]` parameters resolve against (default: cwd)
-                 env:dict|None=None,           # extra environment variables for the kernel (and what it launches)
-                 stream:bool=False,            # print the notebook's output as it runs
-                 dry_run:bool=False,           # check parameters and inputs, print them, run nothing
-                 config_of:Callable|None=None, # notebook stem -> its typed config class or None (the CLI passes its config_class)
-                )->Path|None:                       # the run folder
-    "Execute a paper notebook with checked parameters; return the run folder holding it and its results.json."
-    import papermill as pm
-    from nbclient.exceptions import DeadKernelError
-    nb = resolve_notebook(name)
-    valid = notebook_parameters(nb)
-    if not valid: raise ValueError(f"{nb.name} has no parameters cell, so it is not runnable with vlrepro run")
+# %% ../nbs/06_run.ipynb #5c5ba0c3
+def _given_params(nb:Path,                        # the notebook
+                  valid:dict[str, Param],         # its parameters
+                  params:dict|None,               # `-p` values (strings are parsed by type)
+                  param_file:str|Path|None,       # a YAML parameter set
+                  config_of:Callable|None,        # notebook stem -> its typed config class or None
+                 )->tuple[dict, str]:             # checked values, and the parameter set's name
+    "The run's checked parameter values: the set's, then the `-p` ones on top (both checked by the typed config too)."
     given, set_name, cc = {}, '', config_of(nb.stem) if config_of else None
     if param_file:
         raw = load_param_set(param_file, nb.stem)
@@ -208,17 +200,14 @@ def run_notebook(name:str,                     # notebook stem, module name or p
         cc.check_names(extra, " given with -p")
         cc.from_params({**given, **{k: _parse_value(v, valid[k].type) for k, v in extra.items()}}, " given with -p")
     given.update(check_parameters(extra, valid, " given with -p"))
-    given = resolve_paths(given, valid, root)
-    require_inputs(_input_checks(given, valid), f" of {nb.stem}" + (f" (parameter set {param_file})" if param_file else ''))
-    if dry_run:
-        print(f"{nb.stem}: parameters checked, inputs present; would run with:")
-        for k, v in given.items(): print(f"    {k} = {v!r}")
-        return None
-    run_dir = Path(out) if out else default_run_dir(nb.stem, set_name)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FileExistsError(f"--out {run_dir} is a file; give a folder for the run (it is created if missing)")
-    run_dir = run_dir.resolve(); run_dir.mkdir(parents=True, exist_ok=True)
-    if 'out_dir' in valid: given['out_dir'] = str(run_dir)
+    return given, set_name
+
+# %% ../nbs/06_run.ipynb #3865a24b
+def _papermill(nb:Path, run_dir:Path, given:dict, out:str|Path|None, progress:bool, kernel:str|None,
+               env:dict|None, stream:bool):
+    "Execute `nb` into `run_dir` with papermill, the environment set for the run and restored after; errors say how to resume."
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
     executed = run_dir/nb.name
     env = {'VLREPRO_BATCH': '1', **(env or {})}   # a batch run: the notebooks leave their live widgets out (core.widgets_live)
     saved = {k: os.environ.get(k) for k in env}
@@ -246,9 +235,40 @@ def run_notebook(name:str,                     # notebook stem, module name or p
         for k, v in saved.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
+
+# %% ../nbs/06_run.ipynb #c2292106
+def run_notebook(name:str,                     # notebook stem, module name or path
+                 params:dict|None=None,        # parameter overrides (strings are parsed by type)
+                 param_file:str|Path|None=None,# a YAML parameter set
+                 out:str|Path|None=None,       # run folder (default: nbs/_runs/<stem>[.<set>]-<time>); reruns resume
+                 progress:bool=True,           # papermill's per-cell progress bar
+                 kernel:str|None=None,         # kernel name (default: the notebook's)
+                 root:str|Path|None=None,      # folder relative `[path]` parameters resolve against (default: cwd)
+                 env:dict|None=None,           # extra environment variables for the kernel (and what it launches)
+                 stream:bool=False,            # print the notebook's output as it runs
+                 dry_run:bool=False,           # check parameters and inputs, print them, run nothing
+                 config_of:Callable|None=None, # notebook stem -> its typed config class or None (the CLI passes its config_class)
+                )->Path|None:                       # the run folder
+    "Execute a paper notebook with checked parameters; return the run folder holding it and its results.json."
+    nb = resolve_notebook(name)
+    valid = notebook_parameters(nb)
+    if not valid: raise ValueError(f"{nb.name} has no parameters cell, so it is not runnable with vlrepro run")
+    given, set_name = _given_params(nb, valid, params, param_file, config_of)
+    given = resolve_paths(given, valid, root)
+    require_inputs(_input_checks(given, valid), f" of {nb.stem}" + (f" (parameter set {param_file})" if param_file else ''))
+    if dry_run:
+        print(f"{nb.stem}: parameters checked, inputs present; would run with:")
+        for k, v in given.items(): print(f"    {k} = {v!r}")
+        return None
+    run_dir = Path(out) if out else default_run_dir(nb.stem, set_name)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file; give a folder for the run (it is created if missing)")
+    run_dir = run_dir.resolve(); run_dir.mkdir(parents=True, exist_ok=True)
+    if 'out_dir' in valid: given['out_dir'] = str(run_dir)
+    _papermill(nb, run_dir, given, out, progress, kernel, env, stream)
     return run_dir
 
-# %% ../nbs/06_run.ipynb #b56f25dd
+# %% ../nbs/06_run.ipynb #bd08b37b
 PAPER_TITLES = {'crossget': 'CrossGET: cross-guided ensemble of tokens (ICML 2024)',
                 'das': 'DAS: dynamic architecture skipping (NeurIPS 2023)',
                 'laps': 'LAPS: linguistic-aware patch slimming (CVPR 2024)',
@@ -276,6 +296,7 @@ def _records(paths:list[str|Path])->list[tuple[str, dict]]:
         out.append((f.parent.name + (' (partial)' if r.get('status') == 'partial' else ''), r))
     return out
 
+# %% ../nbs/06_run.ipynb #007a5b6b
 def registry(paper:str)->list:
     "The paper's own numbers (`PaperNumber`s) registered so far (importing a paper's module registers them); [] if none."
     try: return list(paper_numbers(paper))
@@ -293,7 +314,7 @@ def _cell(v, unit=''):
     if isinstance(v, float): v = f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
     return f"{v}"
 
-# %% ../nbs/06_run.ipynb #f6989e57
+# %% ../nbs/06_run.ipynb #199fa89c
 def report_rows(paths:list[str|Path], records:list|None=None)->list[dict]:
     "One row per (run, setting, metric) a run measured: paper number, this run's, the difference where comparable, scale."
     rows = []
@@ -309,6 +330,7 @@ def report_rows(paths:list[str|Path], records:list|None=None)->list[dict]:
                              this_run=c['this_run'], delta=d, scale=scale, status=r.get('status', 'complete')))
     return rows
 
+# %% ../nbs/06_run.ipynb #770a17e1
 def paper_tables(paper:str, rows:list[dict])->list[tuple[str, list[dict]]]:
     "(table title, rows) per paper table: each paper number once, with every run's value beside it."
     got: dict[tuple, list] = {}
@@ -330,6 +352,7 @@ def paper_tables(paper:str, rows:list[dict])->list[tuple[str, list[dict]]]:
     if extra: out.append(('Measured here, no paper number', extra))
     return out
 
+# %% ../nbs/06_run.ipynb #c73a5403
 def claims_rows(records:list, paper:str)->list[dict]:
     "The claims runs of `paper` checked: claim, measured figures, holds, run, scale."
     return [dict(claim=c.get('claim', ''), measured=c.get('measured', ''), holds='holds' if c.get('holds') else 'does not hold',
@@ -366,7 +389,7 @@ table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}th,td{border:1
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}nav ul{columns:2}
 .note{background:#fff8e1;border-left:4px solid #f0c36d;padding:.5em 1em}img{max-width:100%}"""
 
-# %% ../nbs/06_run.ipynb #ae8d921e
+# %% ../nbs/06_run.ipynb #6f9e584c
 _FLOP_UNITS = {'GFLOPs': 1.0, 'MFLOPs': 1e-3, 'TFLOPs': 1e3}   # a paper's cost column -> GFLOPs
 
 def tradeoff_points(records:list, paper:str)->list[dict]:
@@ -392,6 +415,7 @@ def tradeoff_points(records:list, paper:str)->list[dict]:
                             value=v, gflops=t['gflops'], scale=r.get('scale', '')))
     return pts
 
+# %% ../nbs/06_run.ipynb #895d8495
 def _plot_tradeoff(pts:list[dict], paper:str, out:Path)->list[Path]:
     """One figure for the paper: a panel per metric this project's runs measured, with the paper's points of that metric
     (colour: method or 'paper'; marker: scale); the title says when the paper has no GFLOPs to set beside them.
@@ -444,7 +468,31 @@ def _plot_benchmarks(pts:list[dict], paper:str, out:Path)->list[Path]:
     f = out/f"{paper}_benchmarks.png"; fig.savefig(f, dpi=90); plt.close(fig)
     return [f]
 
-# %% ../nbs/06_run.ipynb #8d302e94
+# %% ../nbs/06_run.ipynb #99fcfddd
+def _paper_section(paper:str, recs:list, rows:list[dict], out:Path|None, plots:bool)->tuple[list[str], list[str], str]:
+    "One paper's part of the report: (Markdown lines, HTML parts, the terminal's summary line)."
+    title = PAPER_TITLES.get(paper, paper)
+    md, html = [f'## {title}', ''], [f'<h2 id="{_slug(paper)}">{title}</h2>']
+    cl = claims_rows(recs, paper)
+    if cl:
+        md += ['### Claims checked', '', markdown_table(cl)]; html += ['<h3>Claims checked</h3>', _html_table(cl)]
+    tabs = paper_tables(paper, rows)
+    measured = sum(1 for _, t in tabs for r in t if r.get('measured') not in ('', None))
+    for name, t in tabs:
+        md += [f'### {name}', '', markdown_table(t)]; html += [f'<h3>{name}</h3>', _html_table(t)]
+    eff = efficiency_rows(recs, paper)
+    if eff: md += ['### Efficiency (per run)', '', markdown_table(eff)]; html += ['<h3>Efficiency (per run)</h3>', _html_table(eff)]
+    figs = (_plot_tradeoff(tradeoff_points(recs, paper), paper, out) + _plot_benchmarks(benchmark_rows(recs, paper), paper, out)
+            if (plots and out is not None) else [])
+    for f in figs:
+        md.append(f'![{f.stem}]({f.name})')
+        html.append(f'<img alt="{f.stem}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}">')
+    holds = sum(c['holds'] == 'holds' for c in cl)
+    full = sum(1 for r in rows if r['paper'] == paper and r['scale'] == 'full' and r['paper_value'] is not None)
+    return md, html, (f"{paper}: claims holding {holds} of {len(cl)}; {measured} result(s) beside the paper's numbers "
+                       f"({full} at full scale); {len(figs)} figure(s)")
+
+# %% ../nbs/06_run.ipynb #1050515e
 def report(paths:list[str|Path],     # run folders or results.json files
            out:str|Path|None=None,   # folder for report.md, report.html and the figures (None: write nothing)
            plots:bool=True,          # draw the accuracy-vs-cost figures
@@ -464,26 +512,8 @@ def report(paths:list[str|Path],     # run folders or results.json files
         if out.exists() and not out.is_dir(): raise FileExistsError(f"--out {out} is a file; give a folder for the report")
         out.mkdir(parents=True, exist_ok=True)
     for paper in papers:
-        title = PAPER_TITLES.get(paper, paper)
-        md += [f'## {title}', '']; html.append(f'<h2 id="{_slug(paper)}">{title}</h2>')
-        cl = claims_rows(recs, paper)
-        if cl:
-            md += ['### Claims checked', '', markdown_table(cl)]; html += ['<h3>Claims checked</h3>', _html_table(cl)]
-        tabs = paper_tables(paper, rows)
-        measured = sum(1 for _, t in tabs for r in t if r.get('measured') not in ('', None))
-        for name, t in tabs:
-            md += [f'### {name}', '', markdown_table(t)]; html += [f'<h3>{name}</h3>', _html_table(t)]
-        eff = efficiency_rows(recs, paper)
-        if eff: md += ['### Efficiency (per run)', '', markdown_table(eff)]; html += ['<h3>Efficiency (per run)</h3>', _html_table(eff)]
-        figs = (_plot_tradeoff(tradeoff_points(recs, paper), paper, out) + _plot_benchmarks(benchmark_rows(recs, paper), paper, out)
-                if (plots and out is not None) else [])
-        for f in figs:
-            md.append(f'![{f.stem}]({f.name})')
-            html.append(f'<img alt="{f.stem}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}">')
-        holds = sum(c['holds'] == 'holds' for c in cl)
-        full = sum(1 for r in rows if r['paper'] == paper and r['scale'] == 'full' and r['paper_value'] is not None)
-        summary.append(f"{paper}: claims holding {holds} of {len(cl)}; {measured} result(s) beside the paper's numbers "
-                       f"({full} at full scale); {len(figs)} figure(s)")
+        m, h, line = _paper_section(paper, recs, rows, out, plots)
+        md += m; html += h; summary.append(line)
     text = '\n'.join(md) + '\n'
     if out is not None:
         nav = ''.join(f'<li><a href="#{_slug(p)}">{PAPER_TITLES.get(p, p)}</a></li>' for p in papers)
@@ -542,7 +572,7 @@ def make_readme(nbs:Path|None=None,   # the project's nbs/ folder
     if not dest.exists() or dest.read_text() != text: atomic_write_text(dest, text)
     return dest
 
-# %% ../nbs/06_run.ipynb #510b4b89
+# %% ../nbs/06_run.ipynb #8367ef5b
 def _nb_title(nb:dict, stem:str)->str:
     for c in nb['cells']:
         m = re.match(r'#\s+(.+)', _cell_text(c)) if c['cell_type'] == 'markdown' else None
@@ -565,6 +595,7 @@ def site_order(nbs:Path)->list[Path]:
     files = [f for f in sorted(Path(nbs).glob('*.ipynb')) if not f.name.startswith(('_', '.'))]
     return sorted(files, key=lambda f: (f.stem != 'index', f.name))
 
+# %% ../nbs/06_run.ipynb #ae8328e4
 def build_site(nbs:Path|None=None,  # the notebooks (default: the project's nbs/)
                out:Path|None=None,  # the site folder (default: _site beside nbs/)
               )->Path:              # out/contents.html

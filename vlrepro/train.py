@@ -296,7 +296,7 @@ class Trainer:
         self._setup_model(model, param_groups)
         if self.config.resume and self.checkpoint_path and self._checkpoint_exists(): self.load_checkpoint()
 
-# %% ../nbs/04_train.ipynb #0d146666
+# %% ../nbs/04_train.ipynb #ac7b9be5
 @patch
 def _setup_processes(self:Trainer):
     c = self.config
@@ -334,6 +334,7 @@ def _setup_processes(self:Trainer):
     self.out_dir = Path(c.out_dir) if c.out_dir else None
     if self.out_dir and self.is_main: self.out_dir.mkdir(parents=True, exist_ok=True)
 
+# %% ../nbs/04_train.ipynb #b8b80e5e
 @patch(as_prop=True)
 def checkpoint_path(self:Trainer)->Path|None:
     "Where checkpoints go: out_dir/checkpoint.pt (a folder checkpoint.ds under DeepSpeed)."
@@ -376,7 +377,7 @@ def _setup_model(self:Trainer, model:nn.Module, param_groups):
     self.module = unwrap(self.model)
     if self.world_size > 1: seed_everything(_mix(c.seed, self.rank))  # distinct dropout masks per process (after init)
 
-# %% ../nbs/04_train.ipynb #973a4054
+# %% ../nbs/04_train.ipynb #0e966db0
 @patch
 def _autocast(self:Trainer):
     if self.amp_dtype is None or self.backend == 'deepspeed': return nullcontext()
@@ -399,6 +400,7 @@ def step_info(self:Trainer, micro:int=0)->StepInfo:
     "The position of the step being taken (see `StepInfo`)."
     return StepInfo(self.step, self.epoch, self.epoch_step, self.steps_per_epoch, self.total_steps, micro)
 
+# %% ../nbs/04_train.ipynb #6a7339a3
 @patch
 def _train_step(self:Trainer, micro_batches:list)->dict:
     c, A = self.config, len(micro_batches)
@@ -426,7 +428,179 @@ def _train_step(self:Trainer, micro_batches:list)->dict:
             self.scheduler.step()
     return {**sums, 'grad_norm': gn}
 
-# %% ../nbs/04_train.ipynb #3597fa48
+# %% ../nbs/04_train.ipynb #9397fad1
+@patch
+def _all_mean(self:Trainer, values:list[float])->list[float]:
+    if self.world_size == 1: return values
+    t = torch.tensor(values, dtype=torch.float64, device=self.device if dist.get_backend() == 'nccl' else 'cpu')
+    dist.all_reduce(t); return (t / self.world_size).tolist()
+
+@patch
+def _log_train(self:Trainer, seconds:float)->dict:
+    window, self._window = self._window, {}
+    keys = sorted(window)
+    means = self._all_mean([float(torch.stack([torch.as_tensor(v, dtype=torch.float32).cpu() for v in window[k]]).mean())
+                            for k in keys])
+    rec = dict(kind='train', step=self.step, epoch=self.epoch, lr=self.optimizer.param_groups[0]['lr'],
+               **dict(zip(keys, means)), seconds=round(seconds, 3))
+    self._record(rec); return rec
+
+@patch
+def _record(self:Trainer, rec:dict):
+    self.history.append(rec)
+    if not self.is_main: return
+    if self.out_dir:
+        with open(self.out_dir / 'log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
+    for cb in self.callbacks: cb(self, rec)
+
+# %% ../nbs/04_train.ipynb #65bd129e
+def _jsonable(v:Any)->Any:
+    "Tensors and NumPy values as Python numbers or lists, the rest unchanged (for the JSONL log)."
+    if isinstance(v, Tensor): return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (np.ndarray, np.generic)): return v.item() if v.size == 1 else v.tolist()
+    return v
+
+@patch
+def evaluate(self:Trainer)->dict:
+    "Run `eval_fn` on the (unwrapped) model in eval mode without disturbing training RNG; log and return its dict."
+    if self.eval_fn is None: return {}
+    self.model.eval()
+    with preserve_rng(self.device), torch.no_grad(), self._autocast(): res = self.eval_fn(self.module)
+    self.model.train()
+    res = {k: _jsonable(v) for k, v in dict(res or {}).items()}
+    self.last_eval = res
+    self._record(dict(kind='eval', step=self.step, epoch=self.epoch, **res)); return res
+
+# %% ../nbs/04_train.ipynb #50424902
+@patch
+def _gather_local(self:Trainer)->list[dict]:
+    "Every process's RNG states and unlogged step stats, gathered (for the checkpoint)."
+    s = dict(rng=_rng_state(self.device), window={k: [float(v) for v in vs] for k, vs in self._window.items()})
+    if self.world_size == 1: return [s]
+    out = [None] * self.world_size
+    dist.all_gather_object(out, s); return out
+
+@patch
+def _trainer_state(self:Trainer)->dict:
+    return dict(step=self.step, epoch=self.epoch, epoch_step=self.epoch_step, world_size=self.world_size,
+                total_steps=self.total_steps, config=self.config.to_dict(), last_eval=self.last_eval)
+
+@patch
+def _model_state(self:Trainer)->dict:
+    sd = self.module.state_dict()
+    if self.config.save_trainable_only:
+        frozen = {n for n, p in self.module.named_parameters() if not p.requires_grad}
+        sd = {k: v for k, v in sd.items() if k not in frozen}
+    return sd
+
+# %% ../nbs/04_train.ipynb #5146e0cc
+@patch
+def save_checkpoint(self:Trainer)->Path|None:
+    "Write the full training state to `checkpoint_path` atomically (every process must call it)."
+    if not self.checkpoint_path: return None
+    rng = self._gather_local()
+    if self.backend == 'deepspeed': return self._save_deepspeed(rng)
+    if self.is_main:
+        atomic_torch_save(dict(model=self._model_state(), optimizer=self.optimizer.state_dict(),
+                               scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                               trainer=self._trainer_state(), rng=rng), self.checkpoint_path)
+    self._barrier()
+    return self.checkpoint_path
+
+@patch
+def _barrier(self:Trainer):
+    if self.world_size > 1:
+        dist.barrier()
+
+@patch
+def _checkpoint_exists(self:Trainer)->bool:
+    p = self.checkpoint_path
+    return p.exists() or (self.backend == 'deepspeed' and p.with_suffix('.old').exists())
+
+# %% ../nbs/04_train.ipynb #f8d25805
+@patch
+def _truncate_log(self:Trainer):
+    "Keep the log records up to the resumed step, so the log reads like one uninterrupted run."
+    if not (self.out_dir and self.is_main and (self.out_dir / 'log.jsonl').exists()): return
+    recs = [json.loads(l) for l in (self.out_dir / 'log.jsonl').read_text().splitlines() if l.strip()]
+    self.history = [r for r in recs if r['step'] <= self.step]
+    atomic_write_text(self.out_dir / 'log.jsonl', ''.join(json.dumps(r) + '\n' for r in self.history))
+
+@patch
+def save_model(self:Trainer)->Path|None:
+    "Write the final weights (full state dict, on rank 0) to out_dir/model.pt."
+    if not self.out_dir: return None
+    if self.backend == 'deepspeed' and self.ds_config['zero_optimization']['stage'] == 3:
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+            sd = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+    else: sd = self.module.state_dict() if self.is_main else None
+    if self.is_main: atomic_torch_save(sd, self.out_dir / 'model.pt')
+    self._barrier()
+    return self.out_dir / 'model.pt'
+
+# %% ../nbs/04_train.ipynb #415c499e
+_RESUME_FREE = {'out_dir', 'stop_step', 'resume', 'progress', 'log_every', 'eval_every', 'save_every', 'num_workers'}
+
+@patch
+def load_checkpoint(self:Trainer, path:Path|str|None=None)->dict:
+    "Restore model, optimizer, scheduler, scaler, RNG and data position from a checkpoint; return its trainer state."
+    path = Path(path) if path else self.checkpoint_path
+    if self.backend == 'deepspeed': st, rng = self._load_deepspeed(path)
+    else:
+        if not path.exists(): raise FileNotFoundError(f"no checkpoint at {path}; train first or set resume=False")
+        ck = torch.load(path, map_location='cpu', weights_only=False)  # our own file: RNG states are not tensors
+        missing, unexpected = self.module.load_state_dict(ck['model'], strict=not self.config.save_trainable_only)
+        if unexpected: raise ValueError(f"checkpoint {path} has keys the model lacks: {unexpected[:5]}")
+        self.optimizer.load_state_dict(ck['optimizer']); self.scheduler.load_state_dict(ck['scheduler'])
+        self.scaler.load_state_dict(ck['scaler'])
+        st, rng = ck['trainer'], ck['rng']
+    old, new, dflt = st['config'], self.config.to_dict(), TrainConfig().to_dict()
+    diff = {k: (old.get(k), v) for k, v in new.items()   # a field newer than the checkpoint counts as its default
+            if k not in _RESUME_FREE and old.get(k, dflt[k]) != v}
+    if diff:
+        raise ValueError(f"checkpoint {path} was written with a different config {diff} (old, new); resume with the same "
+                         "config, or set resume=False, or use a new out_dir")
+    if st['world_size'] != self.world_size:
+        raise ValueError(f"checkpoint {path} was written by {st['world_size']} processes, this run has {self.world_size}: "
+                         "exact resume needs the same number (or start a new out_dir)")
+    if st['total_steps'] != self.total_steps:
+        raise ValueError(f"checkpoint {path} is from a run of {st['total_steps']} steps, this config gives {self.total_steps}; "
+                         "resume with the same data, batch_size, grad_accum, epochs and max_steps")
+    self.step, self.epoch, self.epoch_step, self.last_eval = st['step'], st['epoch'], st['epoch_step'], st.get('last_eval', {})
+    mine = rng[self.rank] if 'rng' in rng[self.rank] else {'rng': rng[self.rank]}   # early checkpoints: RNG only
+    _set_rng_state(mine['rng'], self.device)
+    self._window = {k: list(v) for k, v in mine.get('window', {}).items()}
+    if self.is_main: print(f"vlrepro.train: resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
+    self._truncate_log()
+    return st
+
+# %% ../nbs/04_train.ipynb #5faf77a8
+@patch
+def _save_deepspeed(self:Trainer, rng:list[dict])->Path:
+    final = self.checkpoint_path
+    tmp, old = final.with_suffix('.tmp'), final.with_suffix('.old')
+    if self.is_main and tmp.exists(): shutil.rmtree(tmp)
+    self._barrier()
+    self.model.save_checkpoint(str(tmp), tag='state', client_state=dict(trainer=self._trainer_state(), rng=rng),
+                               save_latest=False, exclude_frozen_parameters=self.config.save_trainable_only)
+    self._barrier()
+    if self.is_main:
+        if final.exists(): final.rename(old)
+        tmp.rename(final)
+        if old.exists(): shutil.rmtree(old)
+    self._barrier()
+    return final
+
+@patch
+def _load_deepspeed(self:Trainer, path:Path)->tuple[dict, list]:
+    if not path.exists() and path.with_suffix('.old').exists(): path = path.with_suffix('.old')
+    if not path.exists(): raise FileNotFoundError(f"no DeepSpeed checkpoint at {path}; train first or set resume=False")
+    _, client = self.model.load_checkpoint(str(path), tag='state', load_module_strict=not self.config.save_trainable_only)
+    if client is None: raise ValueError(f"DeepSpeed could not read the checkpoint in {path}")
+    return client['trainer'], client['rng']
+
+# %% ../nbs/04_train.ipynb #d0288cb4
 @patch
 def _loader(self:Trainer, epoch:int, start:int)->DataLoader:
     c = self.config
@@ -452,6 +626,7 @@ def _progress_line(self:Trainer, t0:float, start:int)->float:
           flush=True)
     return time.time()
 
+# %% ../nbs/04_train.ipynb #6c6d18f5
 @patch
 def fit(self:Trainer)->dict:
     "Train to `total_steps` (or `stop_step`), logging, evaluating and checkpointing; return a summary."
@@ -490,174 +665,6 @@ def fit(self:Trainer)->dict:
                 eval=self.last_eval, history=self.history, finished=finished, seconds=time.time() - t0,
                 checkpoint=str(self.checkpoint_path or ''), model_path=str(self.out_dir / 'model.pt') if self.out_dir and finished else '')
 
-# %% ../nbs/04_train.ipynb #718298e3
-@patch
-def _all_mean(self:Trainer, values:list[float])->list[float]:
-    if self.world_size == 1: return values
-    t = torch.tensor(values, dtype=torch.float64, device=self.device if dist.get_backend() == 'nccl' else 'cpu')
-    dist.all_reduce(t); return (t / self.world_size).tolist()
-
-@patch
-def _log_train(self:Trainer, seconds:float)->dict:
-    window, self._window = self._window, {}
-    keys = sorted(window)
-    means = self._all_mean([float(torch.stack([torch.as_tensor(v, dtype=torch.float32).cpu() for v in window[k]]).mean())
-                            for k in keys])
-    rec = dict(kind='train', step=self.step, epoch=self.epoch, lr=self.optimizer.param_groups[0]['lr'],
-               **dict(zip(keys, means)), seconds=round(seconds, 3))
-    self._record(rec); return rec
-
-@patch
-def _record(self:Trainer, rec:dict):
-    self.history.append(rec)
-    if not self.is_main: return
-    if self.out_dir:
-        with open(self.out_dir / 'log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
-    for cb in self.callbacks: cb(self, rec)
-
-def _jsonable(v:Any)->Any:
-    "Tensors and NumPy values as Python numbers or lists, the rest unchanged (for the JSONL log)."
-    if isinstance(v, Tensor): return v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, (np.ndarray, np.generic)): return v.item() if v.size == 1 else v.tolist()
-    return v
-
-@patch
-def evaluate(self:Trainer)->dict:
-    "Run `eval_fn` on the (unwrapped) model in eval mode without disturbing training RNG; log and return its dict."
-    if self.eval_fn is None: return {}
-    self.model.eval()
-    with preserve_rng(self.device), torch.no_grad(), self._autocast(): res = self.eval_fn(self.module)
-    self.model.train()
-    res = {k: _jsonable(v) for k, v in dict(res or {}).items()}
-    self.last_eval = res
-    self._record(dict(kind='eval', step=self.step, epoch=self.epoch, **res)); return res
-
-# %% ../nbs/04_train.ipynb #95ca2503
-@patch
-def _gather_local(self:Trainer)->list[dict]:
-    "Every process's RNG states and unlogged step stats, gathered (for the checkpoint)."
-    s = dict(rng=_rng_state(self.device), window={k: [float(v) for v in vs] for k, vs in self._window.items()})
-    if self.world_size == 1: return [s]
-    out = [None] * self.world_size
-    dist.all_gather_object(out, s); return out
-
-@patch
-def _trainer_state(self:Trainer)->dict:
-    return dict(step=self.step, epoch=self.epoch, epoch_step=self.epoch_step, world_size=self.world_size,
-                total_steps=self.total_steps, config=self.config.to_dict(), last_eval=self.last_eval)
-
-@patch
-def _model_state(self:Trainer)->dict:
-    sd = self.module.state_dict()
-    if self.config.save_trainable_only:
-        frozen = {n for n, p in self.module.named_parameters() if not p.requires_grad}
-        sd = {k: v for k, v in sd.items() if k not in frozen}
-    return sd
-
-@patch
-def save_checkpoint(self:Trainer)->Path|None:
-    "Write the full training state to `checkpoint_path` atomically (every process must call it)."
-    if not self.checkpoint_path: return None
-    rng = self._gather_local()
-    if self.backend == 'deepspeed': return self._save_deepspeed(rng)
-    if self.is_main:
-        atomic_torch_save(dict(model=self._model_state(), optimizer=self.optimizer.state_dict(),
-                               scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                               trainer=self._trainer_state(), rng=rng), self.checkpoint_path)
-    self._barrier()
-    return self.checkpoint_path
-
-@patch
-def _barrier(self:Trainer):
-    if self.world_size > 1:
-        dist.barrier()
-
-@patch
-def _checkpoint_exists(self:Trainer)->bool:
-    p = self.checkpoint_path
-    return p.exists() or (self.backend == 'deepspeed' and p.with_suffix('.old').exists())
-
-_RESUME_FREE = {'out_dir', 'stop_step', 'resume', 'progress', 'log_every', 'eval_every', 'save_every', 'num_workers'}
-
-@patch
-def load_checkpoint(self:Trainer, path:Path|str|None=None)->dict:
-    "Restore model, optimizer, scheduler, scaler, RNG and data position from a checkpoint; return its trainer state."
-    path = Path(path) if path else self.checkpoint_path
-    if self.backend == 'deepspeed': st, rng = self._load_deepspeed(path)
-    else:
-        if not path.exists(): raise FileNotFoundError(f"no checkpoint at {path}; train first or set resume=False")
-        ck = torch.load(path, map_location='cpu', weights_only=False)  # our own file: RNG states are not tensors
-        missing, unexpected = self.module.load_state_dict(ck['model'], strict=not self.config.save_trainable_only)
-        if unexpected: raise ValueError(f"checkpoint {path} has keys the model lacks: {unexpected[:5]}")
-        self.optimizer.load_state_dict(ck['optimizer']); self.scheduler.load_state_dict(ck['scheduler'])
-        self.scaler.load_state_dict(ck['scaler'])
-        st, rng = ck['trainer'], ck['rng']
-    old, new, dflt = st['config'], self.config.to_dict(), TrainConfig().to_dict()
-    diff = {k: (old.get(k), v) for k, v in new.items()   # a field newer than the checkpoint counts as its default
-            if k not in _RESUME_FREE and old.get(k, dflt[k]) != v}
-    if diff:
-        raise ValueError(f"checkpoint {path} was written with a different config {diff} (old, new); resume with the same "
-                         "config, or set resume=False, or use a new out_dir")
-    if st['world_size'] != self.world_size:
-        raise ValueError(f"checkpoint {path} was written by {st['world_size']} processes, this run has {self.world_size}: "
-                         "exact resume needs the same number (or start a new out_dir)")
-    if st['total_steps'] != self.total_steps:
-        raise ValueError(f"checkpoint {path} is from a run of {st['total_steps']} steps, this config gives {self.total_steps}; "
-                         "resume with the same data, batch_size, grad_accum, epochs and max_steps")
-    self.step, self.epoch, self.epoch_step, self.last_eval = st['step'], st['epoch'], st['epoch_step'], st.get('last_eval', {})
-    mine = rng[self.rank] if 'rng' in rng[self.rank] else {'rng': rng[self.rank]}   # early checkpoints: RNG only
-    _set_rng_state(mine['rng'], self.device)
-    self._window = {k: list(v) for k, v in mine.get('window', {}).items()}
-    if self.is_main: print(f"vlrepro.train: resumed from {path} at step {self.step}/{self.total_steps}", file=sys.stderr)
-    self._truncate_log()
-    return st
-
-@patch
-def _truncate_log(self:Trainer):
-    "Keep the log records up to the resumed step, so the log reads like one uninterrupted run."
-    if not (self.out_dir and self.is_main and (self.out_dir / 'log.jsonl').exists()): return
-    recs = [json.loads(l) for l in (self.out_dir / 'log.jsonl').read_text().splitlines() if l.strip()]
-    self.history = [r for r in recs if r['step'] <= self.step]
-    atomic_write_text(self.out_dir / 'log.jsonl', ''.join(json.dumps(r) + '\n' for r in self.history))
-
-@patch
-def save_model(self:Trainer)->Path|None:
-    "Write the final weights (full state dict, on rank 0) to out_dir/model.pt."
-    if not self.out_dir: return None
-    if self.backend == 'deepspeed' and self.ds_config['zero_optimization']['stage'] == 3:
-        import deepspeed
-        with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
-            sd = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
-    else: sd = self.module.state_dict() if self.is_main else None
-    if self.is_main: atomic_torch_save(sd, self.out_dir / 'model.pt')
-    self._barrier()
-    return self.out_dir / 'model.pt'
-
-# %% ../nbs/04_train.ipynb #5faf77a8
-@patch
-def _save_deepspeed(self:Trainer, rng:list[dict])->Path:
-    final = self.checkpoint_path
-    tmp, old = final.with_suffix('.tmp'), final.with_suffix('.old')
-    if self.is_main and tmp.exists(): shutil.rmtree(tmp)
-    self._barrier()
-    self.model.save_checkpoint(str(tmp), tag='state', client_state=dict(trainer=self._trainer_state(), rng=rng),
-                               save_latest=False, exclude_frozen_parameters=self.config.save_trainable_only)
-    self._barrier()
-    if self.is_main:
-        if final.exists(): final.rename(old)
-        tmp.rename(final)
-        if old.exists(): shutil.rmtree(old)
-    self._barrier()
-    return final
-
-@patch
-def _load_deepspeed(self:Trainer, path:Path)->tuple[dict, list]:
-    if not path.exists() and path.with_suffix('.old').exists(): path = path.with_suffix('.old')
-    if not path.exists(): raise FileNotFoundError(f"no DeepSpeed checkpoint at {path}; train first or set resume=False")
-    _, client = self.model.load_checkpoint(str(path), tag='state', load_module_strict=not self.config.save_trainable_only)
-    if client is None: raise ValueError(f"DeepSpeed could not read the checkpoint in {path}")
-    return client['trainer'], client['rng']
-
 # %% ../nbs/04_train.ipynb #9576a83a
 class _DemoData(Dataset):
     def __init__(self, x:Tensor, y:Tensor, delay:float=0.0): self.x, self.y, self.delay = x, y, delay
@@ -688,7 +695,7 @@ def demo_task(n:int=64,           # training samples
         return {'val_mse': nn.functional.mse_loss(m(xv.to(p.device, p.dtype)).squeeze(-1).float(), yv.to(p.device)).item()}
     return dict(model=model, loss_fn=_demo_loss, train_data=_DemoData(x[:n], y[:n], delay), eval_fn=eval_fn)
 
-# %% ../nbs/04_train.ipynb #4a7c5ff4
+# %% ../nbs/04_train.ipynb #11b933ce
 _FP16 = {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16,
          "hysteresis": 2, "min_loss_scale": 1}
 ZERO2 = {"fp16": dict(_FP16), "bf16": {"enabled": "auto"},
@@ -703,6 +710,7 @@ ZERO3 = {"fp16": dict(_FP16), "bf16": {"enabled": "auto"},
                                "stage3_max_live_parameters": 1e9, "stage3_max_reuse_distance": 1e9,
                                "stage3_gather_16bit_weights_on_model_save": True}}
 
+# %% ../nbs/04_train.ipynb #b74d99b9
 def deepspeed_config(config:TrainConfig,       # the run's knobs
                      world_size:int=1,          # number of processes (for train_batch_size)
                      precision:str='',          # resolved precision ('fp32', 'bf16', 'fp16'); '' = config.precision
@@ -741,7 +749,7 @@ def write_deepspeed_config(path:Path|str,              # where to write the JSON
     d = deepspeed_config(dataclasses.replace(config, zero_stage=stage, deepspeed_config='')) if config else (ZERO2 if stage == 2 else ZERO3)
     return atomic_write_json(path, d)
 
-# %% ../nbs/04_train.ipynb #784ef216
+# %% ../nbs/04_train.ipynb #6f49d885
 def load_task(spec:str, **task_args)->dict:
     "Import `module:function`, call it with `task_args` and return its parts as a dict of Trainer arguments."
     if ':' not in spec: raise ValueError(f"task must look like 'package.module:function', got {spec!r}")
@@ -763,6 +771,7 @@ def _parse_value(s:str)->Any:
     try: return json.loads(s)
     except json.JSONDecodeError: return s
 
+# %% ../nbs/04_train.ipynb #996dc1c9
 def run_cli(argv:Sequence[str]|None=None)->dict:
     "Parse `python -m vlrepro.train` arguments, build the task, train it; return the summary (`fit`'s, minus history)."
     ap = argparse.ArgumentParser(prog='python -m vlrepro.train', description=main.__doc__)
@@ -796,13 +805,6 @@ def run_cli(argv:Sequence[str]|None=None)->dict:
 def main(argv:Sequence[str]|None=None)->int:
     "Command-line entry point: `python -m vlrepro.train --task module:function --config cfg.json` (exit status 0)."
     run_cli(argv); return 0
-
-def _exit_worker(code:int=0):
-    """End a worker of a multi-process job at once, after flushing its output: its results are on disk and its group
-    is gone, and C++ teardown at interpreter exit has aborted a gloo worker ("terminate called without an active
-    exception", exit -6) after a finished run."""
-    sys.stdout.flush(); sys.stderr.flush()
-    os._exit(code)
 
 # %% ../nbs/04_train.ipynb #ffef7fd6
 SHM = Path('/dev/shm')
@@ -848,7 +850,25 @@ def launch_command(task:str,                        # module:function of the tas
                 '--module', 'vlrepro.train', *args, '--set', 'backend=deepspeed']
     raise ValueError(f"launcher must be 'torchrun', 'deepspeed' or 'python', got {launcher!r}")
 
-# %% ../nbs/04_train.ipynb #6b3358f9
+# %% ../nbs/04_train.ipynb #6dab06c9
+def _stream_job(cmd:list[str], env:dict, port:int, timeout:float|None=None, quiet:bool=False)->tuple[int, str]:
+    "Run `cmd`, printing its output unless `quiet` and killing it after `timeout` s; return (exit status, its last 40 lines)."
+    tail, t0 = deque(maxlen=40), time.time()
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        try:
+            for line in p.stdout:   # printed here, so a notebook shows the job's output in the cell
+                tail.append(line)
+                if not quiet: print(line, end='', flush=True)
+                if timeout and time.time() - t0 > timeout: raise subprocess.TimeoutExpired(cmd, timeout)
+            p.wait(timeout=max(1.0, timeout - (time.time() - t0)) if timeout else None)
+        except subprocess.TimeoutExpired:
+            p.kill(); p.wait()
+            raise RuntimeError(f"training job ran over {timeout} s and was killed: {' '.join(cmd)}\n{''.join(tail)}") from None
+        finally:
+            if p.poll() is not None: remove_shm_buffers(port)   # the job's processes are gone: its buffers are garbage
+    return p.returncode, ''.join(tail)
+
+# %% ../nbs/04_train.ipynb #6679ab96
 def launch(task:str,                         # module:function of the task
            config:TrainConfig|dict,          # the run's knobs; out_dir is required
            nproc:int=1,                      # processes
@@ -866,31 +886,26 @@ def launch(task:str,                         # module:function of the task
     e = {**os.environ, **(env or {})}
     e.setdefault('OMP_NUM_THREADS', '1')
     if launcher == 'deepspeed' and not torch.cuda.is_available(): e.setdefault('DS_ACCELERATOR', 'cpu')
-    port = _free_port()
+    port, t0 = _free_port(), time.time()
     cmd = launch_command(task, cfg_path, nproc, launcher, task_args, port)
-    tail, t0 = deque(maxlen=40), time.time()
-    with subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
-        try:
-            for line in p.stdout:   # printed here, so a notebook shows the job's output in the cell
-                tail.append(line)
-                if not quiet: print(line, end='', flush=True)
-                if timeout and time.time() - t0 > timeout: raise subprocess.TimeoutExpired(cmd, timeout)
-            p.wait(timeout=max(1.0, timeout - (time.time() - t0)) if timeout else None)
-        except subprocess.TimeoutExpired:
-            p.kill(); p.wait()
-            raise RuntimeError(f"training job ran over {timeout} s and was killed: {' '.join(cmd)}\n{''.join(tail)}") from None
-        finally:
-            if p.poll() is not None: remove_shm_buffers(port)   # the job's processes are gone: its buffers are garbage
+    rc, tail = _stream_job(cmd, e, port, timeout, quiet)
     summary = out / 'summary.json'
     done = summary.exists() and summary.stat().st_mtime >= t0   # written by rank 0 after the last checkpoint and barrier
-    if p.returncode and not done:
-        raise RuntimeError(f"training job failed (exit {p.returncode}): {' '.join(cmd)}\n{''.join(tail)}")
-    if p.returncode:   # the job ended and saved everything; a process died while shutting down: keep the result
-        print(f"vlrepro.train: the job finished and wrote {summary}, then a process exited {p.returncode} "
+    if rc and not done:
+        raise RuntimeError(f"training job failed (exit {rc}): {' '.join(cmd)}\n{tail}")
+    if rc:   # the job ended and saved everything; a process died while shutting down: keep the result
+        print(f"vlrepro.train: the job finished and wrote {summary}, then a process exited {rc} "
               f"while shutting down; its results are kept", flush=True)
     return json.loads(summary.read_text())
 
-# %% ../nbs/04_train.ipynb #5ff4581a
+# %% ../nbs/04_train.ipynb #78d7e8ae
+def _exit_worker(code:int=0):
+    """End a worker of a multi-process job at once, after flushing its output: its results are on disk and its group
+    is gone, and C++ teardown at interpreter exit has aborted a gloo worker ("terminate called without an active
+    exception", exit -6) after a finished run."""
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)
+
 def _in_ipython()->bool:
     try: get_ipython; return True   # noqa: F821 — defined under Jupyter, papermill and nbdev_test
     except NameError: return False
