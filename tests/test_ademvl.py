@@ -559,7 +559,8 @@ def test_notebook_smoke_run(tmp_path):
     import pathlib
     nbs = pathlib.Path(__file__).parents[1] / 'nbs'
     pm.execute_notebook(str(nbs / '40_ademvl.ipynb'), str(tmp_path / 'out.ipynb'), cwd=str(nbs),
-                        parameters=dict(preset='smoke', out_dir=str(tmp_path / 'run')), progress_bar=False)
+                        parameters=dict(preset='smoke', out_dir=str(tmp_path / 'run')), progress_bar=False,
+                        kernel_name='python3')
     rec = core.read_results(tmp_path / 'run')
     assert rec['paper'] == 'ademvl' and rec['scale'] == 'tiny-synthetic'
     for c in ('NAT', 'SOC', 'LAN', 'TXT', 'IMG', 'NO', 'G1-6', 'G7-12', 'Avg'): assert f'ADEM/{c}' in rec['metrics']

@@ -294,6 +294,10 @@ def _readme(args):
     from vlrepro.run import make_readme
     print(make_readme()); return 0
 
+def _kernel(args):
+    from vlrepro.run import install_kernel
+    print(f"{install_kernel(user=args.user)}: the Jupyter kernel 'vlrepro' runs {sys.executable}"); return 0
+
 def _site(args):
     from vlrepro.run import build_site
     print(build_site(out=args.out)); return 0
@@ -324,6 +328,9 @@ def _add_run_commands(sub):
     rr = sub.add_parser('report', help='claims, paper tables and figures of runs beside the papers'); rr.set_defaults(fn=_report)
     rr.add_argument('runs', nargs='+', help='run folders or results.json files (runs are under nbs/_runs/ by default)')
     rr.add_argument('--out', help='write report.md, report.html and the figures here')
+    k = sub.add_parser('kernel', help="register this Python as the Jupyter kernel the notebooks name (vlrepro)")
+    k.add_argument('--user', action='store_true', help="for this user (every Jupyter sees it), not this environment")
+    k.set_defaults(fn=_kernel)
 
 # %% ../nbs/90_cli.ipynb #2266ea5c
 def _add_tool_commands(sub):

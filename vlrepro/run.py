@@ -16,11 +16,12 @@ import yaml
 from .core import atomic_write_text, paper_numbers, read_results, require_inputs
 
 # %% auto #0
-__all__ = ['PAPER_TITLES', 'SCALES', 'EXPECTED_S', 'find_nbs', 'list_notebooks', 'resolve_notebook', 'Param',
+__all__ = ['KERNEL', 'PAPER_TITLES', 'SCALES', 'EXPECTED_S', 'find_nbs', 'list_notebooks', 'resolve_notebook', 'Param',
            'notebook_parameters', 'check_parameters', 'load_param_set', 'RunFailed', 'RunInterrupted',
-           'default_run_dir', 'path_kind', 'resolve_paths', 'run_notebook', 'find_results', 'registry', 'comparable',
-           'report_rows', 'paper_tables', 'claims_rows', 'efficiency_rows', 'markdown_table', 'tradeoff_points',
-           'benchmark_rows', 'report', 'longest_first', 'make_readme', 'site_order', 'build_site']
+           'default_run_dir', 'path_kind', 'resolve_paths', 'install_kernel', 'kernel_for', 'run_notebook',
+           'find_results', 'registry', 'comparable', 'report_rows', 'paper_tables', 'claims_rows', 'efficiency_rows',
+           'markdown_table', 'tradeoff_points', 'benchmark_rows', 'report', 'longest_first', 'make_readme',
+           'site_order', 'build_site']
 
 # %% ../nbs/06_run.ipynb #cdb52257
 def find_nbs(start:Path|str|None=None)->Path:
@@ -202,6 +203,22 @@ def _given_params(nb:Path,                        # the notebook
     given.update(check_parameters(extra, valid, " given with -p"))
     return given, set_name
 
+# %% ../nbs/06_run.ipynb #23cf6cff
+KERNEL = 'vlrepro'   # the kernel every notebook names; its display name is its name, as nbdev_clean writes it
+
+def install_kernel(prefix:str|Path|None=None, # install under <prefix>/share/jupyter/kernels (default: this environment)
+                   user:bool=False,           # for this user instead (~/.local/share/jupyter), seen by every Jupyter
+                  )->Path:                    # the kernel's folder
+    "Register this environment's Python as the Jupyter kernel `vlrepro` (`vlrepro kernel`)."
+    from ipykernel.kernelspec import install
+    return Path(install(kernel_name=KERNEL, display_name=KERNEL, user=user, prefix=None if user else str(prefix or sys.prefix)))
+
+def kernel_for(nb:str|Path)->str:
+    "The kernel to run `nb` on: the one its metadata names where Jupyter has it, else Python's own (`python3`)."
+    from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
+    name = json.loads(Path(nb).read_text()).get('metadata', {}).get('kernelspec', {}).get('name')
+    return name if name and name in KernelSpecManager().find_kernel_specs() else NATIVE_KERNEL_NAME
+
 # %% ../nbs/06_run.ipynb #3865a24b
 def _papermill(nb:Path, run_dir:Path, given:dict, out:str|Path|None, progress:bool, kernel:str|None,
                env:dict|None, stream:bool):
@@ -214,7 +231,7 @@ def _papermill(nb:Path, run_dir:Path, given:dict, out:str|Path|None, progress:bo
     os.environ.update({k: str(v) for k, v in (env or {}).items()})
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=given, cwd=str(nb.parent), progress_bar=progress,
-                            kernel_name=kernel, log_output=stream, stdout_file=sys.stdout if stream else None,
+                            kernel_name=kernel or kernel_for(nb), log_output=stream, stdout_file=sys.stdout if stream else None,
                             stderr_file=sys.stdout if stream else None,
                             # the kernel process's own log (not cell output): quiet, or a Ctrl-C here makes the kernel
                             # print a traceback of its closed sockets over the one-line 'interrupted' message
@@ -242,7 +259,7 @@ def run_notebook(name:str,                     # notebook stem, module name or p
                  param_file:str|Path|None=None,# a YAML parameter set
                  out:str|Path|None=None,       # run folder (default: nbs/_runs/<stem>[.<set>]-<time>); reruns resume
                  progress:bool=True,           # papermill's per-cell progress bar
-                 kernel:str|None=None,         # kernel name (default: the notebook's)
+                 kernel:str|None=None,         # kernel name (default: the notebook's, else python3)
                  root:str|Path|None=None,      # folder relative `[path]` parameters resolve against (default: cwd)
                  env:dict|None=None,           # extra environment variables for the kernel (and what it launches)
                  stream:bool=False,            # print the notebook's output as it runs
