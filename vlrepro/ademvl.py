@@ -461,6 +461,14 @@ def _run_layer(layer, rot, x:Tensor, fused:nn.Module|None=None)->Tensor:
     try: return layer(x, attention_mask=None, position_ids=pos, position_embeddings=rot(x, pos))
     finally: layer._modules['mlp'] = base
 
+# %% ../nbs/40_ademvl.ipynb #ce5af977
+def _fused_mlp(layer:nn.Module, dev, batch:int, M:int, D:int, dtype)->nn.Module:
+    "The layer's MLP with ADEM's fusion reading M random visual features of width D (one example on the meta device)."
+    st = ADEMState(alpha=0.1, drop_ratio=0.1)
+    kv = torch.randn(batch if dev != 'meta' else 1, M, D, device=dev, dtype=dtype)
+    st.keys, st.values = F.silu(kv), kv
+    return ADEMLlamaMLP(layer.mlp, st, 0)
+
 # %% ../nbs/40_ademvl.ipynb #b9cd8dfc
 def layer_cost(text_len:int=128,        # text tokens of one example
                n_visual:int=256,        # tokens the input-space baseline prepends (LLaVA-1.5 7B: 576; ViT-L/14@224: 256)
@@ -477,16 +485,11 @@ def layer_cost(text_len:int=128,        # text tokens of one example
     D = dims[1]
     variants = {'text only': (text_len, False), 'ADEM (embedded)': (text_len + prefix, True),
                 'input-space (prepend)': (text_len + 3 + n_visual, False)}
-    def fused_for(layer, dev):
-        st = ADEMState(alpha=0.1, drop_ratio=0.1)
-        kv = torch.randn(batch if dev != 'meta' else 1, M, D, device=dev, dtype=dtype)
-        st.keys, st.values = F.silu(kv), kv
-        return ADEMLlamaMLP(layer.mlp, st, 0)
     ml, mr = _layer_7b(*dims, device='meta', dtype=dtype)
     rows = []
     for name, (L, fz) in variants.items():
         x = torch.randn(1, L, D, device='meta', dtype=dtype)
-        f = fused_for(ml, 'meta') if fz else None
+        f = _fused_mlp(ml, 'meta', batch, M, D, dtype) if fz else None
         rows.append(dict(variant=name, tokens=L, gflops=bench.count_flops(lambda: _run_layer(ml, mr, x, f)).gflops))
     df = pd.DataFrame(rows)
     if measure:
@@ -494,7 +497,7 @@ def layer_cost(text_len:int=128,        # text tokens of one example
         calls = {}
         for name, (L, fz) in variants.items():
             x = torch.randn(batch, L, D, device=device, dtype=dtype)
-            f = fused_for(layer, device) if fz else None
+            f = _fused_mlp(layer, device, batch, M, D, dtype) if fz else None
             calls[name] = (lambda x=x, f=f: _run_layer(layer, rot, x, f))
         t = bench.benchmark(calls, warmup=warmup, repeats=repeats, baseline='input-space (prepend)')
         df['median_s'] = t['median_s'].values

@@ -45,18 +45,9 @@ def _released_key(k:str, vis:str)->str|None:
     m = re.fullmatch(r'backbone\.visual\.transformer\.resblocks\.(\d+)\.adapter_mlp\.(fc[12])\.weight', k)
     return f'ademvl.vision_tower.{vis}encoder.layers.{m[1]}.mlp.ademvl_adapter.{m[2]}.weight' if m else None
 
-# %% ../nbs/41_ademvl_sqa.ipynb #751fb79e
-def load_released(llm:nn.Module,          # a LlamaForCausalLM patched with `patch` (with the run's options)
-                  ckpt:str|Path|dict,     # ADEM-VL's checkpoint-{epoch}.pth (or its loaded dict)
-                 )->dict:                 # loaded keys (official names), the options compared
-    "Load an official ADEM-VL adapter checkpoint into a patched model, after checking its run options."
-    st = get_state(llm)
-    if not isinstance(ckpt, dict):
-        p = Path(ckpt)
-        if not p.is_file(): raise FileNotFoundError(f"no ADEM-VL checkpoint at {p}; pass the local path of checkpoint-<epoch>.pth")
-        ckpt = torch.load(p, map_location='cpu', weights_only=False)
-    sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in ckpt.get('model', ckpt).items()}
-    args = ckpt.get('args'); args = vars(args) if args is not None and not isinstance(args, dict) else (args or {})
+# %% ../nbs/41_ademvl_sqa.ipynb #06a451cb
+def _check_released_options(args:dict, st)->dict:
+    "The run options a checkpoint was trained with (its `args`) against the patch's (`st`); the options compared. A mismatch is an error."
     checked = {}
     for a, s in _ADEM_OPTS:
         if a in args:
@@ -75,6 +66,21 @@ def load_released(llm:nn.Module,          # a LlamaForCausalLM patched with `pat
             raise ValueError(f"the checkpoint was trained with{'out' if args['no_cls'] else ''} the [CLS] token but the model "
                              f"has with_cls={st.with_cls}: patch with with_cls={not args['no_cls']}")
         checked['no_cls'] = bool(args['no_cls'])
+    return checked
+
+# %% ../nbs/41_ademvl_sqa.ipynb #1dea84dd
+def load_released(llm:nn.Module,          # a LlamaForCausalLM patched with `patch` (with the run's options)
+                  ckpt:str|Path|dict,     # ADEM-VL's checkpoint-{epoch}.pth (or its loaded dict)
+                 )->dict:                 # loaded keys (official names), the options compared
+    "Load an official ADEM-VL adapter checkpoint into a patched model, after checking its run options."
+    st = get_state(llm)
+    if not isinstance(ckpt, dict):
+        p = Path(ckpt)
+        if not p.is_file(): raise FileNotFoundError(f"no ADEM-VL checkpoint at {p}; pass the local path of checkpoint-<epoch>.pth")
+        ckpt = torch.load(p, map_location='cpu', weights_only=False)
+    sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in ckpt.get('model', ckpt).items()}
+    args = ckpt.get('args'); args = vars(args) if args is not None and not isinstance(args, dict) else (args or {})
+    checked = _check_released_options(args, st)
     vt = llm.ademvl.vision_tower
     vis = 'vision_model.' if hasattr(vt, 'vision_model') else ''
     want = llm.state_dict()
@@ -1346,7 +1352,46 @@ def write_released_standin(path:str|Path,          # where the checkpoint goes (
                               adapter_dim=c.adapter_dim, hidden_proj=c.hidden_proj, no_cls=not c.with_cls, llm_model=c.llm)
     return core.atomic_torch_save({'model': sd, 'optimizer': {}, 'epoch': 19, 'scaler': None, 'args': args}, path)
 
-# %% ../nbs/41_ademvl_sqa.ipynb #3f369d8f
+# %% ../nbs/41_ademvl_sqa.ipynb #07c439a7
+def _rehearsal_data(params:dict, root:Path, task:str)->list[str]:
+    "Write the task's upstream stand-in files and convert them with its data script; the texts the stand-in tokenizer must cover."
+    data_root = root/_relative(params, 'data_root')
+    ds = params.get('dataset') or DEFAULT_DATASETS[task]
+    raw = root/'raw'/ds
+    texts = [IMAGE_PREFIX, TEXT_PREFIX, 'The answer is A. B. C. D. E.', CAPTION_PROMPT]
+    if task == 'sqa':
+        texts += write_scienceqa_upstream(raw)
+        _run_script('get_scienceqa.py', '--src', raw, '--root', data_root, '--name', ds)
+        if params.get('caption_file'):
+            shutil.copyfile(raw/'captions.json', data_root/_relative(params, 'caption_file'))
+    elif task == 'coco_caption':
+        texts += write_karpathy_coco_upstream(raw)
+        _run_script('get_coco.py', '--src', raw, '--root', data_root, '--name', ds)
+    else:
+        texts += write_lavin_instructions_upstream(raw)
+        _run_script('get_lavin_instruct.py', '--src', raw, '--root', data_root, '--name', ds)
+        if params.get('mme_root'): texts += write_mme_upstream(data_root/_relative(params, 'mme_root'))
+    return texts
+
+# %% ../nbs/41_ademvl_sqa.ipynb #51ecd029
+def _rehearsal_models(params:dict, root:Path, llm:str, texts:list[str])->tuple[Path, Path]:
+    "Write the stand-in LLaMA (Meta or Hugging Face format) and CLIP at the set's paths; (llama, clip)."
+    llama = root/_relative(params, 'llama_dir')
+    if params.get('llama_format', 'hf') == 'meta': write_meta_llama(llama, texts, size=llm)
+    else:  # a HF folder: the same tiny LLaMA, converted as data_scripts/convert_llama.py does
+        tmp = root/'raw'/'llama-meta'; write_meta_llama(tmp, texts, size=llm)
+        _run_script('convert_llama.py', '--src', tmp, '--size', llm, '--out', llama, '--dtype', 'float32')
+    clip = root/_relative(params, 'clip_path')
+    if clip.suffix == '.pt': write_openai_clip(clip)
+    else:
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=1,
+                                             image_size=32, patch_size=4, hidden_act='quick_gelu')).save_pretrained(clip)
+    return llama, clip
+
+# %% ../nbs/41_ademvl_sqa.ipynb #637b611f
 def rehearsal(params:dict,              # the parameter set's YAML mapping, as in the file
               root:Path|None=None,      # rehearsal root; None = only return the plan, write nothing
               device:str='cpu',         # 'cpu' or 'cuda' (the GPU rehearsal: bf16 autocast)
@@ -1376,35 +1421,8 @@ def rehearsal(params:dict,              # the parameter set's YAML mapping, as i
                                   grad_accum=int(params.get('accum_iter', 16)), recipe=32))
     if root is None: return plan
     root = Path(root)
-    data_root = root/_relative(params, 'data_root')
-    ds = params.get('dataset') or DEFAULT_DATASETS[task]
-    raw = root/'raw'/ds
-    texts = [IMAGE_PREFIX, TEXT_PREFIX, 'The answer is A. B. C. D. E.', CAPTION_PROMPT]
-    if task == 'sqa':
-        texts += write_scienceqa_upstream(raw)
-        _run_script('get_scienceqa.py', '--src', raw, '--root', data_root, '--name', ds)
-        if params.get('caption_file'):
-            shutil.copyfile(raw/'captions.json', data_root/_relative(params, 'caption_file'))
-    elif task == 'coco_caption':
-        texts += write_karpathy_coco_upstream(raw)
-        _run_script('get_coco.py', '--src', raw, '--root', data_root, '--name', ds)
-    else:
-        texts += write_lavin_instructions_upstream(raw)
-        _run_script('get_lavin_instruct.py', '--src', raw, '--root', data_root, '--name', ds)
-        if params.get('mme_root'): texts += write_mme_upstream(data_root/_relative(params, 'mme_root'))
-    llama = root/_relative(params, 'llama_dir')
-    if params.get('llama_format', 'hf') == 'meta': write_meta_llama(llama, texts, size=llm)
-    else:  # a HF folder: the same tiny LLaMA, converted as data_scripts/convert_llama.py does
-        tmp = root/'raw'/'llama-meta'; write_meta_llama(tmp, texts, size=llm)
-        _run_script('convert_llama.py', '--src', tmp, '--size', llm, '--out', llama, '--dtype', 'float32')
-    clip = root/_relative(params, 'clip_path')
-    if clip.suffix == '.pt': write_openai_clip(clip)
-    else:
-        from transformers import CLIPVisionConfig, CLIPVisionModel
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=1,
-                                             image_size=32, patch_size=4, hidden_act='quick_gelu')).save_pretrained(clip)
+    texts = _rehearsal_data(params, root, task)
+    llama, clip = _rehearsal_models(params, root, llm, texts)
     if released:   # the authors' adapters, sized for these stand-ins and the plan's overrides
         write_released_standin(root/_relative(params, 'released_ckpt'), Config.from_params({**params, **ov}), llama, clip)
     return plan

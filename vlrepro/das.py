@@ -51,7 +51,7 @@ class DASAdapter(nn.Module):
         y = self.scale * self.up(F.relu(self.down(self.ln(x))))  # dropout p=0.0 of the official code omitted (a no-op)
         return x + y if self.residual else y
 
-# %% ../nbs/20_das.ipynb #699f3221
+# %% ../nbs/20_das.ipynb #f9a50837
 class RouterAdapter(nn.Module):
     "LaVIN's router adapter: two grouped 1×1-conv up-projections mixed by weights routed from token 0 (official `RepAdapter_Router`, `LaVIN-DAS/das/mm_adapter.py`)."
     def __init__(self, d:int,              # width
@@ -80,6 +80,7 @@ class RouterAdapter(nn.Module):
         y = y.transpose(1, 2)
         return x + y if self.residual else y
 
+# %% ../nbs/20_das.ipynb #539a4797
 class PlainAdapter(nn.Module):
     "LaVIN's language-only adapter `s·W_up·ReLU(W_down·x)` (+ x), W_down xavier, W_up and biases zero (official `LaVIN-DAS/das/pl_adapter.py`)."
     def __init__(self, d:int,         # width
@@ -105,7 +106,7 @@ class AdapterMLP(nn.Module):
         for lin in (self.fc1, self.fc2): nn.init.xavier_uniform_(lin.weight); nn.init.zeros_(lin.bias)
     def forward(self, x:Tensor)->Tensor: return self.fc2(F.silu(self.fc1(x)))
 
-# %% ../nbs/20_das.ipynb #b9990b58
+# %% ../nbs/20_das.ipynb #64bc7ee3
 def gate_probs(g:Tensor)->Tensor: # (L,) gate logits -> (L,) independent skip probabilities in (0, 1)
     "Per-block skip probabilities `p = sigmoid(g)` (not normalised)."
     return torch.sigmoid(g)
@@ -141,6 +142,7 @@ def sample_candidates(p:Tensor,                            # (L,) skip probabili
         elif tries > max_tries: raise RuntimeError(f"could not draw {n} distinct skip sets in {max_tries} tries; gates too peaked")
     return out
 
+# %% ../nbs/20_das.ipynb #4eedce02
 def gate_update(g:Tensor,                # (L,) gate logits before the update
                 candidates:Sequence[Tensor], # das_step skip sets S_j
                 losses:Sequence[float]|Tensor, # ℓ_j: loss of each candidate on the reward batch
@@ -189,7 +191,7 @@ def num_updates(batches_per_epoch:int, das_epoch:int=3, das_turn:int=10, warmup_
     if first > after: return 0
     return 1 + (after - first) // das_turn
 
-# %% ../nbs/20_das.ipynb #fc47a372
+# %% ../nbs/20_das.ipynb #dbb857cd
 @dataclass
 class DASState:
     "Knobs shared by a patched model and its wrapped blocks."
@@ -216,6 +218,7 @@ def _skip_set(skip, L:int)->frozenset:
     if len(set(s)) != len(s): raise ValueError(f"skip list {s} repeats an index")
     return frozenset(s)
 
+# %% ../nbs/20_das.ipynb #fc33197a
 class _DASLayer(nn.Module):
     "Shared plumbing of the DAS wrappers: `.base`, the block index and the shared state."
     def __init__(self, base:nn.Module, index:int, state:DASState):
@@ -256,7 +259,7 @@ class DASViltLayer(_DASLayer):
         # das: end
         return (out,) + tuple(att[1:])
 
-# %% ../nbs/20_das.ipynb #6d04a59a
+# %% ../nbs/20_das.ipynb #2de0f1f9
 class _Pooler(nn.Module):
     "tanh(W x[:, 0] + b), METER's `Pooler`."
     def __init__(self, d:int):
@@ -274,6 +277,7 @@ def fusion_config(d:int=768, heads:int=12, ffn:int=3072, dropout:float=0.1, ln_e
                       attention_probs_dropout_prob=dropout, layer_norm_eps=ln_eps, is_decoder=True,
                       add_cross_attention=True, attn_implementation='eager')
 
+# %% ../nbs/20_das.ipynb #39313d21
 class METER(nn.Module):
     "METER (Dou et al. 2022) from Hugging Face parts: CLIP vision, RoBERTa text, 6+6 co-attention fusion layers."
     def __init__(self, vit_model:nn.Module,          # a transformers CLIPVisionModel
@@ -315,6 +319,7 @@ class METER(nn.Module):
         cls = torch.cat([self.cross_modal_text_pooler(x), self.cross_modal_image_pooler(y)], dim=-1)
         return dict(text_feats=x, image_feats=y, cls_feats=cls)
 
+# %% ../nbs/20_das.ipynb #9ce2997e
 def _bert_init(m:nn.Module):
     if isinstance(m, (nn.Linear, nn.Embedding)):
         nn.init.normal_(m.weight, std=0.02)
@@ -424,7 +429,7 @@ def _unfreeze_match(family:str, name:str, extra:Sequence[str])->bool:
     if family == 'meter' and (name.startswith('text_transformer') or name.startswith('vit_model')): return False
     return any(k in name for k in (*_UNFROZEN[family], *extra))
 
-# %% ../nbs/20_das.ipynb #62d6cb09
+# %% ../nbs/20_das.ipynb #2b803564
 def patch(model:nn.Module,                 # a ViLT, METER or LLaMA model (see `_FAMILIES`)
           skip:Sequence[int]|Any=(),       # S: blocks to skip (list, or a `SearchResult` / dict with `skip` and `num_blocks`)
           adapters:str='parallel',         # 'parallel': in-block + skip adapters (DAS); 'skip': skip adapters only
@@ -459,6 +464,7 @@ def patch(model:nn.Module,                 # a ViLT, METER or LLaMA model (see `
 
 _WRAPPERS.update(vilt=DASViltLayer, meter=DASMETERLayer, llama=DASLlamaLayer)
 
+# %% ../nbs/20_das.ipynb #6bde61fe
 def is_patched(model:nn.Module)->bool:
     "Is DAS attached to `model`?"
     return core.is_patched(model, 'das')
@@ -488,6 +494,7 @@ def set_skip(model:nn.Module,       # a model patched with `das.patch`
     st.skip = S
     return S
 
+# %% ../nbs/20_das.ipynb #0d24b44d
 def das_blocks(model:nn.Module)->list[_DASLayer]:
     "The wrapped blocks of a patched model, in index order."
     return [model.get_submodule(n) for n in das_state(model).names]
@@ -518,7 +525,7 @@ def _vilt_inputs(B=2, T=12, cfg=None, seed=0):
     return dict(input_ids=torch.randint(1, cfg.vocab_size, (B, T), generator=g), attention_mask=torch.ones(B, T, dtype=torch.long),
                 pixel_values=torch.randn(B, 3, cfg.image_size, cfg.image_size, generator=g))
 
-# %% ../nbs/20_das.ipynb #ee16d821
+# %% ../nbs/20_das.ipynb #6c95a9dc
 @dataclass
 class SearchConfig:
     "Settings of a DAS search (defaults: ViLT/METER `config.py`)."
@@ -548,6 +555,7 @@ class SearchResult:
         "Read a result written by `save`."
         return cls(**json.loads(Path(path).read_text()))
 
+# %% ../nbs/20_das.ipynb #1ca558ce
 class GateSearch:
     "The DAS bandit over `num_blocks` blocks: gates, forward counter, candidate scoring and update (as the official search)."
     def __init__(self, num_blocks:int, config:SearchConfig):
@@ -602,7 +610,7 @@ class GateSearch:
         return SearchResult(self.select(), self.g.tolist(), self.num_blocks, list(self.trajectory), list(self.history),
                             asdict(self.config))
 
-# %% ../nbs/20_das.ipynb #c66edc82
+# %% ../nbs/20_das.ipynb #41f3a92e
 def _batches(train_data, epoch:int)->Iterable:
     return train_data(epoch) if callable(train_data) else train_data
 
@@ -635,6 +643,33 @@ def make_optimizer(params:dict[str, nn.Parameter], lr:float=1e-3, weight_decay:f
     "AdamW as ViLT/METER: no weight decay on biases and LayerNorm / 1-d parameters; optional lr multipliers by name."
     return torch.optim.AdamW(make_param_groups(params, lr, weight_decay, lr_mults, no_decay=_vilt_no_decay), lr=lr, betas=betas)
 
+# %% ../nbs/20_das.ipynb #5557909d
+def _search_resume(state_path:Path, gs:GateSearch, model:nn.Module, params:dict, opt, sched)->tuple[int, int]:
+    "Restore a saved search (gates, trained weights, optimizer, schedule, RNG, a half-accumulated step); the (epoch, batch) to go on from."
+    sd = torch.load(state_path, weights_only=False)
+    gs.load_state_dict(sd['search'])          # refuses other settings
+    model.load_state_dict(sd['params'], strict=False); opt.load_state_dict(sd['opt']); sched.load_state_dict(sd['sched'])
+    _set_rng_state(sd['rng'])
+    for n, g_ in sd.get('grads', {}).items(): params[n].grad = g_.clone()   # a half-accumulated step
+    return sd['epoch'], sd['batch'] + 1
+
+def _search_save(state_path:Path, gs:GateSearch, params:dict, opt, sched, epoch:int, batch:int):
+    "Save the search state atomically (after every gate update)."
+    core.atomic_torch_save(dict(search=gs.state_dict(), params={n: p.detach().clone() for n, p in params.items()},
+                                opt=opt.state_dict(), sched=sched.state_dict(), rng=_rng_state(),
+                                grads={n: p.grad.detach().clone() for n, p in params.items() if p.grad is not None},
+                                epoch=epoch, batch=batch), state_path)
+
+def _reward_loss(model:nn.Module, loss_fn:Callable, reward_batch:Any, reward_mode:str, gs:GateSearch, S:list[int])->float:
+    "A candidate skip set's loss on the reward batch, without gradients (in train mode as the official code unless reward_mode='eval')."
+    set_skip(model, S)
+    was = model.training
+    if reward_mode == 'eval': model.eval()
+    rb = reward_batch(len(gs.trajectory)) if callable(reward_batch) else reward_batch
+    with torch.no_grad(): l = float(loss_fn(model, rb))
+    model.train(was); return l
+
+# %% ../nbs/20_das.ipynb #61696a6c
 @dataclass
 class SearchOptim:
     "The AdamW of the search's super-network (its adapters and head)."
@@ -672,25 +707,10 @@ def search(model:nn.Module,                 # patched with `das.patch(model, sea
     n_batches = len(train_data) if hasattr(train_data, '__len__') else sum(1 for _ in _batches(train_data, 0))
     sched = _linear_schedule(opt, math.ceil(n_batches / grad_accum) * config.das_epoch)
     start_epoch, start_batch, state_path = 0, 0, Path(state_path) if state_path else None
-    if state_path and resume and state_path.exists():
-        sd = torch.load(state_path, weights_only=False)
-        gs.load_state_dict(sd['search'])          # refuses other settings
-        model.load_state_dict(sd['params'], strict=False); opt.load_state_dict(sd['opt']); sched.load_state_dict(sd['sched'])
-        _set_rng_state(sd['rng']); start_epoch, start_batch = sd['epoch'], sd['batch'] + 1
-        for n, g_ in sd.get('grads', {}).items(): params[n].grad = g_.clone()   # a half-accumulated step
+    if state_path and resume and state_path.exists(): start_epoch, start_batch = _search_resume(state_path, gs, model, params, opt, sched)
     def save(epoch, batch):
-        if state_path:
-            core.atomic_torch_save(dict(search=gs.state_dict(), params={n: p.detach().clone() for n, p in params.items()},
-                                        opt=opt.state_dict(), sched=sched.state_dict(), rng=_rng_state(),
-                                        grads={n: p.grad.detach().clone() for n, p in params.items() if p.grad is not None},
-                                        epoch=epoch, batch=batch), state_path)
-    def reward_loss(S):
-        set_skip(model, S)
-        was = model.training
-        if reward_mode == 'eval': model.eval()
-        rb = reward_batch(len(gs.trajectory)) if callable(reward_batch) else reward_batch
-        with torch.no_grad(): l = float(loss_fn(model, rb))
-        model.train(was); return l
+        if state_path: _search_save(state_path, gs, params, opt, sched, epoch, batch)
+    def reward_loss(S): return _reward_loss(model, loss_fn, reward_batch, reward_mode, gs, S)
     model.train()
     n_up = 0
     for epoch in range(start_epoch, config.das_epoch):
@@ -790,7 +810,7 @@ def vqa_mean_loss(model:nn.Module, batches:Iterable[dict])->float:
     model.train(was)
     return tot / max(n, 1)
 
-# %% ../nbs/20_das.ipynb #09a407f1
+# %% ../nbs/20_das.ipynb #5f1cdf7f
 def shapesvqa_tensors(split, vocab:dict[str, int], answers:Sequence[str], text_len:int=12)->dict[str, Tensor]:
     "Tensors of a ShapesVQA split: pixel_values, input_ids ([cls] words [sep] [pad]...), attention_mask, label, target."
     imgs = torch.as_tensor(np.asarray(split.images)).permute(0, 3, 1, 2).float() / 255.0
@@ -807,12 +827,14 @@ def shapesvqa_tensors(split, vocab:dict[str, int], answers:Sequence[str], text_l
     return dict(pixel_values=pix, input_ids=ids, attention_mask=(ids != vocab['[pad]']).long(), label=label,
                 target=F.one_hot(label, len(answers)).float())
 
+# %% ../nbs/20_das.ipynb #491921f9
 def batch_iter(tensors:dict[str, Tensor], batch_size:int, seed:int|None=None, epoch:int=0)->list[dict]:
     "Split tensors into batches; shuffled by `make_generator(seed + epoch)` when `seed` is given."
     n = len(next(iter(tensors.values())))
     idx = torch.randperm(n, generator=core.make_generator(seed + epoch)) if seed is not None else torch.arange(n)
     return [{k: v[idx[i:i + batch_size]] for k, v in tensors.items()} for i in range(0, n, batch_size)]
 
+# %% ../nbs/20_das.ipynb #f572ee9e
 def fit(model:nn.Module, loss_fn:Callable, batches:Callable[[int], Iterable], epochs:int, lr:float=1e-3,
         weight_decay:float=0.01, params:dict|None=None,
         schedule:str='linear',               # 'linear': 10 % warm-up then linear decay to 0 (ViLT); 'constant': warm-up then flat
@@ -929,7 +951,7 @@ def das_adapter_params(family:str,  # 'vilt', 'meter', 'lavin' (multimodal LaVIN
             return fixed + (32 - k) * _count(RouterAdapter(4096, 8)) + k * _count(RouterAdapter(4096, 32, residual=False))
     raise ValueError(f"family must be 'vilt', 'meter', 'lavin' or 'llama', got {family!r}")
 
-# %% ../nbs/20_das.ipynb #d0c2162f
+# %% ../nbs/20_das.ipynb #50cc9fb1
 def vilt_latency(skips:dict[str, list[int]],  # variant name -> skip set
                  N:int=185,                   # tokens (40 text + 145 image for ViLT-B/32 VQA at 384x384)
                  batch:int=1,                 # batch
@@ -962,6 +984,7 @@ def vilt_latency(skips:dict[str, list[int]],  # variant name -> skip set
     df['latency_reduction'] = 1 - df['median_s'] / t0
     return df
 
+# %% ../nbs/20_das.ipynb #45511a38
 def llama_latency(skips:dict[str, list[int]],  # variant name -> skip set (indices < layers)
                   layers:int=4,                # decoder blocks of LLaMA-7B size
                   seq:int=128,                 # prompt tokens (a prefill, as LaVIN's fvcore note: (1, 128, 4096))
@@ -1042,7 +1065,7 @@ PAPER_NUMBERS = core.register_paper_numbers('das', [
     core.PaperNumber('das', 'Abstract', 'METER DAS VQA2.0', 'flops_reduction', 11.97, '%'),
 ])
 
-# %% ../nbs/20_das.ipynb #cf57ce4f
+# %% ../nbs/20_das.ipynb #07717e59
 # the full-scale models; their pipelines (ViLT/METER, LaVIN/LLaMA) import das, das never names them: the 20_das notebook
 # and the rehearsal tool pick the pipeline
 FULL_SCALE = ('vilt', 'meter', 'lavin', 'llama')
@@ -1064,6 +1087,7 @@ def parse_skip_list(skip_list:str|Sequence[int], # '[24, 27, 25, 22]', '1, 4', '
     if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v): raise ValueError(err)
     return list(v)
 
+# %% ../nbs/20_das.ipynb #e9c65368
 def pipeline_kwargs(fn:Callable,  # a pipeline's `run_full_scale` or `required_inputs`
                     params:dict,    # the notebook's parameters
                    )->dict:         # those `fn` takes; an unset one (0 or '' in UNSET_MEANS_DEFAULT) is left to `fn`'s default
@@ -1072,6 +1096,7 @@ def pipeline_kwargs(fn:Callable,  # a pipeline's `run_full_scale` or `required_i
     return {k: v for k, v in params.items()
             if k in sig and not (k in UNSET_MEANS_DEFAULT and v in (0, '') and sig[k].default is not inspect.Parameter.empty)}
 
+# %% ../nbs/20_das.ipynb #bbf2f6fe
 def run_data_script(script:str,        # a file of data_scripts/, e.g. 'convert_vilt_arrow.py'
                     args:Sequence[str], # its command-line arguments
                    )->str:             # what it printed

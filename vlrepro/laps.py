@@ -59,7 +59,7 @@ def num_final_tokens(num_patches:int, sparse_ratio:float, aggr_ratio:float, has_
     body = num_aggregated(num_patches, sparse_ratio, aggr_ratio) if aggregate else k
     return body + int(k < num_patches) + int(has_cls)
 
-# %% ../nbs/30_laps.ipynb #a97e17f5
+# %% ../nbs/30_laps.ipynb #09568eae
 def l2norm(x:Tensor)->Tensor:
     "Unit-normalise the last dimension (`F.normalize`, eps 1e-12)."
     return F.normalize(x, dim=-1, eps=1e-12)
@@ -85,6 +85,7 @@ def _check_lens(cap_embs:Tensor, cap_lens:Tensor)->Tensor:
         raise ValueError(f"cap_lens must lie in [1, {cap_embs.shape[1]}] (the padded length), got min {int(cap_lens.min())} max {int(cap_lens.max())}")
     return cap_lens
 
+# %% ../nbs/30_laps.ipynb #2e4c78b5
 @torch.no_grad()
 def image_salience(patches:Tensor, # (B_v, N, d) spatial patches (un-normalised)
                   )->Tensor:       # (B_v, N) cosine of each patch to the mean patch
@@ -218,7 +219,7 @@ def dense_similarity(img_embs:Tensor, # (B_v, M, d) all visual tokens (un-normal
         out.append(_align(a, msk[s:s+chunk][None].expand(a.shape[0], -1, -1)))
     return torch.cat(out, 1)
 
-# %% ../nbs/30_laps.ipynb #33e40ddf
+# %% ../nbs/30_laps.ipynb #bd16ba6b
 def similarity_cost(num_patches:int=196,      # N spatial patches (ViT-B/16 at 224: 196; Swin-B at 224: 49)
                     sparse_ratios:tuple=(0.7, 0.5, 0.3)  , # ρ values to time beside the dense baseline
                     aggr_ratio:float=0.4,     # λ
@@ -244,6 +245,7 @@ def similarity_cost(num_patches:int=196,      # N spatial patches (ViT-B/16 at 2
     df['time_vs_dense'] = df['median_s'] / df['median_s'].iloc[0]
     return df
 
+# %% ../nbs/30_laps.ipynb #d872cebe
 def bench_main(argv:list[str]|None=None)->int:
     "`vlrepro bench laps [--patches 196 --ratios 0.7 0.5 0.3 --aggr 0.4 --images 16 --captions 80 --out f.json]`."
     ap = argparse.ArgumentParser(prog='vlrepro bench laps', description=(
@@ -425,7 +427,7 @@ def gather_batch(img_embs:Tensor, cap_embs:Tensor, cap_lens:Tensor)->tuple[Tenso
     return _gather(img_embs, True), _gather(cap_embs, True), _gather(cap_lens)
 
 
-# %% ../nbs/30_laps.ipynb #b92c1d80
+# %% ../nbs/30_laps.ipynb #355f5109
 def _vision_geometry(vision:nn.Module)->tuple[int, int, bool]:
     "(hidden size, spatial patches N, has [CLS]) of a Hugging Face ViT or Swin model."
     cfg, kind = getattr(vision, 'config', None), type(vision).__name__
@@ -443,6 +445,7 @@ def _text_hidden(text:nn.Module)->int:
         raise TypeError(f"LAPS supports Hugging Face BERT-style text encoders (config.model_type 'bert'), got {type(text).__name__}")
     return cfg.hidden_size
 
+# %% ../nbs/30_laps.ipynb #061197d8
 class LAPSModel(nn.Module):
     "ViT/Swin + BERT dual encoder with projections to `embed_size`; dense patch–word matching until `patch` attaches LAPS."
     def __init__(self, vision:nn.Module, # Hugging Face ViTModel or SwinModel
@@ -485,7 +488,7 @@ class LAPSModel(nn.Module):
         "Visual tokens entering the alignment for one pair."
         return self.laps_head.tokens_per_pair(self.has_cls) if self.laps_head is not None else self.num_patches + int(self.has_cls)
 
-# %% ../nbs/30_laps.ipynb #0e3bed3f
+# %% ../nbs/30_laps.ipynb #53978baa
 def patch(model:LAPSModel,        # the dual encoder; changed in place
           sparse_ratio:float=0.5, # ρ (Swin: 0.8)
           aggr_ratio:float=0.4,   # λ (Swin: 0.6)
@@ -519,6 +522,7 @@ def laps_parameters(model:LAPSModel)->list[nn.Parameter]:
     "The weights `patch` added (prefixed `laps_`)."
     return [p for n, p in model.named_parameters() if n.startswith('laps_')]
 
+# %% ../nbs/30_laps.ipynb #4783ec6a
 def trainable_parameters(model:nn.Module)->dict[str, nn.Parameter]: # name -> parameter, those with requires_grad
     "Everything LAPS trains: both backbones (fine-tuned), projections and the head (nothing is frozen)."
     return {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -249,7 +249,7 @@ def sequence_scores(logits:Tensor,            # (B, M, V) decoder logits
     tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return torch.exp((tok * mask).sum(1) / mask.sum(1).clamp(min=1))
 
-# %% ../nbs/50_vqascore.ipynb #9b051698
+# %% ../nbs/50_vqascore.ipynb #cd121a39
 ImageLike = Any  # a path, a PIL image, an (H, W, 3) uint8 array or a preprocessed (3, S, S) tensor
 
 class Scorer:
@@ -339,6 +339,7 @@ class Scorer:
         "t2v's `batch_forward`: dataset of {'images': [K], 'texts': [L]} -> (n, K, L) scores."
         return torch.stack([self(d['images'], d['texts']) for d in dataset])
 
+# %% ../nbs/50_vqascore.ipynb #2b662572
 def _chunks(xs, n): return [xs[i:i + n] for i in range(0, len(xs), n)]
 
 def _check_texts(texts):
@@ -371,7 +372,7 @@ PAPER_ROWS = [core.PaperNumber(PAPER, _ZOO, f'CLIP-FlanT5-{size} VQAScore', c, v
               for c, v in zip(_COLS, vals)]
 core.register_paper_numbers(PAPER, PAPER_ROWS)
 
-# %% ../nbs/50_vqascore.ipynb #8d03520c
+# %% ../nbs/50_vqascore.ipynb #60c5bba2
 def scoring_benchmark(model:CLIPFlanT5, tokenizer, n_texts:int=8, repeats:int=5, image_size:int|None=None,
                       batch_size:int=16, device=None)->dict:
     "Pairs/s of scoring 1 image × n texts with the image encoded once vs once per pair (t2v style)."
@@ -387,6 +388,7 @@ def scoring_benchmark(model:CLIPFlanT5, tokenizer, n_texts:int=8, repeats:int=5,
     return dict(n_texts=n_texts, pairs_per_s_once=n_texts / t_once, pairs_per_s_naive=n_texts / t_naive,
                 speedup=t_naive / t_once, vision_passes_once=calls['once'], vision_passes_naive=calls['naive'])
 
+# %% ../nbs/50_vqascore.ipynb #0c785806
 def xl_like(layers:int=2, vocab_size:int=32128, seed:int=0)->CLIPFlanT5:
     "Random-init CLIP-FlanT5 with the real XL widths (ViT-L/14-336 tower, FlanT5-XL) and `layers` blocks per stack."
     tower = models.build_hf('clip_vision', 'large-336', seed=seed, num_hidden_layers=layers)

@@ -535,7 +535,36 @@ def prompt_rows(prompts:str|Path|Sequence,   # a prompts file, rows {image, prom
         return [dict(image=i, prompt=p) for i, p in zip(images, prompts)]
     return [dict(image=i, prompt=p) for i in images for p in prompts]
 
-# %% ../nbs/51_vqascore_eval.ipynb #4ad37bef
+# %% ../nbs/51_vqascore_eval.ipynb #68bd4f0d
+def _previous_scores(out_csv:Path)->tuple[set, set]:
+    "(pairs scored, pairs that failed) by an earlier run into `out_csv`; its failed rows are dropped from the file (to be retried)."
+    done, failed = set(), set()
+    if out_csv.exists() and out_csv.stat().st_size:
+        old = list(csv.DictReader(out_csv.open(newline='')))
+        done = {(r['image'], r['prompt']) for r in old if r.get('score')}
+        failed = {(r['image'], r['prompt']) for r in old if not r.get('score')} - done
+        if failed:   # drop the failed rows (they are retried below); the scored ones stay as they are
+            buf = __import__('io').StringIO(); w = csv.DictWriter(buf, SCORE_COLUMNS); w.writeheader()
+            for r in old:
+                if r.get('score'): w.writerow({k: r.get(k, '') for k in SCORE_COLUMNS})
+            core.atomic_write_text(out_csv, buf.getvalue())
+    return done, failed
+
+def _score_one(scorer:Callable, images_dir:Path, r:dict)->dict:
+    "The CSV row of one (image, prompt): its score, or an empty score and why (empty prompt, unreadable image, a warning)."
+    out = dict(image=r['image'], prompt=r['prompt'], score='', error='')
+    if not str(r['prompt']).strip(): out['error'] = 'empty prompt'
+    else:
+        try: img = vdata.load_image(images_dir/r['image'])
+        except (OSError, ValueError) as e: out['error'] = f'unreadable image: {type(e).__name__}'
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter('always')
+                out['score'] = f"{float(scorer([img], [r['prompt']])[0, 0]):.6g}"
+            if caught: out['error'] = 'warning: ' + str(caught[-1].message)[:80]
+    return out
+
+# %% ../nbs/51_vqascore_eval.ipynb #bcb58e14
 def score_folder(scorer:Callable,         # a Scorer (or CLIPScorer): scorer([image], texts) -> (1, N)
                  images_dir:str|Path,     # folder of generated images
                  prompts:str|Path|list,   # prompts file, rows {image, prompt}, or prompt strings (see `prompt_rows`)
@@ -547,16 +576,7 @@ def score_folder(scorer:Callable,         # a Scorer (or CLIPScorer): scorer([im
     "Score every (image, prompt) of a folder into a CSV, resumable, skipping bad inputs with a message."
     images_dir, out_csv = Path(images_dir), Path(out_csv)
     rows = prompt_rows(prompts, images_dir, pairing)
-    done, failed = set(), set()
-    if out_csv.exists() and out_csv.stat().st_size:
-        old = list(csv.DictReader(out_csv.open(newline='')))
-        done = {(r['image'], r['prompt']) for r in old if r.get('score')}
-        failed = {(r['image'], r['prompt']) for r in old if not r.get('score')} - done
-        if failed:   # drop the failed rows (they are retried below); the scored ones stay as they are
-            buf = __import__('io').StringIO(); w = csv.DictWriter(buf, SCORE_COLUMNS); w.writeheader()
-            for r in old:
-                if r.get('score'): w.writerow({k: r.get(k, '') for k in SCORE_COLUMNS})
-            core.atomic_write_text(out_csv, buf.getvalue())
+    done, failed = _previous_scores(out_csv)
     todo = [r for r in rows if (r['image'], r['prompt']) not in done]
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     new = not out_csv.exists() or out_csv.stat().st_size == 0
@@ -567,16 +587,7 @@ def score_folder(scorer:Callable,         # a Scorer (or CLIPScorer): scorer([im
         if new: w.writeheader()
         for i in range(0, len(todo), batch_size):
             for r in todo[i:i + batch_size]:
-                out = dict(image=r['image'], prompt=r['prompt'], score='', error='')
-                if not str(r['prompt']).strip(): out['error'] = 'empty prompt'
-                else:
-                    try: img = vdata.load_image(images_dir/r['image'])
-                    except (OSError, ValueError) as e: out['error'] = f'unreadable image: {type(e).__name__}'
-                    else:
-                        with warnings.catch_warnings(record=True) as caught:
-                            warnings.simplefilter('always')
-                            out['score'] = f"{float(scorer([img], [r['prompt']])[0, 0]):.6g}"
-                        if caught: out['error'] = 'warning: ' + str(caught[-1].message)[:80]
+                out = _score_one(scorer, images_dir, r)
                 if out['score'] == '': counts['skipped'] += 1; log(f"skipped {r['image']}: {out['error']}")
                 else: counts['scored'] += 1
                 w.writerow(out)
@@ -808,7 +819,7 @@ def write_projector_standin(path:str|Path, flant5:str|Path, tower:str|Path, seed
                                                     'mm_hidden_size': vcfg.hidden_size, 'tune_mm_mlp_adapter': True})
     return p
 
-# %% ../nbs/51_vqascore_eval.ipynb #5a2587f7
+# %% ../nbs/51_vqascore_eval.ipynb #c4bc415e
 def write_llava_pretrain_raw(src:str|Path, n:int=4)->Path:
     "LLaVA-Pretrain's upstream files: `blip_laion_cc_sbu_558k.json` + images/00000/*.jpg."
     src = Path(src); rows = []
@@ -836,6 +847,7 @@ def write_llava_mix_raw(src:str|Path)->Path:
     core.atomic_write_json(src/'llava_v1_5_mix665k.json', rows)
     return src
 
+# %% ../nbs/51_vqascore_eval.ipynb #81176ab0
 def write_winoground_raw(src:str|Path, n:int=3)->Path:
     "Winoground's upstream files (HF `facebook/winoground`): data/examples.jsonl + data/images.zip (images/ex_N_img_K.png)."
     src = Path(src); d = src/'data'; d.mkdir(parents=True, exist_ok=True)
@@ -851,7 +863,7 @@ def write_winoground_raw(src:str|Path, n:int=3)->Path:
     core.atomic_write_text(d/'examples.jsonl', '\n'.join(lines) + '\n')
     return src
 
-# %% ../nbs/51_vqascore_eval.ipynb #4cd3c8de
+# %% ../nbs/51_vqascore_eval.ipynb #a2de8d4f
 def _under(root:Path, value:str, what:str)->Path:
     "Where a set's relative path lands under the rehearsal root (an absolute one cannot be rehearsed in place)."
     if not value: raise ValueError(f"the set gives no {what}")
@@ -860,39 +872,34 @@ def _under(root:Path, value:str, what:str)->Path:
 
 def _cuda_procs()->int: return max(1, min(2, torch.cuda.device_count()))
 
-def rehearsal(params:dict,            # the parameter set's YAML mapping, as in the file
-              root:Path|None=None,    # rehearsal root; None = only return the plan, write nothing
-              device:str='cpu',       # 'cpu' or 'cuda' (bf16 autocast)
-             )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
-    "Plan a rehearsal of one 50_vqascore parameter set and write its stand-ins under `root`."
-    preset, stage = params.get('preset', 'tiny'), int(params.get('train_stage', 0) or 0)
-    if preset != 'full':   # the synthetic demonstration: the same cells, 2 optimiser steps per stage
-        return dict(overrides=dict(clip_steps=2, stage1_steps=2, stage2_steps=2, n_train=24, n_test=4, batch_size=4,
-                                   bench_texts=2, device=device),
-                    branch='cpu-demo', metric='VisualGPTScore/winoground_group', nproc=1, rows=[], trains=True)
-    root = Path(root) if root is not None else None
-    if stage:
-        st = STAGE_RECIPES[stage]
-        nproc = 2 if device == 'cpu' else _cuda_procs()
-        plan = dict(overrides=dict(per_device_batch=1, nproc=nproc, device=device), branch=f'vqascore-stage{stage}',
-                    metric=f'stage{stage}/final_loss', nproc=nproc, rows=[], trains=True,
-                    recipe_batch=dict(per_process=params.get('per_device_batch') or st['bs'], processes=params.get('nproc', 1),
-                                      grad_accum=params.get('grad_accum') or st['accum'], recipe=st['recipe']))
-        if root is not None:
-            flant5 = _under(root, params.get('base_model', ''), 'base_model')
-            tower = _under(root, params.get('vision_tower_path', ''), 'vision_tower_path')
-            if not (flant5/'config.json').exists(): write_flant5_standin(flant5)
-            if not (tower/'config.json').exists(): write_clip_standin(tower)
-            data = _under(root, params.get('data_root', ''), 'data_root')
-            name = Path(params.get('data_json', '')).parts[0]
-            if stage == 1:   # LLaVA-Pretrain's image paths are relative to its images/ folder; the mix's to its root
-                raw = write_llava_pretrain_raw(root/'raw'/'LLaVA-Pretrain'); js, images = 'blip_laion_cc_sbu_558k.json', raw/'images'
-            else: raw = write_llava_mix_raw(root/'raw'/'llava'); js, images = 'llava_v1_5_mix665k.json', raw
-            _script('get_llava.py', '--src', raw, '--json', js, '--images', images, '--name', name, '--root', data)
-            if stage == 2:
-                proj = _under(root, params.get('pretrain_mm_mlp_adapter', ''), 'pretrain_mm_mlp_adapter')
-                if not proj.exists(): write_projector_standin(proj, flant5, tower)
-        return plan
+# %% ../nbs/51_vqascore_eval.ipynb #41ab423f
+def _rehearsal_train(params:dict, root:Path|None, stage:int, device:str)->dict:
+    "The plan of a training set (stage 1 or 2), and its stand-ins (checkpoints, LLaVA data) under `root`."
+    st = STAGE_RECIPES[stage]
+    nproc = 2 if device == 'cpu' else _cuda_procs()
+    plan = dict(overrides=dict(per_device_batch=1, nproc=nproc, device=device), branch=f'vqascore-stage{stage}',
+                metric=f'stage{stage}/final_loss', nproc=nproc, rows=[], trains=True,
+                recipe_batch=dict(per_process=params.get('per_device_batch') or st['bs'], processes=params.get('nproc', 1),
+                                  grad_accum=params.get('grad_accum') or st['accum'], recipe=st['recipe']))
+    if root is not None:
+        flant5 = _under(root, params.get('base_model', ''), 'base_model')
+        tower = _under(root, params.get('vision_tower_path', ''), 'vision_tower_path')
+        if not (flant5/'config.json').exists(): write_flant5_standin(flant5)
+        if not (tower/'config.json').exists(): write_clip_standin(tower)
+        data = _under(root, params.get('data_root', ''), 'data_root')
+        name = Path(params.get('data_json', '')).parts[0]
+        if stage == 1:   # LLaVA-Pretrain's image paths are relative to its images/ folder; the mix's to its root
+            raw = write_llava_pretrain_raw(root/'raw'/'LLaVA-Pretrain'); js, images = 'blip_laion_cc_sbu_558k.json', raw/'images'
+        else: raw = write_llava_mix_raw(root/'raw'/'llava'); js, images = 'llava_v1_5_mix665k.json', raw
+        _script('get_llava.py', '--src', raw, '--json', js, '--images', images, '--name', name, '--root', data)
+        if stage == 2:
+            proj = _under(root, params.get('pretrain_mm_mlp_adapter', ''), 'pretrain_mm_mlp_adapter')
+            if not proj.exists(): write_projector_standin(proj, flant5, tower)
+    return plan
+
+# %% ../nbs/51_vqascore_eval.ipynb #162f3879
+def _rehearsal_eval(params:dict, root:Path|None, device:str)->dict:
+    "The plan of a Winoground scoring set, and its stand-ins (the CLIP-FlanT5 checkpoint, Winoground) under `root`."
     size = 'XXL' if 'xxl' in Path(params.get('model_path', '')).name.lower() else 'XL'
     if root is not None:
         flant5 = _under(root, params.get('tokenizer_path', ''), 'tokenizer_path')
@@ -905,6 +912,21 @@ def rehearsal(params:dict,            # the parameter set's YAML mapping, as in 
         _script('get_winoground.py', '--src', raw, '--root', _under(root, params.get('data_root', ''), 'data_root'))
     return dict(overrides=dict(device=device), branch='vqascore-eval', metric=f'CLIP-FlanT5-{size} VQAScore/winoground_group',
                 nproc=1, rows=[(f'CLIP-FlanT5-{size} VQAScore', 'winoground_group')], trains=False)
+
+# %% ../nbs/51_vqascore_eval.ipynb #78a740d8
+def rehearsal(params:dict,            # the parameter set's YAML mapping, as in the file
+              root:Path|None=None,    # rehearsal root; None = only return the plan, write nothing
+              device:str='cpu',       # 'cpu' or 'cuda' (bf16 autocast)
+             )->dict:                 # the plan: overrides, branch, metric, nproc, recipe_batch, rows, trains
+    "Plan a rehearsal of one 50_vqascore parameter set and write its stand-ins under `root`."
+    preset, stage = params.get('preset', 'tiny'), int(params.get('train_stage', 0) or 0)
+    if preset != 'full':   # the synthetic demonstration: the same cells, 2 optimiser steps per stage
+        return dict(overrides=dict(clip_steps=2, stage1_steps=2, stage2_steps=2, n_train=24, n_test=4, batch_size=4,
+                                   bench_texts=2, device=device),
+                    branch='cpu-demo', metric='VisualGPTScore/winoground_group', nproc=1, rows=[], trains=True)
+    root = Path(root) if root is not None else None
+    if stage: return _rehearsal_train(params, root, stage, device)
+    return _rehearsal_eval(params, root, device)
 
 # %% ../nbs/51_vqascore_eval.ipynb #4d67b2db
 from dataclasses import dataclass
@@ -984,7 +1006,7 @@ class Config(core.Config):
         "Everything preset 'full' reads, {name: (path, how to make it)} for `core.require_inputs` ({} for the demonstration)."
         return full_inputs(self.train_stage, self.data_root, self.images_dir, **self._paths()) if self.preset == 'full' else {}
 
-# %% ../nbs/51_vqascore_eval.ipynb #5aea1e8b
+# %% ../nbs/51_vqascore_eval.ipynb #d6408e69
 def match_scores(scores:Tensor)->tuple[float, float]:
     "Mean score of the matching pairs (image k, caption k) and of the mismatched ones, over (n, 2, 2) scores [item, image, caption]."
     S = torch.as_tensor(scores, dtype=torch.float64)
@@ -1013,6 +1035,7 @@ def demo_claims(metrics:dict,      # the demonstration's '<scorer>/winoground_<t
             dict(claim='encoding each image once scores one image against many texts faster than pair by pair (t2v_metrics)',
                  measured=f"{speed['speedup']:.2f}x the pairs/s of scoring pair by pair", holds=speed['speedup'] > 1)]
 
+# %% ../nbs/51_vqascore_eval.ipynb #77091687
 _BENCHMARKS = ('winoground', 'eqben_mini', 'drawbench', 'editbench', 'coco_t2i', 'tifa160', 'pickapic', 'genai_bench')
 
 def benchmark_points(metrics:dict,   # this run's 'setting/metric' -> value
