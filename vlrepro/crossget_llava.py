@@ -906,7 +906,6 @@ def write_llava_mix665k(src:str|Path,    # folder for llava_v1_5_mix665k.json an
     return out
 
 # %% ../nbs/12_crossget_llava.ipynb #76dbd431
-def _jl(p:Path, rows): p.parent.mkdir(parents=True, exist_ok=True); p.write_text(''.join(json.dumps(r) + '\n' for r in rows))
 def _q(text, suffix=SHORT_ANSWER): return f"{text}\n{suffix}" if suffix else text
 
 def _upstream_vqa(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Random, seed:int):
@@ -922,7 +921,7 @@ def _upstream_vqa(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Ra
         sfx = (LLAVA_BENCHMARKS['vizwiz'].suffix.replace(SHORT_ANSWER, '').strip() + '\n' + SHORT_ANSWER) if b == 'vizwiz' else SHORT_ANSWER
         rows.append({'question_id': qid, 'image': im, 'text': _q(text, sfx), 'category': 'default'})
         gt[str(qid)] = [_phrase(g, 1) for _ in range(10)]
-    _jl(d/qfile, rows)
+    data.write_jsonl(d/qfile, rows)
     if b == 'gqa':
         (d/'data').mkdir(parents=True, exist_ok=True)
         (d/'data/testdev_balanced_questions.json').write_text(json.dumps(
@@ -946,8 +945,8 @@ def _upstream_pope(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.R
             text, k = f"Is there a {_phrase(g, 1)} in the image?", k + 1
             rows.append({'question_id': k, 'image': im, 'text': _q(text), 'category': cat})
             labels.append({'question_id': i + 1, 'image': im, 'text': text, 'label': 'yes' if (i + k) % 2 else 'no'})
-        _jl(d/f'coco/coco_pope_{cat}.json', labels)
-    _jl(d/qfile, rows)
+        data.write_jsonl(d/f'coco/coco_pope_{cat}.json', labels)
+    data.write_jsonl(d/qfile, rows)
 
 def _upstream_mme(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Random, seed:int):
     "MME: images with their 'question<TAB>answer' files, flat and nested layouts."
@@ -963,7 +962,7 @@ def _upstream_mme(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Ra
             qs = [f"Is there a {_phrase(g, 1)} in this image? Please answer yes or no.", f"Is this a {_phrase(g, 1)}? Please answer yes or no."]
             qa.write_text(f"{qs[0]}\tYes\n{qs[1]}\tNo\n")
             for t in qs: rows.append({'question_id': f"{cat}/{name}", 'image': img, 'text': _q(t), 'category': cat})
-    _jl(d/qfile, rows)
+    data.write_jsonl(d/qfile, rows)
 
 # %% ../nbs/12_crossget_llava.ipynb #925b4e12
 def _upstream_mmbench(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.Random, seed:int):
@@ -1012,7 +1011,7 @@ def _upstream_seed(b:str, d:Path, qfile:str, img_dir:str|None, n:int, g:random.R
                    'question_type_id': 1 + i % 9, 'data_id': Path(im).name, **{f'choice_{c}': x for c, x in zip('abcd', ch)}})
         rows.append({'image': im, 'text': text + '\n' + '\n'.join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(ch)) + '\n' + LETTER_ANSWER,
                      'category': 'Instances Counting', 'question_id': str(i)})
-    _jl(d/qfile, rows)
+    data.write_jsonl(d/qfile, rows)
     (d/'SEED-Bench.json').write_text(json.dumps({'questions': qs, 'question_type': {'Instances Counting': 5}}))
 
 def write_llava_eval_upstream(src:str|Path,        # playground/data/eval
